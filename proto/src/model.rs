@@ -1,0 +1,930 @@
+//! Validated domain types for Drover's policy, and their conversions from and to the wire.
+//!
+//! Every `TryFrom<pb::…>` here validates, so code that holds a `model` value never re-checks
+//! it. The same rules serve the admin API (invalid input is refused before anything is
+//! written) and the data plane (an invalid snapshot is NACKed).
+
+use std::collections::HashSet;
+use std::fmt;
+
+use url::Url;
+
+use crate::pb;
+
+/// Why a piece of policy is invalid: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidPolicy {
+    /// Path of the offending field, e.g. `route "gpt"/targets[1]/provider`.
+    pub field: String,
+    /// What is wrong, in words an operator can act on.
+    pub reason: String,
+}
+
+impl InvalidPolicy {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn within(self, parent: &str) -> Self {
+        Self {
+            field: format!("{parent}/{}", self.field),
+            reason: self.reason,
+        }
+    }
+}
+
+/// Longest name (provider, alias, model) accepted.
+pub const MAX_NAME_LEN: usize = 256;
+/// Largest price accepted, USD per million tokens.
+pub const MAX_PRICE_PER_MTOK: f64 = 1_000_000.0;
+/// Largest target weight accepted.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+
+/// The wire protocol a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    OpenAi,
+    Anthropic,
+    Azure,
+    Gemini,
+    OpenAiCompatible,
+}
+
+impl ProviderKind {
+    pub const ALL: [ProviderKind; 5] = [
+        ProviderKind::OpenAi,
+        ProviderKind::Anthropic,
+        ProviderKind::Azure,
+        ProviderKind::Gemini,
+        ProviderKind::OpenAiCompatible,
+    ];
+
+    /// The name used by the CLI and in documentation.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Azure => "azure",
+            ProviderKind::Gemini => "gemini",
+            ProviderKind::OpenAiCompatible => "openai-compatible",
+        }
+    }
+
+    /// Parses a CLI name (`openai`, `openai-compatible`, …).
+    pub fn parse(name: &str) -> Result<Self, InvalidPolicy> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name).ok_or_else(|| {
+            InvalidPolicy::new(
+                "kind",
+                format!(
+                    "unknown provider kind {name:?}; expected one of {}",
+                    Self::ALL.map(ProviderKind::as_str).join(", ")
+                ),
+            )
+        })
+    }
+
+    /// Whether the provider speaks OpenAI's wire format.
+    pub fn is_openai_format(self) -> bool {
+        matches!(self, ProviderKind::OpenAi | ProviderKind::OpenAiCompatible)
+    }
+
+    fn from_wire(value: i32) -> Result<Self, InvalidPolicy> {
+        match pb::ProviderKind::try_from(value) {
+            Ok(pb::ProviderKind::Openai) => Ok(ProviderKind::OpenAi),
+            Ok(pb::ProviderKind::Anthropic) => Ok(ProviderKind::Anthropic),
+            Ok(pb::ProviderKind::Azure) => Ok(ProviderKind::Azure),
+            Ok(pb::ProviderKind::Gemini) => Ok(ProviderKind::Gemini),
+            Ok(pb::ProviderKind::OpenaiCompatible) => Ok(ProviderKind::OpenAiCompatible),
+            Ok(pb::ProviderKind::Unspecified) => Err(InvalidPolicy::new("kind", "provider kind is required")),
+            Err(_) => Err(InvalidPolicy::new(
+                "kind",
+                format!("unknown provider kind {value}"),
+            )),
+        }
+    }
+
+    pub fn to_wire(self) -> pb::ProviderKind {
+        match self {
+            ProviderKind::OpenAi => pb::ProviderKind::Openai,
+            ProviderKind::Anthropic => pb::ProviderKind::Anthropic,
+            ProviderKind::Azure => pb::ProviderKind::Azure,
+            ProviderKind::Gemini => pb::ProviderKind::Gemini,
+            ProviderKind::OpenAiCompatible => pb::ProviderKind::OpenaiCompatible,
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A secret value. Never printed: `Debug` and `Display` show `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself. Call only where it is sent to its one legitimate destination.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Where a provider's API key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// No credential is sent upstream.
+    None,
+    /// An environment variable of the data plane.
+    Env(String),
+    /// The key itself.
+    Key(Secret),
+}
+
+impl Credential {
+    /// How the admin API describes it: `env:VAR`, `stored` or `none`. Never the key.
+    pub fn describe(&self) -> String {
+        match self {
+            Credential::None => "none".to_owned(),
+            Credential::Env(var) => format!("env:{var}"),
+            Credential::Key(_) => "stored".to_owned(),
+        }
+    }
+
+    fn from_wire(env: Option<&str>, key: Option<&str>) -> Result<Self, InvalidPolicy> {
+        match (env, key) {
+            (Some(var), _) => {
+                validate_env_var(var)?;
+                Ok(Credential::Env(var.to_owned()))
+            }
+            (None, Some(key)) => {
+                if key.is_empty() {
+                    return Err(InvalidPolicy::new("api_key", "must not be empty"));
+                }
+                if key.chars().any(|c| c.is_control()) {
+                    return Err(InvalidPolicy::new(
+                        "api_key",
+                        "must not contain control characters",
+                    ));
+                }
+                Ok(Credential::Key(Secret::new(key)))
+            }
+            (None, None) => Ok(Credential::None),
+        }
+    }
+}
+
+fn validate_env_var(var: &str) -> Result<(), InvalidPolicy> {
+    let ok = !var.is_empty()
+        && var.len() <= MAX_NAME_LEN
+        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !var.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidPolicy::new(
+            "api_key_env",
+            format!(
+                "{var:?} is not an environment variable name (letters, digits and _, not starting with a digit)"
+            ),
+        ))
+    }
+}
+
+/// An upstream provider.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Base URL, without a trailing slash.
+    pub base_url: Url,
+    pub credential: Credential,
+}
+
+/// Checks a provider name: 1–64 of `[a-z0-9_-]`, starting with a letter.
+pub fn validate_provider_name(name: &str) -> Result<(), InvalidPolicy> {
+    if name.is_empty() {
+        return Err(InvalidPolicy::new("name", "provider name must not be empty"));
+    }
+    let ok = name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidPolicy::new(
+            "name",
+            format!("provider name {name:?} must be 1-64 of a-z, 0-9, '-' and '_', starting with a letter"),
+        ))
+    }
+}
+
+/// Checks a model name or alias: non-empty, at most 256 bytes, no whitespace or control characters.
+pub fn validate_model_name(field: &str, name: &str) -> Result<(), InvalidPolicy> {
+    if name.is_empty() {
+        return Err(InvalidPolicy::new(field, "must not be empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(InvalidPolicy::new(
+            field,
+            format!("longer than {MAX_NAME_LEN} bytes"),
+        ));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(InvalidPolicy::new(
+            field,
+            format!("{name:?} must not contain whitespace or control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses and checks a provider base URL: http or https, a host, no credentials, query or fragment.
+/// The trailing slash is removed so that paths can be appended.
+pub fn parse_base_url(raw: &str) -> Result<Url, InvalidPolicy> {
+    let field = "base_url";
+    let url = Url::parse(raw).map_err(|e| InvalidPolicy::new(field, format!("{raw:?} is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(InvalidPolicy::new(
+            field,
+            format!("scheme must be http or https, not {:?}", url.scheme()),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(InvalidPolicy::new(field, "must have a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(InvalidPolicy::new(
+            field,
+            "must not contain credentials; use --api-key or --api-key-env",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(InvalidPolicy::new(field, "must not have a query or fragment"));
+    }
+    let mut url = url;
+    let trimmed = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&trimmed);
+    Ok(url)
+}
+
+impl TryFrom<&pb::Provider> for Provider {
+    type Error = InvalidPolicy;
+
+    fn try_from(p: &pb::Provider) -> Result<Self, InvalidPolicy> {
+        let within = format!("provider {:?}", p.name);
+        validate_provider_name(&p.name).map_err(|e| e.within(&within))?;
+        let kind = ProviderKind::from_wire(p.kind).map_err(|e| e.within(&within))?;
+        let base_url = parse_base_url(&p.base_url).map_err(|e| e.within(&within))?;
+        let (env, key) = match &p.credential {
+            Some(pb::provider::Credential::ApiKeyEnv(v)) => (Some(v.as_str()), None),
+            Some(pb::provider::Credential::ApiKey(k)) => (None, Some(k.as_str())),
+            None => (None, None),
+        };
+        let credential = Credential::from_wire(env, key).map_err(|e| e.within(&within))?;
+        Ok(Provider {
+            name: p.name.clone(),
+            kind,
+            base_url,
+            credential,
+        })
+    }
+}
+
+impl TryFrom<&pb::AddProviderRequest> for Provider {
+    type Error = InvalidPolicy;
+
+    fn try_from(r: &pb::AddProviderRequest) -> Result<Self, InvalidPolicy> {
+        let credential = r.credential.as_ref().map(|c| match c {
+            pb::add_provider_request::Credential::ApiKeyEnv(v) => {
+                pb::provider::Credential::ApiKeyEnv(v.clone())
+            }
+            pb::add_provider_request::Credential::ApiKey(k) => pb::provider::Credential::ApiKey(k.clone()),
+        });
+        Provider::try_from(&pb::Provider {
+            name: r.name.clone(),
+            kind: r.kind,
+            base_url: r.base_url.clone(),
+            credential,
+        })
+    }
+}
+
+impl From<&Provider> for pb::Provider {
+    fn from(p: &Provider) -> Self {
+        let credential = match &p.credential {
+            Credential::None => None,
+            Credential::Env(v) => Some(pb::provider::Credential::ApiKeyEnv(v.clone())),
+            Credential::Key(k) => Some(pb::provider::Credential::ApiKey(k.expose().to_owned())),
+        };
+        pb::Provider {
+            name: p.name.clone(),
+            kind: p.kind.to_wire() as i32,
+            base_url: p.base_url.to_string(),
+            credential,
+        }
+    }
+}
+
+impl From<&Provider> for pb::ProviderInfo {
+    fn from(p: &Provider) -> Self {
+        pb::ProviderInfo {
+            name: p.name.clone(),
+            kind: p.kind.to_wire() as i32,
+            base_url: p.base_url.to_string(),
+            credential: p.credential.describe(),
+        }
+    }
+}
+
+/// How a route picks among its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    Fallback,
+    Weighted,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Fallback => "fallback",
+            Strategy::Weighted => "weighted",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self, InvalidPolicy> {
+        match name {
+            "fallback" => Ok(Strategy::Fallback),
+            "weighted" => Ok(Strategy::Weighted),
+            other => Err(InvalidPolicy::new(
+                "strategy",
+                format!("unknown strategy {other:?}; expected fallback or weighted"),
+            )),
+        }
+    }
+
+    pub fn to_wire(self) -> pb::RouteStrategy {
+        match self {
+            Strategy::Fallback => pb::RouteStrategy::Fallback,
+            Strategy::Weighted => pb::RouteStrategy::Weighted,
+        }
+    }
+}
+
+/// One upstream model a route can send to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub provider: String,
+    pub model: String,
+    /// At least 1.
+    pub weight: u32,
+}
+
+impl Target {
+    /// Parses `provider/model` (the model may itself contain `/`).
+    pub fn parse(spec: &str) -> Result<Self, InvalidPolicy> {
+        let Some((provider, model)) = spec.split_once('/') else {
+            return Err(InvalidPolicy::new(
+                "target",
+                format!("{spec:?} must be PROVIDER/MODEL"),
+            ));
+        };
+        validate_provider_name(provider).map_err(|e| InvalidPolicy::new("target", e.reason))?;
+        validate_model_name("target", model)?;
+        Ok(Target {
+            provider: provider.to_owned(),
+            model: model.to_owned(),
+            weight: 1,
+        })
+    }
+
+    /// `provider/model`: the stable identity of the target, e.g. for its circuit breaker.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.provider, self.model)
+    }
+}
+
+/// A public model name and the targets it routes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub alias: String,
+    pub strategy: Strategy,
+    /// Never empty.
+    pub targets: Vec<Target>,
+}
+
+impl TryFrom<&pb::Route> for Route {
+    type Error = InvalidPolicy;
+
+    fn try_from(r: &pb::Route) -> Result<Self, InvalidPolicy> {
+        let within = format!("route {:?}", r.alias);
+        validate_model_name("alias", &r.alias).map_err(|e| e.within(&within))?;
+        let strategy = match pb::RouteStrategy::try_from(r.strategy) {
+            Ok(pb::RouteStrategy::Unspecified | pb::RouteStrategy::Fallback) => Strategy::Fallback,
+            Ok(pb::RouteStrategy::Weighted) => Strategy::Weighted,
+            Err(_) => {
+                return Err(
+                    InvalidPolicy::new("strategy", format!("unknown strategy {}", r.strategy))
+                        .within(&within),
+                );
+            }
+        };
+        if r.targets.is_empty() {
+            return Err(InvalidPolicy::new("targets", "a route needs at least one target").within(&within));
+        }
+        let mut seen = HashSet::new();
+        let mut targets = Vec::with_capacity(r.targets.len());
+        for (i, t) in r.targets.iter().enumerate() {
+            let at = format!("{within}/targets[{i}]");
+            validate_provider_name(&t.provider)
+                .map_err(|e| InvalidPolicy::new("provider", e.reason).within(&at))?;
+            validate_model_name("model", &t.model).map_err(|e| e.within(&at))?;
+            if t.weight > MAX_WEIGHT {
+                return Err(
+                    InvalidPolicy::new("weight", format!("must be at most {MAX_WEIGHT}")).within(&at),
+                );
+            }
+            if !seen.insert((t.provider.as_str(), t.model.as_str())) {
+                return Err(InvalidPolicy::new(
+                    "targets",
+                    format!("{}/{} is listed twice", t.provider, t.model),
+                )
+                .within(&within));
+            }
+            targets.push(Target {
+                provider: t.provider.clone(),
+                model: t.model.clone(),
+                weight: t.weight.max(1),
+            });
+        }
+        Ok(Route {
+            alias: r.alias.clone(),
+            strategy,
+            targets,
+        })
+    }
+}
+
+impl From<&Route> for pb::Route {
+    fn from(r: &Route) -> Self {
+        pb::Route {
+            alias: r.alias.clone(),
+            strategy: r.strategy.to_wire() as i32,
+            targets: r
+                .targets
+                .iter()
+                .map(|t| pb::Target {
+                    provider: t.provider.clone(),
+                    model: t.model.clone(),
+                    weight: t.weight,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Price of a model, USD per million tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Price {
+    pub model: String,
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    /// `None`: cached input costs the input price.
+    pub cached_input_per_mtok: Option<f64>,
+}
+
+fn validate_price(field: &str, value: f64) -> Result<(), InvalidPolicy> {
+    if !value.is_finite() || value < 0.0 {
+        return Err(InvalidPolicy::new(
+            field,
+            format!("{value} is not a price; must be zero or more USD"),
+        ));
+    }
+    if value > MAX_PRICE_PER_MTOK {
+        return Err(InvalidPolicy::new(
+            field,
+            format!("{value} exceeds {MAX_PRICE_PER_MTOK} USD per million tokens"),
+        ));
+    }
+    Ok(())
+}
+
+impl TryFrom<&pb::Price> for Price {
+    type Error = InvalidPolicy;
+
+    fn try_from(p: &pb::Price) -> Result<Self, InvalidPolicy> {
+        let within = format!("price {:?}", p.model);
+        validate_model_name("model", &p.model).map_err(|e| e.within(&within))?;
+        validate_price("input", p.input_per_mtok).map_err(|e| e.within(&within))?;
+        validate_price("output", p.output_per_mtok).map_err(|e| e.within(&within))?;
+        if let Some(c) = p.cached_input_per_mtok {
+            validate_price("cached_input", c).map_err(|e| e.within(&within))?;
+        }
+        Ok(Price {
+            model: p.model.clone(),
+            input_per_mtok: p.input_per_mtok,
+            output_per_mtok: p.output_per_mtok,
+            cached_input_per_mtok: p.cached_input_per_mtok,
+        })
+    }
+}
+
+impl From<&Price> for pb::Price {
+    fn from(p: &Price) -> Self {
+        pb::Price {
+            model: p.model.clone(),
+            input_per_mtok: p.input_per_mtok,
+            output_per_mtok: p.output_per_mtok,
+            cached_input_per_mtok: p.cached_input_per_mtok,
+        }
+    }
+}
+
+/// A gateway module that can be switched on at runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Module {
+    Auth,
+    RateLimit,
+    SpendCap,
+    Audit,
+    Redact,
+}
+
+impl Module {
+    pub const ALL: [Module; 5] = [
+        Module::Auth,
+        Module::RateLimit,
+        Module::SpendCap,
+        Module::Audit,
+        Module::Redact,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Module::Auth => "auth",
+            Module::RateLimit => "rate_limit",
+            Module::SpendCap => "spend_cap",
+            Module::Audit => "audit",
+            Module::Redact => "redact",
+        }
+    }
+
+    /// Parses a module name; `rate-limit` is accepted for `rate_limit`.
+    pub fn parse(name: &str) -> Result<Self, InvalidPolicy> {
+        let normalized = name.replace('-', "_");
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == normalized)
+            .ok_or_else(|| {
+                InvalidPolicy::new(
+                    "module",
+                    format!(
+                        "unknown module {name:?}; expected one of {}",
+                        Self::ALL.map(Module::as_str).join(", ")
+                    ),
+                )
+            })
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// The set of modules that are on. Anything not in the set, known or not, is off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Modules(u8);
+
+impl Modules {
+    pub fn is_enabled(self, module: Module) -> bool {
+        self.0 & module.bit() != 0
+    }
+
+    pub fn set(&mut self, module: Module, enabled: bool) {
+        if enabled {
+            self.0 |= module.bit();
+        } else {
+            self.0 &= !module.bit();
+        }
+    }
+
+    /// Every known module with its flag, in a stable order.
+    pub fn to_wire(self) -> Vec<pb::Module> {
+        Module::ALL
+            .into_iter()
+            .map(|m| pb::Module {
+                name: m.as_str().to_owned(),
+                enabled: self.is_enabled(m),
+            })
+            .collect()
+    }
+
+    /// Flags from the wire. Module names this build does not know stay off.
+    pub fn from_wire(modules: &[pb::Module]) -> Self {
+        let mut set = Modules::default();
+        for m in modules {
+            if let Ok(module) = Module::parse(&m.name) {
+                set.set(module, m.enabled);
+            }
+        }
+        set
+    }
+}
+
+/// A complete, validated policy snapshot: every route names a provider that exists, names are unique.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub store_id: String,
+    pub version: u64,
+    pub providers: Vec<Provider>,
+    pub routes: Vec<Route>,
+    pub prices: Vec<Price>,
+    pub modules: Modules,
+}
+
+impl TryFrom<&pb::Snapshot> for Snapshot {
+    type Error = InvalidPolicy;
+
+    fn try_from(s: &pb::Snapshot) -> Result<Self, InvalidPolicy> {
+        if s.version == 0 {
+            return Err(InvalidPolicy::new("version", "must not be 0"));
+        }
+        let providers = s
+            .providers
+            .iter()
+            .map(Provider::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut names = HashSet::new();
+        for p in &providers {
+            if !names.insert(p.name.as_str()) {
+                return Err(InvalidPolicy::new(
+                    format!("provider {:?}", p.name),
+                    "defined twice",
+                ));
+            }
+        }
+        let routes = s
+            .routes
+            .iter()
+            .map(Route::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut aliases = HashSet::new();
+        for r in &routes {
+            if !aliases.insert(r.alias.as_str()) {
+                return Err(InvalidPolicy::new(
+                    format!("route {:?}", r.alias),
+                    "defined twice",
+                ));
+            }
+            for t in &r.targets {
+                if !names.contains(t.provider.as_str()) {
+                    return Err(InvalidPolicy::new(
+                        format!("route {:?}", r.alias),
+                        format!("target {} names unknown provider {:?}", t.id(), t.provider),
+                    ));
+                }
+            }
+        }
+        let prices = s
+            .prices
+            .iter()
+            .map(Price::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut models = HashSet::new();
+        for p in &prices {
+            if !models.insert(p.model.as_str()) {
+                return Err(InvalidPolicy::new(
+                    format!("price {:?}", p.model),
+                    "defined twice",
+                ));
+            }
+        }
+        Ok(Snapshot {
+            store_id: s.store_id.clone(),
+            version: s.version,
+            providers,
+            routes,
+            prices,
+            modules: Modules::from_wire(&s.modules),
+        })
+    }
+}
+
+impl From<&Snapshot> for pb::Snapshot {
+    fn from(s: &Snapshot) -> Self {
+        pb::Snapshot {
+            store_id: s.store_id.clone(),
+            version: s.version,
+            providers: s.providers.iter().map(Into::into).collect(),
+            routes: s.routes.iter().map(Into::into).collect(),
+            prices: s.prices.iter().map(Into::into).collect(),
+            modules: s.modules.to_wire(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(name: &str) -> pb::Provider {
+        pb::Provider {
+            name: name.into(),
+            kind: pb::ProviderKind::Openai as i32,
+            base_url: "https://api.openai.com/v1/".into(),
+            credential: Some(pb::provider::Credential::ApiKeyEnv("OPENAI_API_KEY".into())),
+        }
+    }
+
+    fn route(alias: &str, targets: &[(&str, &str)]) -> pb::Route {
+        pb::Route {
+            alias: alias.into(),
+            strategy: 0,
+            targets: targets
+                .iter()
+                .map(|(p, m)| pb::Target {
+                    provider: (*p).into(),
+                    model: (*m).into(),
+                    weight: 0,
+                })
+                .collect(),
+        }
+    }
+
+    fn snapshot() -> pb::Snapshot {
+        pb::Snapshot {
+            store_id: "s".into(),
+            version: 3,
+            providers: vec![provider("openai")],
+            routes: vec![route("fast", &[("openai", "gpt-4o-mini")])],
+            prices: vec![],
+            modules: vec![pb::Module {
+                name: "auth".into(),
+                enabled: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn valid_snapshot_round_trips() {
+        let s = Snapshot::try_from(&snapshot()).unwrap();
+        assert_eq!(s.providers[0].base_url.as_str(), "https://api.openai.com/v1");
+        assert_eq!(s.routes[0].targets[0].weight, 1);
+        assert!(s.modules.is_enabled(Module::Auth));
+        let back = pb::Snapshot::from(&s);
+        assert_eq!(Snapshot::try_from(&back).unwrap(), s);
+    }
+
+    #[test]
+    fn route_to_unknown_provider_is_rejected() {
+        let mut s = snapshot();
+        s.routes.push(route("x", &[("nope", "m")]));
+        let err = Snapshot::try_from(&s).unwrap_err();
+        assert!(err.to_string().contains("unknown provider \"nope\""), "{err}");
+    }
+
+    #[test]
+    fn unknown_modules_stay_off() {
+        let mut s = snapshot();
+        s.modules.push(pb::Module {
+            name: "telepathy".into(),
+            enabled: true,
+        });
+        let s = Snapshot::try_from(&s).unwrap();
+        for m in Module::ALL {
+            assert_eq!(s.modules.is_enabled(m), m == Module::Auth);
+        }
+    }
+
+    #[test]
+    fn bad_inputs_name_the_field() {
+        let cases: Vec<(pb::Snapshot, &str)> = vec![
+            (
+                {
+                    let mut s = snapshot();
+                    s.providers[0].name = String::new();
+                    s
+                },
+                "must not be empty",
+            ),
+            (
+                {
+                    let mut s = snapshot();
+                    s.providers[0].base_url = "ftp://x".into();
+                    s
+                },
+                "scheme must be http",
+            ),
+            (
+                {
+                    let mut s = snapshot();
+                    s.providers[0].base_url = "not a url".into();
+                    s
+                },
+                "is not a URL",
+            ),
+            (
+                {
+                    let mut s = snapshot();
+                    s.providers[0].kind = 0;
+                    s
+                },
+                "kind is required",
+            ),
+            (
+                {
+                    let mut s = snapshot();
+                    s.routes[0].targets.clear();
+                    s
+                },
+                "at least one target",
+            ),
+            (
+                {
+                    let mut s = snapshot();
+                    s.providers.push(provider("openai"));
+                    s
+                },
+                "defined twice",
+            ),
+            (
+                {
+                    let mut s = snapshot();
+                    s.prices.push(pb::Price {
+                        model: "m".into(),
+                        input_per_mtok: -1.0,
+                        ..Default::default()
+                    });
+                    s
+                },
+                "is not a price",
+            ),
+            (
+                {
+                    let mut s = snapshot();
+                    s.prices.push(pb::Price {
+                        model: "m".into(),
+                        input_per_mtok: f64::NAN,
+                        ..Default::default()
+                    });
+                    s
+                },
+                "is not a price",
+            ),
+            (
+                {
+                    let mut s = snapshot();
+                    s.version = 0;
+                    s
+                },
+                "must not be 0",
+            ),
+        ];
+        for (s, want) in cases {
+            let err = Snapshot::try_from(&s).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn targets_parse_provider_and_model() {
+        let t = Target::parse("vllm/meta-llama/Llama-3-8B").unwrap();
+        assert_eq!(
+            (t.provider.as_str(), t.model.as_str()),
+            ("vllm", "meta-llama/Llama-3-8B")
+        );
+        assert!(Target::parse("no-slash").is_err());
+        assert!(Target::parse("Bad/x").is_err());
+        assert!(Target::parse("ok/").is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let c = Credential::Key(Secret::new("sk-very-secret"));
+        assert!(!format!("{c:?}").contains("sk-very"));
+        assert_eq!(c.describe(), "stored");
+    }
+}
