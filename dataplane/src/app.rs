@@ -1,0 +1,155 @@
+//! Wiring: the shared state, the HTTP router, the policy client and the server task.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Metrics};
+use crate::config::Config;
+use crate::policy::{Policy, PolicyStore, client, last_good};
+use crate::providers::{HttpClient, http_client};
+use crate::proxy::{self, health::HealthRegistry, health::RetryBudget};
+
+/// State shared by every request. The policy inside is swapped whole; the rest lives as long as the process.
+pub struct AppState {
+    pub config: Config,
+    pub policy: PolicyStore,
+    pub health: HealthRegistry,
+    pub budget: RetryBudget,
+    pub client: HttpClient,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn new(config: Config) -> Self {
+        AppState {
+            budget: RetryBudget::new(config.proxy.retry_ratio, config.proxy.retry_min_per_sec),
+            client: http_client(config.proxy.connect_timeout),
+            config,
+            policy: PolicyStore::default(),
+            health: HealthRegistry::default(),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+}
+
+/// The data plane's HTTP routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(proxy::chat_completions).fallback(proxy::method_not_allowed),
+        )
+        .route(
+            "/v1/completions",
+            post(proxy::completions).fallback(proxy::method_not_allowed),
+        )
+        .route(
+            "/v1/embeddings",
+            post(proxy::embeddings).fallback(proxy::method_not_allowed),
+        )
+        .route(
+            "/v1/models",
+            get(proxy::models).fallback(proxy::method_not_allowed),
+        )
+        .route("/healthz", get(admin::healthz))
+        .route("/readyz", get(admin::readyz))
+        .route("/metrics", get(admin::metrics))
+        .fallback(proxy::not_found)
+        .with_state(state)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running data plane.
+pub struct DataPlane {
+    http_addr: SocketAddr,
+    state: Arc<AppState>,
+    server: JoinHandle<std::io::Result<()>>,
+    policy: JoinHandle<()>,
+}
+
+impl DataPlane {
+    /// Binds the HTTP listener, loads the last-good policy if configured, and starts the
+    /// policy client and the server. Runs until `shutdown` is cancelled.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<DataPlane, StartError> {
+        let addr = config.http_addr;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let state = Arc::new(AppState::new(config));
+        load_last_good(&state).await;
+
+        let policy = tokio::spawn(client::run(
+            state.clone(),
+            http_addr.to_string(),
+            shutdown.clone(),
+        ));
+        let app = router(state.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        });
+        tracing::info!(%http_addr, "data plane listening");
+        Ok(DataPlane {
+            http_addr,
+            state,
+            server,
+            policy,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Version of the policy being served, if any.
+    pub fn policy_version(&self) -> Option<u64> {
+        self.state.policy.serving().map(|(_, v)| v)
+    }
+
+    /// Waits for the server and the policy client to stop.
+    pub async fn wait(self) -> std::io::Result<()> {
+        let served = self.server.await.unwrap_or(Ok(()));
+        let _ = self.policy.await;
+        served
+    }
+}
+
+async fn load_last_good(state: &Arc<AppState>) {
+    let Some(path) = state.config.last_good.clone() else {
+        return;
+    };
+    let read = tokio::task::spawn_blocking(move || last_good::read(&path)).await;
+    match read {
+        Ok(Ok(Some(snapshot))) => match Policy::compile(&snapshot, &state.config.env, &state.health) {
+            Ok(policy) => {
+                tracing::info!(
+                    version = policy.version,
+                    "serving the last-good policy until the control plane answers"
+                );
+                state.policy.store(Arc::new(policy));
+            }
+            Err(e) => tracing::warn!(error = %e, "the last-good policy file is not valid; ignoring it"),
+        },
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot read the last-good policy file; ignoring it"),
+        Err(_) => {}
+    }
+}

@@ -1,0 +1,189 @@
+//! Data plane configuration: raw command-line [`Args`] validated into a typed [`Config`].
+//! Nothing downstream parses strings or reads the environment; credential references are
+//! resolved through the injected [`EnvLookup`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_proto::model::Secret;
+
+use crate::providers::EnvLookup;
+use crate::proxy::health::BreakerConfig;
+
+/// How requests are sent upstream: timeouts, retries, breakers.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Whole-request deadline, across every attempt.
+    pub request_timeout: Duration,
+    /// Per attempt: until the response headers (and the first stream bytes); also the
+    /// longest silence tolerated inside a stream.
+    pub upstream_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Attempts per request, at least one per target.
+    pub max_attempts: u32,
+    /// Backoff before retrying a target already tried: full jitter over `base * 2^n`, capped.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub breaker: BreakerConfig,
+    /// Cool-down after a 429 that carries no `retry-after`.
+    pub default_cooldown: Duration,
+    /// Retries allowed per original request, on top of `retry_min_per_sec`.
+    pub retry_ratio: f64,
+    pub retry_min_per_sec: u32,
+    /// Largest upstream response body buffered (non-stream).
+    pub max_response_bytes: usize,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            request_timeout: Duration::from_secs(600),
+            upstream_timeout: Duration::from_secs(300),
+            connect_timeout: Duration::from_secs(5),
+            max_attempts: 3,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(2),
+            breaker: BreakerConfig {
+                failures: 5,
+                open_for: Duration::from_secs(30),
+            },
+            default_cooldown: Duration::from_secs(1),
+            retry_ratio: 0.2,
+            retry_min_per_sec: 10,
+            max_response_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Everything the data plane needs to run.
+#[derive(Clone)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    /// Control plane gRPC URL, e.g. `http://127.0.0.1:50051`.
+    pub control_plane: String,
+    /// Token presented to the control plane.
+    pub token: Option<Secret>,
+    /// Stable identity reported to the control plane.
+    pub dataplane_id: String,
+    /// Where the last applied snapshot is kept, to start from when the control plane is away.
+    pub last_good: Option<PathBuf>,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    pub proxy: ProxyConfig,
+    /// Resolves `env:VAR` credentials.
+    pub env: EnvLookup,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("http_addr", &self.http_addr)
+            .field("control_plane", &self.control_plane)
+            .field("token", &self.token)
+            .field("dataplane_id", &self.dataplane_id)
+            .field("last_good", &self.last_good)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("proxy", &self.proxy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Default request body limit: 32 MiB.
+pub const DEFAULT_MAX_BODY: usize = 32 << 20;
+
+/// The process environment, for binaries.
+pub fn process_env() -> EnvLookup {
+    Arc::new(|var: &str| std::env::var(var).ok())
+}
+
+impl Config {
+    /// Defaults for everything but where to listen and where the control plane is.
+    pub fn new(http_addr: SocketAddr, control_plane: impl Into<String>, env: EnvLookup) -> Self {
+        Config {
+            http_addr,
+            control_plane: control_plane.into(),
+            token: None,
+            dataplane_id: default_id(),
+            last_good: None,
+            max_body_bytes: DEFAULT_MAX_BODY,
+            proxy: ProxyConfig::default(),
+            env,
+        }
+    }
+}
+
+fn default_id() -> String {
+    format!("dp-{:08x}", rand::random::<u32>())
+}
+
+/// Command-line arguments of `drover-dataplane`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Control plane gRPC URL.
+    #[arg(long, env = "DROVER_CONTROL_PLANE", default_value = "http://127.0.0.1:50051")]
+    pub control_plane: String,
+    /// Address to serve HTTP on.
+    #[arg(long, env = "DROVER_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// Token presented to the control plane (the data plane token or the admin token).
+    #[arg(long, env = "DROVER_DATAPLANE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Identity reported to the control plane (default: a random id).
+    #[arg(long, env = "DROVER_DATAPLANE_ID")]
+    pub id: Option<String>,
+    /// File to keep the last applied policy in, and to start from when the control plane is unreachable.
+    #[arg(long, env = "DROVER_LAST_GOOD")]
+    pub last_good: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "DROVER_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY)]
+    pub max_body_bytes: usize,
+    /// Whole-request deadline in seconds, across retries.
+    #[arg(long, env = "DROVER_REQUEST_TIMEOUT", default_value_t = 600)]
+    pub request_timeout: u64,
+    /// Per-attempt timeout in seconds until the provider answers; also the longest silence inside a stream.
+    #[arg(long, env = "DROVER_UPSTREAM_TIMEOUT", default_value_t = 300)]
+    pub upstream_timeout: u64,
+    /// Attempts per request (at least one per target of the route).
+    #[arg(long, env = "DROVER_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+}
+
+/// Why the arguments do not make a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--control-plane {0:?} must be an http:// or https:// URL")]
+    ControlPlaneUrl(String),
+    #[error("--{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+impl Args {
+    pub fn into_config(self, env: EnvLookup) -> Result<Config, ConfigError> {
+        if !(self.control_plane.starts_with("http://") || self.control_plane.starts_with("https://")) {
+            return Err(ConfigError::ControlPlaneUrl(self.control_plane));
+        }
+        for (name, value) in [
+            ("max-body-bytes", self.max_body_bytes as u64),
+            ("request-timeout", self.request_timeout),
+            ("upstream-timeout", self.upstream_timeout),
+            ("max-attempts", u64::from(self.max_attempts)),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        let mut config = Config::new(self.http, self.control_plane, env);
+        config.token = self.token.filter(|t| !t.is_empty()).map(Secret::new);
+        if let Some(id) = self.id {
+            config.dataplane_id = id;
+        }
+        config.last_good = self.last_good;
+        config.max_body_bytes = self.max_body_bytes;
+        config.proxy.request_timeout = Duration::from_secs(self.request_timeout);
+        config.proxy.upstream_timeout = Duration::from_secs(self.upstream_timeout);
+        config.proxy.max_attempts = self.max_attempts;
+        Ok(config)
+    }
+}

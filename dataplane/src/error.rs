@@ -1,0 +1,261 @@
+//! Errors a request can end with, and their one mapping to the caller's wire format.
+//!
+//! Whether an upstream failure may be retried is decided where it happens and carried in
+//! [`UpstreamFailure::retryable`]; nothing downstream guesses from a message. Messages are
+//! written for the caller: they never contain a credential, an upstream address or a
+//! stack trace.
+
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, StatusCode};
+
+use crate::formats::openai::{BodyError, error_body};
+
+/// How an attempt on one upstream target failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// Could not connect or the connection broke before an answer.
+    Connect,
+    /// No answer within the attempt timeout.
+    Timeout,
+    /// The provider answered with this status (429 or 5xx).
+    Status {
+        status: u16,
+        retry_after_secs: Option<u64>,
+    },
+}
+
+impl UpstreamFailure {
+    /// Whether another attempt (on this or another target) may succeed.
+    pub fn retryable(&self) -> bool {
+        match self {
+            UpstreamFailure::Connect | UpstreamFailure::Timeout => true,
+            UpstreamFailure::Status { status, .. } => *status == 429 || *status >= 500,
+        }
+    }
+
+    /// Whether it counts against the target's circuit breaker (a 429 cools it down instead).
+    pub fn trips_breaker(&self) -> bool {
+        !matches!(self, UpstreamFailure::Status { status: 429, .. })
+    }
+}
+
+/// Why a request failed, in terms the caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("the gateway has no policy yet; retry shortly")]
+    NotReady,
+    #[error("{0}")]
+    BadRequest(#[from] BodyError),
+    #[error("request body exceeds the limit of {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the model `{model}` does not exist or you do not have access to it")]
+    UnknownModel { model: String },
+    #[error("{message}")]
+    Unsupported { message: String },
+    #[error("unknown path {path}")]
+    NoSuchPath { path: String },
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// Every attempt failed; the last failure decides the status.
+    #[error("upstream failed after {attempts} attempt(s)")]
+    Upstream { last: UpstreamFailure, attempts: u32 },
+    /// Every target is skipped (breaker open or cooling down).
+    #[error("no upstream target is available")]
+    NoTarget { retry_after_secs: Option<u64> },
+    /// The provider refused the request (a 4xx other than 429): its answer goes to the caller as is.
+    #[error("upstream rejected the request with status {status}")]
+    Rejected {
+        status: StatusCode,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+    },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BadRequest(_) | ProxyError::Unsupported { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UnknownModel { .. } | ProxyError::NoSuchPath { .. } => StatusCode::NOT_FOUND,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::Upstream { last, .. } => match last {
+                UpstreamFailure::Connect => StatusCode::BAD_GATEWAY,
+                UpstreamFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                UpstreamFailure::Status { status: 429, .. } => StatusCode::TOO_MANY_REQUESTS,
+                UpstreamFailure::Status {
+                    status: 503 | 529, ..
+                } => StatusCode::SERVICE_UNAVAILABLE,
+                UpstreamFailure::Status { status: 504, .. } => StatusCode::GATEWAY_TIMEOUT,
+                UpstreamFailure::Status { .. } => StatusCode::BAD_GATEWAY,
+            },
+            ProxyError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Rejected { status, .. } => *status,
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ProxyError::NotReady => Some(1),
+            ProxyError::Upstream {
+                last: UpstreamFailure::Status { retry_after_secs, .. },
+                ..
+            } => *retry_after_secs,
+            ProxyError::NoTarget { retry_after_secs } => *retry_after_secs,
+            _ => None,
+        }
+    }
+
+    /// OpenAI's error `type`, `param` and `code` for this error.
+    fn openai_parts(&self) -> (&'static str, Option<&'static str>, Option<&'static str>) {
+        match self {
+            ProxyError::NotReady => ("server_error", None, Some("not_ready")),
+            ProxyError::BadRequest(e) => ("invalid_request_error", e.param, None),
+            ProxyError::TooLarge { .. } => ("invalid_request_error", None, Some("request_too_large")),
+            ProxyError::UnknownModel { .. } => {
+                ("invalid_request_error", Some("model"), Some("model_not_found"))
+            }
+            ProxyError::Unsupported { .. } => ("invalid_request_error", None, Some("unsupported")),
+            ProxyError::NoSuchPath { .. } => ("invalid_request_error", None, Some("unknown_url")),
+            ProxyError::MethodNotAllowed => ("invalid_request_error", None, Some("method_not_allowed")),
+            ProxyError::Upstream {
+                last: UpstreamFailure::Status { status: 429, .. },
+                ..
+            } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
+            ProxyError::Upstream {
+                last: UpstreamFailure::Timeout,
+                ..
+            } => ("server_error", None, Some("upstream_timeout")),
+            ProxyError::Upstream { .. } => ("server_error", None, Some("upstream_error")),
+            ProxyError::NoTarget { .. } => ("server_error", None, Some("upstream_unavailable")),
+            ProxyError::Rejected { .. } => ("invalid_request_error", None, None),
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            ProxyError::Upstream { last, attempts } => {
+                let what = match last {
+                    UpstreamFailure::Connect => "could not connect to the provider".to_owned(),
+                    UpstreamFailure::Timeout => "the provider did not answer in time".to_owned(),
+                    UpstreamFailure::Status { status, .. } => {
+                        format!("the provider answered with status {status}")
+                    }
+                };
+                format!("upstream request failed: {what} (after {attempts} attempt(s))")
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The error as an OpenAI-format response.
+    pub fn into_openai_response(self) -> Response {
+        let status = self.status();
+        let retry_after = self.retry_after();
+        if let ProxyError::Rejected {
+            content_type, body, ..
+        } = self
+        {
+            let mut resp = (status, body).into_response();
+            if let Some(ct) = content_type {
+                resp.headers_mut().insert(CONTENT_TYPE, ct);
+            }
+            return resp;
+        }
+        let (kind, param, code) = self.openai_parts();
+        let body = error_body(&self.message(), kind, param, code);
+        let mut resp = (status, body).into_response();
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_contract() {
+        let up = |status| ProxyError::Upstream {
+            last: UpstreamFailure::Status {
+                status,
+                retry_after_secs: Some(3),
+            },
+            attempts: 2,
+        };
+        let cases = [
+            (ProxyError::TooLarge { limit: 1 }, 413),
+            (ProxyError::UnknownModel { model: "x".into() }, 404),
+            (up(429), 429),
+            (up(500), 502),
+            (up(503), 503),
+            (up(529), 503),
+            (
+                ProxyError::Upstream {
+                    last: UpstreamFailure::Timeout,
+                    attempts: 1,
+                },
+                504,
+            ),
+            (
+                ProxyError::Upstream {
+                    last: UpstreamFailure::Connect,
+                    attempts: 1,
+                },
+                502,
+            ),
+            (
+                ProxyError::NoTarget {
+                    retry_after_secs: None,
+                },
+                503,
+            ),
+            (ProxyError::NotReady, 503),
+        ];
+        for (err, want) in cases {
+            assert_eq!(err.status().as_u16(), want, "{err:?}");
+        }
+        let resp = up(429).into_openai_response();
+        assert_eq!(resp.headers()[RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn retryable_is_a_property_of_the_failure() {
+        assert!(UpstreamFailure::Connect.retryable());
+        assert!(UpstreamFailure::Timeout.retryable());
+        assert!(
+            UpstreamFailure::Status {
+                status: 429,
+                retry_after_secs: None
+            }
+            .retryable()
+        );
+        assert!(
+            UpstreamFailure::Status {
+                status: 502,
+                retry_after_secs: None
+            }
+            .retryable()
+        );
+        assert!(
+            !UpstreamFailure::Status {
+                status: 400,
+                retry_after_secs: None
+            }
+            .retryable()
+        );
+        assert!(
+            !UpstreamFailure::Status {
+                status: 429,
+                retry_after_secs: None
+            }
+            .trips_breaker()
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! Server-sent events framing for relayed streams.
+//!
+//! [`SseFramer`] cuts an arbitrary byte stream at event boundaries, so that only whole
+//! events are forwarded and an error event can always be appended cleanly; it also notes
+//! whether the terminal `data: [DONE]` event went by. It does not interpret event payloads.
+
+use bytes::{Bytes, BytesMut};
+
+/// Splits a byte stream into runs of complete SSE events.
+#[derive(Debug, Default)]
+pub struct SseFramer {
+    /// Bytes after the last event boundary seen.
+    tail: BytesMut,
+    done: bool,
+}
+
+/// Index just past the last event boundary (a blank line) in `buf`, if any.
+fn last_boundary(buf: &[u8]) -> Option<usize> {
+    let mut i = buf.len();
+    while i >= 2 {
+        let (a, b) = (buf[i - 2], buf[i - 1]);
+        if b == b'\n' && (a == b'\n' || (a == b'\r' && i >= 4 && buf[i - 3] == b'\n' && buf[i - 4] == b'\r'))
+        {
+            return Some(i);
+        }
+        if b == b'\r' && a == b'\r' {
+            return Some(i);
+        }
+        i -= 1;
+    }
+    None
+}
+
+/// Whether `events` (whole events) contain a `data: [DONE]` line.
+fn contains_done(events: &[u8]) -> bool {
+    events.split(|&b| b == b'\n' || b == b'\r').any(|line| {
+        let Some(rest) = line.strip_prefix(b"data:") else {
+            return false;
+        };
+        rest.strip_prefix(b" ").unwrap_or(rest) == b"[DONE]"
+    })
+}
+
+impl SseFramer {
+    /// Feeds a chunk; returns the complete events it finishes, if any.
+    pub fn push(&mut self, chunk: Bytes) -> Option<Bytes> {
+        let out = if self.tail.is_empty() {
+            match last_boundary(&chunk) {
+                Some(end) if end == chunk.len() => chunk,
+                Some(end) => {
+                    self.tail.extend_from_slice(&chunk[end..]);
+                    chunk.slice(..end)
+                }
+                None => {
+                    self.tail.extend_from_slice(&chunk);
+                    return None;
+                }
+            }
+        } else {
+            self.tail.extend_from_slice(&chunk);
+            let end = last_boundary(&self.tail)?;
+            self.tail.split_to(end).freeze()
+        };
+        if !self.done && contains_done(&out) {
+            self.done = true;
+        }
+        Some(out)
+    }
+
+    /// Whether the terminal `data: [DONE]` event has been seen.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Bytes of an unfinished event held back.
+    pub fn pending(&self) -> usize {
+        self.tail.len()
+    }
+}
+
+/// The event sent to an OpenAI-format caller when a stream breaks before its end.
+pub fn openai_error_event(message: &str, code: &str) -> Bytes {
+    let body = serde_json::json!({
+        "error": { "message": message, "type": "server_error", "param": null, "code": code }
+    });
+    Bytes::from(format!("data: {body}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM: &[u8] = b"data: {\"a\":1}\n\ndata: {\"b\":\"x\\n\"}\r\n\r\n: keepalive\n\nevent: e\ndata: {\"c\":3}\n\ndata: [DONE]\n\n";
+
+    fn run(chunks: &[&[u8]]) -> (Vec<u8>, bool, usize) {
+        let mut framer = SseFramer::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            if let Some(events) = framer.push(Bytes::copy_from_slice(c)) {
+                assert!(
+                    last_boundary(&events) == Some(events.len()),
+                    "emitted a partial event"
+                );
+                out.extend_from_slice(&events);
+            }
+        }
+        (out, framer.is_done(), framer.pending())
+    }
+
+    #[test]
+    fn whole_stream_in_one_chunk() {
+        let (out, done, pending) = run(&[STREAM]);
+        assert_eq!(out, STREAM);
+        assert!(done);
+        assert_eq!(pending, 0);
+    }
+
+    #[test]
+    fn same_events_however_the_bytes_are_split() {
+        for i in 0..=STREAM.len() {
+            for j in i..=STREAM.len() {
+                let (out, done, pending) = run(&[&STREAM[..i], &STREAM[i..j], &STREAM[j..]]);
+                assert_eq!(out, STREAM, "split at {i},{j}");
+                assert!(done, "split at {i},{j}");
+                assert_eq!(pending, 0);
+            }
+        }
+        let bytes: Vec<&[u8]> = STREAM.chunks(1).collect();
+        assert_eq!(run(&bytes).0, STREAM);
+    }
+
+    #[test]
+    fn a_cut_stream_holds_back_the_partial_event_and_is_not_done() {
+        let cut = &STREAM[..20];
+        let (out, done, pending) = run(&[cut]);
+        assert_eq!(out, b"data: {\"a\":1}\n\n");
+        assert!(!done);
+        assert_eq!(pending, 5);
+    }
+
+    #[test]
+    fn done_must_be_a_whole_data_line() {
+        assert!(!run(&[b"data: {\"text\":\"data: [DONE]\"}\n\n"]).1);
+        assert!(run(&[b"data:[DONE]\n\n"]).1);
+        assert!(!run(&[b"data: [DONE]"]).1, "not done until the event is complete");
+    }
+
+    #[test]
+    fn error_event_is_one_whole_event() {
+        let e = openai_error_event("upstream stream ended early", "stream_incomplete");
+        assert!(e.starts_with(b"data: {"));
+        assert_eq!(last_boundary(&e), Some(e.len()));
+        let json: serde_json::Value = serde_json::from_slice(&e[6..e.len() - 2]).unwrap();
+        assert_eq!(json["error"]["code"], "stream_incomplete");
+    }
+}

@@ -1,0 +1,293 @@
+//! Per-target health: a circuit breaker and a 429 cool-down, plus the retry budget.
+//!
+//! All lock-free: atomics only. Health is keyed by the stable target id (`provider/model`)
+//! in a [`HealthRegistry`] that lives beside the policy, so a policy swap keeps what was
+//! learnt about a target. The registry map is touched when a policy is compiled and for
+//! direct `provider/model` requests; route targets hold their `Arc` directly.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+
+/// Milliseconds on a monotonic clock (since first use), never 0.
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    u64::try_from(start.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
+/// Circuit breaker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerConfig {
+    /// Consecutive failures that open the breaker.
+    pub failures: u32,
+    /// How long an open breaker skips the target before one probe is let through.
+    pub open_for: Duration,
+}
+
+/// What a caller may do with a target now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// Closed breaker: go ahead.
+    Normal,
+    /// Half-open breaker: this request is the one probe.
+    Probe,
+}
+
+/// Health of one target.
+#[derive(Debug, Default)]
+pub struct TargetHealth {
+    consecutive_failures: AtomicU32,
+    /// 0 when closed; otherwise when the breaker may be probed.
+    open_until: AtomicU64,
+    /// When the current probe started; 0 when none is out.
+    probe_started: AtomicU64,
+    /// Provider-asked pause (429 retry-after): no request before this time.
+    cooldown_until: AtomicU64,
+}
+
+impl TargetHealth {
+    /// Whether the target may be tried now, and how.
+    pub fn permit(&self, now: u64, cfg: &BreakerConfig) -> Option<Permit> {
+        if self.cooldown_until.load(Ordering::Relaxed) > now {
+            return None;
+        }
+        let open_until = self.open_until.load(Ordering::Acquire);
+        if open_until == 0 {
+            return Some(Permit::Normal);
+        }
+        if now < open_until {
+            return None;
+        }
+        // Half-open: one probe at a time; a probe that never reported (its request was
+        // abandoned) is replaced after another open period.
+        let started = self.probe_started.load(Ordering::Acquire);
+        let stale = started != 0 && now.saturating_sub(started) >= duration_ms(cfg.open_for);
+        if (started == 0 || stale)
+            && self
+                .probe_started
+                .compare_exchange(started, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(Permit::Probe);
+        }
+        None
+    }
+
+    pub fn on_success(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        if self.open_until.load(Ordering::Relaxed) != 0 {
+            self.open_until.store(0, Ordering::Release);
+            self.probe_started.store(0, Ordering::Release);
+        }
+    }
+
+    pub fn on_failure(&self, permit: Permit, now: u64, cfg: &BreakerConfig) {
+        let failures = self
+            .consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if permit == Permit::Probe || failures >= cfg.failures {
+            self.open_until
+                .store(now.saturating_add(duration_ms(cfg.open_for)), Ordering::Release);
+            self.probe_started.store(0, Ordering::Release);
+        }
+    }
+
+    /// The provider asked for a pause (429): skip the target until then.
+    pub fn cool_down(&self, until: u64) {
+        self.cooldown_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// When the target can next be tried, if it cannot be now.
+    pub fn available_at(&self, now: u64) -> Option<u64> {
+        let at = self
+            .cooldown_until
+            .load(Ordering::Relaxed)
+            .max(self.open_until.load(Ordering::Relaxed));
+        (at > now).then_some(at)
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open_until.load(Ordering::Relaxed) != 0
+    }
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Health of every target seen, by id. Outlives policy swaps.
+#[derive(Debug, Default)]
+pub struct HealthRegistry {
+    targets: DashMap<String, Arc<TargetHealth>>,
+}
+
+impl HealthRegistry {
+    /// The health of a target, created on first use.
+    pub fn get(&self, id: &str) -> Arc<TargetHealth> {
+        if let Some(h) = self.targets.get(id) {
+            return h.clone();
+        }
+        self.targets.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Forgets targets whose provider is gone.
+    pub fn retain_providers(&self, keep: impl Fn(&str) -> bool) {
+        self.targets
+            .retain(|id, _| keep(id.split_once('/').map_or(id.as_str(), |(p, _)| p)));
+    }
+
+    /// Number of targets whose breaker is open now.
+    pub fn open_count(&self) -> usize {
+        self.targets.iter().filter(|h| h.is_open()).count()
+    }
+}
+
+/// Retry budget (as in Finagle and linkerd): each request deposits `ratio` of a retry,
+/// each retry withdraws one, and `min_per_sec` retries are always allowed. Keeps retries
+/// from multiplying load on a failing upstream.
+#[derive(Debug)]
+pub struct RetryBudget {
+    /// Balance in thousandths of a retry.
+    balance: AtomicI64,
+    last_refill_sec: AtomicU64,
+    deposit: i64,
+    min_per_sec: i64,
+    max: i64,
+}
+
+const MILLI: i64 = 1000;
+
+impl RetryBudget {
+    pub fn new(ratio: f64, min_per_sec: u32) -> Self {
+        let min_per_sec = i64::from(min_per_sec) * MILLI;
+        // Allow a burst of up to ten seconds' minimum plus a hundred retries.
+        let max = min_per_sec * 10 + 100 * MILLI;
+        let deposit = (ratio.clamp(0.0, 1.0) * 1000.0).round();
+        RetryBudget {
+            balance: AtomicI64::new(min_per_sec),
+            last_refill_sec: AtomicU64::new(0),
+            #[allow(clippy::cast_possible_truncation)]
+            deposit: deposit as i64,
+            min_per_sec,
+            max,
+        }
+    }
+
+    fn add(&self, amount: i64) {
+        let max = self.max;
+        let _ = self
+            .balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                Some((b + amount).min(max))
+            });
+    }
+
+    /// Called once per original request.
+    pub fn deposit(&self) {
+        if self.deposit > 0 {
+            self.add(self.deposit);
+        }
+    }
+
+    /// Takes one retry from the budget, if there is one.
+    pub fn try_withdraw(&self) -> bool {
+        let sec = now_ms() / 1000;
+        let last = self.last_refill_sec.load(Ordering::Relaxed);
+        if sec != last
+            && self
+                .last_refill_sec
+                .compare_exchange(last, sec, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.add(self.min_per_sec);
+        }
+        self.balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b >= MILLI).then_some(b - MILLI)
+            })
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: BreakerConfig = BreakerConfig {
+        failures: 3,
+        open_for: Duration::from_millis(1000),
+    };
+
+    #[test]
+    fn opens_after_consecutive_failures_and_probes_once() {
+        let h = TargetHealth::default();
+        for _ in 0..2 {
+            assert_eq!(h.permit(10, &CFG), Some(Permit::Normal));
+            h.on_failure(Permit::Normal, 10, &CFG);
+        }
+        h.on_success();
+        for _ in 0..3 {
+            h.on_failure(Permit::Normal, 10, &CFG);
+        }
+        assert_eq!(h.permit(500, &CFG), None, "open");
+        assert_eq!(h.available_at(500), Some(1010));
+        assert_eq!(h.permit(1010, &CFG), Some(Permit::Probe));
+        assert_eq!(h.permit(1011, &CFG), None, "only one probe at a time");
+        h.on_failure(Permit::Probe, 1020, &CFG);
+        assert_eq!(h.permit(1500, &CFG), None, "failed probe reopens");
+        assert_eq!(h.permit(2020, &CFG), Some(Permit::Probe));
+        h.on_success();
+        assert_eq!(h.permit(2021, &CFG), Some(Permit::Normal));
+        assert!(!h.is_open());
+    }
+
+    #[test]
+    fn abandoned_probe_is_replaced() {
+        let h = TargetHealth::default();
+        for _ in 0..3 {
+            h.on_failure(Permit::Normal, 0, &CFG);
+        }
+        assert_eq!(h.permit(1000, &CFG), Some(Permit::Probe));
+        assert_eq!(h.permit(1500, &CFG), None);
+        assert_eq!(h.permit(2000, &CFG), Some(Permit::Probe));
+    }
+
+    #[test]
+    fn cool_down_skips_until_its_time() {
+        let h = TargetHealth::default();
+        h.cool_down(100);
+        assert_eq!(h.permit(50, &CFG), None);
+        assert_eq!(h.available_at(50), Some(100));
+        assert_eq!(h.permit(100, &CFG), Some(Permit::Normal));
+    }
+
+    #[test]
+    fn registry_shares_state_by_id_and_forgets_removed_providers() {
+        let r = HealthRegistry::default();
+        assert!(Arc::ptr_eq(&r.get("a/m"), &r.get("a/m")));
+        let b = r.get("b/m");
+        r.retain_providers(|p| p == "a");
+        assert!(!Arc::ptr_eq(&b, &r.get("b/m")));
+    }
+
+    #[test]
+    fn retry_budget_is_bounded_by_deposits() {
+        let budget = RetryBudget::new(0.5, 0);
+        assert!(!budget.try_withdraw());
+        budget.deposit();
+        assert!(!budget.try_withdraw(), "half a retry is not a retry");
+        budget.deposit();
+        assert!(budget.try_withdraw());
+        assert!(!budget.try_withdraw());
+        let generous = RetryBudget::new(0.0, 2);
+        assert!(generous.try_withdraw());
+        assert!(generous.try_withdraw());
+    }
+}
