@@ -1,1 +1,94 @@
-fn main() {}
+//! `drover-controlplane`: parses arguments and the environment into a `Config`, runs the
+//! control plane until ctrl-c or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Parser;
+use drover_controlplane::{Config, ControlPlane};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Drover's control plane: the admin API and the policy stream, over one SQLite database.
+///
+/// Secrets come from the environment only: DROVER_ADMIN_TOKEN (else a token file beside the
+/// database, created on first start), DROVER_DATAPLANE_TOKEN (an extra token data planes may
+/// present), DROVER_MASTER_KEY (base64 of 32 bytes; else a key file beside the database).
+#[derive(Parser, Debug)]
+#[command(name = "drover-controlplane", version)]
+struct Args {
+    /// SQLite database file; created if missing.
+    #[arg(long, env = "DROVER_DB", default_value = "drover.db")]
+    db: PathBuf,
+    /// Address for gRPC (admin API, policy stream, reflection, health).
+    #[arg(long, env = "DROVER_GRPC", default_value = "127.0.0.1:50051")]
+    grpc: SocketAddr,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+
+    let config = Config {
+        db_path: args.db,
+        grpc_addr: args.grpc,
+        admin_token: secret_from_env("DROVER_ADMIN_TOKEN")?,
+        dataplane_token: secret_from_env("DROVER_DATAPLANE_TOKEN")?,
+        master_key: secret_from_env("DROVER_MASTER_KEY")?,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let control_plane = ControlPlane::start(config, shutdown)
+        .await
+        .context("starting the control plane")?;
+    if let Some(path) = control_plane.created_token_file() {
+        tracing::info!(path = %path.display(), "created an admin token; `drover --db` reads it from there");
+    }
+    control_plane.wait().await.context("control plane stopped")?;
+    tracing::info!("control plane stopped");
+    Ok(())
+}
+
+/// An optional secret from the environment; set but empty counts as unset.
+fn secret_from_env(name: &str) -> anyhow::Result<Option<String>> {
+    match std::env::var(name) {
+        Ok(value) if value.trim().is_empty() => Ok(None),
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("{name} is not valid UTF-8"),
+    }
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}

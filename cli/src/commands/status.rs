@@ -1,0 +1,261 @@
+//! `drover status`: the policy version, and each data plane with the version it serves.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use drover_proto::pb;
+use serde::Serialize;
+
+use crate::client::{Client, GlobalArgs};
+use crate::output::{self, Table};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print a JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `status --json`.
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    /// Current policy version.
+    pub version: u64,
+    pub store_id: String,
+    pub dataplanes: Vec<DataPlaneRow>,
+}
+
+/// One data plane in `status --json`.
+#[derive(Debug, Serialize)]
+pub struct DataPlaneRow {
+    pub id: String,
+    pub http_addr: String,
+    /// Peer address of its policy stream.
+    pub peer: String,
+    /// Version it serves; 0 if none yet.
+    pub served_version: u64,
+    pub connected: bool,
+    /// Why it rejected the last snapshot sent; empty if it did not.
+    pub last_error: String,
+    /// Version of that rejected snapshot; 0 if none.
+    pub rejected_version: u64,
+    /// Unix time in milliseconds of the last message from it.
+    pub last_seen_unix_ms: i64,
+}
+
+impl From<pb::StatusResponse> for StatusView {
+    fn from(s: pb::StatusResponse) -> Self {
+        StatusView {
+            version: s.version,
+            store_id: s.store_id,
+            dataplanes: s
+                .dataplanes
+                .into_iter()
+                .map(|d| DataPlaneRow {
+                    id: d.id,
+                    http_addr: d.http_addr,
+                    peer: d.peer,
+                    served_version: d.served_version,
+                    connected: d.connected,
+                    last_error: d.last_error,
+                    rejected_version: d.rejected_version,
+                    last_seen_unix_ms: d.last_seen_unix_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl StatusView {
+    /// The text form; `now_ms` is the current Unix time in milliseconds, for "last seen".
+    fn render(&self, now_ms: i64) -> String {
+        let connected = self.dataplanes.iter().filter(|d| d.connected).count();
+        let planes = if self.dataplanes.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("{} ({connected} connected)", self.dataplanes.len())
+        };
+        let mut out = format!(
+            "policy version  {}\nstore id        {}\ndata planes     {planes}\n",
+            self.version,
+            output::printable(&self.store_id)
+        );
+        if self.dataplanes.is_empty() {
+            return out;
+        }
+        let mut t = Table::new([
+            "ID",
+            "HTTP ADDR",
+            "SERVES",
+            "CONNECTED",
+            "LAST SEEN",
+            "LAST ERROR",
+        ]);
+        for d in &self.dataplanes {
+            let serves = match d.served_version {
+                0 => "nothing yet".to_owned(),
+                v if v == self.version => format!("{v} (current)"),
+                v => format!("{v} (behind)"),
+            };
+            let error = if d.last_error.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("version {} rejected: {}", d.rejected_version, d.last_error)
+            };
+            t.row([
+                d.id.clone(),
+                if d.http_addr.is_empty() {
+                    "-".to_owned()
+                } else {
+                    d.http_addr.clone()
+                },
+                serves,
+                if d.connected { "yes" } else { "no" }.to_owned(),
+                ago(d.last_seen_unix_ms, now_ms),
+                error,
+            ]);
+        }
+        out.push('\n');
+        out.push_str(&t.render());
+        out
+    }
+}
+
+/// `12s ago`, `5m ago`, `3h ago`, `2d ago`; `never` for 0.
+fn ago(then_ms: i64, now_ms: i64) -> String {
+    if then_ms <= 0 {
+        return "never".to_owned();
+    }
+    let secs = (now_ms - then_ms).max(0) / 1000;
+    match secs {
+        0 => "just now".to_owned(),
+        s if s < 60 => format!("{s}s ago"),
+        s if s < 3600 => format!("{}m ago", s / 60),
+        s if s < 86_400 => format!("{}h ago", s / 3600),
+        s => format!("{}d ago", s / 86_400),
+    }
+}
+
+fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+pub async fn run(args: StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {
+    let mut client = Client::connect(global).await?;
+    let response = client
+        .admin
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(|s| client.error(s))?;
+    let view = StatusView::from(response.into_inner());
+    if args.json {
+        output::print(&output::json(&view)?)
+    } else {
+        output::print(&view.render(now_unix_ms()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Command;
+    use crate::tests::parse;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn status() -> StatusView {
+        StatusView::from(pb::StatusResponse {
+            version: 7,
+            store_id: "st-1".into(),
+            dataplanes: vec![
+                pb::DataPlaneStatus {
+                    id: "dp-a".into(),
+                    http_addr: "127.0.0.1:8080".into(),
+                    peer: "127.0.0.1:50000".into(),
+                    served_version: 7,
+                    connected: true,
+                    last_error: String::new(),
+                    rejected_version: 0,
+                    last_seen_unix_ms: NOW - 3_000,
+                },
+                pb::DataPlaneStatus {
+                    id: "dp-b".into(),
+                    http_addr: String::new(),
+                    peer: "10.0.0.2:41000".into(),
+                    served_version: 6,
+                    connected: false,
+                    last_error: "route \"x\": bad\nthing".into(),
+                    rejected_version: 7,
+                    last_seen_unix_ms: NOW - 7_200_000,
+                },
+            ],
+        })
+    }
+
+    #[test]
+    fn parses() {
+        assert!(matches!(
+            parse(&["drover", "status"]).command,
+            Command::Status(StatusArgs { json: false })
+        ));
+        assert!(matches!(
+            parse(&["drover", "status", "--json"]).command,
+            Command::Status(StatusArgs { json: true })
+        ));
+    }
+
+    #[test]
+    fn text_output() {
+        assert_eq!(
+            status().render(NOW),
+            "policy version  7\n\
+             store id        st-1\n\
+             data planes     2 (1 connected)\n\
+             \n\
+             ID    HTTP ADDR       SERVES       CONNECTED  LAST SEEN  LAST ERROR\n\
+             dp-a  127.0.0.1:8080  7 (current)  yes        3s ago     -\n\
+             dp-b  -               6 (behind)   no         2h ago     version 7 rejected: route \"x\": bad thing\n"
+        );
+        let empty = StatusView::from(pb::StatusResponse {
+            version: 1,
+            store_id: "s".into(),
+            dataplanes: vec![],
+        });
+        assert_eq!(
+            empty.render(NOW),
+            "policy version  1\nstore id        s\ndata planes     none\n"
+        );
+    }
+
+    #[test]
+    fn json_output() {
+        let json: serde_json::Value = serde_json::from_str(&output::json(&status()).unwrap()).unwrap();
+        assert_eq!(json["version"], 7);
+        assert_eq!(json["store_id"], "st-1");
+        assert_eq!(
+            json["dataplanes"][0],
+            serde_json::json!({
+                "id": "dp-a",
+                "http_addr": "127.0.0.1:8080",
+                "peer": "127.0.0.1:50000",
+                "served_version": 7,
+                "connected": true,
+                "last_error": "",
+                "rejected_version": 0,
+                "last_seen_unix_ms": NOW - 3_000,
+            })
+        );
+    }
+
+    #[test]
+    fn last_seen() {
+        assert_eq!(ago(0, NOW), "never");
+        assert_eq!(ago(NOW, NOW), "just now");
+        assert_eq!(ago(NOW + 5_000, NOW), "just now");
+        assert_eq!(ago(NOW - 59_000, NOW), "59s ago");
+        assert_eq!(ago(NOW - 60_000, NOW), "1m ago");
+        assert_eq!(ago(NOW - 3 * 86_400_000, NOW), "3d ago");
+    }
+}

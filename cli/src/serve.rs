@@ -1,0 +1,263 @@
+//! `drover serve`: the control plane and one data plane in one process, over one SQLite
+//! database. The data plane reaches the control plane over loopback gRPC like any other, with
+//! the admin token, so `drover status` shows it. Ctrl-C or SIGTERM stops both; if either stops
+//! on its own, the other is stopped too.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use drover_controlplane::ControlPlane;
+use drover_dataplane::DataPlane;
+use drover_proto::model::Secret;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use crate::client::GlobalArgs;
+
+/// Identity of the in-process data plane, as `drover status` shows it.
+const DATAPLANE_ID: &str = "local";
+
+/// `drover serve`. The database is the global --db. The admin token is --token or
+/// DROVER_ADMIN_TOKEN, else the one kept beside the database (created on first start).
+/// DROVER_DATAPLANE_TOKEN sets a join token for other data planes, DROVER_MASTER_KEY the key
+/// that encrypts stored API keys (else a key file beside the database).
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where the data plane serves the OpenAI and Anthropic APIs.
+    #[arg(
+        long,
+        env = "DROVER_HTTP",
+        default_value = "127.0.0.1:8080",
+        value_name = "ADDR"
+    )]
+    pub http: SocketAddr,
+
+    /// Where the control plane serves gRPC (admin API and policy stream).
+    #[arg(
+        long,
+        env = "DROVER_GRPC",
+        default_value = "127.0.0.1:50051",
+        value_name = "ADDR"
+    )]
+    pub grpc: SocketAddr,
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Debug)]
+pub struct Options {
+    pub db: PathBuf,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub dataplane_token: Option<Secret>,
+    pub master_key: Option<Secret>,
+}
+
+impl ServeArgs {
+    /// `env` looks up the secrets that are only taken from the environment.
+    pub fn into_options(self, global: &GlobalArgs, env: impl Fn(&str) -> Option<String>) -> Options {
+        let secret = |v: Option<String>| v.filter(|s| !s.trim().is_empty()).map(Secret::new);
+        Options {
+            db: global.db.clone(),
+            http: self.http,
+            grpc: self.grpc,
+            admin_token: secret(global.token.as_ref().map(|t| t.expose().to_owned())),
+            dataplane_token: secret(env("DROVER_DATAPLANE_TOKEN")),
+            master_key: secret(env("DROVER_MASTER_KEY")),
+        }
+    }
+}
+
+/// Logs to stdout; `RUST_LOG` filters (default `info`).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+}
+
+/// Runs both planes until `shutdown` is cancelled or one of them stops.
+pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let db = options.db.clone();
+    let control_plane = ControlPlane::start(
+        drover_controlplane::Config {
+            db_path: options.db,
+            grpc_addr: options.grpc,
+            admin_token: options.admin_token.map(|t| t.expose().to_owned()),
+            dataplane_token: options.dataplane_token.map(|t| t.expose().to_owned()),
+            master_key: options.master_key.map(|k| k.expose().to_owned()),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the control plane")?;
+    if let Some(path) = control_plane.created_token_file() {
+        tracing::info!(
+            path = %path.display(),
+            "created an admin token; `drover --db {}` reads it from there",
+            db.display()
+        );
+    }
+
+    let config = dataplane_config(
+        options.http,
+        control_plane.grpc_addr(),
+        control_plane.admin_token(),
+    );
+    let data_plane = match DataPlane::start(config, shutdown.clone()).await {
+        Ok(dp) => dp,
+        Err(e) => {
+            shutdown.cancel();
+            if let Err(stop) = control_plane.wait().await {
+                tracing::warn!(error = %stop, "stopping the control plane");
+            }
+            return Err(e).context("starting the data plane");
+        }
+    };
+    tracing::info!(
+        "drover is serving: OpenAI and Anthropic APIs on http://{}, admin API on http://{}",
+        data_plane.http_addr(),
+        control_plane.grpc_addr()
+    );
+
+    let control = async {
+        let stopped = control_plane.wait().await;
+        shutdown.cancel();
+        stopped.context("control plane")
+    };
+    let data = async {
+        let stopped = data_plane.wait().await;
+        shutdown.cancel();
+        stopped.context("data plane")
+    };
+    let (control, data) = tokio::join!(control, data);
+    control?;
+    data?;
+    tracing::info!("drover stopped");
+    Ok(())
+}
+
+/// The in-process data plane: the usual defaults, the environment of this process for
+/// `env:VAR` credentials, the control plane over loopback with the admin token.
+fn dataplane_config(http: SocketAddr, grpc: SocketAddr, token: &Secret) -> drover_dataplane::Config {
+    let mut config = drover_dataplane::Config::new(
+        http,
+        format!("http://{}", loopback_if_unspecified(grpc)),
+        drover_dataplane::process_env(),
+    );
+    config.token = Some(token.clone());
+    config.dataplane_id = DATAPLANE_ID.to_owned();
+    config
+}
+
+/// `0.0.0.0:p` and `[::]:p` are where to listen, not where to connect: use loopback.
+fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => SocketAddr::from((Ipv4Addr::LOCALHOST, a.port())),
+        SocketAddr::V6(a) if a.ip().is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, a.port())),
+        other => other,
+    }
+}
+
+/// Cancels `shutdown` on Ctrl-C or SIGTERM.
+pub async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+        () = shutdown.cancelled() => return,
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Command;
+    use crate::tests::{parse, parse_err};
+
+    fn serve_args(argv: &[&str]) -> (ServeArgs, GlobalArgs) {
+        let cli = parse(argv);
+        match cli.command {
+            Command::Serve(args) => (args, cli.global),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn options_from_flags_and_environment() {
+        let (args, global) = serve_args(&[
+            "drover",
+            "serve",
+            "--db",
+            "data/d.db",
+            "--http",
+            "0.0.0.0:9000",
+            "--grpc",
+            "127.0.0.1:0",
+            "--token",
+            "adm",
+        ]);
+        let env = |name: &str| match name {
+            "DROVER_DATAPLANE_TOKEN" => Some("join".to_owned()),
+            "DROVER_MASTER_KEY" => Some("  ".to_owned()),
+            _ => None,
+        };
+        let o = args.into_options(&global, env);
+        assert_eq!(o.db, PathBuf::from("data/d.db"));
+        assert_eq!(o.http, "0.0.0.0:9000".parse::<SocketAddr>().unwrap());
+        assert_eq!(o.grpc, "127.0.0.1:0".parse::<SocketAddr>().unwrap());
+        assert_eq!(o.admin_token, Some(Secret::new("adm")));
+        assert_eq!(o.dataplane_token, Some(Secret::new("join")));
+        assert_eq!(o.master_key, None, "blank counts as unset");
+        assert!(!format!("{o:?}").contains("adm\""), "secrets stay hidden: {o:?}");
+    }
+
+    #[test]
+    fn db_is_the_global_option_either_side() {
+        let (_, global) = serve_args(&["drover", "--db", "x.db", "serve"]);
+        assert_eq!(global.db, PathBuf::from("x.db"));
+        assert!(parse_err(&["drover", "serve", "--http", "localhost"]).contains("--http"));
+    }
+
+    #[test]
+    fn the_data_plane_dials_loopback() {
+        let cfg = dataplane_config(
+            "127.0.0.1:8080".parse().unwrap(),
+            "0.0.0.0:50051".parse().unwrap(),
+            &Secret::new("t"),
+        );
+        assert_eq!(cfg.control_plane, "http://127.0.0.1:50051");
+        assert_eq!(cfg.token, Some(Secret::new("t")));
+        assert_eq!(cfg.dataplane_id, "local");
+        assert_eq!(
+            loopback_if_unspecified("[::]:7".parse().unwrap()),
+            "[::1]:7".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            loopback_if_unspecified("10.0.0.1:7".parse().unwrap()),
+            "10.0.0.1:7".parse::<SocketAddr>().unwrap()
+        );
+    }
+}

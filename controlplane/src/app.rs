@@ -1,0 +1,1010 @@
+//! Wiring: from a `Config` to a running control plane, and back down.
+//!
+//! `ControlPlane::start` resolves the secrets beside the database, opens the store, binds the
+//! gRPC listener and spawns one tonic server carrying AdminService, PolicyService, reflection
+//! and health. Cancelling the shutdown token stops accepting, ends every policy stream and lets
+//! in-flight calls finish; `wait` returns once the server has stopped and the database is closed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_proto::model::Secret;
+use drover_proto::pb;
+use drover_proto::pb::admin_service_server::AdminServiceServer;
+use drover_proto::pb::policy_service_server::PolicyServiceServer;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tonic::transport::server::{Router, TcpIncoming};
+
+use crate::admin_service::AdminApi;
+use crate::auth::{self, AdminToken, TokenCheck};
+use crate::config::{Config, master_key_file_for};
+use crate::error::{StartError, StopError};
+use crate::policy_service::{DataPlanes, PolicyApi};
+use crate::secret_file;
+use crate::store::crypto::MasterKey;
+use crate::store::{Store, StoreThread};
+
+/// Largest gRPC message either way. Snapshots carry the whole policy (100k keys must fit);
+/// tonic's default of 4 MiB is far too small for that.
+pub const MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
+/// HTTP/2 pings on idle connections, so a vanished data plane is noticed.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// How long, after shutdown, open connections may take to finish their calls before the
+/// server stops waiting for them (e.g. a client watching health forever).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A running control plane.
+pub struct ControlPlane {
+    grpc_addr: SocketAddr,
+    admin_token: Secret,
+    created_token_file: Option<PathBuf>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    store_thread: StoreThread,
+    stop: CancellationToken,
+}
+
+/// The secrets and files resolved before the store opens.
+struct Prepared {
+    admin: AdminToken,
+    dataplane_token: Option<Secret>,
+    master_key: MasterKey,
+}
+
+impl ControlPlane {
+    /// Opens (creating or migrating) the store, binds the gRPC listener and spawns the server.
+    /// Returns once the listener accepts connections. Cancelling `shutdown` stops everything;
+    /// then call `wait`.
+    pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ControlPlane, StartError> {
+        let prepared = {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || prepare(&config))
+                .await
+                .map_err(|e| StartError::Task(e.to_string()))??
+        };
+        let (store, store_thread) =
+            Store::open(&config.db_path, prepared.master_key)
+                .await
+                .map_err(|source| StartError::Store {
+                    path: config.db_path.clone(),
+                    source,
+                })?;
+        let stop = shutdown.child_token();
+        let listening = listen(
+            &config,
+            &store,
+            &prepared.admin.token,
+            prepared.dataplane_token,
+            &stop,
+        )
+        .await;
+        let (grpc_addr, server) = match listening {
+            Ok(listening) => listening,
+            Err(e) => {
+                if let Err(close) = store_thread.close().await {
+                    tracing::warn!(error = %close, "closing the store after a failed start");
+                }
+                return Err(e);
+            }
+        };
+        let snapshot = store.current();
+        tracing::info!(
+            addr = %grpc_addr,
+            db = %config.db_path.display(),
+            store_id = %snapshot.store_id,
+            version = snapshot.version,
+            "control plane serving gRPC"
+        );
+        Ok(ControlPlane {
+            grpc_addr,
+            admin_token: prepared.admin.token,
+            created_token_file: prepared.admin.created_file,
+            server,
+            store_thread,
+            stop,
+        })
+    }
+
+    /// The address the gRPC server is bound to (the actual port when the config said 0).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The admin token in force.
+    pub fn admin_token(&self) -> &Secret {
+        &self.admin_token
+    }
+
+    /// The token file, when this start generated the admin token and wrote it there.
+    pub fn created_token_file(&self) -> Option<&Path> {
+        self.created_token_file.as_deref()
+    }
+
+    /// Waits until the server has stopped (after `shutdown` is cancelled, or on a server
+    /// error) and the store thread has closed the database. Afterwards the same database and
+    /// address can be opened again.
+    pub async fn wait(self) -> Result<(), StopError> {
+        let served = self.server.await;
+        // If the server ended on its own, end the policy streams too.
+        self.stop.cancel();
+        let closed = self.store_thread.close().await;
+        match served {
+            Err(e) => Err(StopError::Task(format!("gRPC server task: {e}"))),
+            Ok(Err(e)) => Err(StopError::Serve(e)),
+            Ok(Ok(())) => closed.map_err(StopError::Task),
+        }
+    }
+}
+
+/// File work before the store opens (blocking): the database directory, the admin token, the
+/// data plane token and the master key.
+fn prepare(config: &Config) -> Result<Prepared, StartError> {
+    if let Some(dir) = config.db_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StartError::File {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let admin = auth::resolve_admin_token(config.admin_token.as_deref(), &config.db_path)?;
+    let dataplane_token = config
+        .dataplane_token
+        .as_deref()
+        .map(|t| auth::non_empty("the data plane token", t))
+        .transpose()?;
+    let master_key = match &config.master_key {
+        Some(encoded) => MasterKey::from_base64(encoded)
+            .map_err(|e| StartError::Config(format!("DROVER_MASTER_KEY: {e}")))?,
+        None => master_key_from_file(&config.db_path)?,
+    };
+    Ok(Prepared {
+        admin,
+        dataplane_token,
+        master_key,
+    })
+}
+
+/// The master key in the file beside the database, created with the database.
+fn master_key_from_file(db_path: &Path) -> Result<MasterKey, StartError> {
+    let path = master_key_file_for(db_path);
+    if db_path.exists() && !path.exists() {
+        return Err(StartError::Config(format!(
+            "the database {} exists but its master key file {} does not; restore the file or set \
+             DROVER_MASTER_KEY to the key the database was created with",
+            db_path.display(),
+            path.display()
+        )));
+    }
+    let (encoded, created) = secret_file::load_or_create(&path, || MasterKey::generate().to_base64())?;
+    if created {
+        tracing::info!(path = %path.display(), "created the master key file; back it up with the database");
+    }
+    MasterKey::from_base64(&encoded).map_err(|e| StartError::Config(format!("{}: {e}", path.display())))
+}
+
+/// Binds the listener and spawns the server. Returns the bound address.
+async fn listen(
+    config: &Config,
+    store: &Store,
+    admin_token: &Secret,
+    dataplane_token: Option<Secret>,
+    stop: &CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<Result<(), tonic::transport::Error>>), StartError> {
+    let bind_error = |source| StartError::Bind {
+        addr: config.grpc_addr,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(bind_error)?;
+    let grpc_addr = listener.local_addr().map_err(bind_error)?;
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(TCP_KEEPALIVE));
+    let router = router(store, admin_token, dataplane_token.as_ref(), stop).await?;
+    let server = tokio::spawn(serve(router, incoming, stop.clone()));
+    Ok((grpc_addr, server))
+}
+
+async fn router(
+    store: &Store,
+    admin_token: &Secret,
+    dataplane_token: Option<&Secret>,
+    stop: &CancellationToken,
+) -> Result<Router, StartError> {
+    let dataplanes = Arc::new(DataPlanes::default());
+    let admin = AdminServiceServer::new(AdminApi::new(store.clone(), dataplanes.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let policy = PolicyServiceServer::new(PolicyApi::new(store.clone(), dataplanes, stop.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AdminServiceServer<AdminApi>>()
+        .await;
+    health_reporter
+        .set_serving::<PolicyServiceServer<PolicyApi>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Reflection(e.to_string()))?;
+
+    Ok(Server::builder()
+        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(TCP_KEEPALIVE))
+        .add_service(InterceptedService::new(admin, TokenCheck::admin(admin_token)))
+        .add_service(InterceptedService::new(
+            policy,
+            TokenCheck::dataplane(admin_token, dataplane_token),
+        ))
+        .add_service(health)
+        .add_service(reflection))
+}
+
+/// Serves until `stop` is cancelled and the open calls have finished, or `SHUTDOWN_GRACE`
+/// after the cancellation, whichever comes first.
+async fn serve(
+    router: Router,
+    incoming: TcpIncoming,
+    stop: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let server = router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+    let grace_over = async {
+        stop.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        result = server => result,
+        () = grace_over => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "calls still open after shutdown; no longer waiting for them");
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use drover_proto::pb::admin_service_client::AdminServiceClient;
+    use drover_proto::pb::policy_service_client::PolicyServiceClient;
+    use tokio::sync::mpsc;
+    use tokio::time::timeout;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::transport::Channel;
+    use tonic::{Code, Request};
+
+    use super::*;
+
+    const ADMIN: &str = "admin-test-token";
+    const DATAPLANE: &str = "dataplane-test-token";
+    const PLAINTEXT_KEY: &str = "sk-plaintext-marker-8d21e7";
+    /// Bounds every wait, so a regression fails instead of hanging.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    fn config(dir: &Path, grpc_addr: SocketAddr) -> Config {
+        Config {
+            db_path: dir.join("drover.db"),
+            grpc_addr,
+            admin_token: Some(ADMIN.into()),
+            dataplane_token: Some(DATAPLANE.into()),
+            master_key: None,
+        }
+    }
+
+    fn loopback() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    async fn start(config: Config) -> (ControlPlane, CancellationToken) {
+        let shutdown = CancellationToken::new();
+        let cp = ControlPlane::start(config, shutdown.clone()).await.unwrap();
+        (cp, shutdown)
+    }
+
+    /// Cancels and waits; must finish well inside `SHUTDOWN_GRACE`, i.e. without waiting it out.
+    async fn stop(cp: ControlPlane, shutdown: CancellationToken) {
+        shutdown.cancel();
+        timeout(SHUTDOWN_GRACE / 2, cp.wait())
+            .await
+            .expect("wait() hung")
+            .unwrap();
+    }
+
+    fn authed<T>(message: T, token: &str) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    }
+
+    async fn admin(cp: &ControlPlane) -> AdminServiceClient<Channel> {
+        AdminServiceClient::connect(format!("http://{}", cp.grpc_addr()))
+            .await
+            .unwrap()
+    }
+
+    async fn version(client: &mut AdminServiceClient<Channel>) -> u64 {
+        client
+            .status(authed(pb::StatusRequest {}, ADMIN))
+            .await
+            .unwrap()
+            .into_inner()
+            .version
+    }
+
+    fn add_provider(name: &str) -> pb::AddProviderRequest {
+        pb::AddProviderRequest {
+            name: name.into(),
+            kind: pb::ProviderKind::Openai as i32,
+            base_url: "https://api.openai.com/v1".into(),
+            credential: Some(pb::add_provider_request::Credential::ApiKey(PLAINTEXT_KEY.into())),
+            replace: false,
+        }
+    }
+
+    fn set_route(alias: &str, provider: &str) -> pb::SetRouteRequest {
+        pb::SetRouteRequest {
+            route: Some(pb::Route {
+                alias: alias.into(),
+                strategy: pb::RouteStrategy::Fallback as i32,
+                targets: vec![pb::Target {
+                    provider: provider.into(),
+                    model: "gpt-4o-mini".into(),
+                    weight: 0,
+                }],
+            }),
+        }
+    }
+
+    fn set_module(name: &str, enabled: bool) -> pb::SetModuleRequest {
+        pb::SetModuleRequest {
+            name: name.into(),
+            enabled,
+        }
+    }
+
+    /// A data plane's end of a policy stream.
+    struct Watcher {
+        tx: mpsc::Sender<pb::WatchRequest>,
+        inbound: tonic::Streaming<pb::Snapshot>,
+        id: String,
+    }
+
+    impl Watcher {
+        async fn open(cp: &ControlPlane, token: &str, id: &str, serves: Option<(&str, u64)>) -> Watcher {
+            Self::try_open(cp, token, id, serves).await.unwrap()
+        }
+
+        async fn try_open(
+            cp: &ControlPlane,
+            token: &str,
+            id: &str,
+            serves: Option<(&str, u64)>,
+        ) -> Result<Watcher, tonic::Status> {
+            let mut client = PolicyServiceClient::connect(format!("http://{}", cp.grpc_addr()))
+                .await
+                .unwrap();
+            let (tx, rx) = mpsc::channel(8);
+            let (store_id, version) = serves.unwrap_or(("", 0));
+            tx.send(pb::WatchRequest {
+                dataplane_id: id.into(),
+                store_id: store_id.into(),
+                version,
+                response_version: 0,
+                error: String::new(),
+                http_addr: "127.0.0.1:8080".into(),
+            })
+            .await
+            .unwrap();
+            let inbound = client
+                .watch(authed(ReceiverStream::new(rx), token))
+                .await?
+                .into_inner();
+            Ok(Watcher {
+                tx,
+                inbound,
+                id: id.into(),
+            })
+        }
+
+        async fn next(&mut self) -> pb::Snapshot {
+            timeout(PATIENCE, self.inbound.message())
+                .await
+                .expect("no snapshot came")
+                .unwrap()
+                .expect("stream ended")
+        }
+
+        async fn answer(&self, version: u64, error: &str) {
+            self.tx
+                .send(pb::WatchRequest {
+                    dataplane_id: self.id.clone(),
+                    response_version: version,
+                    error: error.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Polls Status until `check` holds for data plane `id` (ACKs are recorded asynchronously).
+    async fn await_dataplane(
+        client: &mut AdminServiceClient<Channel>,
+        id: &str,
+        check: impl Fn(&pb::DataPlaneStatus) -> bool,
+    ) -> pb::DataPlaneStatus {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let status = client
+                .status(authed(pb::StatusRequest {}, ADMIN))
+                .await
+                .unwrap()
+                .into_inner();
+            if let Some(dp) = status.dataplanes.iter().find(|d| d.id == id)
+                && check(dp)
+            {
+                return dp.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "status never matched: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn admin_api_round_trip_never_returns_a_stored_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+        let mut client = admin(&cp).await;
+        assert_eq!(version(&mut client).await, 1);
+
+        let added = client
+            .add_provider(authed(add_provider("openai"), ADMIN))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(added.version, 2);
+        assert_eq!(added.provider.unwrap().credential, "stored");
+        let mut env = add_provider("anthropic");
+        env.kind = pb::ProviderKind::Anthropic as i32;
+        env.credential = Some(pb::add_provider_request::Credential::ApiKeyEnv(
+            "ANTHROPIC_API_KEY".into(),
+        ));
+        client.add_provider(authed(env, ADMIN)).await.unwrap();
+
+        let listed = client
+            .list_providers(authed(pb::ListProvidersRequest {}, ADMIN))
+            .await
+            .unwrap()
+            .into_inner();
+        let creds: Vec<_> = listed
+            .providers
+            .iter()
+            .map(|p| (p.name.as_str(), p.credential.as_str()))
+            .collect();
+        assert_eq!(
+            creds,
+            [("anthropic", "env:ANTHROPIC_API_KEY"), ("openai", "stored")]
+        );
+        assert!(!format!("{listed:?}").contains(PLAINTEXT_KEY));
+
+        let route = client
+            .set_route(authed(set_route("fast", "openai"), ADMIN))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((route.version, route.route.unwrap().targets[0].weight), (4, 1));
+        let routes = client
+            .list_routes(authed(pb::ListRoutesRequest {}, ADMIN))
+            .await
+            .unwrap();
+        assert_eq!(routes.into_inner().routes[0].alias, "fast");
+
+        let price = pb::Price {
+            model: "gpt-4o-mini".into(),
+            input_per_mtok: 0.15,
+            output_per_mtok: 0.6,
+            cached_input_per_mtok: None,
+        };
+        let set = client
+            .set_price(authed(
+                pb::SetPriceRequest {
+                    price: Some(price.clone()),
+                },
+                ADMIN,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(set.into_inner().version, 5);
+        let prices = client
+            .list_prices(authed(pb::ListPricesRequest {}, ADMIN))
+            .await
+            .unwrap();
+        assert_eq!(prices.into_inner().prices, vec![price]);
+
+        let module = client
+            .set_module(authed(set_module("rate-limit", true), ADMIN))
+            .await
+            .unwrap();
+        let module = module.into_inner();
+        assert_eq!(
+            (module.module.unwrap().name.as_str(), module.version),
+            ("rate_limit", 6)
+        );
+        let modules = client
+            .list_modules(authed(pb::ListModulesRequest {}, ADMIN))
+            .await
+            .unwrap();
+        let modules: Vec<_> = modules
+            .into_inner()
+            .modules
+            .into_iter()
+            .map(|m| (m.name, m.enabled))
+            .collect();
+        assert_eq!(modules.len(), 5);
+        assert!(modules.contains(&("rate_limit".into(), true)));
+        assert!(modules.contains(&("auth".into(), false)));
+
+        // Removing a provider a route uses is refused, naming the route.
+        let err = client
+            .remove_provider(authed(
+                pb::RemoveProviderRequest {
+                    name: "openai".into(),
+                },
+                ADMIN,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err.message().contains("\"fast\""), "{}", err.message());
+        let err = client
+            .remove_route(authed(pb::RemoveRouteRequest { alias: "nope".into() }, ADMIN))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        let err = client
+            .add_provider(authed(add_provider("openai"), ADMIN))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::AlreadyExists);
+        assert_eq!(version(&mut client).await, 6);
+
+        client
+            .remove_route(authed(pb::RemoveRouteRequest { alias: "fast".into() }, ADMIN))
+            .await
+            .unwrap();
+        let removed = client
+            .remove_provider(authed(
+                pb::RemoveProviderRequest {
+                    name: "openai".into(),
+                },
+                ADMIN,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(removed.into_inner().version, 8);
+        stop(cp, shutdown).await;
+    }
+
+    #[tokio::test]
+    async fn stored_keys_are_not_in_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+        let mut client = admin(&cp).await;
+        client
+            .add_provider(authed(add_provider("openai"), ADMIN))
+            .await
+            .unwrap();
+        // The data plane gets the key back, decrypted.
+        let mut watcher = Watcher::open(&cp, DATAPLANE, "dp-1", None).await;
+        let snapshot = watcher.next().await;
+        assert_eq!(
+            snapshot.providers[0].credential,
+            Some(pb::provider::Credential::ApiKey(PLAINTEXT_KEY.into()))
+        );
+        drop(watcher);
+        stop(cp, shutdown).await;
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(
+                !bytes
+                    .windows(PLAINTEXT_KEY.len())
+                    .any(|w| w == PLAINTEXT_KEY.as_bytes())
+            );
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let key_file = master_key_file_for(&dir.path().join("drover.db"));
+            let mode = std::fs::metadata(key_file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[tokio::test]
+    async fn invalid_admin_input_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+        let mut client = admin(&cp).await;
+        client
+            .add_provider(authed(add_provider("openai"), ADMIN))
+            .await
+            .unwrap();
+        let before = version(&mut client).await;
+
+        let mut bad_url = add_provider("other");
+        bad_url.base_url = "ftp://example.com".into();
+        let mut empty_name = add_provider("");
+        empty_name.name = String::new();
+        let negative = pb::SetPriceRequest {
+            price: Some(pb::Price {
+                model: "gpt-4o".into(),
+                input_per_mtok: -1.0,
+                output_per_mtok: 1.0,
+                cached_input_per_mtok: None,
+            }),
+        };
+        let results = [
+            (
+                "route to an unknown provider",
+                client
+                    .set_route(authed(set_route("fast", "nope"), ADMIN))
+                    .await
+                    .map(|_| ()),
+                "unknown provider \"nope\"",
+            ),
+            (
+                "bad url",
+                client.add_provider(authed(bad_url, ADMIN)).await.map(|_| ()),
+                "scheme must be http",
+            ),
+            (
+                "empty name",
+                client.add_provider(authed(empty_name, ADMIN)).await.map(|_| ()),
+                "must not be empty",
+            ),
+            (
+                "negative price",
+                client.set_price(authed(negative, ADMIN)).await.map(|_| ()),
+                "is not a price",
+            ),
+            (
+                "unknown module",
+                client
+                    .set_module(authed(set_module("telepathy", true), ADMIN))
+                    .await
+                    .map(|_| ()),
+                "unknown module",
+            ),
+            (
+                "missing route",
+                client
+                    .set_route(authed(pb::SetRouteRequest { route: None }, ADMIN))
+                    .await
+                    .map(|_| ()),
+                "route",
+            ),
+        ];
+        for (case, result, message) in results {
+            let err = result.expect_err(case);
+            assert_eq!(err.code(), Code::InvalidArgument, "{case}: {err:?}");
+            assert!(err.message().contains(message), "{case}: {}", err.message());
+        }
+        assert_eq!(version(&mut client).await, before);
+        let routes = client
+            .list_routes(authed(pb::ListRoutesRequest {}, ADMIN))
+            .await
+            .unwrap();
+        assert!(routes.into_inner().routes.is_empty());
+        stop(cp, shutdown).await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_wrong_token_is_unauthenticated_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+        let mut client = admin(&cp).await;
+        let attempts = [
+            Request::new(add_provider("openai")),
+            authed(add_provider("openai"), "wrong"),
+            authed(add_provider("openai"), DATAPLANE),
+            authed(add_provider("openai"), &format!("{ADMIN}x")),
+        ];
+        for attempt in attempts {
+            let err = client.add_provider(attempt).await.unwrap_err();
+            assert_eq!(err.code(), Code::Unauthenticated);
+            assert_eq!(err.message(), "missing or invalid admin token");
+        }
+        let err = client
+            .status(Request::new(pb::StatusRequest {}))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        assert_eq!(version(&mut client).await, 1);
+        let listed = client
+            .list_providers(authed(pb::ListProvidersRequest {}, ADMIN))
+            .await
+            .unwrap();
+        assert!(listed.into_inner().providers.is_empty());
+
+        // The policy stream takes the data plane token or the admin token, nothing else.
+        let err = Watcher::try_open(&cp, "wrong", "dp-1", None).await.err().unwrap();
+        assert_eq!(err.code(), Code::Unauthenticated);
+        Watcher::open(&cp, DATAPLANE, "dp-1", None).await.next().await;
+        Watcher::open(&cp, ADMIN, "dp-2", None).await.next().await;
+        stop(cp, shutdown).await;
+    }
+
+    #[tokio::test]
+    async fn watch_sends_the_current_snapshot_then_each_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+        let mut client = admin(&cp).await;
+        let mut watcher = Watcher::open(&cp, DATAPLANE, "dp-1", None).await;
+        let first = watcher.next().await;
+        assert_eq!(first.version, 1);
+        assert_eq!(first.modules.len(), 5);
+
+        client
+            .set_module(authed(set_module("auth", true), ADMIN))
+            .await
+            .unwrap();
+        let second = watcher.next().await;
+        assert_eq!(
+            (second.store_id.as_str(), second.version),
+            (first.store_id.as_str(), 2)
+        );
+        assert!(second.modules.iter().any(|m| m.name == "auth" && m.enabled));
+
+        // ACK, then NACK, then ACK again: Status shows each.
+        watcher.answer(2, "").await;
+        let dp = await_dataplane(&mut client, "dp-1", |d| d.served_version == 2).await;
+        assert!(dp.connected);
+        assert_eq!(dp.http_addr, "127.0.0.1:8080");
+        assert!(dp.peer.starts_with("127.0.0.1:"));
+        assert!(dp.last_seen_unix_ms > 0);
+
+        client
+            .add_provider(authed(add_provider("openai"), ADMIN))
+            .await
+            .unwrap();
+        assert_eq!(watcher.next().await.version, 3);
+        watcher.answer(3, "provider openai: no such env var").await;
+        let dp = await_dataplane(&mut client, "dp-1", |d| d.rejected_version == 3).await;
+        assert_eq!(
+            (dp.served_version, dp.last_error.as_str()),
+            (2, "provider openai: no such env var")
+        );
+
+        client
+            .set_module(authed(set_module("auth", false), ADMIN))
+            .await
+            .unwrap();
+        assert_eq!(watcher.next().await.version, 4);
+        watcher.answer(4, "").await;
+        let dp = await_dataplane(&mut client, "dp-1", |d| d.served_version == 4).await;
+        assert_eq!((dp.rejected_version, dp.last_error.as_str()), (0, ""));
+
+        // Closing the stream marks the data plane disconnected.
+        drop(watcher);
+        await_dataplane(&mut client, "dp-1", |d| !d.connected).await;
+        stop(cp, shutdown).await;
+    }
+
+    #[tokio::test]
+    async fn a_hello_at_the_current_version_gets_nothing_until_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+        let mut client = admin(&cp).await;
+        client
+            .set_module(authed(set_module("audit", true), ADMIN))
+            .await
+            .unwrap();
+        let status = client
+            .status(authed(pb::StatusRequest {}, ADMIN))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(status.version, 2);
+
+        let mut current = Watcher::open(&cp, DATAPLANE, "dp-current", Some((&status.store_id, 2))).await;
+        // It counts as serving version 2 straight away.
+        await_dataplane(&mut client, "dp-current", |d| {
+            d.served_version == 2 && d.connected
+        })
+        .await;
+        // An old version, or another store's, gets the current snapshot at once.
+        let mut old = Watcher::open(&cp, DATAPLANE, "dp-old", Some((&status.store_id, 1))).await;
+        assert_eq!(old.next().await.version, 2);
+        let mut foreign = Watcher::open(&cp, DATAPLANE, "dp-foreign", Some(("other-store", 2))).await;
+        assert_eq!(foreign.next().await.version, 2);
+
+        client
+            .set_module(authed(set_module("audit", false), ADMIN))
+            .await
+            .unwrap();
+        // Streams are ordered: had version 2 been sent, it would arrive before 3.
+        assert_eq!(current.next().await.version, 3);
+        assert_eq!(old.next().await.version, 3);
+        stop(cp, shutdown).await;
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_a_hello_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+        let mut client = PolicyServiceClient::connect(format!("http://{}", cp.grpc_addr()))
+            .await
+            .unwrap();
+        let ack_first = pb::WatchRequest {
+            dataplane_id: "dp".into(),
+            response_version: 3,
+            ..Default::default()
+        };
+        let no_id = pb::WatchRequest::default();
+        for first in [ack_first, no_id] {
+            let stream = tokio_stream::iter([first]);
+            let mut inbound = client
+                .watch(authed(stream, DATAPLANE))
+                .await
+                .unwrap()
+                .into_inner();
+            let err = timeout(PATIENCE, inbound.message()).await.unwrap().unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument);
+        }
+        stop(cp, shutdown).await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_open_streams_and_a_restart_resumes_on_the_same_port() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+        let addr = cp.grpc_addr();
+        let mut client = admin(&cp).await;
+        client
+            .set_module(authed(set_module("spend_cap", true), ADMIN))
+            .await
+            .unwrap();
+        let status = client
+            .status(authed(pb::StatusRequest {}, ADMIN))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut watcher = Watcher::open(&cp, DATAPLANE, "dp-1", None).await;
+        assert_eq!(watcher.next().await.version, 2);
+
+        stop(cp, shutdown).await;
+        let end = timeout(PATIENCE, watcher.inbound.message())
+            .await
+            .expect("stream still open");
+        assert!(!matches!(end, Ok(Some(_))), "{end:?}");
+
+        let (cp, shutdown) = start(config(dir.path(), addr)).await;
+        assert_eq!(cp.grpc_addr(), addr);
+        let mut client = admin(&cp).await;
+        let again = client
+            .status(authed(pb::StatusRequest {}, ADMIN))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((again.store_id, again.version), (status.store_id, 2));
+        let mut watcher = Watcher::open(&cp, DATAPLANE, "dp-1", None).await;
+        assert_eq!(watcher.next().await.version, 2);
+        stop(cp, shutdown).await;
+    }
+
+    #[tokio::test]
+    async fn the_first_start_creates_the_token_file_and_later_starts_read_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), loopback());
+        cfg.admin_token = None;
+        let (cp, shutdown) = start(cfg.clone()).await;
+        let token_file = crate::config::token_file_for(&cfg.db_path);
+        assert_eq!(cp.created_token_file(), Some(token_file.as_path()));
+        let token = cp.admin_token().clone();
+        assert_eq!(
+            std::fs::read_to_string(&token_file).unwrap().trim(),
+            token.expose()
+        );
+        let mut client = admin(&cp).await;
+        client
+            .status(authed(pb::StatusRequest {}, token.expose()))
+            .await
+            .unwrap();
+        stop(cp, shutdown).await;
+
+        let (cp, shutdown) = start(cfg).await;
+        assert_eq!(cp.created_token_file(), None);
+        assert_eq!(cp.admin_token(), &token);
+        stop(cp, shutdown).await;
+    }
+
+    #[tokio::test]
+    async fn a_bad_master_key_or_a_missing_key_file_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path(), loopback());
+        let (cp, shutdown) = start(cfg.clone()).await;
+        stop(cp, shutdown).await;
+
+        let mut wrong = cfg.clone();
+        wrong.master_key = Some(MasterKey::generate().to_base64());
+        let err = ControlPlane::start(wrong, CancellationToken::new())
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("master key"), "{err}");
+        let mut malformed = cfg.clone();
+        malformed.master_key = Some("short".into());
+        let err = ControlPlane::start(malformed, CancellationToken::new())
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, StartError::Config(_)), "{err}");
+
+        std::fs::remove_file(master_key_file_for(&cfg.db_path)).unwrap();
+        let err = ControlPlane::start(cfg, CancellationToken::new())
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("master key file"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn health_and_reflection_need_no_token() {
+        use tonic_health::pb::health_client::HealthClient;
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+        let url = format!("http://{}", cp.grpc_addr());
+        let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
+        let mut health = HealthClient::new(channel.clone());
+        for service in ["", "drover.v1.AdminService", "drover.v1.PolicyService"] {
+            let response = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.into(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(response.into_inner().status, 1, "{service} serving");
+        }
+
+        let mut reflection = ServerReflectionClient::new(channel);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = reflection
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let response = responses.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected {response:?}");
+        };
+        let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"drover.v1.AdminService"), "{names:?}");
+        assert!(names.contains(&"drover.v1.PolicyService"), "{names:?}");
+        drop(responses);
+        stop(cp, shutdown).await;
+    }
+}

@@ -1,0 +1,96 @@
+//! Schema migrations, tracked by `PRAGMA user_version`.
+//!
+//! `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`. Each step runs in its own
+//! transaction together with the `user_version` update, so a crash leaves the schema at a
+//! step boundary. Steps are append-only: never edit one that has shipped.
+
+use rusqlite::Connection;
+
+use crate::error::StoreError;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the policy tables.
+    r#"
+    CREATE TABLE meta (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        store_id TEXT NOT NULL,
+        version INTEGER NOT NULL CHECK (version >= 1),
+        key_check BLOB NOT NULL
+    ) STRICT;
+
+    CREATE TABLE providers (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        base_url TEXT NOT NULL,
+        api_key_env TEXT,
+        api_key_enc BLOB,
+        CHECK (api_key_env IS NULL OR api_key_enc IS NULL)
+    ) STRICT;
+
+    CREATE TABLE routes (
+        alias TEXT PRIMARY KEY,
+        strategy TEXT NOT NULL
+    ) STRICT;
+
+    CREATE TABLE route_targets (
+        alias TEXT NOT NULL REFERENCES routes(alias) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        provider TEXT NOT NULL REFERENCES providers(name),
+        model TEXT NOT NULL,
+        weight INTEGER NOT NULL CHECK (weight >= 1),
+        PRIMARY KEY (alias, position)
+    ) STRICT;
+    CREATE INDEX route_targets_by_provider ON route_targets(provider);
+
+    CREATE TABLE prices (
+        model TEXT PRIMARY KEY,
+        input_per_mtok REAL NOT NULL,
+        output_per_mtok REAL NOT NULL,
+        cached_input_per_mtok REAL
+    ) STRICT;
+
+    CREATE TABLE modules (
+        name TEXT PRIMARY KEY,
+        enabled INTEGER NOT NULL CHECK (enabled IN (0, 1))
+    ) STRICT;
+    "#,
+];
+
+/// Brings the schema up to date. Fails on a database from a newer build.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let supported = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    let current: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if current > supported {
+        return Err(StoreError::TooNew {
+            found: current,
+            supported,
+        });
+    }
+    for (step, sql) in (current..).zip(MIGRATIONS.iter().skip(usize::try_from(current).unwrap_or(0))) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", step + 1)?;
+        tx.commit()?;
+        tracing::debug!(version = step + 1, "applied schema migration");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_refuses_newer_schemas() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, MIGRATIONS.len() as i64);
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        let err = migrate(&mut conn).unwrap_err();
+        assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    }
+}

@@ -1,0 +1,527 @@
+//! The durable state: one SQLite database owned by one dedicated thread.
+//!
+//! Async code never touches the `Connection`. It sends a closure over a channel to the store
+//! thread and awaits the answer on a oneshot (the tokio-rusqlite design), so a slow disk never
+//! blocks a runtime worker. Every change runs in one `IMMEDIATE` transaction that also bumps the
+//! policy version and loads the new snapshot; after the commit the store thread publishes that
+//! snapshot, so snapshots are published in version order.
+//!
+//! This module owns the schema (`migrations`), one file per table family, and the encryption
+//! of stored credentials (`crypto`). Input validation is not here: callers pass validated
+//! `drover_proto::model` values; only cross-row checks (a route's providers exist, a removed
+//! provider is unused) happen in the transaction.
+
+pub mod crypto;
+pub(crate) mod meta;
+mod migrations;
+pub(crate) mod modules;
+pub(crate) mod prices;
+pub(crate) mod providers;
+pub(crate) mod routes;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_proto::model::{Module, Price, Provider, Route, Snapshot};
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use self::crypto::{Cipher, MasterKey};
+use crate::error::StoreError;
+use crate::snapshot::{self, Snapshots};
+
+/// How long a statement waits for a lock held by another connection (e.g. a backup).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Requests queued for the store thread before senders wait.
+const QUEUE: usize = 256;
+
+type Job = Box<dyn FnOnce(&mut Db) + Send>;
+
+enum Msg {
+    Run(Job),
+    Close,
+}
+
+/// A handle on the store. Cheap to clone; every clone talks to the same thread.
+#[derive(Clone)]
+pub struct Store {
+    tx: mpsc::Sender<Msg>,
+    snapshots: Snapshots,
+}
+
+/// The store thread itself; `close` stops it and waits until the database is closed.
+pub struct StoreThread {
+    tx: mpsc::Sender<Msg>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+/// What the store thread owns.
+struct Db {
+    conn: Connection,
+    cipher: Cipher,
+    publisher: watch::Sender<Arc<Snapshot>>,
+}
+
+impl Store {
+    /// Opens (creating and migrating as needed) the database at `path` on a new thread, checks
+    /// `key` against it, and publishes the current snapshot.
+    pub async fn open(path: &Path, key: MasterKey) -> Result<(Store, StoreThread), StoreError> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let path = path.to_owned();
+        let handle = std::thread::Builder::new()
+            .name("drover-store".into())
+            .spawn(move || run(&path, &key, rx, ready_tx))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the store thread: {e}")))?;
+        let snapshots = match ready_rx.await {
+            Ok(Ok(snapshots)) => snapshots,
+            Ok(Err(e)) => {
+                let _ = handle.join();
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = handle.join();
+                return Err(StoreError::Closed);
+            }
+        };
+        Ok((
+            Store {
+                tx: tx.clone(),
+                snapshots,
+            },
+            StoreThread { tx, handle },
+        ))
+    }
+
+    /// A receiver of every snapshot published from now on, marked as having seen the current one.
+    pub fn snapshots(&self) -> Snapshots {
+        let mut rx = self.snapshots.clone();
+        rx.mark_unchanged();
+        rx
+    }
+
+    /// The latest published snapshot.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.snapshots.borrow().clone()
+    }
+
+    /// Runs `f` on the store thread.
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Db) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |db| {
+            let _ = tx.send(f(db));
+        });
+        self.tx
+            .send(Msg::Run(job))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` in a write transaction; if it reports a change, bumps the version, commits and
+    /// publishes the new snapshot. Returns the version after the call.
+    async fn change<F>(&self, f: F) -> Result<u64, StoreError>
+    where
+        F: FnOnce(&Connection, &Cipher) -> Result<bool, StoreError> + Send + 'static,
+    {
+        self.call(move |db| db.change(f)).await
+    }
+
+    /// Adds a provider, or replaces the one of the same name when `replace` is set.
+    pub async fn add_provider(&self, provider: Provider, replace: bool) -> Result<u64, StoreError> {
+        self.change(move |conn, cipher| {
+            providers::upsert(conn, cipher, &provider, replace)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Removes a provider; fails while a route targets it.
+    pub async fn remove_provider(&self, name: String) -> Result<u64, StoreError> {
+        self.change(move |conn, _| {
+            let users = routes::using_provider(conn, &name)?;
+            if !users.is_empty() {
+                return Err(StoreError::FailedPrecondition(format!(
+                    "provider {name:?} is used by route(s) {}; change or remove them first",
+                    quoted_list(&users)
+                )));
+            }
+            providers::remove(conn, &name)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Creates or replaces a route; every target must name an existing provider.
+    pub async fn set_route(&self, route: Route) -> Result<u64, StoreError> {
+        self.change(move |conn, _| {
+            routes::set(conn, &route)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub async fn remove_route(&self, alias: String) -> Result<u64, StoreError> {
+        self.change(move |conn, _| {
+            routes::remove(conn, &alias)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub async fn set_price(&self, price: Price) -> Result<u64, StoreError> {
+        self.change(move |conn, _| {
+            prices::set(conn, &price)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    pub async fn remove_price(&self, model: String) -> Result<u64, StoreError> {
+        self.change(move |conn, _| {
+            prices::remove(conn, &model)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Switches a module on or off. Setting the state it already has changes nothing.
+    pub async fn set_module(&self, module: Module, enabled: bool) -> Result<u64, StoreError> {
+        self.change(move |conn, _| modules::set(conn, module, enabled))
+            .await
+    }
+}
+
+impl StoreThread {
+    /// Stops the store thread after the requests already queued, and waits until the database
+    /// is closed. Later requests fail with `StoreError::Closed`.
+    pub async fn close(self) -> Result<(), String> {
+        // If the thread is already gone the send fails; joining still reports how it ended.
+        let _ = self.tx.send(Msg::Close).await;
+        drop(self.tx);
+        let handle = self.handle;
+        tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .map_err(|e| format!("joining the store thread: {e}"))?
+            .map_err(|_| "the store thread panicked".to_owned())
+    }
+}
+
+impl Db {
+    fn change<F>(&mut self, f: F) -> Result<u64, StoreError>
+    where
+        F: FnOnce(&Connection, &Cipher) -> Result<bool, StoreError>,
+    {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if !f(&tx, &self.cipher)? {
+            // Nothing changed: the transaction rolls back when dropped, the version stays.
+            return meta::version(&tx);
+        }
+        let version = meta::bump(&tx)?;
+        let snapshot = snapshot::load(&tx, &self.cipher)?;
+        tx.commit()?;
+        self.publisher.send_replace(Arc::new(snapshot));
+        Ok(version)
+    }
+}
+
+fn quoted_list(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The store thread: open, report readiness, then serve jobs until closed.
+fn run(
+    path: &Path,
+    key: &MasterKey,
+    mut rx: mpsc::Receiver<Msg>,
+    ready: oneshot::Sender<Result<Snapshots, StoreError>>,
+) {
+    let mut db = match open_db(path, key) {
+        Ok(db) => db,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    if ready.send(Ok(db.publisher.subscribe())).is_err() {
+        return;
+    }
+    while let Some(msg) = rx.blocking_recv() {
+        match msg {
+            Msg::Run(job) => job(&mut db),
+            Msg::Close => break,
+        }
+    }
+    // Requests that arrive from now on fail with `Closed` instead of waiting.
+    rx.close();
+    if let Err((_, e)) = db.conn.close() {
+        tracing::warn!(error = %e, "closing the database");
+    }
+    tracing::debug!("store closed");
+}
+
+fn open_db(path: &Path, key: &MasterKey) -> Result<Db, StoreError> {
+    let mut conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(mode, "the database is not in WAL mode");
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrations::migrate(&mut conn)?;
+    let cipher = Cipher::new(key);
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    meta::init(&tx, &cipher)?;
+    tx.commit()?;
+    let snapshot = snapshot::load(&conn, &cipher)?;
+    let (publisher, _) = watch::channel(Arc::new(snapshot));
+    Ok(Db {
+        conn,
+        cipher,
+        publisher,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use drover_proto::model::{Credential, ProviderKind, Secret, Strategy, Target, parse_base_url};
+
+    use super::*;
+
+    const PLAINTEXT_KEY: &str = "sk-plaintext-marker-5f3a9c";
+
+    fn key() -> MasterKey {
+        MasterKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap()
+    }
+
+    fn provider(name: &str, credential: Credential) -> Provider {
+        Provider {
+            name: name.into(),
+            kind: ProviderKind::OpenAi,
+            base_url: parse_base_url("https://api.openai.com/v1").unwrap(),
+            credential,
+        }
+    }
+
+    fn route(alias: &str, provider: &str) -> Route {
+        Route {
+            alias: alias.into(),
+            strategy: Strategy::Fallback,
+            targets: vec![Target {
+                provider: provider.into(),
+                model: "gpt-4o-mini".into(),
+                weight: 1,
+            }],
+        }
+    }
+
+    fn raw_bytes(db: &Path) -> Vec<u8> {
+        let mut bytes = std::fs::read(db).unwrap();
+        if let Ok(wal) = std::fs::read(db.with_extension("db-wal")) {
+            bytes.extend(wal);
+        }
+        bytes
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[tokio::test]
+    async fn a_new_store_starts_at_version_1_and_reopens_where_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("drover.db");
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        let first = store.current();
+        assert_eq!(first.version, 1);
+        assert_eq!(first.store_id.len(), 32);
+        assert!(first.providers.is_empty() && first.routes.is_empty());
+        let v = store.set_module(Module::Auth, true).await.unwrap();
+        assert_eq!(v, 2);
+        thread.close().await.unwrap();
+        assert!(matches!(
+            store.set_module(Module::Audit, true).await,
+            Err(StoreError::Closed)
+        ));
+
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        let again = store.current();
+        assert_eq!(
+            (again.store_id.as_str(), again.version),
+            (first.store_id.as_str(), 2)
+        );
+        assert!(again.modules.is_enabled(Module::Auth));
+        thread.close().await.unwrap();
+
+        let other = dir.path().join("other.db");
+        let (store, thread) = Store::open(&other, key()).await.unwrap();
+        assert_ne!(store.current().store_id, first.store_id);
+        thread.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn stored_keys_are_encrypted_at_rest_and_decrypt_into_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("drover.db");
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        let key_provider = provider("openai", Credential::Key(Secret::new(PLAINTEXT_KEY)));
+        assert_eq!(store.add_provider(key_provider.clone(), false).await.unwrap(), 2);
+        assert_eq!(store.current().providers, vec![key_provider.clone()]);
+        assert!(!contains(&raw_bytes(&db), PLAINTEXT_KEY.as_bytes()));
+
+        // Without `replace` an existing name is refused; with it the provider is updated.
+        let env_provider = provider("openai", Credential::Env("OPENAI_API_KEY".into()));
+        let err = store.add_provider(env_provider.clone(), false).await.unwrap_err();
+        assert!(matches!(err, StoreError::AlreadyExists(_)), "{err}");
+        assert_eq!(store.current().version, 2);
+        assert_eq!(store.add_provider(env_provider.clone(), true).await.unwrap(), 3);
+        assert_eq!(store.current().providers, vec![env_provider]);
+        assert_eq!(store.add_provider(key_provider.clone(), true).await.unwrap(), 4);
+        thread.close().await.unwrap();
+        assert!(!contains(&raw_bytes(&db), PLAINTEXT_KEY.as_bytes()));
+
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        assert_eq!(store.current().providers, vec![key_provider]);
+        assert_eq!(store.remove_provider("openai".into()).await.unwrap(), 5);
+        assert!(store.current().providers.is_empty());
+        let err = store.remove_provider("openai".into()).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+        thread.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_wrong_master_key_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("drover.db");
+        let (_, thread) = Store::open(&db, key()).await.unwrap();
+        thread.close().await.unwrap();
+        let err = Store::open(&db, MasterKey::generate()).await.err().unwrap();
+        assert!(matches!(err, StoreError::Crypto(_)), "{err}");
+        assert!(err.to_string().contains("master key"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn cross_checks_refuse_and_leave_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) = Store::open(&dir.path().join("d.db"), key()).await.unwrap();
+        let err = store.set_route(route("fast", "nope")).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+        assert!(err.to_string().contains("unknown provider \"nope\""), "{err}");
+        assert_eq!(store.current().version, 1);
+
+        store
+            .add_provider(provider("openai", Credential::None), false)
+            .await
+            .unwrap();
+        store.set_route(route("fast", "openai")).await.unwrap();
+        store.set_route(route("cheap", "openai")).await.unwrap();
+        assert_eq!(store.current().version, 4);
+        let err = store.remove_provider("openai".into()).await.unwrap_err();
+        assert!(matches!(err, StoreError::FailedPrecondition(_)), "{err}");
+        assert!(err.to_string().contains("\"cheap\", \"fast\""), "{err}");
+        assert_eq!(store.current().version, 4);
+
+        assert!(matches!(
+            store.remove_route("nope".into()).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            store.remove_price("nope".into()).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(store.current().version, 4);
+        store.remove_route("fast".into()).await.unwrap();
+        store.remove_route("cheap".into()).await.unwrap();
+        assert_eq!(store.remove_provider("openai".into()).await.unwrap(), 7);
+        thread.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn routes_keep_target_order_and_replacing_rewrites_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) = Store::open(&dir.path().join("d.db"), key()).await.unwrap();
+        for name in ["b", "a"] {
+            store
+                .add_provider(provider(name, Credential::None), false)
+                .await
+                .unwrap();
+        }
+        let mut r = route("smart", "b");
+        r.strategy = Strategy::Weighted;
+        r.targets.push(Target {
+            provider: "a".into(),
+            model: "m2".into(),
+            weight: 7,
+        });
+        store.set_route(r.clone()).await.unwrap();
+        assert_eq!(store.current().routes, vec![r.clone()]);
+        r.targets.reverse();
+        r.strategy = Strategy::Fallback;
+        store.set_route(r.clone()).await.unwrap();
+        assert_eq!(store.current().routes, vec![r]);
+        thread.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn prices_and_modules_round_trip_and_no_ops_keep_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) = Store::open(&dir.path().join("d.db"), key()).await.unwrap();
+        let price = Price {
+            model: "gpt-4o-mini".into(),
+            input_per_mtok: 0.15,
+            output_per_mtok: 0.6,
+            cached_input_per_mtok: Some(0.075),
+        };
+        assert_eq!(store.set_price(price.clone()).await.unwrap(), 2);
+        assert_eq!(store.current().prices, vec![price]);
+        assert_eq!(store.set_module(Module::Redact, false).await.unwrap(), 2);
+        assert_eq!(store.set_module(Module::Redact, true).await.unwrap(), 3);
+        assert_eq!(store.set_module(Module::Redact, true).await.unwrap(), 3);
+        assert!(store.current().modules.is_enabled(Module::Redact));
+        assert_eq!(store.remove_price("gpt-4o-mini".into()).await.unwrap(), 4);
+        thread.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn every_change_is_published_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) = Store::open(&dir.path().join("d.db"), key()).await.unwrap();
+        let mut rx = store.snapshots();
+        let writers: Vec<_> = (0..20)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .add_provider(provider(&format!("p{i}"), Credential::None), false)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut last = 1;
+        while last < 21 {
+            rx.changed().await.unwrap();
+            let v = rx.borrow_and_update().version;
+            assert!(v > last, "published {v} after {last}");
+            last = v;
+        }
+        for w in writers {
+            w.await.unwrap();
+        }
+        assert_eq!(store.current().providers.len(), 20);
+        thread.close().await.unwrap();
+        assert!(rx.changed().await.is_err(), "closing the store ends the channel");
+    }
+}

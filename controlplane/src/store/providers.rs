@@ -1,0 +1,105 @@
+//! The `providers` table: upstream providers and their credentials.
+//!
+//! A credential is either the name of an environment variable on the data planes
+//! (`api_key_env`) or the key itself, encrypted under the master key (`api_key_enc`); never
+//! both. Decrypted keys leave this file only inside a snapshot.
+
+use drover_proto::model::{Credential, Provider, ProviderKind, Secret, parse_base_url};
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use super::crypto::Cipher;
+use crate::error::StoreError;
+
+/// What the stored key of provider `name` is bound to, so it decrypts for that provider only.
+fn key_context(name: &str) -> String {
+    format!("api key of provider {name:?}")
+}
+
+/// Adds `provider`, or replaces the one of the same name when `replace` is set.
+pub(super) fn upsert(
+    conn: &Connection,
+    cipher: &Cipher,
+    provider: &Provider,
+    replace: bool,
+) -> Result<(), StoreError> {
+    if !replace && exists(conn, &provider.name)? {
+        return Err(StoreError::AlreadyExists(format!(
+            "provider {:?} (use replace to overwrite it)",
+            provider.name
+        )));
+    }
+    let (env, enc) = match &provider.credential {
+        Credential::None => (None, None),
+        Credential::Env(var) => (Some(var.as_str()), None),
+        Credential::Key(key) => (
+            None,
+            Some(cipher.encrypt(&key_context(&provider.name), key.expose().as_bytes())?),
+        ),
+    };
+    // An update in place (not delete + insert) keeps the routes' foreign keys valid.
+    conn.execute(
+        "INSERT INTO providers (name, kind, base_url, api_key_env, api_key_enc)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, base_url = excluded.base_url,
+             api_key_env = excluded.api_key_env, api_key_enc = excluded.api_key_enc",
+        params![
+            provider.name,
+            provider.kind.as_str(),
+            provider.base_url.as_str(),
+            env,
+            enc
+        ],
+    )?;
+    Ok(())
+}
+
+/// Removes a provider. The caller checks first that no route uses it.
+pub(super) fn remove(conn: &Connection, name: &str) -> Result<(), StoreError> {
+    match conn.execute("DELETE FROM providers WHERE name = ?1", [name])? {
+        0 => Err(StoreError::NotFound(format!("provider {name:?}"))),
+        _ => Ok(()),
+    }
+}
+
+pub(super) fn exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row("SELECT 1 FROM providers WHERE name = ?1", [name], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Every provider, by name, with its key decrypted.
+pub(crate) fn load_all(conn: &Connection, cipher: &Cipher) -> Result<Vec<Provider>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, kind, base_url, api_key_env, api_key_enc FROM providers ORDER BY name",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut providers = Vec::new();
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        let kind: String = row.get(1)?;
+        let base_url: String = row.get(2)?;
+        let env: Option<String> = row.get(3)?;
+        let enc: Option<Vec<u8>> = row.get(4)?;
+        let corrupt = |what: String| StoreError::Corrupt(format!("provider {name:?}: {what}"));
+        let kind = ProviderKind::parse(&kind).map_err(|e| corrupt(e.to_string()))?;
+        let base_url = parse_base_url(&base_url).map_err(|e| corrupt(e.to_string()))?;
+        let credential = match (env, enc) {
+            (None, None) => Credential::None,
+            (Some(var), None) => Credential::Env(var),
+            (None, Some(blob)) => {
+                let key = cipher.decrypt(&key_context(&name), &blob)?;
+                let key = String::from_utf8(key).map_err(|_| corrupt("api key is not UTF-8".into()))?;
+                Credential::Key(Secret::new(key))
+            }
+            (Some(_), Some(_)) => return Err(corrupt("both an env var and a stored key".into())),
+        };
+        providers.push(Provider {
+            name,
+            kind,
+            base_url,
+            credential,
+        });
+    }
+    Ok(providers)
+}

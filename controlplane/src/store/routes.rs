@@ -1,0 +1,104 @@
+//! The `routes` and `route_targets` tables: aliases and their ordered, weighted targets.
+//!
+//! Every target must name an existing provider; that is checked here, in the transaction that
+//! writes the route, and backed by a foreign key.
+
+use std::collections::HashMap;
+
+use drover_proto::model::{InvalidPolicy, Route, Strategy, Target};
+use rusqlite::{Connection, params};
+
+use super::providers;
+use crate::error::StoreError;
+
+/// Creates or replaces `route`. A target naming an unknown provider is invalid input.
+pub(super) fn set(conn: &Connection, route: &Route) -> Result<(), StoreError> {
+    for (i, target) in route.targets.iter().enumerate() {
+        if !providers::exists(conn, &target.provider)? {
+            return Err(InvalidPolicy::new(
+                format!("route {:?}/targets[{i}]/provider", route.alias),
+                format!("unknown provider {:?}; add it first", target.provider),
+            )
+            .into());
+        }
+    }
+    conn.execute(
+        "INSERT INTO routes (alias, strategy) VALUES (?1, ?2)
+         ON CONFLICT (alias) DO UPDATE SET strategy = excluded.strategy",
+        params![route.alias, route.strategy.as_str()],
+    )?;
+    conn.execute("DELETE FROM route_targets WHERE alias = ?1", [&route.alias])?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO route_targets (alias, position, provider, model, weight) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for (position, target) in (0i64..).zip(&route.targets) {
+        insert.execute(params![
+            route.alias,
+            position,
+            target.provider,
+            target.model,
+            target.weight
+        ])?;
+    }
+    Ok(())
+}
+
+/// Removes a route and its targets.
+pub(super) fn remove(conn: &Connection, alias: &str) -> Result<(), StoreError> {
+    match conn.execute("DELETE FROM routes WHERE alias = ?1", [alias])? {
+        0 => Err(StoreError::NotFound(format!("route {alias:?}"))),
+        _ => Ok(()),
+    }
+}
+
+/// Aliases of the routes with a target on `provider`, sorted.
+pub(super) fn using_provider(conn: &Connection, provider: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT DISTINCT alias FROM route_targets WHERE provider = ?1 ORDER BY alias")?;
+    let aliases = stmt
+        .query_map([provider], |row| row.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(aliases)
+}
+
+/// Every route, by alias, with its targets in order.
+pub(crate) fn load_all(conn: &Connection) -> Result<Vec<Route>, StoreError> {
+    let mut routes = Vec::new();
+    let mut index = HashMap::new();
+    let mut stmt = conn.prepare_cached("SELECT alias, strategy FROM routes ORDER BY alias")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let alias: String = row.get(0)?;
+        let strategy: String = row.get(1)?;
+        let strategy =
+            Strategy::parse(&strategy).map_err(|e| StoreError::Corrupt(format!("route {alias:?}: {e}")))?;
+        index.insert(alias.clone(), routes.len());
+        routes.push(Route {
+            alias,
+            strategy,
+            targets: Vec::new(),
+        });
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT alias, provider, model, weight FROM route_targets ORDER BY alias, position",
+    )?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let alias: String = row.get(0)?;
+        let Some(&i) = index.get(&alias) else {
+            return Err(StoreError::Corrupt(format!("targets of missing route {alias:?}")));
+        };
+        routes[i].targets.push(Target {
+            provider: row.get(1)?,
+            model: row.get(2)?,
+            weight: row.get(3)?,
+        });
+    }
+    if let Some(empty) = routes.iter().find(|r| r.targets.is_empty()) {
+        return Err(StoreError::Corrupt(format!(
+            "route {:?} has no targets",
+            empty.alias
+        )));
+    }
+    Ok(routes)
+}
