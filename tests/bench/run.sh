@@ -1,0 +1,275 @@
+#!/usr/bin/env bash
+# Drover load benchmark. One command, rerunnable on any Debian/Ubuntu machine (as root, or with sudo):
+#
+#   bash tests/bench/run.sh
+#
+# It measures the same fast mock provider (drover-mock) three ways: called directly, behind nginx (a tuned
+# reverse proxy: the baseline for what any proxy hop costs), and behind Drover (`drover serve`, proxy-only
+# mode), for non-stream and stream chat completions at concurrency 1 and 64, with wrk. It prints a Markdown
+# table (plus Drover's peak RSS) and writes it to bench-results/latest.md.
+#
+# Environment (all optional):
+#   BENCH_DURATION      length of each measured run, wrk syntax (default 10s)
+#   BENCH_WARMUP        unmeasured warm-up before each run (default 2s)
+#   BENCH_CONCURRENCY   connection counts (default "1 64")
+#   BENCH_TARGETS       any of "direct nginx drover" (default all three)
+#   BENCH_MODES         any of "non-stream stream" (default both)
+#   BENCH_NGINX_WORKERS nginx worker_processes (default auto)
+#   BENCH_OUT           result file (default bench-results/latest.md)
+#   CARGO_TARGET_DIR    where cargo builds (default target/)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+
+DURATION=${BENCH_DURATION:-10s}
+WARMUP=${BENCH_WARMUP:-2s}
+CONCURRENCY=${BENCH_CONCURRENCY:-"1 64"}
+TARGETS=${BENCH_TARGETS:-"direct nginx drover"}
+MODES=${BENCH_MODES:-"non-stream stream"}
+NGINX_WORKERS=${BENCH_NGINX_WORKERS:-auto}
+OUT=${BENCH_OUT:-$ROOT/bench-results/latest.md}
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+ADMIN_TOKEN=bench-token
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+wants() { [[ " $TARGETS " == *" $1 "* ]]; }
+
+# ---- processes we start, stopped on any exit --------------------------------------------------------------
+TMP=$(mktemp -d -t drover-bench.XXXXXX)
+chmod 755 "$TMP" # nginx workers drop root and must reach their files here
+PIDS=()
+cleanup() {
+  local pid
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    pid=${PIDS[i]}
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- tools ------------------------------------------------------------------------------------------------
+NGINX=$(command -v nginx || true)
+[[ -z $NGINX && -x /usr/sbin/nginx ]] && NGINX=/usr/sbin/nginx
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+command -v curl >/dev/null || missing+=(curl)
+if wants nginx && [[ -z $NGINX ]]; then missing+=(nginx-light); fi
+if ((${#missing[@]})); then
+  SUDO=()
+  [[ $(id -u) -ne 0 ]] && SUDO=(sudo)
+  log "installing ${missing[*]}"
+  if ! "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >"$TMP/apt.log" 2>&1; then
+    "${SUDO[@]}" apt-get update >>"$TMP/apt.log" 2>&1 || true
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}" >>"$TMP/apt.log" 2>&1 ||
+      { tail -20 "$TMP/apt.log" >&2; die "could not install ${missing[*]}"; }
+  fi
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+fi
+
+free_port() {
+  if command -v python3 >/dev/null; then
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+    return
+  fi
+  local port
+  for _ in $(seq 200); do
+    port=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
+  done
+  die "no free port found"
+}
+
+# Polls until `curl ARGS...` answers with HTTP 200, or fails after $1 seconds. Stops early if process $2 died.
+wait_200() {
+  local timeout=$1 pid=$2
+  shift 2
+  local deadline=$((SECONDS + timeout)) code
+  while ((SECONDS < deadline)); do
+    kill -0 "$pid" 2>/dev/null || return 1
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true)
+    [[ $code == 200 ]] && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+# ---- build ------------------------------------------------------------------------------------------------
+bins=(--bin drover-mock)
+wants drover && bins+=(--bin drover)
+log "building release: cargo build --release ${bins[*]}"
+cargo build --release "${bins[@]}"
+
+# ---- request bodies (~1 KB) -------------------------------------------------------------------------------
+filler=$(printf 'The quick brown fox jumps over the lazy dog. %.0s' $(seq 19))
+body() {
+  printf '{"model":"bench-model","max_tokens":64,"stream":%s,"messages":[' "$1"
+  printf '{"role":"system","content":"You are a helpful assistant. Answer in one short paragraph."},'
+  printf '{"role":"user","content":"Summarize this text: %s"}]}' "$filler"
+}
+body false >"$TMP/non-stream.json"
+body true >"$TMP/stream.json"
+BODY_BYTES=$(wc -c <"$TMP/non-stream.json")
+
+# ---- the mock provider ------------------------------------------------------------------------------------
+"$BIN/drover-mock" --addr 127.0.0.1:0 >"$TMP/mock.addr" 2>"$TMP/mock.log" &
+MOCK_PID=$!
+PIDS+=("$MOCK_PID")
+for _ in $(seq 100); do [[ -s $TMP/mock.addr ]] && break; sleep 0.1; done
+MOCK_ADDR=$(head -n1 "$TMP/mock.addr")
+[[ -n $MOCK_ADDR ]] || { cat "$TMP/mock.log" >&2; die "drover-mock did not start"; }
+wait_200 10 "$MOCK_PID" -X POST -H 'content-type: application/json' --data-binary "@$TMP/non-stream.json" \
+  "http://$MOCK_ADDR/v1/chat/completions" || die "drover-mock does not answer"
+log "drover-mock on $MOCK_ADDR"
+declare -A URL=([direct]="http://$MOCK_ADDR")
+
+# ---- nginx ------------------------------------------------------------------------------------------------
+if wants nginx; then
+  NGINX_PORT=$(free_port)
+  mkdir -p "$TMP/nginx"
+  temp_paths="client_body_temp_path $TMP/nginx/body; proxy_temp_path $TMP/nginx/proxy;"
+  nginx_build=$("$NGINX" -V 2>&1)
+  for module in fastcgi uwsgi scgi; do
+    [[ $nginx_build == *"--without-http_${module}_module"* ]] ||
+      temp_paths+=" ${module}_temp_path $TMP/nginx/$module;"
+  done
+  cat >"$TMP/nginx/nginx.conf" <<EOF
+worker_processes $NGINX_WORKERS;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  $temp_paths
+  keepalive_requests 1000000;
+  keepalive_timeout 60s;
+  upstream mock {
+    server $MOCK_ADDR;
+    keepalive 64;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }
+  }
+}
+EOF
+  "$NGINX" -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" >"$TMP/nginx/stdout.log" 2>&1 &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+  wait_200 10 "$NGINX_PID" -X POST -H 'content-type: application/json' --data-binary "@$TMP/non-stream.json" \
+    "http://127.0.0.1:$NGINX_PORT/v1/chat/completions" ||
+    { cat "$TMP/nginx/error.log" >&2; die "nginx did not start"; }
+  log "nginx on 127.0.0.1:$NGINX_PORT (worker_processes $NGINX_WORKERS)"
+  URL[nginx]="http://127.0.0.1:$NGINX_PORT"
+fi
+
+# ---- Drover -----------------------------------------------------------------------------------------------
+if wants drover; then
+  HTTP_PORT=$(free_port)
+  GRPC_PORT=$(free_port)
+  DROVER_ADMIN_TOKEN=$ADMIN_TOKEN RUST_LOG=${RUST_LOG:-warn} "$BIN/drover" serve --db "$TMP/drover.db" \
+    --http "127.0.0.1:$HTTP_PORT" --grpc "127.0.0.1:$GRPC_PORT" >"$TMP/drover.log" 2>&1 &
+  GW_PID=$!
+  PIDS+=("$GW_PID")
+  wait_200 60 "$GW_PID" "http://127.0.0.1:$HTTP_PORT/readyz" ||
+    { tail -30 "$TMP/drover.log" >&2; die "drover serve did not become ready"; }
+  cli() { "$BIN/drover" --server "http://127.0.0.1:$GRPC_PORT" --token "$ADMIN_TOKEN" "$@"; }
+  cli provider add mock --kind openai-compatible --base-url "http://$MOCK_ADDR/v1" >/dev/null
+  cli route set bench-model --target mock/bench-model >/dev/null
+  wait_200 30 "$GW_PID" -X POST -H 'content-type: application/json' --data-binary "@$TMP/non-stream.json" \
+    "http://127.0.0.1:$HTTP_PORT/v1/chat/completions" ||
+    { tail -30 "$TMP/drover.log" >&2; die "a chat completion through drover does not succeed"; }
+  IDLE_RSS_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status")
+  log "drover on 127.0.0.1:$HTTP_PORT (gRPC 127.0.0.1:$GRPC_PORT)"
+  URL[drover]="http://127.0.0.1:$HTTP_PORT"
+fi
+
+# ---- runs -------------------------------------------------------------------------------------------------
+NPROC=$(nproc)
+ROWS=()
+for target in $TARGETS; do
+  [[ -n ${URL[$target]:-} ]] || die "unknown target '$target' (expected direct, nginx or drover)"
+  for mode in $MODES; do
+    [[ -f $TMP/$mode.json ]] || die "unknown mode '$mode' (expected non-stream or stream)"
+    for conns in $CONCURRENCY; do
+      threads=$((conns < NPROC ? conns : NPROC))
+      run=(wrk -t "$threads" -c "$conns" --timeout 10s --latency -s "$ROOT/tests/bench/chat.lua")
+      log "$target $mode c=$conns: warm-up $WARMUP, then $DURATION"
+      BENCH_BODY_FILE="$TMP/$mode.json" "${run[@]}" -d "$WARMUP" "${URL[$target]}" >/dev/null 2>&1 || true
+      out="$TMP/wrk-$target-$mode-$conns.txt"
+      BENCH_BODY_FILE="$TMP/$mode.json" "${run[@]}" -d "$DURATION" "${URL[$target]}" >"$out" 2>&1 || true
+      line=$(grep '^BENCH ' "$out" || true)
+      if [[ -z $line ]]; then
+        cat "$out" >&2
+        ROWS+=("| $target | $mode | $conns | failed | | | |")
+        continue
+      fi
+      ROWS+=("$(awk -v target="$target" -v mode="$mode" -v conns="$conns" '
+        function field(name,   i, kv) {
+          for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == name) return kv[2] + 0 }
+          return 0
+        }
+        function lat(us) { return us < 1000 ? sprintf("%d µs", us) : sprintf("%.2f ms", us / 1000) }
+        {
+          rps = field("requests") * 1e6 / field("duration_us")
+          socket = field("connect") + field("read") + field("write") + field("timeout")
+          status = field("status")
+          errors = socket + status
+          detail = ""
+          if (errors > 0) detail = sprintf(" (non-2xx %d, socket %d)", status, socket)
+          printf "| %s | %s | %d | %.0f | %s | %s | %d%s |", target, mode, conns, rps,
+            lat(field("p50_us")), lat(field("p99_us")), errors, detail
+        }' <<<"$line")")
+      log "  ${ROWS[-1]}"
+    done
+  done
+done
+
+# ---- report -----------------------------------------------------------------------------------------------
+cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+mock_bytes=$(curl -s -X POST -H 'content-type: application/json' --data-binary "@$TMP/non-stream.json" \
+  "http://$MOCK_ADDR/v1/chat/completions" | wc -c)
+mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-binary "@$TMP/stream.json" \
+  "http://$MOCK_ADDR/v1/chat/completions" | grep -c '^data: ' || true)
+{
+  echo "## Load benchmark"
+  echo
+  echo "$(date -u '+%Y-%m-%d %H:%M UTC') · ${cpu:-unknown CPU} · $NPROC cores · commit $commit"
+  echo
+  echo "wrk, $DURATION per run after a $WARMUP warm-up; \`POST /v1/chat/completions\` with a $BODY_BYTES-byte body."
+  echo "The mock provider answers at once: $mock_bytes bytes non-stream, $mock_events SSE events when streaming."
+  echo "wrk, the proxy under test and the mock all share this machine's cores over 127.0.0.1."
+  echo
+  echo "| target | mode | concurrency | req/s | p50 | p99 | errors |"
+  echo "|---|---|---:|---:|---:|---:|---:|"
+  printf '%s\n' "${ROWS[@]}"
+  if wants drover; then
+    peak_kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || echo 0)
+    echo
+    printf 'Drover (`drover serve`): peak RSS %.1f MiB (VmHWM), %.1f MiB idle before the runs.\n' \
+      "$(awk -v kb="$peak_kb" 'BEGIN {print kb / 1024}')" "$(awk -v kb="$IDLE_RSS_KB" 'BEGIN {print kb / 1024}')"
+  fi
+} >"$TMP/report.md"
+
+mkdir -p "$(dirname "$OUT")"
+cp "$TMP/report.md" "$OUT"
+echo
+cat "$OUT"
+echo
+log "written to ${OUT#"$ROOT"/}"

@@ -1,0 +1,260 @@
+//! drover-mock: a fast OpenAI-format provider with fixed answers, for the load benchmark
+//! (`tests/bench/run.sh`). Serves `POST /v1/chat/completions`, non-stream and stream (with the usage chunk
+//! when `stream_options.include_usage` is true), over HTTP/1.1 with keep-alive, on a multi-threaded runtime.
+//!
+//! Answers are rendered once at startup by the same code as the test mock (`drover_tests::mock::openai`), so
+//! they have the real shapes; per request the server only reads the body and scans it for `"stream": true`.
+//! Prints the bound address on stdout, then serves until killed.
+#![allow(clippy::print_stdout, reason = "the bound address is this binary's output")]
+
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use clap::Parser;
+use drover_tests::mock::{Reply, ReplyOptions, openai};
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Either, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+/// A fast fixed-answer OpenAI-format provider for benchmarks.
+#[derive(Parser, Debug)]
+#[command(name = "drover-mock", version)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port; the bound address is printed).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    addr: SocketAddr,
+    /// Runtime worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Content chunks in a streamed answer.
+    #[arg(long, default_value_t = 20)]
+    stream_chunks: usize,
+}
+
+/// The answers, rendered once.
+struct Answers {
+    completion: Bytes,
+    events: Arc<[Bytes]>,
+    events_with_usage: Arc<[Bytes]>,
+    not_found: Bytes,
+}
+
+const REPLY: &str = "This is a fixed answer from the benchmark mock provider. It is long enough to look like a \
+                     short real reply, with a few dozen words, so that both the non-streaming body and the \
+                     streamed chunks have a realistic size for a chat completion.";
+
+impl Answers {
+    fn render(stream_chunks: usize) -> anyhow::Result<Self> {
+        let options = ReplyOptions {
+            stream_chunks: stream_chunks.max(1),
+            reply: Some(REPLY.into()),
+            models: vec![],
+        };
+        let request = |stream: bool, usage: bool| {
+            let mut req = json!({
+                "model": "bench-model",
+                "messages": [
+                    { "role": "system", "content": "You are a helpful assistant." },
+                    { "role": "user", "content": "Tell me something." }
+                ]
+            });
+            if stream {
+                req["stream"] = json!(true);
+                req["stream_options"] = json!({ "include_usage": usage });
+            }
+            openai::route(
+                &Method::POST,
+                "/v1/chat/completions",
+                req.to_string().as_bytes(),
+                &options,
+                1,
+            )
+        };
+        let Reply::Json { body: completion, .. } = request(false, false) else {
+            bail!("a non-stream chat completion rendered as events");
+        };
+        let (
+            Reply::Events { frames: events, .. },
+            Reply::Events {
+                frames: with_usage, ..
+            },
+        ) = (request(true, false), request(true, true))
+        else {
+            bail!("a stream chat completion rendered as JSON");
+        };
+        let not_found = json!({ "error": {
+            "message": "Invalid URL (drover-mock serves POST /v1/chat/completions only)",
+            "type": "invalid_request_error", "param": null, "code": null
+        } });
+        Ok(Answers {
+            completion,
+            events: events.into(),
+            events_with_usage: with_usage.into(),
+            not_found: Bytes::from(not_found.to_string()),
+        })
+    }
+}
+
+type Frames = StreamBody<futures_util::stream::Iter<FrameIter>>;
+type Body = Either<Full<Bytes>, Frames>;
+
+/// Yields the precomputed events of one streamed answer, one body frame each.
+struct FrameIter {
+    frames: Arc<[Bytes]>,
+    next: usize,
+}
+
+impl Iterator for FrameIter {
+    type Item = Result<Frame<Bytes>, Infallible>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let frame = self.frames.get(self.next)?.clone();
+        self.next += 1;
+        Some(Ok(Frame::data(frame)))
+    }
+}
+
+/// Where `"key"` is followed (after optional whitespace and a colon) by `true`. A byte scan, not a parse: the
+/// benchmark's bodies are well-formed, and this keeps the mock's cost per request negligible.
+fn flag(body: &[u8], key: &[u8]) -> bool {
+    let mut rest = body;
+    while let Some(at) = rest.windows(key.len()).position(|w| w == key) {
+        rest = &rest[at + key.len()..];
+        let value = rest
+            .iter()
+            .position(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b':'));
+        if let Some(start) = value
+            && rest[start..].starts_with(b"true")
+        {
+            return true;
+        }
+    }
+    false
+}
+
+fn with_type(mut response: Response<Body>, content_type: &'static str) -> Response<Body> {
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+async fn answer(answers: Arc<Answers>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let is_chat = req.method() == Method::POST && req.uri().path() == "/v1/chat/completions";
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    if !is_chat {
+        let mut response = Response::new(Either::Left(Full::new(answers.not_found.clone())));
+        *response.status_mut() = StatusCode::NOT_FOUND;
+        return Ok(with_type(response, "application/json"));
+    }
+    if !flag(&body, b"\"stream\"") {
+        let response = Response::new(Either::Left(Full::new(answers.completion.clone())));
+        return Ok(with_type(response, "application/json"));
+    }
+    let frames = if flag(&body, b"\"include_usage\"") {
+        &answers.events_with_usage
+    } else {
+        &answers.events
+    };
+    let frames = FrameIter {
+        frames: Arc::clone(frames),
+        next: 0,
+    };
+    let response = Response::new(Either::Right(StreamBody::new(futures_util::stream::iter(frames))));
+    Ok(with_type(response, "text/event-stream"))
+}
+
+async fn serve(listener: TcpListener, answers: Arc<Answers>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                // Out of file descriptors or similar: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let answers = Arc::clone(&answers);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| answer(Arc::clone(&answers), req));
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let answers = Arc::new(Answers::render(args.stream_chunks)?);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let runtime = runtime.build().context("start the runtime")?;
+    runtime.block_on(async {
+        let listener = TcpListener::bind(args.addr)
+            .await
+            .with_context(|| format!("bind {}", args.addr))?;
+        let addr = listener.local_addr()?;
+        let mut stdout = std::io::stdout();
+        writeln!(stdout, "{addr}")?;
+        stdout.flush()?;
+        serve(listener, answers).await;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_flag_is_found_with_any_spacing() {
+        assert!(flag(br#"{"model":"m","stream":true}"#, b"\"stream\""));
+        assert!(flag(br#"{"stream" : true}"#, b"\"stream\""));
+        assert!(!flag(br#"{"stream":false}"#, b"\"stream\""));
+        assert!(!flag(
+            br#"{"stream_options":{"include_usage":true}}"#,
+            b"\"stream\""
+        ));
+        assert!(flag(
+            br#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+            b"\"include_usage\""
+        ));
+        assert!(!flag(b"", b"\"stream\""));
+    }
+
+    #[test]
+    fn answers_render_with_real_shapes() {
+        let answers = Answers::render(4).unwrap();
+        let completion: serde_json::Value = serde_json::from_slice(&answers.completion).unwrap();
+        assert_eq!(completion["object"], "chat.completion");
+        assert_eq!(
+            answers.events.len(),
+            1 + 4 + 1 + 1,
+            "role, content, finish, [DONE]"
+        );
+        assert_eq!(answers.events_with_usage.len(), answers.events.len() + 1);
+        assert_eq!(answers.events.last().unwrap().as_ref(), b"data: [DONE]\n\n");
+    }
+}

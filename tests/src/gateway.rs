@@ -1,0 +1,460 @@
+//! Builders that start a real control plane and data planes on loopback for scenario tests:
+//!
+//! ```ignore
+//! let up = MockProvider::openai().start().await;
+//! let gw = Gateway::builder().start().await;
+//! gw.provider("up", &up.base_url()).await;
+//! gw.route("fast", &["up/gpt-4o-mini"]).await;
+//! let resp = gw.chat("fast", "hello").await;
+//! ```
+//!
+//! Everything binds 127.0.0.1:0. Each mutating admin call waits until every running data
+//! plane serves the resulting version, so a test never races the policy stream.
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test harness: a setup that fails must fail the test that asked for it"
+)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use drover_controlplane::{Config as CpConfig, ControlPlane};
+use drover_dataplane::{Config as DpConfig, DataPlane};
+use drover_proto::pb;
+use drover_proto::pb::admin_service_client::AdminServiceClient;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// The admin token every test control plane uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// Adds `authorization: Bearer TOKEN` to every call.
+#[derive(Clone)]
+pub struct Bearer(pub String);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Ok(v) = format!("Bearer {}", self.0).parse() {
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
+    }
+}
+
+pub type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Connects an admin client with `token`.
+pub async fn admin_client(addr: SocketAddr, token: &str) -> Admin {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("valid url")
+        .connect()
+        .await
+        .expect("control plane reachable");
+    AdminServiceClient::with_interceptor(channel, Bearer(token.to_owned()))
+}
+
+/// A control plane that can be killed and restarted on the same database and port.
+pub struct TestControlPlane {
+    cp: Option<ControlPlane>,
+    shutdown: CancellationToken,
+    db: PathBuf,
+    addr: SocketAddr,
+}
+
+impl TestControlPlane {
+    pub async fn start(db: &Path) -> Self {
+        Self::start_at(db, "127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    async fn start_at(db: &Path, addr: SocketAddr) -> Self {
+        let shutdown = CancellationToken::new();
+        let config = CpConfig {
+            db_path: db.to_owned(),
+            grpc_addr: addr,
+            admin_token: Some(ADMIN_TOKEN.to_owned()),
+            dataplane_token: Some("test-dataplane-token".to_owned()),
+            master_key: None,
+        };
+        let mut last_err = None;
+        // The port of a control plane just stopped can take a moment to be free again.
+        for _ in 0..50 {
+            match ControlPlane::start(config.clone(), shutdown.clone()).await {
+                Ok(cp) => {
+                    let addr = cp.grpc_addr();
+                    return TestControlPlane {
+                        cp: Some(cp),
+                        shutdown,
+                        db: db.to_owned(),
+                        addr,
+                    };
+                }
+                Err(e) => {
+                    last_err = Some(e.to_string());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        panic!("control plane did not start: {last_err:?}");
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn admin(&self) -> Admin {
+        admin_client(self.addr, ADMIN_TOKEN).await
+    }
+
+    /// Stops the control plane and waits until it is gone.
+    pub async fn kill(&mut self) {
+        self.shutdown.cancel();
+        if let Some(cp) = self.cp.take() {
+            tokio::time::timeout(Duration::from_secs(10), cp.wait())
+                .await
+                .expect("control plane stops promptly")
+                .expect("control plane stops cleanly");
+        }
+    }
+
+    /// Starts it again on the same database and port.
+    pub async fn restart(&mut self) {
+        assert!(self.cp.is_none(), "kill() first");
+        *self = Self::start_at(&self.db.clone(), self.addr).await;
+    }
+}
+
+impl Drop for TestControlPlane {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A data plane running in this process.
+pub struct TestDataPlane {
+    dp: Option<DataPlane>,
+    shutdown: CancellationToken,
+    addr: SocketAddr,
+}
+
+impl TestDataPlane {
+    pub async fn start(config: DpConfig) -> Self {
+        let shutdown = CancellationToken::new();
+        let dp = DataPlane::start(config, shutdown.clone())
+            .await
+            .expect("data plane starts");
+        let addr = dp.http_addr();
+        TestDataPlane {
+            dp: Some(dp),
+            shutdown,
+            addr,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn version(&self) -> Option<u64> {
+        self.dp.as_ref().and_then(DataPlane::policy_version)
+    }
+
+    /// Waits until it serves `version` or newer.
+    pub async fn wait_for_version(&self, version: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.version().is_none_or(|v| v < version) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "data plane still at {:?}, want {version}",
+                self.version()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(dp) = self.dp.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), dp.wait()).await;
+        }
+    }
+}
+
+impl Drop for TestDataPlane {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Test defaults for a data plane: short timeouts so failure tests finish quickly.
+pub fn dataplane_config(control_plane: &str) -> DpConfig {
+    let env: drover_dataplane::providers::EnvLookup =
+        Arc::new(|var: &str| (var == "TEST_PROVIDER_KEY").then(|| "sk-test-provider-key".to_owned()));
+    let mut c = DpConfig::new("127.0.0.1:0".parse().expect("addr"), control_plane, env);
+    c.token = Some(drover_proto::model::Secret::new("test-dataplane-token"));
+    c.proxy.upstream_timeout = Duration::from_secs(5);
+    c.proxy.request_timeout = Duration::from_secs(20);
+    c.proxy.backoff_base = Duration::from_millis(5);
+    c.proxy.backoff_max = Duration::from_millis(20);
+    c
+}
+
+pub struct GatewayBuilder {
+    dataplanes: usize,
+    tweak: Box<dyn Fn(&mut DpConfig) + Send>,
+}
+
+impl GatewayBuilder {
+    pub fn dataplanes(mut self, n: usize) -> Self {
+        self.dataplanes = n;
+        self
+    }
+
+    /// Adjusts every data plane's configuration.
+    pub fn configure(mut self, f: impl Fn(&mut DpConfig) + Send + 'static) -> Self {
+        self.tweak = Box::new(f);
+        self
+    }
+
+    pub async fn start(self) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cp = TestControlPlane::start(&dir.path().join("drover.db")).await;
+        let mut dps = Vec::new();
+        for i in 0..self.dataplanes {
+            let mut config = dataplane_config(&cp.url());
+            config.dataplane_id = format!("dp-{i}");
+            (self.tweak)(&mut config);
+            dps.push(TestDataPlane::start(config).await);
+        }
+        let admin = cp.admin().await;
+        let http = reqwest_like_client();
+        let gw = Gateway {
+            dir: Arc::new(dir),
+            cp,
+            dps,
+            admin,
+            http,
+        };
+        // The first snapshot (version 1, empty) makes every data plane ready.
+        let v = gw.version().await;
+        gw.wait_all(v).await;
+        gw
+    }
+}
+
+fn reqwest_like_client() -> HttpClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>()
+}
+
+pub type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Full<bytes::Bytes>,
+>;
+
+/// A control plane, its data planes and an admin client.
+pub struct Gateway {
+    pub dir: Arc<tempfile::TempDir>,
+    pub cp: TestControlPlane,
+    pub dps: Vec<TestDataPlane>,
+    pub admin: Admin,
+    pub http: HttpClient,
+}
+
+/// A response read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `data:` payloads of an SSE body, in order.
+    pub fn events(&self) -> Vec<String> {
+        self.text()
+            .split("\n\n")
+            .filter_map(|e| {
+                e.lines()
+                    .find_map(|l| l.strip_prefix("data: ").or_else(|| l.strip_prefix("data:")))
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Gateway {
+    pub fn builder() -> GatewayBuilder {
+        GatewayBuilder {
+            dataplanes: 1,
+            tweak: Box::new(|_| {}),
+        }
+    }
+
+    /// Base URL of the first data plane.
+    pub fn url(&self) -> String {
+        self.dps[0].url()
+    }
+
+    pub async fn version(&self) -> u64 {
+        self.admin
+            .clone()
+            .status(pb::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+            .version
+    }
+
+    /// Waits until every running data plane serves `version` or newer.
+    pub async fn wait_all(&self, version: u64) {
+        for dp in &self.dps {
+            if dp.dp.is_some() {
+                dp.wait_for_version(version).await;
+            }
+        }
+    }
+
+    /// Adds an OpenAI-compatible provider (credential: env `TEST_PROVIDER_KEY`).
+    pub async fn provider(&self, name: &str, base_url: &str) -> u64 {
+        let v = self
+            .admin
+            .clone()
+            .add_provider(pb::AddProviderRequest {
+                name: name.into(),
+                kind: pb::ProviderKind::OpenaiCompatible as i32,
+                base_url: base_url.into(),
+                credential: Some(pb::add_provider_request::Credential::ApiKeyEnv(
+                    "TEST_PROVIDER_KEY".into(),
+                )),
+                replace: true,
+            })
+            .await
+            .expect("add provider")
+            .into_inner()
+            .version;
+        self.wait_all(v).await;
+        v
+    }
+
+    /// Sets a fallback route.
+    pub async fn route(&self, alias: &str, targets: &[&str]) -> u64 {
+        self.route_with(
+            alias,
+            pb::RouteStrategy::Fallback,
+            &targets.iter().map(|t| (*t, 1)).collect::<Vec<_>>(),
+        )
+        .await
+    }
+
+    pub async fn route_with(&self, alias: &str, strategy: pb::RouteStrategy, targets: &[(&str, u32)]) -> u64 {
+        let targets = targets
+            .iter()
+            .map(|(t, weight)| {
+                let (provider, model) = t.split_once('/').expect("provider/model");
+                pb::Target {
+                    provider: provider.into(),
+                    model: model.into(),
+                    weight: *weight,
+                }
+            })
+            .collect();
+        let v = self
+            .admin
+            .clone()
+            .set_route(pb::SetRouteRequest {
+                route: Some(pb::Route {
+                    alias: alias.into(),
+                    strategy: strategy as i32,
+                    targets,
+                }),
+            })
+            .await
+            .expect("set route")
+            .into_inner()
+            .version;
+        self.wait_all(v).await;
+        v
+    }
+
+    /// Sends a request to the first data plane and reads the whole answer.
+    pub async fn send(&self, method: &str, path: &str, body: impl Into<bytes::Bytes>) -> Reply {
+        self.send_to(&self.url(), method, path, &[], body).await
+    }
+
+    pub async fn send_to(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<bytes::Bytes>,
+    ) -> Reply {
+        use http_body_util::BodyExt;
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("{base}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(body.into()))
+            .expect("request");
+        let resp = self.http.request(req).await.expect("gateway answers");
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// `POST /v1/chat/completions` with one user message.
+    pub async fn chat(&self, model: &str, content: &str) -> Reply {
+        self.send("POST", "/v1/chat/completions", chat_body(model, content, false))
+            .await
+    }
+
+    /// Streaming `POST /v1/chat/completions` with one user message.
+    pub async fn chat_stream(&self, model: &str, content: &str) -> Reply {
+        self.send("POST", "/v1/chat/completions", chat_body(model, content, true))
+            .await
+    }
+}
+
+/// A chat request body.
+pub fn chat_body(model: &str, content: &str, stream: bool) -> String {
+    serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "stream": stream,
+    })
+    .to_string()
+}
