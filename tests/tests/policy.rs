@@ -1,0 +1,283 @@
+//! The policy stream end to end: changes reach running data planes, outages of the control
+//! plane leave them serving, a rejected snapshot leaves the old one in place.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
+
+use std::time::Duration;
+
+use drover_proto::pb;
+use drover_tests::gateway::{TestDataPlane, dataplane_config};
+use drover_tests::{Gateway, MockProvider};
+
+#[tokio::test]
+async fn a_route_change_reaches_a_running_data_plane_without_restart() {
+    let a = MockProvider::openai().start().await;
+    let b = MockProvider::openai().start().await;
+    let gw = Gateway::builder().start().await;
+    gw.provider("a", &a.base_url()).await;
+    gw.provider("b", &b.base_url()).await;
+
+    assert_eq!(gw.chat("m", "x").await.status, 404, "no such alias yet");
+    gw.route("m", &["a/one"]).await;
+    assert_eq!(gw.chat("m", "x").await.header("x-drover-provider"), Some("a"));
+    gw.route("m", &["b/two"]).await;
+    let reply = gw.chat("m", "x").await;
+    assert_eq!(reply.header("x-drover-provider"), Some("b"));
+    assert_eq!(reply.json()["model"], "two");
+
+    let v = gw
+        .admin
+        .clone()
+        .remove_route(pb::RemoveRouteRequest { alias: "m".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    gw.wait_all(v).await;
+    assert_eq!(gw.chat("m", "x").await.status, 404);
+}
+
+#[tokio::test]
+async fn data_plane_is_not_ready_until_a_snapshot_is_applied() {
+    // A control plane address with nothing behind it.
+    let nothing = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dp = TestDataPlane::start(dataplane_config(&format!("http://{nothing}"))).await;
+    let client = reqwest::Client::new();
+    let ready = client.get(format!("{}/readyz", dp.url())).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let health = client.get(format!("{}/healthz", dp.url())).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let chat = client
+        .post(format!("{}/v1/chat/completions", dp.url()))
+        .body(drover_tests::chat_body("m", "x", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chat.status(), 503);
+    assert!(chat.headers().contains_key("retry-after"));
+    let body: serde_json::Value = chat.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_ready");
+}
+
+#[tokio::test]
+async fn control_plane_restart_keeps_traffic_flowing_and_the_data_plane_reconnects() {
+    let up = MockProvider::openai().start().await;
+    let mut gw = Gateway::builder().start().await;
+    gw.provider("up", &up.base_url()).await;
+    let before = gw.route("m", &["up/one"]).await;
+
+    gw.cp.kill().await;
+    // The data plane keeps serving its last policy while the control plane is away.
+    for _ in 0..5 {
+        let reply = gw.chat("m", "x").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.json()["model"], "one");
+    }
+    let ready = gw.send("GET", "/readyz", "").await;
+    assert_eq!(ready.status, 200);
+
+    gw.cp.restart().await;
+    gw.admin = gw.cp.admin().await;
+    assert_eq!(gw.version().await, before, "the version survives the restart");
+    // A change made after the restart reaches the data plane over the new stream.
+    let after = gw.route("m", &["up/two"]).await;
+    assert!(after > before);
+    assert_eq!(gw.chat("m", "x").await.json()["model"], "two");
+
+    let status = gw
+        .admin
+        .clone()
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let dp = status
+        .dataplanes
+        .iter()
+        .find(|d| d.id == "dp-0")
+        .expect("data plane registered again");
+    assert!(dp.connected);
+    assert_eq!(dp.served_version, after);
+}
+
+#[tokio::test]
+async fn a_rejected_snapshot_leaves_the_old_policy_serving() {
+    let up = MockProvider::openai().start().await;
+    let gw = Gateway::builder().start().await;
+    gw.provider("up", &up.base_url()).await;
+    let good = gw.route("m", &["up/one"]).await;
+
+    // The data plane cannot resolve this credential, so it NACKs the snapshot.
+    let bad = gw
+        .admin
+        .clone()
+        .add_provider(pb::AddProviderRequest {
+            name: "broken".into(),
+            kind: pb::ProviderKind::Openai as i32,
+            base_url: "https://api.example.com/v1".into(),
+            credential: Some(pb::add_provider_request::Credential::ApiKeyEnv(
+                "NOT_SET_ON_THE_DATA_PLANE".into(),
+            )),
+            replace: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    assert!(bad > good);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let dp = loop {
+        let status = gw
+            .admin
+            .clone()
+            .status(pb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let dp = status.dataplanes.into_iter().find(|d| d.id == "dp-0").unwrap();
+        if dp.rejected_version == bad {
+            break dp;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no NACK recorded: {dp:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(dp.served_version, good);
+    assert!(
+        dp.last_error.contains("NOT_SET_ON_THE_DATA_PLANE is not set"),
+        "{}",
+        dp.last_error
+    );
+    assert_eq!(gw.dps[0].version(), Some(good));
+    assert_eq!(
+        gw.chat("m", "x").await.json()["model"],
+        "one",
+        "old policy still serves"
+    );
+
+    let metrics = gw.send("GET", "/metrics", "").await.text();
+    assert!(metrics.contains("drover_policy_rejected_total 1"), "{metrics}");
+
+    // Fixing the cause lets the next snapshot through.
+    let v = gw
+        .admin
+        .clone()
+        .remove_provider(pb::RemoveProviderRequest {
+            name: "broken".into(),
+        })
+        .await
+        .unwrap();
+    gw.wait_all(v.into_inner().version).await;
+    let status = gw
+        .admin
+        .clone()
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.dataplanes[0].last_error.is_empty());
+}
+
+#[tokio::test]
+async fn two_data_planes_on_one_control_plane_both_follow_changes() {
+    let up = MockProvider::openai().start().await;
+    let gw = Gateway::builder().dataplanes(2).start().await;
+    gw.provider("up", &up.base_url()).await;
+    let v = gw.route("m", &["up/one"]).await;
+    for dp in &gw.dps {
+        let reply = gw
+            .send_to(
+                &dp.url(),
+                "POST",
+                "/v1/chat/completions",
+                &[],
+                drover_tests::chat_body("m", "x", false),
+            )
+            .await;
+        assert_eq!(reply.json()["model"], "one");
+    }
+    gw.route("m", &["up/two"]).await;
+    for dp in &gw.dps {
+        let reply = gw
+            .send_to(
+                &dp.url(),
+                "POST",
+                "/v1/chat/completions",
+                &[],
+                drover_tests::chat_body("m", "x", false),
+            )
+            .await;
+        assert_eq!(reply.json()["model"], "two");
+    }
+    let status = gw
+        .admin
+        .clone()
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids: Vec<_> = status
+        .dataplanes
+        .iter()
+        .filter(|d| d.connected)
+        .map(|d| d.id.as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["dp-0", "dp-1"]);
+    assert!(status.dataplanes.iter().all(|d| d.served_version > v));
+    assert!(
+        status
+            .dataplanes
+            .iter()
+            .any(|d| d.http_addr == gw.dps[1].addr().to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_data_plane_starts_from_its_last_good_file_when_the_control_plane_is_down() {
+    let up = MockProvider::openai().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let last_good = dir.path().join("policy.bin");
+    let mut gw = Gateway::builder()
+        .configure({
+            let last_good = last_good.clone();
+            move |c| c.last_good = Some(last_good.clone())
+        })
+        .start()
+        .await;
+    gw.provider("up", &up.base_url()).await;
+    let v = gw.route("m", &["up/one"]).await;
+    // The file is written after the ACK; wait for it to hold version v.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::metadata(&last_good).map(|m| m.len()).unwrap_or(0) == 0
+        || prost::Message::decode(std::fs::read(&last_good).unwrap().as_slice())
+            .map(|s: pb::Snapshot| s.version)
+            .unwrap_or(0)
+            < v
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    gw.cp.kill().await;
+    gw.dps[0].stop().await;
+
+    let mut config = dataplane_config(&gw.cp.url());
+    config.last_good = Some(last_good.clone());
+    let dp = TestDataPlane::start(config).await;
+    assert_eq!(dp.version(), Some(v), "serves the last-good policy at once");
+    let reply = gw
+        .send_to(
+            &dp.url(),
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            drover_tests::chat_body("m", "x", false),
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["model"], "one");
+}
