@@ -27,16 +27,18 @@ pub struct SetArgs {
     /// Model name as the provider knows it, e.g. gpt-4o-mini.
     model: String,
 
+    // Negative numbers are taken as values, so that `--input -1` is refused as a price and
+    // not as an unknown option `-1`.
     /// USD per million input tokens.
-    #[arg(long, value_name = "USD")]
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
     input: f64,
 
     /// USD per million output tokens.
-    #[arg(long, value_name = "USD")]
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
     output: f64,
 
     /// USD per million cached input tokens (default: the input price).
-    #[arg(long, value_name = "USD")]
+    #[arg(long, value_name = "USD", allow_negative_numbers = true)]
     cached_input: Option<f64>,
 }
 
@@ -174,6 +176,14 @@ mod tests {
         assert_eq!(
             err,
             "price \"m\"/input: -1 is not a price; must be zero or more USD"
+        );
+        let err = set(&["m", "--input", "1", "--output", "-0.5"])
+            .to_price()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "price \"m\"/output: -0.5 is not a price; must be zero or more USD"
         );
         let err = set(&["m", "--input", "1", "--output", "NaN"])
             .to_price()

@@ -1,0 +1,1020 @@
+//! The `drover` binary end to end: each test runs the real executable against a control plane
+//! started in this process on 127.0.0.1:0 (or against `drover serve` as a child process), with
+//! its database in a tempdir, and checks what a user relies on: what is printed on stdout, that a
+//! failure is one `error:` line on stderr with a non-zero exit, and what the server holds
+//! afterwards, read back through the CLI's own `--json` lists.
+//!
+//! Every child gets a cleared environment and an empty working directory, so neither the
+//! host's `DROVER_*` variables nor a `drover.admin-token` in the current directory can leak in.
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test harness: a setup that fails must fail the test that asked for it"
+)]
+
+use std::fmt;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use drover_controlplane::{Config, ControlPlane, token_file_for};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_util::sync::CancellationToken;
+
+/// The admin token of the control planes these tests start.
+const TOKEN: &str = "cli-test-admin-token";
+/// How long one `drover` command may take before the test gives up on it.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long `drover serve` may take to become ready, and to stop.
+const SERVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------------------------
+
+/// A control plane in this process, on 127.0.0.1:0, with its database in a tempdir.
+struct TestControlPlane {
+    dir: TempDir,
+    db: PathBuf,
+    url: String,
+    created_token_file: Option<PathBuf>,
+    shutdown: CancellationToken,
+    _running: ControlPlane,
+}
+
+impl TestControlPlane {
+    /// Started with the admin token `TOKEN`.
+    async fn start() -> Self {
+        Self::start_with(Some(TOKEN)).await
+    }
+
+    /// `None`: the control plane creates its own token, in a file beside the database.
+    async fn start_with(admin_token: Option<&str>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("cwd")).expect("working directory");
+        let db = dir.path().join("state").join("drover.db");
+        let shutdown = CancellationToken::new();
+        let config = Config {
+            db_path: db.clone(),
+            grpc_addr: "127.0.0.1:0".parse().expect("addr"),
+            admin_token: admin_token.map(str::to_owned),
+            dataplane_token: None,
+            master_key: None,
+        };
+        let running = ControlPlane::start(config, shutdown.clone())
+            .await
+            .expect("control plane starts");
+        TestControlPlane {
+            url: format!("http://{}", running.grpc_addr()),
+            created_token_file: running.created_token_file().map(Path::to_owned),
+            dir,
+            db,
+            shutdown,
+            _running: running,
+        }
+    }
+
+    /// `drover --server URL`, without a token: its directory holds no token file.
+    fn drover_without_token(&self) -> Drover {
+        Drover::new(&self.dir.path().join("cwd")).args(["--server", &self.url])
+    }
+
+    /// `drover --server URL` with `DROVER_ADMIN_TOKEN` set to the right token.
+    fn drover(&self) -> Drover {
+        self.drover_without_token().env("DROVER_ADMIN_TOKEN", TOKEN)
+    }
+
+    /// Runs `drover ARGS` with the right token.
+    async fn run(&self, args: &[&str]) -> Output {
+        self.drover().args(args).run().await
+    }
+
+    /// Runs a list command (`--json` is added) and parses what it prints.
+    async fn list(&self, args: &[&str]) -> Value {
+        let out = self.drover().args(args).arg("--json").run().await;
+        parse_json(out.ok(), &out)
+    }
+
+    /// The current policy version, from `drover status --json`.
+    async fn version(&self) -> u64 {
+        self.list(&["status"]).await["version"]
+            .as_u64()
+            .expect("status --json has a version")
+    }
+
+    /// Everything the admin API can show, read through the CLI: to prove a failed command
+    /// changed nothing.
+    async fn state(&self) -> Value {
+        json!({
+            "version": self.version().await,
+            "providers": self.list(&["provider", "list"]).await,
+            "routes": self.list(&["route", "list"]).await,
+            "prices": self.list(&["price", "list"]).await,
+            "modules": self.list(&["module", "list"]).await,
+        })
+    }
+}
+
+impl Drop for TestControlPlane {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// One `drover` invocation: the real binary, a cleared environment, an empty working directory.
+struct Drover {
+    cmd: Command,
+    args: Vec<String>,
+    stdin: Option<String>,
+}
+
+impl Drover {
+    fn new(cwd: &Path) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_drover"));
+        cmd.env_clear().current_dir(cwd);
+        Drover {
+            cmd,
+            args: Vec::new(),
+            stdin: None,
+        }
+    }
+
+    fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    fn args(self, args: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
+        args.into_iter().fold(self, |d, a| d.arg(a.as_ref()))
+    }
+
+    fn env(mut self, name: &str, value: &str) -> Self {
+        self.cmd.env(name, value);
+        self
+    }
+
+    /// What the command reads on stdin (otherwise stdin is empty).
+    fn stdin(mut self, text: &str) -> Self {
+        self.stdin = Some(text.to_owned());
+        self
+    }
+
+    async fn run(self) -> Output {
+        let Drover { mut cmd, args, stdin } = self;
+        cmd.args(&args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let shown = args.join(" ");
+        let blocking = tokio::task::spawn_blocking(move || {
+            let mut child = cmd.spawn().expect("drover starts");
+            if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+                pipe.write_all(text.as_bytes()).expect("write stdin");
+            }
+            child.wait_with_output().expect("drover runs")
+        });
+        let out = tokio::time::timeout(COMMAND_TIMEOUT, blocking)
+            .await
+            .unwrap_or_else(|_| panic!("`drover {shown}` did not finish within {COMMAND_TIMEOUT:?}"))
+            .expect("join");
+        Output {
+            args: shown,
+            status: out.status,
+            stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
+            stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
+        }
+    }
+}
+
+/// What one `drover` invocation did.
+struct Output {
+    args: String,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`drover {}` exited with {}\n--- stdout\n{}--- stderr\n{}---",
+            self.args, self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Output {
+    /// Asserts success with nothing on stderr; returns stdout.
+    #[track_caller]
+    fn ok(&self) -> &str {
+        assert!(
+            self.status.success() && self.stderr.is_empty(),
+            "expected success:\n{self}"
+        );
+        &self.stdout
+    }
+
+    /// Asserts a failure as every command reports one: exit 1, nothing on stdout and exactly
+    /// one line on stderr, `error: ...`. Returns the message after `error: `.
+    #[track_caller]
+    fn error(&self) -> &str {
+        assert_eq!(self.status.code(), Some(1), "expected exit code 1:\n{self}");
+        assert!(self.stdout.is_empty(), "nothing on stdout on failure:\n{self}");
+        let line = self
+            .stderr
+            .strip_suffix('\n')
+            .filter(|l| !l.contains('\n'))
+            .unwrap_or_else(|| panic!("expected exactly one line on stderr:\n{self}"));
+        line.strip_prefix("error: ")
+            .unwrap_or_else(|| panic!("the line starts with `error: `:\n{self}"))
+    }
+
+    /// Asserts a usage error: exit 2, nothing on stdout, and one `error: ...` line first on
+    /// stderr; what may follow is clap's usage and `--help` hint, never a second error.
+    /// Returns the message after `error: `.
+    #[track_caller]
+    fn usage_error(&self) -> &str {
+        assert_eq!(self.status.code(), Some(2), "expected exit code 2:\n{self}");
+        assert!(self.stdout.is_empty(), "nothing on stdout on failure:\n{self}");
+        let mut lines = self.stderr.lines();
+        let first = lines.next().unwrap_or_default();
+        let rest: Vec<&str> = lines.collect();
+        assert!(
+            rest.iter().all(|l| !l.contains("error")),
+            "one error line:\n{self}"
+        );
+        first
+            .strip_prefix("error: ")
+            .unwrap_or_else(|| panic!("stderr starts with `error: `:\n{self}"))
+    }
+}
+
+#[track_caller]
+fn parse_json(text: &str, out: &Output) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{out}"))
+}
+
+/// The version in `... (policy version N)`, the line every change prints.
+#[track_caller]
+fn changed_version(stdout: &str, what: &str) -> u64 {
+    let version = stdout
+        .strip_prefix(what)
+        .and_then(|rest| rest.strip_prefix(" (policy version "))
+        .and_then(|rest| rest.strip_suffix(")\n"))
+        .unwrap_or_else(|| panic!("expected `{what} (policy version N)`, got {stdout:?}"));
+    version
+        .parse()
+        .unwrap_or_else(|_| panic!("policy version {version:?} is a number"))
+}
+
+/// A loopback port nothing listens on any more: bound, read and released.
+fn closed_port() -> u16 {
+    free_addr().port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Providers, routes, prices, modules, status
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn providers_are_added_listed_and_removed_without_showing_a_key() {
+    let cp = TestControlPlane::start().await;
+    let secret = "sk-ant-never-print-me-0123456789";
+    let mut outputs = Vec::new();
+    let start = cp.version().await;
+
+    let out = cp
+        .run(&[
+            "provider",
+            "add",
+            "openai",
+            "--kind",
+            "openai",
+            "--base-url",
+            "https://api.openai.com/v1/",
+            "--api-key-env",
+            "OPENAI_API_KEY",
+        ])
+        .await;
+    assert_eq!(changed_version(out.ok(), "provider openai added"), start + 1);
+    outputs.push(out);
+
+    let out = cp
+        .drover()
+        .args([
+            "provider",
+            "add",
+            "anthropic",
+            "--kind",
+            "anthropic",
+            "--base-url",
+            "https://api.anthropic.com",
+            "--api-key",
+            "-",
+        ])
+        .stdin(&format!("{secret}\n"))
+        .run()
+        .await;
+    assert_eq!(changed_version(out.ok(), "provider anthropic added"), start + 2);
+    outputs.push(out);
+
+    let listed = cp.list(&["provider", "list"]).await;
+    assert_eq!(
+        listed,
+        json!([
+            {
+                "name": "anthropic",
+                "kind": "anthropic",
+                "base_url": "https://api.anthropic.com/",
+                "credential": "stored",
+            },
+            {
+                "name": "openai",
+                "kind": "openai",
+                "base_url": "https://api.openai.com/v1",
+                "credential": "env:OPENAI_API_KEY",
+            },
+        ])
+    );
+    let table = cp.run(&["provider", "list"]).await;
+    assert_eq!(
+        table.ok(),
+        "NAME       KIND       BASE URL                    CREDENTIAL\n\
+         anthropic  anthropic  https://api.anthropic.com/  stored\n\
+         openai     openai     https://api.openai.com/v1   env:OPENAI_API_KEY\n"
+    );
+    outputs.push(table);
+    assert_eq!(cp.version().await, start + 2);
+
+    // A second add of the same name is refused; --replace saves it.
+    let out = cp
+        .run(&[
+            "provider",
+            "add",
+            "openai",
+            "--kind",
+            "openai",
+            "--base-url",
+            "https://other.example/v1",
+        ])
+        .await;
+    assert_eq!(
+        out.error(),
+        "provider \"openai\" (use replace to overwrite it) already exists"
+    );
+    let out = cp
+        .run(&[
+            "provider",
+            "add",
+            "openai",
+            "--kind",
+            "openai-compatible",
+            "--base-url",
+            "http://127.0.0.1:11434/v1",
+            "--replace",
+        ])
+        .await;
+    assert_eq!(changed_version(out.ok(), "provider openai saved"), start + 3);
+
+    let out = cp.run(&["provider", "remove", "openai"]).await;
+    assert_eq!(changed_version(out.ok(), "provider openai removed"), start + 4);
+    let out = cp.run(&["provider", "remove", "openai"]).await;
+    assert_eq!(out.error(), "provider \"openai\" not found");
+    assert_eq!(
+        cp.list(&["provider", "list"]).await,
+        json!([{
+            "name": "anthropic",
+            "kind": "anthropic",
+            "base_url": "https://api.anthropic.com/",
+            "credential": "stored",
+        }])
+    );
+    assert_eq!(cp.version().await, start + 4);
+
+    for out in &outputs {
+        assert!(
+            !out.stdout.contains(secret) && !out.stderr.contains(secret),
+            "the API key was printed:\n{out}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn routes_fall_back_in_order_or_split_by_weight() {
+    let cp = TestControlPlane::start().await;
+    for name in ["a", "b"] {
+        cp.run(&[
+            "provider",
+            "add",
+            name,
+            "--kind",
+            "openai-compatible",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+        ])
+        .await
+        .ok();
+    }
+    let start = cp.version().await;
+
+    let out = cp
+        .run(&["route", "set", "fast", "--target", "a/m1", "--target", "b/m2"])
+        .await;
+    assert_eq!(
+        changed_version(out.ok(), "route fast set, fallback: a/m1, b/m2"),
+        start + 1
+    );
+    let out = cp
+        .run(&["route", "set", "chat", "--target", "a/m=3", "--target", "b/org/m"])
+        .await;
+    assert_eq!(
+        changed_version(out.ok(), "route chat set, weighted: a/m=3, b/org/m=1"),
+        start + 2
+    );
+
+    let routes = json!([
+        {
+            "alias": "chat",
+            "strategy": "weighted",
+            "targets": [
+                {"provider": "a", "model": "m", "weight": 3},
+                {"provider": "b", "model": "org/m", "weight": 1},
+            ],
+        },
+        {
+            "alias": "fast",
+            "strategy": "fallback",
+            "targets": [
+                {"provider": "a", "model": "m1", "weight": 1},
+                {"provider": "b", "model": "m2", "weight": 1},
+            ],
+        },
+    ]);
+    assert_eq!(cp.list(&["route", "list"]).await, routes);
+    assert_eq!(
+        cp.run(&["route", "list"]).await.ok(),
+        "ALIAS  STRATEGY  TARGETS\n\
+         chat   weighted  a/m=3, b/org/m=1\n\
+         fast   fallback  a/m1, b/m2\n"
+    );
+
+    // A provider that routes use cannot be removed.
+    let before = cp.state().await;
+    let out = cp.run(&["provider", "remove", "a"]).await;
+    let message = out.error();
+    assert!(
+        message.contains("\"a\"") && message.contains("chat") && message.contains("fast"),
+        "names the provider and the routes that use it:\n{out}"
+    );
+    assert_eq!(cp.state().await, before);
+
+    let out = cp.run(&["route", "remove", "chat"]).await;
+    assert_eq!(changed_version(out.ok(), "route chat removed"), start + 3);
+    let out = cp.run(&["route", "remove", "chat"]).await;
+    assert!(out.error().contains("chat"), "{out}");
+    assert_eq!(cp.list(&["route", "list"]).await, json!([routes[1].clone()]));
+    cp.run(&["route", "remove", "fast"]).await.ok();
+    assert_eq!(cp.list(&["route", "list"]).await, json!([]));
+    cp.run(&["provider", "remove", "a"]).await.ok();
+    assert_eq!(cp.version().await, start + 5);
+}
+
+#[tokio::test]
+async fn prices_are_set_listed_and_removed() {
+    let cp = TestControlPlane::start().await;
+    assert_eq!(cp.list(&["price", "list"]).await, json!([]));
+    assert_eq!(cp.run(&["price", "list"]).await.ok(), "no prices\n");
+    let start = cp.version().await;
+
+    let out = cp
+        .run(&[
+            "price",
+            "set",
+            "gpt-4o",
+            "--input",
+            "2.5",
+            "--output",
+            "10",
+            "--cached-input",
+            "1.25",
+        ])
+        .await;
+    assert_eq!(changed_version(out.ok(), "price gpt-4o set"), start + 1);
+    let out = cp
+        .run(&[
+            "price",
+            "set",
+            "gpt-4o-mini",
+            "--input",
+            "0.15",
+            "--output",
+            "0.6",
+        ])
+        .await;
+    assert_eq!(changed_version(out.ok(), "price gpt-4o-mini set"), start + 2);
+
+    assert_eq!(
+        cp.list(&["price", "list"]).await,
+        json!([
+            {"model": "gpt-4o", "input_per_mtok": 2.5, "output_per_mtok": 10.0, "cached_input_per_mtok": 1.25},
+            {"model": "gpt-4o-mini", "input_per_mtok": 0.15, "output_per_mtok": 0.6, "cached_input_per_mtok": null},
+        ])
+    );
+
+    let out = cp.run(&["price", "remove", "gpt-4o"]).await;
+    assert_eq!(changed_version(out.ok(), "price gpt-4o removed"), start + 3);
+    assert_eq!(
+        cp.list(&["price", "list"]).await,
+        json!([
+            {"model": "gpt-4o-mini", "input_per_mtok": 0.15, "output_per_mtok": 0.6, "cached_input_per_mtok": null},
+        ])
+    );
+    assert_eq!(cp.version().await, start + 3);
+}
+
+#[tokio::test]
+async fn modules_switch_on_and_off() {
+    let cp = TestControlPlane::start().await;
+    let modules = cp.list(&["module", "list"]).await;
+    let names: Vec<&str> = modules
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|m| m["name"].as_str().expect("a name"))
+        .collect();
+    assert_eq!(names, ["auth", "rate_limit", "spend_cap", "audit", "redact"]);
+    let audit = |modules: &Value| {
+        modules
+            .as_array()
+            .and_then(|all| all.iter().find(|m| m["name"] == "audit"))
+            .map(|m| m["enabled"].clone())
+    };
+    assert_eq!(audit(&modules), Some(json!(false)));
+    let start = cp.version().await;
+
+    let out = cp.run(&["module", "enable", "audit"]).await;
+    assert_eq!(changed_version(out.ok(), "module audit enabled"), start + 1);
+    let enabled = cp.list(&["module", "list"]).await;
+    assert_eq!(audit(&enabled), Some(json!(true)));
+    // Only audit changed.
+    let mut expected = modules.clone();
+    if let Some(m) = expected
+        .as_array_mut()
+        .and_then(|all| all.iter_mut().find(|m| m["name"] == "audit"))
+    {
+        m["enabled"] = json!(true);
+    }
+    assert_eq!(enabled, expected);
+
+    let out = cp.run(&["module", "disable", "audit"]).await;
+    assert_eq!(changed_version(out.ok(), "module audit disabled"), start + 2);
+    assert_eq!(cp.list(&["module", "list"]).await, modules);
+}
+
+#[tokio::test]
+async fn status_shows_the_policy_version_and_no_data_planes() {
+    let cp = TestControlPlane::start().await;
+    let status = cp.list(&["status"]).await;
+    let version = status["version"].as_u64().expect("a version");
+    assert!(!status["store_id"].as_str().unwrap_or_default().is_empty());
+    assert_eq!(status["dataplanes"], json!([]));
+
+    let out = cp.run(&["module", "enable", "redact"]).await;
+    assert_eq!(changed_version(out.ok(), "module redact enabled"), version + 1);
+    let status = cp.list(&["status"]).await;
+    assert_eq!(status["version"], json!(version + 1));
+    let text = cp.run(&["status"]).await;
+    assert!(
+        text.ok()
+            .starts_with(&format!("policy version  {}\n", version + 1)),
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Failures: one line, a non-zero exit, nothing changed
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_rejected_token_is_one_line_and_changes_nothing() {
+    let cp = TestControlPlane::start().await;
+    cp.run(&["price", "set", "m", "--input", "1", "--output", "2"])
+        .await
+        .ok();
+    let before = cp.state().await;
+
+    // From the environment, on a change.
+    let out = cp
+        .drover_without_token()
+        .env("DROVER_ADMIN_TOKEN", "wrong-token-from-env")
+        .args(["price", "set", "m", "--input", "5", "--output", "5"])
+        .run()
+        .await;
+    assert_eq!(
+        out.error(),
+        "the admin token was rejected (set DROVER_ADMIN_TOKEN or --token)"
+    );
+    assert!(!out.stderr.contains("wrong-token-from-env"), "{out}");
+
+    // From --token, on a change and on a read.
+    for args in [
+        &["module", "enable", "audit"][..],
+        &["provider", "list", "--json"][..],
+    ] {
+        let out = cp
+            .drover_without_token()
+            .args(["--token", "wrong-token-from-flag"])
+            .args(args)
+            .run()
+            .await;
+        assert_eq!(
+            out.error(),
+            "the admin token was rejected (set DROVER_ADMIN_TOKEN or --token)"
+        );
+    }
+
+    // No token at all: says how to give one.
+    let out = cp
+        .drover_without_token()
+        .args(["route", "set", "r", "--target", "a/m"])
+        .run()
+        .await;
+    let message = out.error();
+    assert!(
+        message.starts_with("no admin token: set DROVER_ADMIN_TOKEN or --token"),
+        "{out}"
+    );
+    assert!(message.contains("drover.admin-token"), "{out}");
+
+    assert_eq!(cp.state().await, before);
+}
+
+#[tokio::test]
+async fn a_control_plane_that_is_not_running_is_one_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = closed_port();
+    for args in [
+        &["status"][..],
+        &["provider", "list", "--json"][..],
+        &["module", "enable", "audit"][..],
+    ] {
+        let out = Drover::new(dir.path())
+            .env("DROVER_ADMIN_TOKEN", TOKEN)
+            .args(["--server", &format!("http://127.0.0.1:{port}")])
+            .args(args)
+            .run()
+            .await;
+        assert_eq!(
+            out.error(),
+            format!("cannot reach the control plane at http://127.0.0.1:{port} (is it running?)")
+        );
+    }
+    // DROVER_SERVER, and host:port without a scheme.
+    let out = Drover::new(dir.path())
+        .env("DROVER_ADMIN_TOKEN", TOKEN)
+        .env("DROVER_SERVER", &format!("127.0.0.1:{port}"))
+        .arg("status")
+        .run()
+        .await;
+    assert_eq!(
+        out.error(),
+        format!("cannot reach the control plane at http://127.0.0.1:{port} (is it running?)")
+    );
+}
+
+#[tokio::test]
+async fn invalid_arguments_are_one_clear_line_and_write_nothing() {
+    let cp = TestControlPlane::start().await;
+    cp.run(&[
+        "provider",
+        "add",
+        "openai",
+        "--kind",
+        "openai",
+        "--base-url",
+        "https://api.openai.com/v1",
+    ])
+    .await
+    .ok();
+    let before = cp.state().await;
+
+    // Only the control plane knows which providers exist (INVALID_ARGUMENT).
+    let out = cp
+        .run(&[
+            "route",
+            "set",
+            "fast",
+            "--target",
+            "openai/gpt-4o-mini",
+            "--target",
+            "nope/m",
+        ])
+        .await;
+    let message = out.error();
+    assert!(
+        message.contains("unknown provider \"nope\""),
+        "names the provider:\n{out}"
+    );
+    assert!(!message.contains("openai"), "and only that one:\n{out}");
+
+    // Usage errors, caught before connecting.
+    let out = cp
+        .run(&[
+            "provider",
+            "add",
+            "x",
+            "--kind",
+            "openia",
+            "--base-url",
+            "https://x.example",
+        ])
+        .await;
+    let message = out.usage_error();
+    assert!(
+        message.contains("--kind") && message.contains("unknown provider kind \"openia\""),
+        "{out}"
+    );
+    let out = cp.run(&["module", "enable", "telepathy"]).await;
+    assert!(
+        out.usage_error().contains("unknown module \"telepathy\""),
+        "{out}"
+    );
+    let out = cp.run(&["route", "set", "r", "--target", "openai/m=0"]).await;
+    assert!(
+        out.usage_error()
+            .contains("must be a whole number from 1 to 1000000"),
+        "{out}"
+    );
+
+    // Negative prices, however they are written.
+    for args in [
+        &["price", "set", "m", "--input", "-1", "--output", "1"][..],
+        &["price", "set", "m", "--input=-1", "--output", "1"][..],
+    ] {
+        let out = cp.run(args).await;
+        assert_eq!(
+            out.error(),
+            "price \"m\"/input: -1 is not a price; must be zero or more USD"
+        );
+    }
+    let out = cp
+        .run(&["price", "set", "m", "--input", "1", "--output", "-0.5"])
+        .await;
+    assert_eq!(
+        out.error(),
+        "price \"m\"/output: -0.5 is not a price; must be zero or more USD"
+    );
+
+    // Removing what does not exist.
+    let out = cp.run(&["route", "remove", "ghost"]).await;
+    assert!(out.error().contains("\"ghost\""), "{out}");
+    let out = cp.run(&["price", "remove", "ghost"]).await;
+    assert!(out.error().contains("\"ghost\""), "{out}");
+
+    assert_eq!(cp.state().await, before);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The token file beside the database
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn without_a_token_the_cli_reads_the_token_file_beside_the_database() {
+    let cp = TestControlPlane::start_with(None).await;
+    let token_file = token_file_for(&cp.db);
+    assert_eq!(cp.created_token_file.as_deref(), Some(token_file.as_path()));
+    let token = std::fs::read_to_string(&token_file).expect("the token file exists");
+    assert!(!token.trim().is_empty());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&token_file)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "only its owner can read the token");
+    }
+    let db = cp.db.to_str().expect("UTF-8 path");
+
+    // --db, and DROVER_DB.
+    let out = cp
+        .drover_without_token()
+        .args(["--db", db, "module", "enable", "audit"])
+        .run()
+        .await;
+    let version = changed_version(out.ok(), "module audit enabled");
+    let out = cp
+        .drover_without_token()
+        .env("DROVER_DB", db)
+        .args(["status", "--json"])
+        .run()
+        .await;
+    assert_eq!(parse_json(out.ok(), &out)["version"], json!(version));
+
+    // Pointed elsewhere (here: drover.db in an empty working directory), it says where it looked.
+    let out = cp.drover_without_token().arg("status").run().await;
+    let message = out.error();
+    assert!(
+        message.starts_with(
+            "no admin token: set DROVER_ADMIN_TOKEN or --token (no token file at drover.admin-token;"
+        ),
+        "{out}"
+    );
+    let out = cp
+        .drover_without_token()
+        .args(["--db", db, "--token", "not-the-token", "status"])
+        .run()
+        .await;
+    assert_eq!(
+        out.error(),
+        "the admin token was rejected (set DROVER_ADMIN_TOKEN or --token)",
+        "a given token wins over the file"
+    );
+    assert!(!out.stderr.contains(token.trim()), "{out}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// `drover serve`
+// ---------------------------------------------------------------------------------------------
+
+/// `drover serve` as a child process, killed if the test ends before it stops.
+struct ServeProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ServeProcess {
+    fn start(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Self {
+        let log = dir.join("serve.log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_drover"))
+            .env_clear()
+            .env("DROVER_ADMIN_TOKEN", TOKEN)
+            .env("RUST_LOG", "info")
+            .current_dir(dir)
+            .args(["serve", "--db"])
+            .arg(dir.join("drover.db"))
+            .args(["--http", &http.to_string(), "--grpc", &grpc.to_string()])
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("drover serve starts");
+        ServeProcess { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails the test if `drover serve` has exited.
+    #[track_caller]
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("drover serve exited with {status}:\n{}", self.log());
+        }
+    }
+
+    /// Polls `GET /readyz` until it answers 200.
+    async fn wait_ready(&mut self, http: SocketAddr) {
+        let deadline = Instant::now() + SERVE_TIMEOUT;
+        loop {
+            self.assert_running();
+            if let Some(response) = get(http, "/readyz").await
+                && response.starts_with("HTTP/1.1 200")
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "drover serve was not ready within {SERVE_TIMEOUT:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    async fn terminate(&mut self) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -TERM failed");
+        let deadline = Instant::now() + SERVE_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "drover serve did not stop within {SERVE_TIMEOUT:?} of SIGTERM:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A plain HTTP/1.1 GET; the raw response, or `None` if the connection failed.
+async fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        String::from_utf8(response).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// A loopback address that was free a moment ago (bound to port 0, read, released): for a
+/// child process that cannot report the port it got.
+fn free_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr")
+}
+
+#[tokio::test]
+async fn serve_runs_both_planes_until_sigterm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http, grpc) = (free_addr(), free_addr());
+    let mut serve = ServeProcess::start(dir.path(), http, grpc);
+    serve.wait_ready(http).await;
+
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir(&cwd).expect("working directory");
+    let drover = || {
+        Drover::new(&cwd)
+            .env("DROVER_ADMIN_TOKEN", TOKEN)
+            .args(["--server", &format!("http://{grpc}")])
+    };
+    let out = drover().args(["provider", "list", "--json"]).run().await;
+    assert_eq!(parse_json(out.ok(), &out), json!([]));
+    let out = drover()
+        .args([
+            "provider",
+            "add",
+            "local",
+            "--kind",
+            "openai-compatible",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+        ])
+        .run()
+        .await;
+    let version = changed_version(out.ok(), "provider local added");
+    let out = drover().args(["provider", "list", "--json"]).run().await;
+    assert_eq!(parse_json(out.ok(), &out)[0]["name"], json!("local"));
+
+    // The in-process data plane is connected; it serves the new version once the policy
+    // stream has delivered it.
+    let deadline = Instant::now() + SERVE_TIMEOUT;
+    loop {
+        let out = drover().args(["status", "--json"]).run().await;
+        let status = parse_json(out.ok(), &out);
+        assert_eq!(status["version"], json!(version));
+        let planes = status["dataplanes"].as_array().cloned().unwrap_or_default();
+        assert_eq!(planes.len(), 1, "{status}");
+        assert_eq!(planes[0]["id"], json!("local"));
+        assert_eq!(planes[0]["connected"], json!(true));
+        if planes[0]["served_version"] == json!(version) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the data plane never served {version}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    serve.assert_running();
+    let status = serve.terminate().await;
+    assert!(
+        status.success(),
+        "drover serve exits cleanly on SIGTERM, got {status}:\n{}",
+        serve.log()
+    );
+}
