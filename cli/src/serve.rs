@@ -42,6 +42,9 @@ pub struct ServeArgs {
         value_name = "ADDR"
     )]
     pub grpc: SocketAddr,
+
+    #[command(flatten)]
+    pub proxy: drover_dataplane::ProxyArgs,
 }
 
 /// Everything `serve` needs, validated.
@@ -53,6 +56,7 @@ pub struct Options {
     pub admin_token: Option<Secret>,
     pub dataplane_token: Option<Secret>,
     pub master_key: Option<Secret>,
+    pub proxy: drover_dataplane::ProxyArgs,
 }
 
 impl ServeArgs {
@@ -66,6 +70,7 @@ impl ServeArgs {
             admin_token: secret(global.token.as_ref().map(|t| t.expose().to_owned())),
             dataplane_token: secret(env("DROVER_DATAPLANE_TOKEN")),
             master_key: secret(env("DROVER_MASTER_KEY")),
+            proxy: self.proxy,
         }
     }
 }
@@ -100,12 +105,18 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         );
     }
 
-    let config = dataplane_config(
+    let mut config = dataplane_config(
         options.http,
         control_plane.grpc_addr(),
         control_plane.admin_token(),
     );
-    let data_plane = match DataPlane::start(config, shutdown.clone()).await {
+    let started = match options.proxy.apply(&mut config) {
+        Ok(()) => DataPlane::start(config, shutdown.clone())
+            .await
+            .map_err(anyhow::Error::from),
+        Err(e) => Err(e.into()),
+    };
+    let data_plane = match started {
         Ok(dp) => dp,
         Err(e) => {
             shutdown.cancel();

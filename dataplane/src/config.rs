@@ -136,6 +136,13 @@ pub struct Args {
     /// File to keep the last applied policy in, and to start from when the control plane is unreachable.
     #[arg(long, env = "DROVER_LAST_GOOD")]
     pub last_good: Option<PathBuf>,
+    #[command(flatten)]
+    pub proxy: ProxyArgs,
+}
+
+/// How the proxy treats requests; shared by `drover-dataplane` and `drover serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxyArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "DROVER_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY)]
     pub max_body_bytes: usize,
@@ -159,11 +166,9 @@ pub enum ConfigError {
     Zero(&'static str),
 }
 
-impl Args {
-    pub fn into_config(self, env: EnvLookup) -> Result<Config, ConfigError> {
-        if !(self.control_plane.starts_with("http://") || self.control_plane.starts_with("https://")) {
-            return Err(ConfigError::ControlPlaneUrl(self.control_plane));
-        }
+impl ProxyArgs {
+    /// Sets the proxy part of `config`.
+    pub fn apply(&self, config: &mut Config) -> Result<(), ConfigError> {
         for (name, value) in [
             ("max-body-bytes", self.max_body_bytes as u64),
             ("request-timeout", self.request_timeout),
@@ -174,16 +179,87 @@ impl Args {
                 return Err(ConfigError::Zero(name));
             }
         }
+        config.max_body_bytes = self.max_body_bytes;
+        config.proxy.request_timeout = Duration::from_secs(self.request_timeout);
+        config.proxy.upstream_timeout = Duration::from_secs(self.upstream_timeout);
+        config.proxy.max_attempts = self.max_attempts;
+        Ok(())
+    }
+}
+
+impl Args {
+    pub fn into_config(self, env: EnvLookup) -> Result<Config, ConfigError> {
+        if !(self.control_plane.starts_with("http://") || self.control_plane.starts_with("https://")) {
+            return Err(ConfigError::ControlPlaneUrl(self.control_plane));
+        }
         let mut config = Config::new(self.http, self.control_plane, env);
+        self.proxy.apply(&mut config)?;
         config.token = self.token.filter(|t| !t.is_empty()).map(Secret::new);
         if let Some(id) = self.id {
             config.dataplane_id = id;
         }
         config.last_good = self.last_good;
-        config.max_body_bytes = self.max_body_bytes;
-        config.proxy.request_timeout = Duration::from_secs(self.request_timeout);
-        config.proxy.upstream_timeout = Duration::from_secs(self.upstream_timeout);
-        config.proxy.max_attempts = self.max_attempts;
         Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let cli = Cli::try_parse_from(std::iter::once("dp").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.args
+            .into_config(Arc::new(|_: &str| None))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn flags_become_typed_config() {
+        let c = parse(&[
+            "--http",
+            "127.0.0.1:9000",
+            "--max-body-bytes",
+            "1024",
+            "--upstream-timeout",
+            "7",
+            "--id",
+            "edge-1",
+        ])
+        .unwrap();
+        assert_eq!(c.http_addr.port(), 9000);
+        assert_eq!(c.max_body_bytes, 1024);
+        assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(7));
+        assert_eq!(c.dataplane_id, "edge-1");
+        assert_eq!(c.control_plane, "http://127.0.0.1:50051");
+    }
+
+    #[test]
+    fn bad_flags_are_refused() {
+        assert!(
+            parse(&["--max-attempts", "0"])
+                .unwrap_err()
+                .contains("--max-attempts must be greater than zero")
+        );
+        assert!(
+            parse(&["--control-plane", "grpc://x"])
+                .unwrap_err()
+                .contains("http:// or https://")
+        );
+        assert!(parse(&["--http", "nope"]).is_err());
+    }
+
+    #[test]
+    fn the_token_never_prints() {
+        let c = parse(&["--token", "super-secret-token"]).unwrap();
+        assert!(!format!("{c:?}").contains("super-secret-token"));
     }
 }

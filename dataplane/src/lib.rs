@@ -14,4 +14,4 @@ pub mod providers;
 pub mod proxy;
 
 pub use app::{DataPlane, StartError};
-pub use config::{Args, Config, ProxyConfig, process_env};
+pub use config::{Args, Config, ProxyArgs, ProxyConfig, process_env};
