@@ -185,7 +185,7 @@ async fn circuit_breaker_skips_a_dead_target_and_probes_it_later() {
     let gw = Gateway::builder()
         .configure(|c| {
             c.proxy.breaker.failures = 3;
-            c.proxy.breaker.open_for = Duration::from_millis(400);
+            c.proxy.breaker.open_for = Duration::from_millis(1500);
         })
         .start()
         .await;
@@ -210,7 +210,7 @@ async fn circuit_breaker_skips_a_dead_target_and_probes_it_later() {
 
     // After the open period one probe goes through; the target recovered, so it is used again.
     dead.set_default(Fault::Ok);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     let reply = gw.chat("m", "x").await;
     assert_eq!(reply.header("x-drover-provider"), Some("dead"));
     assert_eq!(dead.calls(), 4);
@@ -277,7 +277,7 @@ async fn weighted_routes_spread_by_weight_and_fail_over_to_the_rest() {
     }
     let (h, l) = (heavy.calls(), light.calls());
     assert_eq!(h + l, 200);
-    assert!(h > 150 && l > 5, "heavy={h} light={l}");
+    assert!(h >= 160 && l >= 3, "heavy={h} light={l}");
 
     heavy.set_default(Fault::Status(503));
     let reply = gw.chat("m", "x").await;
