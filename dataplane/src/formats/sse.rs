@@ -1,8 +1,9 @@
-//! Server-sent events framing for relayed streams.
+//! Server-sent events: framing, parsing and writing.
 //!
 //! [`SseFramer`] cuts an arbitrary byte stream at event boundaries, so that only whole
 //! events are forwarded and an error event can always be appended cleanly; it also notes
-//! whether the terminal `data: [DONE]` event went by. It does not interpret event payloads.
+//! whether the terminal `data: [DONE]` event went by. [`parse_events`] turns whole events
+//! into [`SseEvent`]s for translation; [`write_event`] writes one.
 
 use bytes::{Bytes, BytesMut};
 
@@ -78,6 +79,70 @@ impl SseFramer {
     }
 }
 
+/// One parsed event: its `event:` name, if any, and its `data:` lines joined with `\n`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub data: String,
+}
+
+/// Parses whole events (as [`SseFramer::push`] returns them). Comments, `id:` and `retry:`
+/// fields are skipped, as are events with neither a name nor data.
+pub fn parse_events(events: &[u8]) -> Vec<SseEvent> {
+    let text = String::from_utf8_lossy(events);
+    let mut out = Vec::new();
+    let mut current = SseEvent::default();
+    let mut has_data = false;
+    // Lines end with \r\n, \n or \r; a blank line ends an event.
+    let normalized = text.replace("\r\n", "\n").replace('\r', "\n");
+    for line in normalized.split('\n') {
+        if line.is_empty() {
+            if has_data || current.event.is_some() {
+                out.push(std::mem::take(&mut current));
+            }
+            has_data = false;
+            continue;
+        }
+        if line.starts_with(':') {
+            continue;
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (line, ""),
+        };
+        match field {
+            "event" => current.event = Some(value.to_owned()),
+            "data" => {
+                if has_data {
+                    current.data.push('\n');
+                }
+                current.data.push_str(value);
+                has_data = true;
+            }
+            _ => {}
+        }
+    }
+    if has_data || current.event.is_some() {
+        out.push(current);
+    }
+    out
+}
+
+/// Writes one event: an optional `event:` line and one `data:` line per line of `data`.
+pub fn write_event(out: &mut BytesMut, event: Option<&str>, data: &str) {
+    if let Some(name) = event {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+    for line in data.split('\n') {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(b"\n");
+    }
+    out.extend_from_slice(b"\n");
+}
+
 /// The event sent to an OpenAI-format caller when a stream breaks before its end.
 pub fn openai_error_event(message: &str, code: &str) -> Bytes {
     let body = serde_json::json!({
@@ -143,6 +208,68 @@ mod tests {
         assert!(!run(&[b"data: {\"text\":\"data: [DONE]\"}\n\n"]).1);
         assert!(run(&[b"data:[DONE]\n\n"]).1);
         assert!(!run(&[b"data: [DONE]"]).1, "not done until the event is complete");
+    }
+
+    #[test]
+    fn parses_the_same_events_however_the_bytes_are_split() {
+        let want = vec![
+            SseEvent {
+                event: None,
+                data: "{\"a\":1}".into(),
+            },
+            SseEvent {
+                event: None,
+                data: "{\"b\":\"x\\n\"}".into(),
+            },
+            SseEvent {
+                event: Some("e".into()),
+                data: "{\"c\":3}".into(),
+            },
+            SseEvent {
+                event: None,
+                data: "[DONE]".into(),
+            },
+        ];
+        for i in 0..=STREAM.len() {
+            let mut framer = SseFramer::default();
+            let mut got = Vec::new();
+            for part in [&STREAM[..i], &STREAM[i..]] {
+                if let Some(events) = framer.push(Bytes::copy_from_slice(part)) {
+                    got.extend(parse_events(&events));
+                }
+            }
+            assert_eq!(got, want, "split at {i}");
+        }
+    }
+
+    #[test]
+    fn multi_line_data_round_trips() {
+        let mut out = BytesMut::new();
+        write_event(&mut out, Some("message_start"), "line one\nline two");
+        assert_eq!(
+            &out[..],
+            b"event: message_start\ndata: line one\ndata: line two\n\n"
+        );
+        assert_eq!(
+            parse_events(&out),
+            [SseEvent {
+                event: Some("message_start".into()),
+                data: "line one\nline two".into()
+            }]
+        );
+        assert_eq!(
+            parse_events(b"data:x\r\n\r\nevent: ping\n\n"),
+            [
+                SseEvent {
+                    event: None,
+                    data: "x".into()
+                },
+                SseEvent {
+                    event: Some("ping".into()),
+                    data: String::new()
+                },
+            ]
+        );
     }
 
     #[test]
