@@ -202,9 +202,13 @@ pub enum Delta {
 }
 
 /// One event of a streamed answer, in the order a decoder produces them:
-/// `Start`, then blocks (`BlockStart`, `Delta`*, `BlockStop`) with indexes 0, 1, 2…
-/// (blocks may interleave, as parallel tool calls do in OpenAI streams), then `Finish`,
-/// `Usage` (either order, usage possibly absent), then `Done`.
+/// `Start`, then blocks (`BlockStart`, `Delta`*, `BlockStop`) with indexes 0, 1, 2…, then
+/// `Finish`, `Usage` (either order, usage possibly absent), then `Done`.
+///
+/// Blocks never interleave: a decoder stops a block before it starts the next one. A
+/// decoder whose source may interleave (OpenAI streams parallel tool calls by index) keeps
+/// this order by stopping the open block when another begins and holding back deltas for
+/// a block it already stopped until it can emit them in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StreamEvent {
     Start {
