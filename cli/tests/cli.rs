@@ -327,6 +327,24 @@ async fn providers_are_added_listed_and_removed_without_showing_a_key() {
     assert_eq!(changed_version(out.ok(), "provider anthropic added"), start + 2);
     outputs.push(out);
 
+    let out = cp
+        .run(&[
+            "provider",
+            "add",
+            "azure",
+            "--kind",
+            "azure",
+            "--base-url",
+            "https://res.openai.azure.com",
+            "--api-version",
+            "2024-10-21",
+            "--api-key-env",
+            "AZURE_OPENAI_API_KEY",
+        ])
+        .await;
+    assert_eq!(changed_version(out.ok(), "provider azure added"), start + 3);
+    outputs.push(out);
+
     let listed = cp.list(&["provider", "list"]).await;
     assert_eq!(
         listed,
@@ -336,24 +354,34 @@ async fn providers_are_added_listed_and_removed_without_showing_a_key() {
                 "kind": "anthropic",
                 "base_url": "https://api.anthropic.com/",
                 "credential": "stored",
+                "api_version": null,
+            },
+            {
+                "name": "azure",
+                "kind": "azure",
+                "base_url": "https://res.openai.azure.com/",
+                "credential": "env:AZURE_OPENAI_API_KEY",
+                "api_version": "2024-10-21",
             },
             {
                 "name": "openai",
                 "kind": "openai",
                 "base_url": "https://api.openai.com/v1",
                 "credential": "env:OPENAI_API_KEY",
+                "api_version": null,
             },
         ])
     );
     let table = cp.run(&["provider", "list"]).await;
     assert_eq!(
         table.ok(),
-        "NAME       KIND       BASE URL                    CREDENTIAL\n\
-         anthropic  anthropic  https://api.anthropic.com/  stored\n\
-         openai     openai     https://api.openai.com/v1   env:OPENAI_API_KEY\n"
+        "NAME       KIND       BASE URL                       CREDENTIAL                API VERSION\n\
+         anthropic  anthropic  https://api.anthropic.com/     stored                    -\n\
+         azure      azure      https://res.openai.azure.com/  env:AZURE_OPENAI_API_KEY  2024-10-21\n\
+         openai     openai     https://api.openai.com/v1      env:OPENAI_API_KEY        -\n"
     );
     outputs.push(table);
-    assert_eq!(cp.version().await, start + 2);
+    assert_eq!(cp.version().await, start + 3);
 
     // A second add of the same name is refused; --replace saves it.
     let out = cp
@@ -383,12 +411,14 @@ async fn providers_are_added_listed_and_removed_without_showing_a_key() {
             "--replace",
         ])
         .await;
-    assert_eq!(changed_version(out.ok(), "provider openai saved"), start + 3);
+    assert_eq!(changed_version(out.ok(), "provider openai saved"), start + 4);
 
     let out = cp.run(&["provider", "remove", "openai"]).await;
-    assert_eq!(changed_version(out.ok(), "provider openai removed"), start + 4);
+    assert_eq!(changed_version(out.ok(), "provider openai removed"), start + 5);
     let out = cp.run(&["provider", "remove", "openai"]).await;
     assert_eq!(out.error(), "provider \"openai\" not found");
+    let out = cp.run(&["provider", "remove", "azure"]).await;
+    assert_eq!(changed_version(out.ok(), "provider azure removed"), start + 6);
     assert_eq!(
         cp.list(&["provider", "list"]).await,
         json!([{
@@ -396,9 +426,10 @@ async fn providers_are_added_listed_and_removed_without_showing_a_key() {
             "kind": "anthropic",
             "base_url": "https://api.anthropic.com/",
             "credential": "stored",
+            "api_version": null,
         }])
     );
-    assert_eq!(cp.version().await, start + 4);
+    assert_eq!(cp.version().await, start + 6);
 
     for out in &outputs {
         assert!(
@@ -742,6 +773,42 @@ async fn invalid_arguments_are_one_clear_line_and_write_nothing() {
     assert!(
         message.contains("--kind") && message.contains("unknown provider kind \"openia\""),
         "{out}"
+    );
+    let out = cp
+        .run(&[
+            "provider",
+            "add",
+            "x",
+            "--kind",
+            "azure",
+            "--base-url",
+            "https://x.example",
+            "--api-version",
+            "2024-10-21&x=1",
+        ])
+        .await;
+    let message = out.usage_error();
+    assert!(
+        message.contains("--api-version") && message.contains("must be 1-64 of A-Z"),
+        "{out}"
+    );
+    // An api-version on any kind but azure, refused before anything is sent.
+    let out = cp
+        .run(&[
+            "provider",
+            "add",
+            "x",
+            "--kind",
+            "openai",
+            "--base-url",
+            "https://x.example",
+            "--api-version",
+            "2024-10-21",
+        ])
+        .await;
+    assert_eq!(
+        out.error(),
+        "provider \"x\"/api_version: only azure providers take an api-version"
     );
     let out = cp.run(&["module", "enable", "telepathy"]).await;
     assert!(

@@ -351,6 +351,7 @@ mod tests {
             base_url: "https://api.openai.com/v1".into(),
             credential: Some(pb::add_provider_request::Credential::ApiKey(PLAINTEXT_KEY.into())),
             replace: false,
+            api_version: String::new(),
         }
     }
 
@@ -602,6 +603,88 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_azure_api_version_is_listed_and_streamed_and_refused_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+        let mut client = admin(&cp).await;
+        let mut watcher = Watcher::open(&cp, DATAPLANE, "dp-1", None).await;
+        assert_eq!(watcher.next().await.version, 1);
+
+        let mut azure = add_provider("azure");
+        azure.kind = pb::ProviderKind::Azure as i32;
+        azure.base_url = "https://res.openai.azure.com".into();
+        azure.credential = Some(pb::add_provider_request::Credential::ApiKeyEnv(
+            "AZURE_OPENAI_API_KEY".into(),
+        ));
+        azure.api_version = "2024-10-21".into();
+        let added = client
+            .add_provider(authed(azure, ADMIN))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(added.version, 2);
+        assert_eq!(added.provider.unwrap().api_version, "2024-10-21");
+        client
+            .add_provider(authed(add_provider("openai"), ADMIN))
+            .await
+            .unwrap();
+
+        let listed = client
+            .list_providers(authed(pb::ListProvidersRequest {}, ADMIN))
+            .await
+            .unwrap()
+            .into_inner();
+        let versions: Vec<_> = listed
+            .providers
+            .iter()
+            .map(|p| (p.name.as_str(), p.api_version.as_str()))
+            .collect();
+        assert_eq!(versions, [("azure", "2024-10-21"), ("openai", "")]);
+
+        let snapshot = watcher.next().await;
+        let snapshot = if snapshot.version == 2 {
+            watcher.next().await
+        } else {
+            snapshot
+        };
+        assert_eq!(snapshot.version, 3);
+        let streamed: Vec<_> = snapshot
+            .providers
+            .iter()
+            .map(|p| (p.name.as_str(), p.kind, p.api_version.as_str()))
+            .collect();
+        assert_eq!(
+            streamed,
+            [
+                ("azure", pb::ProviderKind::Azure as i32, "2024-10-21"),
+                ("openai", pb::ProviderKind::Openai as i32, ""),
+            ]
+        );
+
+        // On any other kind it is refused, and nothing is written.
+        let mut versioned = add_provider("openai");
+        versioned.replace = true;
+        versioned.api_version = "2024-10-21".into();
+        let err = client.add_provider(authed(versioned, ADMIN)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message()
+                .contains("provider \"openai\"/api_version: only azure providers take an api-version"),
+            "{}",
+            err.message()
+        );
+        assert_eq!(version(&mut client).await, 3);
+        let again = client
+            .list_providers(authed(pb::ListProvidersRequest {}, ADMIN))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(again, listed);
+        drop(watcher);
+        stop(cp, shutdown).await;
+    }
+
+    #[tokio::test]
     async fn stored_keys_are_not_in_the_database_file() {
         let dir = tempfile::tempdir().unwrap();
         let (cp, shutdown) = start(config(dir.path(), loopback())).await;
@@ -651,6 +734,8 @@ mod tests {
         bad_url.base_url = "ftp://example.com".into();
         let mut empty_name = add_provider("");
         empty_name.name = String::new();
+        let mut versioned_openai = add_provider("other");
+        versioned_openai.api_version = "2024-10-21".into();
         let negative = pb::SetPriceRequest {
             price: Some(pb::Price {
                 model: "gpt-4o".into(),
@@ -677,6 +762,14 @@ mod tests {
                 "empty name",
                 client.add_provider(authed(empty_name, ADMIN)).await.map(|_| ()),
                 "must not be empty",
+            ),
+            (
+                "api version on a non-azure provider",
+                client
+                    .add_provider(authed(versioned_openai, ADMIN))
+                    .await
+                    .map(|_| ()),
+                "api_version: only azure providers take an api-version",
             ),
             (
                 "negative price",

@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::handler::Handler;
+use axum::routing::{MethodRouter, get, post};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -39,21 +40,24 @@ impl AppState {
     }
 }
 
+/// A POST route; other methods get a 405 in the API's error shape.
+fn post_only<H, T>(handler: H) -> MethodRouter<Arc<AppState>>
+where
+    H: Handler<T, Arc<AppState>>,
+    T: 'static,
+{
+    post(handler).fallback(proxy::method_not_allowed)
+}
+
 /// The data plane's HTTP routes.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route(
-            "/v1/chat/completions",
-            post(proxy::chat_completions).fallback(proxy::method_not_allowed),
-        )
-        .route(
-            "/v1/completions",
-            post(proxy::completions).fallback(proxy::method_not_allowed),
-        )
-        .route(
-            "/v1/embeddings",
-            post(proxy::embeddings).fallback(proxy::method_not_allowed),
-        )
+        .route("/v1/chat/completions", post_only(proxy::chat_completions))
+        .route("/v1/completions", post_only(proxy::completions))
+        .route("/v1/embeddings", post_only(proxy::embeddings))
+        .route("/v1/responses", post_only(proxy::responses))
+        .route("/v1/messages", post_only(proxy::messages))
+        .route("/v1/messages/count_tokens", post_only(proxy::count_tokens))
         .route(
             "/v1/models",
             get(proxy::models).fallback(proxy::method_not_allowed),

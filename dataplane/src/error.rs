@@ -10,7 +10,11 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, StatusCode};
 
+use crate::formats::ir::{ErrorInfo, ErrorKind};
 use crate::formats::openai::{BodyError, error_body};
+use crate::formats::{anthropic, gemini, openai};
+use crate::providers::Family;
+use crate::proxy::call::ApiFormat;
 
 /// How an attempt on one upstream target failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +58,12 @@ pub enum ProxyError {
     UnknownModel { model: String },
     #[error("{message}")]
     Unsupported { message: String },
+    /// Strict translation was asked for and the target's format cannot express these.
+    #[error("the target provider's format cannot express: {}", features.join(", "))]
+    Untranslatable { features: Vec<String> },
+    /// The provider answered something that could not be read.
+    #[error("the provider's answer could not be read: {message}")]
+    BadUpstream { message: String },
     #[error("unknown path {path}")]
     NoSuchPath { path: String },
     #[error("method not allowed")]
@@ -65,11 +75,13 @@ pub enum ProxyError {
     #[error("no upstream target is available")]
     NoTarget { retry_after_secs: Option<u64> },
     /// The provider refused the request (a 4xx other than 429): its answer goes to the caller as is.
+    /// `translated_from` names the provider's format when it differs from the caller's.
     #[error("upstream rejected the request with status {status}")]
     Rejected {
         status: StatusCode,
         content_type: Option<HeaderValue>,
         body: Bytes,
+        translated_from: Option<Family>,
     },
 }
 
@@ -77,7 +89,10 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::BadRequest(_) | ProxyError::Unsupported { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BadRequest(_)
+            | ProxyError::Unsupported { .. }
+            | ProxyError::Untranslatable { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BadUpstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UnknownModel { .. } | ProxyError::NoSuchPath { .. } => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -118,6 +133,8 @@ impl ProxyError {
                 ("invalid_request_error", Some("model"), Some("model_not_found"))
             }
             ProxyError::Unsupported { .. } => ("invalid_request_error", None, Some("unsupported")),
+            ProxyError::Untranslatable { .. } => ("invalid_request_error", None, Some("untranslatable")),
+            ProxyError::BadUpstream { .. } => ("server_error", None, Some("upstream_error")),
             ProxyError::NoSuchPath { .. } => ("invalid_request_error", None, Some("unknown_url")),
             ProxyError::MethodNotAllowed => ("invalid_request_error", None, Some("method_not_allowed")),
             ProxyError::Upstream {
@@ -150,29 +167,110 @@ impl ProxyError {
         }
     }
 
-    /// The error as an OpenAI-format response.
-    pub fn into_openai_response(self) -> Response {
-        let status = self.status();
-        let retry_after = self.retry_after();
-        if let ProxyError::Rejected {
-            content_type, body, ..
-        } = self
-        {
-            let mut resp = (status, body).into_response();
-            if let Some(ct) = content_type {
-                resp.headers_mut().insert(CONTENT_TYPE, ct);
-            }
-            return resp;
+    /// Anthropic's error `type` for this error.
+    fn anthropic_kind(&self) -> &'static str {
+        match self.status().as_u16() {
+            400 | 405 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            503 => "overloaded_error",
+            _ => "api_error",
         }
-        let (kind, param, code) = self.openai_parts();
-        let body = error_body(&self.message(), kind, param, code);
-        let mut resp = (status, body).into_response();
+    }
+
+    /// The error as a response in the caller's format. This is the one place where errors
+    /// meet the outside world.
+    pub fn into_response(self, format: ApiFormat) -> Response {
+        let retry_after = self.retry_after();
+        let mut resp = match self {
+            ProxyError::Rejected {
+                status,
+                content_type,
+                body,
+                translated_from,
+            } => {
+                return rejected(status, content_type, body, translated_from, format);
+            }
+            other => match format {
+                ApiFormat::OpenAi => {
+                    let (kind, param, code) = other.openai_parts();
+                    let body = error_body(&other.message(), kind, param, code);
+                    (other.status(), body).into_response()
+                }
+                ApiFormat::Anthropic => {
+                    // Anthropic callers know overload as 529.
+                    let status = match other.status() {
+                        StatusCode::SERVICE_UNAVAILABLE => {
+                            StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
+                        }
+                        s => s,
+                    };
+                    let body = serde_json::json!({
+                        "type": "error",
+                        "error": { "type": other.anthropic_kind(), "message": other.message() }
+                    });
+                    (status, body.to_string()).into_response()
+                }
+            },
+        };
         resp.headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(secs) = retry_after {
             resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
+    }
+
+    /// The error as an OpenAI-format response.
+    pub fn into_openai_response(self) -> Response {
+        self.into_response(ApiFormat::OpenAi)
+    }
+}
+
+/// A provider's refusal, relayed as is when it speaks the caller's format, translated otherwise.
+fn rejected(
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    body: Bytes,
+    translated_from: Option<Family>,
+    format: ApiFormat,
+) -> Response {
+    let Some(family) = translated_from else {
+        let mut resp = (status, body).into_response();
+        if let Some(ct) = content_type {
+            resp.headers_mut().insert(CONTENT_TYPE, ct);
+        }
+        return resp;
+    };
+    let info: ErrorInfo = match family {
+        Family::OpenAi => openai::chat::decode_error(status.as_u16(), &body),
+        Family::Anthropic => anthropic::decode_error(status.as_u16(), &body),
+        Family::Gemini => gemini::decode_error(status.as_u16(), &body),
+    };
+    translated_error(&info, format)
+}
+
+/// A format-neutral error in the caller's format.
+pub fn translated_error(info: &ErrorInfo, format: ApiFormat) -> Response {
+    let (status, body) = match format {
+        ApiFormat::OpenAi => openai::chat::encode_error(info),
+        ApiFormat::Anthropic => anthropic::encode_error(info),
+    };
+    let mut resp = (status, body).into_response();
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// The neutral form of an upstream failure, for errors inside translated streams.
+pub fn stream_error(message: &str) -> ErrorInfo {
+    ErrorInfo {
+        status: 502,
+        kind: ErrorKind::Server,
+        message: message.to_owned(),
     }
 }
 
@@ -223,6 +321,12 @@ mod tests {
         }
         let resp = up(429).into_openai_response();
         assert_eq!(resp.headers()[RETRY_AFTER], "3");
+        let resp = up(503).into_response(ApiFormat::Anthropic);
+        assert_eq!(
+            resp.status().as_u16(),
+            529,
+            "Anthropic callers see overload as 529"
+        );
     }
 
     #[test]

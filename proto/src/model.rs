@@ -43,6 +43,10 @@ pub const MAX_NAME_LEN: usize = 256;
 pub const MAX_PRICE_PER_MTOK: f64 = 1_000_000.0;
 /// Largest target weight accepted.
 pub const MAX_WEIGHT: u32 = 1_000_000;
+/// The Azure OpenAI `api-version` a data plane uses for an azure provider that sets none.
+pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
+/// Longest Azure OpenAI `api-version` accepted.
+pub const MAX_API_VERSION_LEN: usize = 64;
 
 /// The wire protocol a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -220,6 +224,9 @@ pub struct Provider {
     /// Base URL, without a trailing slash.
     pub base_url: Url,
     pub credential: Credential,
+    /// Azure OpenAI `api-version` query parameter. Only ever `Some` for [`ProviderKind::Azure`];
+    /// `None`: the data plane's default ([`DEFAULT_AZURE_API_VERSION`]).
+    pub api_version: Option<String>,
 }
 
 /// Checks a provider name: 1–64 of `[a-z0-9_-]`, starting with a letter.
@@ -240,6 +247,41 @@ pub fn validate_provider_name(name: &str) -> Result<(), InvalidPolicy> {
             format!("provider name {name:?} must be 1-64 of a-z, 0-9, '-' and '_', starting with a letter"),
         ))
     }
+}
+
+/// Checks an Azure OpenAI `api-version`: 1–64 of `[A-Za-z0-9.-]`, e.g. `2024-10-21` or
+/// `2025-04-01-preview`. It goes into a query string, so nothing else is accepted.
+pub fn validate_api_version(version: &str) -> Result<(), InvalidPolicy> {
+    let ok = !version.is_empty()
+        && version.len() <= MAX_API_VERSION_LEN
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidPolicy::new(
+            "api_version",
+            format!(
+                "{version:?} must be 1-{MAX_API_VERSION_LEN} of A-Z, a-z, 0-9, '.' and '-', e.g. {DEFAULT_AZURE_API_VERSION}"
+            ),
+        ))
+    }
+}
+
+/// The `api-version` of a provider of `kind` from the wire, where empty means unset.
+fn api_version_from_wire(kind: ProviderKind, raw: &str) -> Result<Option<String>, InvalidPolicy> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if kind != ProviderKind::Azure {
+        return Err(InvalidPolicy::new(
+            "api_version",
+            "only azure providers take an api-version",
+        ));
+    }
+    validate_api_version(raw)?;
+    Ok(Some(raw.to_owned()))
 }
 
 /// Checks a model name or alias: non-empty, at most 256 bytes, no whitespace or control characters.
@@ -305,11 +347,13 @@ impl TryFrom<&pb::Provider> for Provider {
             None => (None, None),
         };
         let credential = Credential::from_wire(env, key).map_err(|e| e.within(&within))?;
+        let api_version = api_version_from_wire(kind, &p.api_version).map_err(|e| e.within(&within))?;
         Ok(Provider {
             name: p.name.clone(),
             kind,
             base_url,
             credential,
+            api_version,
         })
     }
 }
@@ -329,6 +373,7 @@ impl TryFrom<&pb::AddProviderRequest> for Provider {
             kind: r.kind,
             base_url: r.base_url.clone(),
             credential,
+            api_version: r.api_version.clone(),
         })
     }
 }
@@ -345,6 +390,7 @@ impl From<&Provider> for pb::Provider {
             kind: p.kind.to_wire() as i32,
             base_url: p.base_url.to_string(),
             credential,
+            api_version: p.api_version.clone().unwrap_or_default(),
         }
     }
 }
@@ -356,6 +402,7 @@ impl From<&Provider> for pb::ProviderInfo {
             kind: p.kind.to_wire() as i32,
             base_url: p.base_url.to_string(),
             credential: p.credential.describe(),
+            api_version: p.api_version.clone().unwrap_or_default(),
         }
     }
 }
@@ -756,6 +803,17 @@ mod tests {
             kind: pb::ProviderKind::Openai as i32,
             base_url: "https://api.openai.com/v1/".into(),
             credential: Some(pb::provider::Credential::ApiKeyEnv("OPENAI_API_KEY".into())),
+            api_version: String::new(),
+        }
+    }
+
+    fn azure(name: &str, api_version: &str) -> pb::Provider {
+        pb::Provider {
+            name: name.into(),
+            kind: pb::ProviderKind::Azure as i32,
+            base_url: "https://res.openai.azure.com".into(),
+            credential: Some(pb::provider::Credential::ApiKeyEnv("AZURE_OPENAI_API_KEY".into())),
+            api_version: api_version.into(),
         }
     }
 
@@ -902,10 +960,118 @@ mod tests {
                 },
                 "must not be 0",
             ),
+            (
+                {
+                    let mut s = snapshot();
+                    s.providers[0].api_version = "2024-10-21".into();
+                    s
+                },
+                "only azure providers take an api-version",
+            ),
+            (
+                {
+                    let mut s = snapshot();
+                    s.providers.push(azure("az", "2024-10-21&x=1"));
+                    s
+                },
+                "must be 1-64 of A-Z",
+            ),
+            (
+                {
+                    let mut s = snapshot();
+                    s.providers
+                        .push(azure("az", &"9".repeat(MAX_API_VERSION_LEN + 1)));
+                    s
+                },
+                "must be 1-64 of A-Z",
+            ),
         ];
         for (s, want) in cases {
             let err = Snapshot::try_from(&s).unwrap_err().to_string();
             assert!(err.contains(want), "{err:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn azure_api_version_is_optional_and_carried_both_ways() {
+        let mut s = snapshot();
+        s.providers.push(azure("az-preview", "2025-04-01-preview"));
+        s.providers.push(azure("az-default", ""));
+        let snap = Snapshot::try_from(&s).unwrap();
+        assert_eq!(snap.providers[0].api_version, None);
+        assert_eq!(
+            snap.providers[1].api_version.as_deref(),
+            Some("2025-04-01-preview")
+        );
+        assert_eq!(snap.providers[2].api_version, None);
+        assert_eq!(Snapshot::try_from(&pb::Snapshot::from(&snap)).unwrap(), snap);
+        assert_eq!(
+            pb::Provider::from(&snap.providers[1]).api_version,
+            "2025-04-01-preview"
+        );
+        assert_eq!(pb::Provider::from(&snap.providers[2]).api_version, "");
+
+        let info = pb::ProviderInfo::from(&snap.providers[1]);
+        assert_eq!(info.api_version, "2025-04-01-preview");
+        assert_eq!(pb::ProviderInfo::from(&snap.providers[2]).api_version, "");
+
+        let request = pb::AddProviderRequest {
+            name: "az".into(),
+            kind: pb::ProviderKind::Azure as i32,
+            base_url: "https://res.openai.azure.com".into(),
+            credential: None,
+            replace: false,
+            api_version: DEFAULT_AZURE_API_VERSION.into(),
+        };
+        let p = Provider::try_from(&request).unwrap();
+        assert_eq!(p.api_version.as_deref(), Some("2024-10-21"));
+    }
+
+    #[test]
+    fn api_version_is_only_for_azure_and_only_safe_characters() {
+        for kind in ProviderKind::ALL {
+            let mut p = azure("p", "2024-10-21");
+            p.kind = kind.to_wire() as i32;
+            match Provider::try_from(&p) {
+                Ok(p) => {
+                    assert_eq!(kind, ProviderKind::Azure);
+                    assert_eq!(p.api_version.as_deref(), Some("2024-10-21"));
+                }
+                Err(e) => {
+                    assert_ne!(kind, ProviderKind::Azure);
+                    assert_eq!(e.field, "provider \"p\"/api_version");
+                    assert_eq!(e.reason, "only azure providers take an api-version");
+                }
+            }
+        }
+        let request = pb::AddProviderRequest {
+            name: "oa".into(),
+            kind: pb::ProviderKind::Openai as i32,
+            base_url: "https://api.openai.com/v1".into(),
+            credential: None,
+            replace: false,
+            api_version: "2024-10-21".into(),
+        };
+        let err = Provider::try_from(&request).unwrap_err();
+        assert_eq!(err.field, "provider \"oa\"/api_version");
+
+        let longest = "1".repeat(MAX_API_VERSION_LEN);
+        for good in ["2024-10-21", "2025-04-01-preview", "v1", "1.0", longest.as_str()] {
+            assert_eq!(validate_api_version(good), Ok(()), "{good:?}");
+        }
+        let too_long = "1".repeat(MAX_API_VERSION_LEN + 1);
+        for bad in [
+            "",
+            too_long.as_str(),
+            "2024 10 21",
+            "2024-10-21&x=y",
+            "2024/10/21",
+            "2024_10_21",
+            "2024-10-21\n",
+            "é",
+        ] {
+            let err = validate_api_version(bad).unwrap_err();
+            assert_eq!(err.field, "api_version", "{bad:?}");
         }
     }
 

@@ -306,6 +306,21 @@ impl Reply {
             .map(str::to_owned)
             .collect()
     }
+
+    /// `(event name, data)` of each SSE event, for formats that name their events.
+    pub fn named_events(&self) -> Vec<(String, serde_json::Value)> {
+        self.text()
+            .split("\n\n")
+            .filter_map(|e| {
+                let name = e.lines().find_map(|l| l.strip_prefix("event: "))?;
+                let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap_or("null");
+                Some((
+                    name.to_owned(),
+                    serde_json::from_str(data).unwrap_or(serde_json::Value::Null),
+                ))
+            })
+            .collect()
+    }
 }
 
 impl Gateway {
@@ -353,6 +368,30 @@ impl Gateway {
                     "TEST_PROVIDER_KEY".into(),
                 )),
                 replace: true,
+                api_version: String::new(),
+            })
+            .await
+            .expect("add provider")
+            .into_inner()
+            .version;
+        self.wait_all(v).await;
+        v
+    }
+
+    /// Adds a provider of any kind (credential: env `TEST_PROVIDER_KEY`).
+    pub async fn provider_kind(&self, name: &str, kind: pb::ProviderKind, base_url: &str) -> u64 {
+        let v = self
+            .admin
+            .clone()
+            .add_provider(pb::AddProviderRequest {
+                name: name.into(),
+                kind: kind as i32,
+                base_url: base_url.into(),
+                credential: Some(pb::add_provider_request::Credential::ApiKeyEnv(
+                    "TEST_PROVIDER_KEY".into(),
+                )),
+                replace: true,
+                api_version: String::new(),
             })
             .await
             .expect("add provider")
@@ -440,6 +479,24 @@ impl Gateway {
     pub async fn chat(&self, model: &str, content: &str) -> Reply {
         self.send("POST", "/v1/chat/completions", chat_body(model, content, false))
             .await
+    }
+
+    /// `POST /v1/messages` (Anthropic format) with one user message.
+    pub async fn message(&self, model: &str, content: &str, stream: bool) -> Reply {
+        let body = serde_json::json!({
+            "model": model,
+            "max_tokens": 256,
+            "messages": [{"role": "user", "content": content}],
+            "stream": stream,
+        });
+        self.send_to(
+            &self.url(),
+            "POST",
+            "/v1/messages",
+            &[("anthropic-version", "2023-06-01")],
+            body.to_string(),
+        )
+        .await
     }
 
     /// Streaming `POST /v1/chat/completions` with one user message.

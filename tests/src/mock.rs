@@ -1,9 +1,10 @@
 //! A scripted fake LLM provider on loopback, for end-to-end tests.
 //!
-//! It speaks the OpenAI wire format ([`MockProvider::openai`]) or Anthropic's ([`MockProvider::anthropic`]),
-//! answers deterministically (the reply echoes the last message, usage is computed from the text), records
-//! every request, and plays a script of [`Fault`]s: each request takes the next one, then the default
-//! ([`Fault::Ok`] unless set). It is built on hyper directly so that it can drop a connection without answering.
+//! It speaks the OpenAI wire format ([`MockProvider::openai`]), Anthropic's ([`MockProvider::anthropic`]),
+//! Gemini's ([`MockProvider::gemini`]) or Azure OpenAI's ([`MockProvider::azure`]), answers deterministically
+//! (the reply echoes the last message, usage is computed from the text), records every request, and plays a
+//! script of [`Fault`]s: each request takes the next one, then the default ([`Fault::Ok`] unless set). It is
+//! built on hyper directly so that it can drop a connection without answering.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -18,6 +19,8 @@
 //! Not owned here: the gateway harness, and any assertion about the gateway itself.
 
 pub mod anthropic;
+pub mod azure;
+pub mod gemini;
 pub mod openai;
 mod reply;
 
@@ -166,14 +169,20 @@ pub enum Flavor {
     OpenAi,
     /// Anthropic: messages, count_tokens, models.
     Anthropic,
+    /// Gemini (`v1beta`): generateContent, streamGenerateContent, countTokens, models.
+    Gemini,
+    /// Azure OpenAI: the OpenAI endpoints under `/openai/deployments/{deployment}/`, with `api-version`.
+    Azure,
 }
 
 impl Flavor {
-    /// Renders the normal answer to one request.
+    /// Renders the normal answer to one request (`query` is the URL's query string, if any).
+    #[allow(clippy::too_many_arguments, reason = "one request, taken apart")]
     pub fn render(
         self,
         method: &Method,
         path: &str,
+        query: Option<&str>,
         headers: &HeaderMap,
         body: &[u8],
         options: &ReplyOptions,
@@ -182,6 +191,8 @@ impl Flavor {
         match self {
             Flavor::OpenAi => openai::route(method, path, body, options, seq),
             Flavor::Anthropic => anthropic::route(method, path, headers, body, options, seq),
+            Flavor::Gemini => gemini::route(method, path, query, body, options, seq),
+            Flavor::Azure => azure::route(method, path, query, body, options, seq),
         }
     }
 
@@ -189,11 +200,13 @@ impl Flavor {
         match self {
             Flavor::OpenAi => openai::scripted_error(fault),
             Flavor::Anthropic => anthropic::scripted_error(fault),
+            Flavor::Gemini => gemini::scripted_error(fault),
+            Flavor::Azure => azure::scripted_error(fault),
         }
     }
 
-    /// `None` if `headers` carry `key` the way this provider expects it, else the 401 to answer.
-    fn check_key(self, headers: &HeaderMap, key: &str) -> Option<Reply> {
+    /// `None` if the request carries `key` the way this provider expects it, else the 401 to answer.
+    fn check_key(self, headers: &HeaderMap, query: Option<&str>, key: &str) -> Option<Reply> {
         let presented = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
         match self {
             Flavor::OpenAi => {
@@ -201,6 +214,12 @@ impl Flavor {
                 (bearer != Some(key)).then(openai::unauthorized)
             }
             Flavor::Anthropic => (presented("x-api-key") != Some(key)).then(anthropic::unauthorized),
+            Flavor::Gemini => {
+                let in_query =
+                    query.is_some_and(|q| q.split('&').any(|kv| kv.strip_prefix("key=") == Some(key)));
+                (presented("x-goog-api-key") != Some(key) && !in_query).then(gemini::unauthorized)
+            }
+            Flavor::Azure => (presented("api-key") != Some(key)).then(azure::unauthorized),
         }
     }
 }
@@ -271,7 +290,8 @@ impl Reply {
     }
 }
 
-/// Configures a mock before it starts. Made by [`MockProvider::openai`] or [`MockProvider::anthropic`].
+/// Configures a mock before it starts. Made by [`MockProvider::openai`], [`MockProvider::anthropic`],
+/// [`MockProvider::gemini`] or [`MockProvider::azure`].
 #[derive(Clone, Debug)]
 #[must_use = "a builder does nothing until `start`"]
 pub struct MockBuilder {
@@ -355,7 +375,8 @@ impl MockBuilder {
     }
 
     /// Answer 401 unless the request carries this key (`Authorization: Bearer KEY` for OpenAI, `x-api-key` for
-    /// Anthropic). Checked after the scripted fault, before the endpoint.
+    /// Anthropic, `x-goog-api-key` or the `key` query parameter for Gemini, `api-key` for Azure). Checked after
+    /// the scripted fault, before the endpoint.
     pub fn require_api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(key.into());
         self
@@ -425,6 +446,21 @@ impl MockProvider {
         )
     }
 
+    /// A mock that speaks Gemini's `v1beta` wire format; [`MockProvider::base_url`] is
+    /// `http://127.0.0.1:PORT/v1beta`.
+    pub fn gemini() -> MockBuilder {
+        MockBuilder::new(
+            Flavor::Gemini,
+            vec!["gemini-2.5-flash".into(), "gemini-2.5-pro".into()],
+        )
+    }
+
+    /// A mock that speaks Azure OpenAI: deployment URLs, `api-version`, `api-key`;
+    /// [`MockProvider::base_url`] is the origin `http://127.0.0.1:PORT`.
+    pub fn azure() -> MockBuilder {
+        MockBuilder::new(Flavor::Azure, ReplyOptions::default().models)
+    }
+
     /// The bound address (`127.0.0.1:PORT`).
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -435,9 +471,15 @@ impl MockProvider {
         format!("http://{}", self.addr)
     }
 
-    /// `http://127.0.0.1:PORT/v1`: the base URL a provider is configured with (request paths are appended).
+    /// The base URL a provider is configured with (request paths are appended): `http://127.0.0.1:PORT/v1`
+    /// for OpenAI and Anthropic, `…/v1beta` for Gemini, the origin for Azure (deployment paths start at
+    /// `/openai/`).
     pub fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
+        match self.shared.flavor {
+            Flavor::OpenAi | Flavor::Anthropic => format!("http://{}/v1", self.addr),
+            Flavor::Gemini => format!("http://{}/v1beta", self.addr),
+            Flavor::Azure => self.origin(),
+        }
     }
 
     /// Requests received, all paths, whatever was answered (resets and errors included).
@@ -623,13 +665,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
         Fault::CutStream { after_chunks } => Some(after_chunks),
     };
     if let Some(key) = &shared.api_key
-        && let Some(denied) = shared.flavor.check_key(&parts.headers, key)
+        && let Some(denied) = shared.flavor.check_key(&parts.headers, parts.uri.query(), key)
     {
         return Ok(respond(&shared, denied, None));
     }
     let reply = shared.flavor.render(
         &parts.method,
         parts.uri.path(),
+        parts.uri.query(),
         &parts.headers,
         &body,
         &shared.options,
@@ -768,7 +811,8 @@ mod tests {
             .await
     }
 
-    /// Reads an SSE body to its end: the `data:` payloads, and whether the body failed.
+    /// Reads an SSE body to its end (events may end with `\n\n` or `\r\n\r\n`): the `data:` payloads, and
+    /// whether the body failed.
     async fn read_events(response: reqwest::Response) -> (Vec<String>, bool) {
         let mut text = String::new();
         let mut failed = false;
@@ -783,6 +827,7 @@ mod tests {
             }
         }
         let data = text
+            .replace("\r\n", "\n")
             .split("\n\n")
             .filter_map(|event| event.lines().find_map(|l| l.strip_prefix("data: ")))
             .map(str::to_owned)
@@ -1474,5 +1519,530 @@ mod tests {
         assert_eq!(answer["content"][0]["type"], "tool_use");
         assert_eq!(answer["content"][0]["name"], "get_weather");
         assert_eq!(answer["content"][0]["input"], json!({ "input": "hello world" }));
+    }
+
+    fn gemini_body() -> Value {
+        json!({
+            "systemInstruction": { "parts": [{ "text": "be brief" }] },
+            "contents": [{ "role": "user", "parts": [{ "text": "hello world" }] }]
+        })
+    }
+
+    async fn gemini_post(up: &MockProvider, action: &str, body: &Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}/models/gemini-test:{action}", up.base_url()))
+            .header("x-goog-api-key", "g-key")
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn gemini_generate_content_has_the_gemini_shape() {
+        let up = MockProvider::gemini().require_api_key("g-key").start().await;
+        assert_eq!(up.base_url(), format!("http://{}/v1beta", up.addr()));
+        let response = gemini_post(&up, "generateContent", &gemini_body()).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["candidates"][0]["content"],
+            json!({ "parts": [{ "text": "mock reply to: hello world" }], "role": "model" })
+        );
+        assert_eq!(body["candidates"][0]["finishReason"], "STOP");
+        assert_eq!(body["modelVersion"], "gemini-test");
+        assert!(body["responseId"].is_string());
+        // ("be brief" + "hello world") = 19 chars -> 5 tokens; the reply has 5 words.
+        assert_eq!(body["usageMetadata"]["promptTokenCount"], 5);
+        assert_eq!(body["usageMetadata"]["candidatesTokenCount"], 5);
+        assert_eq!(body["usageMetadata"]["totalTokenCount"], 10);
+        assert_eq!(up.calls_to("/v1beta/models/gemini-test:generateContent"), 1);
+
+        let mut limited = gemini_body();
+        limited["generationConfig"] = json!({ "maxOutputTokens": 2 });
+        let body: Value = gemini_post(&up, "generateContent", &limited)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["candidates"][0]["content"]["parts"][0]["text"], "mock reply");
+        assert_eq!(body["candidates"][0]["finishReason"], "MAX_TOKENS");
+
+        let count: Value = gemini_post(
+            &up,
+            "countTokens",
+            &json!({ "contents": gemini_body()["contents"] }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(count["totalTokens"], 3);
+
+        let models: Value = reqwest::Client::new()
+            .get(format!("{}/models", up.base_url()))
+            .header("x-goog-api-key", "g-key")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(models["models"][0]["name"], "models/gemini-2.5-flash");
+    }
+
+    #[tokio::test]
+    async fn gemini_api_key_by_header_or_query() {
+        let up = MockProvider::gemini().require_api_key("g-key").start().await;
+        let url = format!("{}/models/m:generateContent", up.base_url());
+        let client = reqwest::Client::new();
+        let denied = client
+            .post(&url)
+            .header("x-goog-api-key", "wrong")
+            .json(&gemini_body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(denied.status(), 401);
+        let body: Value = denied.json().await.unwrap();
+        assert_eq!(body["error"]["status"], "UNAUTHENTICATED");
+        assert_eq!(body["error"]["details"][0]["reason"], "API_KEY_INVALID");
+        let by_query = client
+            .post(format!("{url}?key=g-key"))
+            .json(&gemini_body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(by_query.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn gemini_stream_is_sse_with_finish_and_usage_last() {
+        let up = MockProvider::gemini().stream_chunks(2).start().await;
+        let response = gemini_post(&up, "streamGenerateContent?alt=sse", &gemini_body()).await;
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let (events, failed) = read_events(response).await;
+        assert!(!failed);
+        let chunks: Vec<Value> = events.iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+        assert_eq!(chunks.len(), 3, "2 content chunks, then the finish");
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c.pointer("/candidates/0/content/parts/0/text")?.as_str())
+            .collect();
+        assert_eq!(text, "mock reply to: hello world");
+        assert!(
+            chunks[..2]
+                .iter()
+                .all(|c| c["candidates"][0].get("finishReason").is_none())
+        );
+        let last = &chunks[2];
+        assert_eq!(last["candidates"][0]["finishReason"], "STOP");
+        assert_eq!(last["usageMetadata"]["candidatesTokenCount"], 5);
+        assert_eq!(last["usageMetadata"]["totalTokenCount"], 10);
+        assert!(chunks.iter().all(|c| c["responseId"] == chunks[0]["responseId"]));
+        assert_eq!(up.calls_to("/v1beta/models/gemini-test:streamGenerateContent"), 1);
+        assert_eq!(up.last_request().unwrap().query.as_deref(), Some("alt=sse"));
+
+        let array: Value = gemini_post(&up, "streamGenerateContent", &gemini_body())
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            array.as_array().unwrap().len(),
+            3,
+            "without alt=sse: one JSON array"
+        );
+    }
+
+    #[tokio::test]
+    async fn gemini_cut_stream_never_sends_the_finish() {
+        let up = MockProvider::gemini()
+            .then(Fault::CutStream { after_chunks: 99 })
+            .start()
+            .await;
+        let response = gemini_post(&up, "streamGenerateContent?alt=sse", &gemini_body()).await;
+        let (events, failed) = read_events(response).await;
+        assert!(failed);
+        assert!(!events.is_empty());
+        assert!(events.iter().all(|e| !e.contains("finishReason")));
+    }
+
+    #[tokio::test]
+    async fn gemini_function_calls_when_tools_are_offered() {
+        let up = MockProvider::gemini().start().await;
+        let mut body = gemini_body();
+        body["tools"] = json!([{ "functionDeclarations": [
+            { "name": "get_weather", "parameters": { "type": "object", "properties": { "city": { "type": "string" } } } },
+            { "name": "get_time" }
+        ] }]);
+        let answer: Value = gemini_post(&up, "generateContent", &body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer["candidates"][0]["content"]["parts"],
+            json!([{ "functionCall": { "name": "get_weather", "args": { "input": "hello world" } } }])
+        );
+        assert_eq!(answer["candidates"][0]["finishReason"], "STOP");
+
+        body["toolConfig"] =
+            json!({ "functionCallingConfig": { "mode": "ANY", "allowedFunctionNames": ["get_time"] } });
+        let answer: Value = gemini_post(&up, "generateContent", &body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer["candidates"][0]["content"]["parts"][0]["functionCall"]["name"],
+            "get_time"
+        );
+
+        body["toolConfig"] = json!({ "functionCallingConfig": { "mode": "NONE" } });
+        let answer: Value = gemini_post(&up, "generateContent", &body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer["candidates"][0]["content"]["parts"][0]["text"],
+            "mock reply to: hello world"
+        );
+
+        body["toolConfig"] = json!({ "functionCallingConfig": { "mode": "AUTO" } });
+        body["contents"] = json!([
+            { "role": "user", "parts": [{ "text": "weather?" }] },
+            { "role": "model", "parts": [{ "functionCall": { "name": "get_weather", "args": {} } }] },
+            { "role": "user", "parts": [{ "functionResponse": { "name": "get_weather", "response": { "content": "sunny" } } }] }
+        ]);
+        let answer: Value = gemini_post(&up, "generateContent", &body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer["candidates"][0]["content"]["parts"][0]["text"],
+            "mock reply to: sunny"
+        );
+
+        let mut stream = gemini_body();
+        stream["tools"] = json!([{ "functionDeclarations": [{ "name": "get_weather" }] }]);
+        let (events, _) = read_events(gemini_post(&up, "streamGenerateContent?alt=sse", &stream).await).await;
+        assert_eq!(events.len(), 2, "the call whole, then the finish");
+        assert!(events[0].contains("\"functionCall\""));
+    }
+
+    #[tokio::test]
+    async fn gemini_thoughts_when_asked() {
+        let up = MockProvider::gemini().start().await;
+        let mut body = gemini_body();
+        body["generationConfig"] =
+            json!({ "thinkingConfig": { "includeThoughts": true, "thinkingBudget": 128 } });
+        let answer: Value = gemini_post(&up, "generateContent", &body)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let parts = &answer["candidates"][0]["content"]["parts"];
+        assert_eq!(
+            parts[0],
+            json!({ "text": "thinking about: hello world", "thought": true })
+        );
+        assert_eq!(parts[1]["text"], "mock reply to: hello world");
+        assert_eq!(answer["usageMetadata"]["thoughtsTokenCount"], 4);
+        assert_eq!(answer["usageMetadata"]["totalTokenCount"], 5 + 5 + 4);
+    }
+
+    #[tokio::test]
+    async fn gemini_refuses_what_gemini_refuses() {
+        let up = MockProvider::gemini().start().await;
+        let cases = [
+            (
+                json!({ "model": "m", "contents": gemini_body()["contents"] }),
+                "Unknown name \"model\"",
+            ),
+            (json!({ "contents": [] }), "contents is not specified"),
+            (
+                json!({ "contents": [{ "role": "assistant", "parts": [{ "text": "x" }] }] }),
+                "valid role",
+            ),
+            (
+                json!({ "contents": [{ "role": "user", "parts": [] }] }),
+                "parts must not be empty",
+            ),
+            (
+                json!({ "contents": [{ "role": "user", "parts": [{ "text": "" }] }] }),
+                "empty text",
+            ),
+        ];
+        for (body, message) in cases {
+            let response = gemini_post(&up, "generateContent", &body).await;
+            assert_eq!(response.status(), 400, "{body}");
+            let error: Value = response.json().await.unwrap();
+            assert_eq!(error["error"]["status"], "INVALID_ARGUMENT");
+            assert_eq!(error["error"]["code"], 400);
+            assert!(
+                error["error"]["message"].as_str().unwrap().contains(message),
+                "{error}"
+            );
+        }
+        let unknown = gemini_post(&up, "embedEverything", &gemini_body()).await;
+        assert_eq!(unknown.status(), 404);
+        let body: Value = unknown.json().await.unwrap();
+        assert_eq!(body["error"]["status"], "NOT_FOUND");
+    }
+
+    #[tokio::test]
+    async fn gemini_scripted_errors() {
+        let up = MockProvider::gemini()
+            .then(Fault::Status(429).with_retry_after(7))
+            .then(Fault::Status(503))
+            .then(Fault::Status(500))
+            .start()
+            .await;
+        let limited = gemini_post(&up, "generateContent", &gemini_body()).await;
+        assert_eq!(limited.status(), 429);
+        assert_eq!(limited.headers()["retry-after"], "7");
+        let body: Value = limited.json().await.unwrap();
+        assert_eq!(body["error"]["status"], "RESOURCE_EXHAUSTED");
+        assert_eq!(body["error"]["code"], 429);
+        assert_eq!(body["error"]["details"][0]["retryDelay"], "7s");
+        for (status, name) in [(503, "UNAVAILABLE"), (500, "INTERNAL")] {
+            let response = gemini_post(&up, "generateContent", &gemini_body()).await;
+            assert_eq!(response.status(), status);
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["error"]["status"], name);
+        }
+    }
+
+    /// The data plane's Gemini codec and this mock agree: an encoded request is accepted, and the answers
+    /// decode (whole and streamed) to the same content.
+    #[tokio::test]
+    async fn gemini_codec_round_trip() {
+        use drover_dataplane::formats::{gemini, ir, sse};
+
+        let up = MockProvider::gemini().stream_chunks(3).start().await;
+        let request = ir::ChatRequest {
+            model: "alias".into(),
+            system: vec![ir::SystemBlock {
+                text: "be brief".into(),
+                cache_control: None,
+            }],
+            messages: vec![ir::Message {
+                role: ir::Role::User,
+                parts: vec![ir::Part::Text {
+                    text: "hello world".into(),
+                    cache_control: None,
+                }],
+            }],
+            tools: vec![ir::Tool {
+                name: "get_weather".into(),
+                description: None,
+                parameters: json!({ "type": "object", "properties": { "city": { "type": "string" } },
+                                    "additionalProperties": false }),
+                cache_control: None,
+            }],
+            tool_choice: Some(ir::ToolChoice::None),
+            max_tokens: Some(50),
+            ..ir::ChatRequest::default()
+        };
+        let mut dropped = ir::Dropped::default();
+        let body: Value = serde_json::from_slice(&gemini::encode_request(&request, &mut dropped)).unwrap();
+        assert!(dropped.is_empty());
+
+        let whole = gemini_post(&up, "generateContent", &body).await;
+        assert_eq!(whole.status(), 200);
+        let answer = gemini::decode_response(&whole.bytes().await.unwrap()).unwrap();
+        assert_eq!(
+            answer.parts,
+            [ir::Part::Text {
+                text: "mock reply to: hello world".into(),
+                cache_control: None
+            }]
+        );
+        assert_eq!(answer.stop, ir::StopReason::EndTurn);
+        assert_eq!(answer.usage.input_tokens, 5);
+        assert_eq!(answer.usage.output_tokens, 5);
+
+        let streamed = gemini_post(&up, "streamGenerateContent?alt=sse", &body).await;
+        let raw = streamed.bytes().await.unwrap();
+        let mut decoder = gemini::StreamDecoder::new();
+        let mut events = Vec::new();
+        for event in sse::parse_events(&raw) {
+            events.extend(decoder.decode(&event).unwrap());
+        }
+        events.extend(decoder.finish());
+        let text: String = events
+            .iter()
+            .filter_map(|e| match e {
+                ir::StreamEvent::Delta {
+                    delta: ir::Delta::Text(t),
+                    ..
+                } => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(text, "mock reply to: hello world");
+        assert_eq!(
+            &events[events.len() - 3..],
+            [
+                ir::StreamEvent::Finish {
+                    stop: ir::StopReason::EndTurn
+                },
+                ir::StreamEvent::Usage(answer.usage),
+                ir::StreamEvent::Done
+            ]
+        );
+
+        let limited = MockProvider::gemini().then(Fault::Status(429)).start().await;
+        let response = gemini_post(&limited, "generateContent", &body).await;
+        let status = response.status().as_u16();
+        let error = gemini::decode_error(status, &response.bytes().await.unwrap());
+        assert_eq!((error.status, error.kind), (429, ir::ErrorKind::RateLimit));
+    }
+
+    async fn azure_post(
+        up: &MockProvider,
+        path_and_query: &str,
+        key: &str,
+        body: &Value,
+    ) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}{path_and_query}", up.base_url()))
+            .header("api-key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn azure_serves_deployments_with_api_version_and_api_key() {
+        let up = MockProvider::azure().require_api_key("az-key").start().await;
+        assert_eq!(up.base_url(), up.origin());
+        let chat = "/openai/deployments/my-gpt/chat/completions?api-version=2024-10-21";
+        let mut body = chat_body(false, None);
+        body.as_object_mut().unwrap().remove("model");
+        let response = azure_post(&up, chat, "az-key", &body).await;
+        assert_eq!(response.status(), 200);
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["object"], "chat.completion");
+        assert_eq!(answer["model"], "my-gpt", "the deployment names the model");
+        assert_eq!(
+            answer["choices"][0]["message"]["content"],
+            "mock reply to: hello world"
+        );
+        assert_eq!(up.calls_to("/openai/deployments/my-gpt/chat/completions"), 1);
+        assert_eq!(
+            up.last_request().unwrap().query.as_deref(),
+            Some("api-version=2024-10-21")
+        );
+
+        let (events, failed) =
+            read_events(azure_post(&up, chat, "az-key", &chat_body(true, None)).await).await;
+        assert!(!failed);
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        assert_eq!(contents(&events).concat(), "mock reply to: hello world");
+        assert!(events[0].contains("\"model\":\"my-gpt\""));
+
+        let embeddings: Value = azure_post(
+            &up,
+            "/openai/deployments/emb/embeddings?api-version=2024-10-21",
+            "az-key",
+            &json!({ "input": "abc" }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(embeddings["model"], "emb");
+        assert_eq!(embeddings["data"][0]["object"], "embedding");
+        let completion: Value = azure_post(
+            &up,
+            "/openai/deployments/instruct/completions?api-version=2024-10-21",
+            "az-key",
+            &json!({ "prompt": "say hi" }),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(completion["choices"][0]["text"], "mock reply to: say hi");
+
+        let denied = azure_post(&up, chat, "wrong", &body).await;
+        assert_eq!(denied.status(), 401);
+        let error: Value = denied.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "401");
+        let bearer = reqwest::Client::new()
+            .post(format!("{}{chat}", up.origin()))
+            .bearer_auth("az-key")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bearer.status(), 401, "Azure keys travel in api-key");
+    }
+
+    #[tokio::test]
+    async fn azure_requires_api_version_and_known_paths() {
+        let up = MockProvider::azure().start().await;
+        let missing = azure_post(
+            &up,
+            "/openai/deployments/d/chat/completions",
+            "k",
+            &chat_body(false, None),
+        )
+        .await;
+        assert_eq!(missing.status(), 400);
+        let error: Value = missing.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "MissingApiVersionParameter");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("api-version")
+        );
+        let empty = azure_post(
+            &up,
+            "/openai/deployments/d/chat/completions?api-version=",
+            "k",
+            &chat_body(false, None),
+        )
+        .await;
+        assert_eq!(empty.status(), 400);
+
+        for path in [
+            "/v1/chat/completions?api-version=1",
+            "/openai/deployments/d/images?api-version=1",
+        ] {
+            let response = azure_post(&up, path, "k", &chat_body(false, None)).await;
+            assert_eq!(response.status(), 404, "{path}");
+            let error: Value = response.json().await.unwrap();
+            assert_eq!(
+                error["error"],
+                json!({ "code": "404", "message": "Resource not found" })
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn azure_scripted_errors() {
+        let up = MockProvider::azure()
+            .then(Fault::Status(429).with_retry_after(3))
+            .then(Fault::Status(500))
+            .start()
+            .await;
+        let chat = "/openai/deployments/d/chat/completions?api-version=2024-10-21";
+        let limited = azure_post(&up, chat, "k", &chat_body(false, None)).await;
+        assert_eq!(limited.status(), 429);
+        assert_eq!(limited.headers()["retry-after"], "3");
+        let body: Value = limited.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "429");
+        assert!(body["error"]["message"].is_string());
+        let failed = azure_post(&up, chat, "k", &chat_body(false, None)).await;
+        assert_eq!(failed.status(), 500);
+        let body: Value = failed.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "server_error");
     }
 }

@@ -50,6 +50,7 @@ fn provider(name: &str, url: &str) -> pb::AddProviderRequest {
         base_url: url.into(),
         credential: None,
         replace: false,
+        api_version: String::new(),
     }
 }
 
@@ -216,6 +217,7 @@ async fn module_flags_reach_the_data_plane_and_stored_keys_never_come_back() {
                 "sk-stored-secret".into(),
             )),
             replace: false,
+            api_version: String::new(),
         })
         .await
         .unwrap()

@@ -122,6 +122,7 @@ async fn a_rejected_snapshot_leaves_the_old_policy_serving() {
                 "NOT_SET_ON_THE_DATA_PLANE".into(),
             )),
             replace: false,
+            api_version: String::new(),
         })
         .await
         .unwrap()

@@ -44,6 +44,11 @@ pub struct AddArgs {
     #[command(flatten)]
     credential: CredentialArgs,
 
+    /// Azure OpenAI api-version query parameter, e.g. 2024-10-21 (kind azure only; default: the
+    /// data plane's).
+    #[arg(long, value_name = "VERSION", value_parser = parse_api_version)]
+    api_version: Option<String>,
+
     /// Replace the provider of the same name instead of failing.
     #[arg(long)]
     replace: bool,
@@ -74,6 +79,11 @@ fn parse_name(raw: &str) -> Result<String, String> {
 
 fn parse_kind(raw: &str) -> Result<ProviderKind, String> {
     ProviderKind::parse(raw).map_err(|e| e.reason)
+}
+
+fn parse_api_version(raw: &str) -> Result<String, String> {
+    model::validate_api_version(raw).map_err(|e| e.reason)?;
+    Ok(raw.to_owned())
 }
 
 fn parse_url(raw: &str) -> Result<String, String> {
@@ -133,6 +143,7 @@ impl AddArgs {
             base_url: self.base_url.clone(),
             credential: self.credential.resolve(stdin)?,
             replace: self.replace,
+            api_version: self.api_version.clone().unwrap_or_default(),
         };
         model::Provider::try_from(&request)?;
         Ok(request)
@@ -147,6 +158,8 @@ pub struct ProviderRow {
     pub base_url: String,
     /// `env:VAR`, `stored` or `none`.
     pub credential: String,
+    /// Azure OpenAI `api-version`; `null`: the data plane's default.
+    pub api_version: Option<String>,
 }
 
 impl From<pb::ProviderInfo> for ProviderRow {
@@ -156,6 +169,7 @@ impl From<pb::ProviderInfo> for ProviderRow {
             kind: kind_name(p.kind),
             base_url: p.base_url,
             credential: p.credential,
+            api_version: Some(p.api_version).filter(|v| !v.is_empty()),
         }
     }
 }
@@ -168,13 +182,14 @@ fn kind_name(wire: i32) -> String {
 }
 
 fn table(rows: &[ProviderRow]) -> Table {
-    let mut t = Table::new(["NAME", "KIND", "BASE URL", "CREDENTIAL"]);
+    let mut t = Table::new(["NAME", "KIND", "BASE URL", "CREDENTIAL", "API VERSION"]);
     for r in rows {
         t.row([
             r.name.clone(),
             r.kind.clone(),
             r.base_url.clone(),
             r.credential.clone(),
+            r.api_version.clone().unwrap_or_else(|| "-".to_owned()),
         ]);
     }
     t
@@ -266,6 +281,70 @@ mod tests {
             Some(Credential::ApiKeyEnv("OPENAI_API_KEY".into()))
         );
         assert!(!req.replace);
+        assert_eq!(req.api_version, "");
+    }
+
+    #[test]
+    fn add_azure_with_api_version() {
+        let a = add(&[
+            "azure",
+            "--kind",
+            "azure",
+            "--base-url",
+            "https://res.openai.azure.com",
+            "--api-version",
+            "2024-10-21",
+            "--api-key-env",
+            "AZURE_OPENAI_API_KEY",
+        ]);
+        let req = a.to_request(no_stdin).unwrap();
+        assert_eq!(req.kind, pb::ProviderKind::Azure as i32);
+        assert_eq!(req.api_version, "2024-10-21");
+        assert_eq!(
+            req.credential,
+            Some(Credential::ApiKeyEnv("AZURE_OPENAI_API_KEY".into()))
+        );
+        let a = add(&[
+            "azure",
+            "--kind",
+            "azure",
+            "--base-url",
+            "https://res.openai.azure.com",
+            "--api-version",
+            "2025-04-01-preview",
+        ]);
+        assert_eq!(a.to_request(no_stdin).unwrap().api_version, "2025-04-01-preview");
+    }
+
+    #[test]
+    fn api_version_is_refused_before_sending_unless_azure_and_well_formed() {
+        let a = add(&[
+            "x",
+            "--kind",
+            "openai",
+            "--base-url",
+            "https://x.example",
+            "--api-version",
+            "2024-10-21",
+        ]);
+        let err = a.to_request(no_stdin).unwrap_err().to_string();
+        assert!(err.contains("only azure providers take an api-version"), "{err}");
+        let err = parse_err(&[
+            "drover",
+            "provider",
+            "add",
+            "x",
+            "--kind",
+            "azure",
+            "--base-url",
+            "https://x.example",
+            "--api-version",
+            "2024-10-21&x=1",
+        ]);
+        assert!(
+            err.contains("--api-version") && err.contains("must be 1-64 of A-Z"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -453,6 +532,7 @@ mod tests {
                 kind: pb::ProviderKind::Openai as i32,
                 base_url: "https://api.openai.com/v1".into(),
                 credential: "env:OPENAI_API_KEY".into(),
+                api_version: String::new(),
             }
             .into(),
             pb::ProviderInfo {
@@ -460,14 +540,24 @@ mod tests {
                 kind: pb::ProviderKind::OpenaiCompatible as i32,
                 base_url: "http://localhost:8000/v1".into(),
                 credential: "none".into(),
+                api_version: String::new(),
+            }
+            .into(),
+            pb::ProviderInfo {
+                name: "azure".into(),
+                kind: pb::ProviderKind::Azure as i32,
+                base_url: "https://res.openai.azure.com".into(),
+                credential: "env:AZURE_OPENAI_API_KEY".into(),
+                api_version: "2024-10-21".into(),
             }
             .into(),
         ];
         assert_eq!(
             table(&rows).render(),
-            "NAME    KIND               BASE URL                   CREDENTIAL\n\
-             openai  openai             https://api.openai.com/v1  env:OPENAI_API_KEY\n\
-             local   openai-compatible  http://localhost:8000/v1   none\n"
+            "NAME    KIND               BASE URL                      CREDENTIAL                API VERSION\n\
+             openai  openai             https://api.openai.com/v1     env:OPENAI_API_KEY        -\n\
+             local   openai-compatible  http://localhost:8000/v1      none                      -\n\
+             azure   azure              https://res.openai.azure.com  env:AZURE_OPENAI_API_KEY  2024-10-21\n"
         );
         let json: serde_json::Value = serde_json::from_str(&output::json(&rows).unwrap()).unwrap();
         assert_eq!(
@@ -477,8 +567,10 @@ mod tests {
                 "kind": "openai",
                 "base_url": "https://api.openai.com/v1",
                 "credential": "env:OPENAI_API_KEY",
+                "api_version": null,
             })
         );
         assert_eq!(json[1]["kind"], "openai-compatible");
+        assert_eq!(json[2]["api_version"], "2024-10-21");
     }
 }

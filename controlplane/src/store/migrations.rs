@@ -54,6 +54,10 @@ const MIGRATIONS: &[&str] = &[
         enabled INTEGER NOT NULL CHECK (enabled IN (0, 1))
     ) STRICT;
     "#,
+    // 2: the Azure OpenAI `api-version` of a provider; NULL: the data plane's default.
+    r#"
+    ALTER TABLE providers ADD COLUMN api_version TEXT;
+    "#,
 ];
 
 /// Brings the schema up to date. Fails on a database from a newer build.
@@ -76,6 +80,18 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Builds the schema as an older build left it, at `version`, for tests that upgrade it.
+#[cfg(test)]
+pub(super) fn create_at(conn: &mut Connection, version: usize) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    for sql in &MIGRATIONS[..version] {
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", i64::try_from(version).unwrap_or(i64::MAX))?;
+    tx.commit()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +108,31 @@ mod tests {
         conn.pragma_update(None, "user_version", 99).unwrap();
         let err = migrate(&mut conn).unwrap_err();
         assert!(matches!(err, StoreError::TooNew { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn a_version_1_database_gains_api_version_and_keeps_its_providers() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        create_at(&mut conn, 1).unwrap();
+        conn.execute(
+            "INSERT INTO providers (name, kind, base_url, api_key_env)
+             VALUES ('az', 'azure', 'https://r.openai.azure.com', 'K')",
+            [],
+        )
+        .unwrap();
+
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, 2);
+        let (name, env, api_version): (String, String, Option<String>) = conn
+            .query_row("SELECT name, api_key_env, api_version FROM providers", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!((name.as_str(), env.as_str(), api_version), ("az", "K", None));
+        conn.execute("UPDATE providers SET api_version = '2024-10-21'", [])
+            .unwrap();
     }
 }

@@ -312,6 +312,17 @@ mod tests {
             kind: ProviderKind::OpenAi,
             base_url: parse_base_url("https://api.openai.com/v1").unwrap(),
             credential,
+            api_version: None,
+        }
+    }
+
+    fn azure(name: &str, api_version: Option<&str>) -> Provider {
+        Provider {
+            name: name.into(),
+            kind: ProviderKind::Azure,
+            base_url: parse_base_url("https://res.openai.azure.com").unwrap(),
+            credential: Credential::Env("AZURE_OPENAI_API_KEY".into()),
+            api_version: api_version.map(Into::into),
         }
     }
 
@@ -398,6 +409,66 @@ mod tests {
         assert!(store.current().providers.is_empty());
         let err = store.remove_provider("openai".into()).await.unwrap_err();
         assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+        thread.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn api_versions_are_stored_replaced_and_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("drover.db");
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        let pinned = azure("az", Some("2025-04-01-preview"));
+        store.add_provider(pinned.clone(), false).await.unwrap();
+        store
+            .add_provider(azure("az-default", None), false)
+            .await
+            .unwrap();
+        assert_eq!(store.current().providers, vec![pinned, azure("az-default", None)]);
+        let moved = azure("az", Some("2024-10-21"));
+        store.add_provider(moved.clone(), true).await.unwrap();
+        thread.close().await.unwrap();
+
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        assert_eq!(store.current().providers, vec![moved, azure("az-default", None)]);
+        store.add_provider(azure("az", None), true).await.unwrap();
+        assert_eq!(store.current().providers[0].api_version, None);
+        thread.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_database_from_the_previous_schema_is_migrated_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("drover.db");
+        {
+            let mut conn = Connection::open(&db).unwrap();
+            migrations::create_at(&mut conn, 1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO providers (name, kind, base_url, api_key_env)
+                 VALUES ('az', 'azure', 'https://res.openai.azure.com', 'AZURE_OPENAI_API_KEY');
+                 INSERT INTO providers (name, kind, base_url) VALUES ('local', 'openai-compatible', 'http://127.0.0.1:8000/v1');
+                 INSERT INTO routes (alias, strategy) VALUES ('fast', 'fallback');
+                 INSERT INTO route_targets (alias, position, provider, model, weight)
+                 VALUES ('fast', 0, 'local', 'm', 1);",
+            )
+            .unwrap();
+        }
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        let snapshot = store.current();
+        assert_eq!(snapshot.providers[0], azure("az", None));
+        assert_eq!(
+            (
+                snapshot.providers[1].name.as_str(),
+                snapshot.providers[1].api_version.as_deref()
+            ),
+            ("local", None)
+        );
+        assert_eq!(snapshot.routes[0].alias, "fast");
+        let pinned = azure("az", Some("2024-10-21"));
+        store.add_provider(pinned.clone(), true).await.unwrap();
+        thread.close().await.unwrap();
+
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        assert_eq!(store.current().providers[0], pinned);
         thread.close().await.unwrap();
     }
 

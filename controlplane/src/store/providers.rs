@@ -2,9 +2,10 @@
 //!
 //! A credential is either the name of an environment variable on the data planes
 //! (`api_key_env`) or the key itself, encrypted under the master key (`api_key_enc`); never
-//! both. Decrypted keys leave this file only inside a snapshot.
+//! both. Decrypted keys leave this file only inside a snapshot. `api_version` (Azure OpenAI's
+//! `api-version`) is NULL when the provider sets none.
 
-use drover_proto::model::{Credential, Provider, ProviderKind, Secret, parse_base_url};
+use drover_proto::model::{Credential, Provider, ProviderKind, Secret, parse_base_url, validate_api_version};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::crypto::Cipher;
@@ -38,16 +39,18 @@ pub(super) fn upsert(
     };
     // An update in place (not delete + insert) keeps the routes' foreign keys valid.
     conn.execute(
-        "INSERT INTO providers (name, kind, base_url, api_key_env, api_key_enc)
-         VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO providers (name, kind, base_url, api_key_env, api_key_enc, api_version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, base_url = excluded.base_url,
-             api_key_env = excluded.api_key_env, api_key_enc = excluded.api_key_enc",
+             api_key_env = excluded.api_key_env, api_key_enc = excluded.api_key_enc,
+             api_version = excluded.api_version",
         params![
             provider.name,
             provider.kind.as_str(),
             provider.base_url.as_str(),
             env,
-            enc
+            enc,
+            provider.api_version
         ],
     )?;
     Ok(())
@@ -71,7 +74,8 @@ pub(super) fn exists(conn: &Connection, name: &str) -> Result<bool, StoreError> 
 /// Every provider, by name, with its key decrypted.
 pub(crate) fn load_all(conn: &Connection, cipher: &Cipher) -> Result<Vec<Provider>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT name, kind, base_url, api_key_env, api_key_enc FROM providers ORDER BY name",
+        "SELECT name, kind, base_url, api_key_env, api_key_enc, api_version FROM providers
+         ORDER BY name",
     )?;
     let mut rows = stmt.query([])?;
     let mut providers = Vec::new();
@@ -81,6 +85,7 @@ pub(crate) fn load_all(conn: &Connection, cipher: &Cipher) -> Result<Vec<Provide
         let base_url: String = row.get(2)?;
         let env: Option<String> = row.get(3)?;
         let enc: Option<Vec<u8>> = row.get(4)?;
+        let api_version: Option<String> = row.get(5)?;
         let corrupt = |what: String| StoreError::Corrupt(format!("provider {name:?}: {what}"));
         let kind = ProviderKind::parse(&kind).map_err(|e| corrupt(e.to_string()))?;
         let base_url = parse_base_url(&base_url).map_err(|e| corrupt(e.to_string()))?;
@@ -94,11 +99,18 @@ pub(crate) fn load_all(conn: &Connection, cipher: &Cipher) -> Result<Vec<Provide
             }
             (Some(_), Some(_)) => return Err(corrupt("both an env var and a stored key".into())),
         };
+        if let Some(v) = &api_version {
+            if kind != ProviderKind::Azure {
+                return Err(corrupt(format!("api_version {v:?} on a {kind} provider")));
+            }
+            validate_api_version(v).map_err(|e| corrupt(e.to_string()))?;
+        }
         providers.push(Provider {
             name,
             kind,
             base_url,
             credential,
+            api_version,
         });
     }
     Ok(providers)

@@ -12,7 +12,6 @@ use bytes::{Bytes, BytesMut};
 pub struct SseFramer {
     /// Bytes after the last event boundary seen.
     tail: BytesMut,
-    done: bool,
 }
 
 /// Index just past the last event boundary (a blank line) in `buf`, if any.
@@ -32,45 +31,58 @@ fn last_boundary(buf: &[u8]) -> Option<usize> {
     None
 }
 
-/// Whether `events` (whole events) contain a `data: [DONE]` line.
-fn contains_done(events: &[u8]) -> bool {
-    events.split(|&b| b == b'\n' || b == b'\r').any(|line| {
-        let Some(rest) = line.strip_prefix(b"data:") else {
-            return false;
-        };
-        rest.strip_prefix(b" ").unwrap_or(rest) == b"[DONE]"
-    })
+/// The event that ends a stream successfully, by wire format. Seeing it is what tells a
+/// complete stream from a cut one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terminal {
+    /// OpenAI chat and completions: `data: [DONE]`.
+    OpenAiDone,
+    /// Anthropic messages: `event: message_stop` (or an `error` event, which ends it too).
+    AnthropicStop,
+    /// OpenAI Responses: `response.completed`, `response.incomplete`, `response.failed` or `error`.
+    ResponsesEnd,
+}
+
+impl Terminal {
+    /// Whether `events` (whole events) contain the terminal event.
+    pub fn seen_in(self, events: &[u8]) -> bool {
+        events.split(|&b| b == b'\n' || b == b'\r').any(|line| {
+            let field = |name: &[u8]| {
+                line.strip_prefix(name)
+                    .map(|rest| rest.strip_prefix(b" ").unwrap_or(rest))
+            };
+            match self {
+                Terminal::OpenAiDone => field(b"data:") == Some(b"[DONE]".as_slice()),
+                Terminal::AnthropicStop => matches!(field(b"event:"), Some(b"message_stop" | b"error")),
+                Terminal::ResponsesEnd => matches!(
+                    field(b"event:"),
+                    Some(b"response.completed" | b"response.incomplete" | b"response.failed" | b"error")
+                ),
+            }
+        })
+    }
 }
 
 impl SseFramer {
     /// Feeds a chunk; returns the complete events it finishes, if any.
     pub fn push(&mut self, chunk: Bytes) -> Option<Bytes> {
-        let out = if self.tail.is_empty() {
+        if self.tail.is_empty() {
             match last_boundary(&chunk) {
-                Some(end) if end == chunk.len() => chunk,
+                Some(end) if end == chunk.len() => Some(chunk),
                 Some(end) => {
                     self.tail.extend_from_slice(&chunk[end..]);
-                    chunk.slice(..end)
+                    Some(chunk.slice(..end))
                 }
                 None => {
                     self.tail.extend_from_slice(&chunk);
-                    return None;
+                    None
                 }
             }
         } else {
             self.tail.extend_from_slice(&chunk);
             let end = last_boundary(&self.tail)?;
-            self.tail.split_to(end).freeze()
-        };
-        if !self.done && contains_done(&out) {
-            self.done = true;
+            Some(self.tail.split_to(end).freeze())
         }
-        Some(out)
-    }
-
-    /// Whether the terminal `data: [DONE]` event has been seen.
-    pub fn is_done(&self) -> bool {
-        self.done
     }
 
     /// Bytes of an unfinished event held back.
@@ -160,16 +172,18 @@ mod tests {
     fn run(chunks: &[&[u8]]) -> (Vec<u8>, bool, usize) {
         let mut framer = SseFramer::default();
         let mut out = Vec::new();
+        let mut done = false;
         for c in chunks {
             if let Some(events) = framer.push(Bytes::copy_from_slice(c)) {
                 assert!(
                     last_boundary(&events) == Some(events.len()),
                     "emitted a partial event"
                 );
+                done |= Terminal::OpenAiDone.seen_in(&events);
                 out.extend_from_slice(&events);
             }
         }
-        (out, framer.is_done(), framer.pending())
+        (out, done, framer.pending())
     }
 
     #[test]
@@ -273,11 +287,66 @@ mod tests {
     }
 
     #[test]
+    fn terminal_events_by_format() {
+        let cases: &[(Terminal, &[u8], bool)] = &[
+            (
+                Terminal::AnthropicStop,
+                b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+                true,
+            ),
+            (
+                Terminal::AnthropicStop,
+                b"event: message_delta\ndata: {}\n\n",
+                false,
+            ),
+            (Terminal::AnthropicStop, b"event: error\ndata: {}\n\n", true),
+            (
+                Terminal::ResponsesEnd,
+                b"event: response.completed\ndata: {}\n\n",
+                true,
+            ),
+            (
+                Terminal::ResponsesEnd,
+                b"event: response.output_text.delta\ndata: {}\n\n",
+                false,
+            ),
+            (Terminal::OpenAiDone, b"event: message_stop\n\n", false),
+        ];
+        for (terminal, events, want) in cases {
+            assert_eq!(
+                terminal.seen_in(events),
+                *want,
+                "{terminal:?} {}",
+                String::from_utf8_lossy(events)
+            );
+        }
+    }
+
+    #[test]
     fn error_event_is_one_whole_event() {
         let e = openai_error_event("upstream stream ended early", "stream_incomplete");
         assert!(e.starts_with(b"data: {"));
         assert_eq!(last_boundary(&e), Some(e.len()));
         let json: serde_json::Value = serde_json::from_slice(&e[6..e.len() - 2]).unwrap();
         assert_eq!(json["error"]["code"], "stream_incomplete");
+    }
+}
+
+#[cfg(test)]
+mod crlf_tests {
+    use super::*;
+
+    #[test]
+    fn crlf_framed_events_are_whole() {
+        let mut framer = SseFramer::default();
+        let out = framer.push(Bytes::from_static(
+            b"data: {\"a\":1}\r\n\r\ndata: {\"b\":2}\r\n\r\n",
+        ));
+        assert_eq!(
+            out.as_deref(),
+            Some(&b"data: {\"a\":1}\r\n\r\ndata: {\"b\":2}\r\n\r\n"[..])
+        );
+        assert_eq!(framer.pending(), 0);
+        assert_eq!(parse_events(&out.unwrap()).len(), 2);
     }
 }

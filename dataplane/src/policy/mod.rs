@@ -52,6 +52,8 @@ pub struct Policy {
     pub modules: Modules,
     /// The body of `GET /v1/models`, rendered once.
     pub models_body: Bytes,
+    /// The same list in Anthropic's shape.
+    pub anthropic_models_body: Bytes,
     /// The encoded snapshot, for the last-good file.
     pub encoded: Bytes,
 }
@@ -118,6 +120,21 @@ impl Policy {
             .map(|(id, owner)| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
             .collect();
         let models_body = Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string());
+        let anthropic_data: Vec<_> = listed
+            .iter()
+            .map(|(id, _)| {
+                serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"})
+            })
+            .collect();
+        let anthropic_models_body = Bytes::from(
+            serde_json::json!({
+                "data": anthropic_data,
+                "has_more": false,
+                "first_id": listed.first().map(|(id, _)| id),
+                "last_id": listed.last().map(|(id, _)| id),
+            })
+            .to_string(),
+        );
         Ok(Policy {
             store_id: valid.store_id,
             version: valid.version,
@@ -125,6 +142,7 @@ impl Policy {
             routes,
             modules: valid.modules,
             models_body,
+            anthropic_models_body,
             encoded: Bytes::from(prost::Message::encode_to_vec(snapshot)),
         })
     }
@@ -190,6 +208,7 @@ mod tests {
                 kind: pb::ProviderKind::OpenaiCompatible as i32,
                 base_url: "http://127.0.0.1:9/v1".into(),
                 credential: Some(pb::provider::Credential::ApiKeyEnv(env_var.into())),
+                api_version: String::new(),
             }],
             routes: vec![pb::Route {
                 alias: "fast".into(),
@@ -220,8 +239,18 @@ mod tests {
         assert_eq!(route.targets[0].model, "big", "weighted targets sorted by weight");
         assert_eq!(route.total_weight, 10);
         assert_eq!(&route.targets[0].model_json[..], b"\"big\"");
-        assert_eq!(p.providers["up"].auth.as_ref().unwrap(), "Bearer sk-test");
-        assert!(format!("{:?}", p.providers["up"].auth).contains("Sensitive"));
+        let id = http::HeaderValue::from_static("r");
+        let up = crate::providers::Upstream {
+            op: crate::providers::Op::Chat,
+            model: "big",
+            stream: false,
+            request_id: &id,
+            anthropic_version: None,
+            anthropic_beta: None,
+        };
+        let req = p.providers["up"].request(&up, Bytes::new()).unwrap();
+        assert_eq!(req.headers()["authorization"], "Bearer sk-test");
+        assert!(req.headers()["authorization"].is_sensitive());
         let models: serde_json::Value = serde_json::from_slice(&p.models_body).unwrap();
         let ids: Vec<_> = models["data"]
             .as_array()

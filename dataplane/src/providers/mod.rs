@@ -1,13 +1,18 @@
-//! Upstream providers: the compiled form of a provider (URLs, auth header) and the shared
-//! HTTP client that reaches them. One folder per provider kind for what is specific to it.
+//! Upstream providers: the compiled form of a provider (URLs, auth header), the upstream
+//! request each kind expects, and the shared HTTP client that reaches them. What is
+//! specific to a kind (URL shapes, auth headers) lives in its own file.
 
+pub mod anthropic;
+pub mod azure;
+pub mod gemini;
 pub mod openai;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use drover_proto::model::{Credential, InvalidPolicy, Provider, ProviderKind};
-use http::{HeaderValue, Uri};
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -16,39 +21,69 @@ use hyper_util::rt::TokioExecutor;
 /// Resolves a credential reference (`env:VAR`) on this data plane.
 pub type EnvLookup = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
-/// The OpenAI-format endpoints the gateway proxies.
+/// The wire format family a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
-    ChatCompletions,
-    Completions,
-    Embeddings,
+pub enum Family {
+    /// OpenAI, OpenAI-compatible hosts and Azure OpenAI.
+    OpenAi,
+    Anthropic,
+    Gemini,
 }
 
-impl Endpoint {
-    /// Path below the provider's base URL.
-    pub fn path(self) -> &'static str {
-        match self {
-            Endpoint::ChatCompletions => "/chat/completions",
-            Endpoint::Completions => "/completions",
-            Endpoint::Embeddings => "/embeddings",
+impl Family {
+    pub fn of(kind: ProviderKind) -> Self {
+        match kind {
+            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible | ProviderKind::Azure => Family::OpenAi,
+            ProviderKind::Anthropic => Family::Anthropic,
+            ProviderKind::Gemini => Family::Gemini,
         }
     }
-
-    pub fn can_stream(self) -> bool {
-        !matches!(self, Endpoint::Embeddings)
-    }
 }
 
-/// A provider ready for requests: URLs parsed and credential resolved, once per snapshot.
+/// An upstream operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// OpenAI `/chat/completions`.
+    Chat,
+    /// OpenAI `/completions`.
+    Completions,
+    /// OpenAI `/embeddings`.
+    Embeddings,
+    /// OpenAI `/responses`.
+    Responses,
+    /// Anthropic `/messages`.
+    Messages,
+    /// Anthropic `/messages/count_tokens`.
+    CountTokens,
+    /// Gemini `models/{model}:generateContent` (or `:streamGenerateContent?alt=sse`).
+    Generate,
+}
+
+/// A provider ready for requests: credential resolved and URLs prepared, once per snapshot.
 #[derive(Debug)]
 pub struct ProviderRt {
     pub name: String,
     pub kind: ProviderKind,
-    chat_url: Uri,
-    completions_url: Uri,
-    embeddings_url: Uri,
-    /// `Bearer KEY`, marked sensitive so it is never logged.
-    pub auth: Option<HeaderValue>,
+    pub family: Family,
+    /// Base URL without a trailing slash.
+    base: String,
+    /// The auth header this kind uses, its value marked sensitive.
+    auth: Option<(HeaderName, HeaderValue)>,
+    /// Azure `api-version`.
+    api_version: String,
+    /// URLs that do not depend on the model, prepared once.
+    fixed: Vec<(Op, Uri)>,
+}
+
+/// Why an upstream request could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("operation not offered by this provider kind")]
+    Unsupported,
+    #[error("invalid upstream URL")]
+    Url(#[from] http::uri::InvalidUri),
+    #[error("invalid upstream request")]
+    Http(#[from] http::Error),
 }
 
 impl ProviderRt {
@@ -66,34 +101,123 @@ impl ProviderRt {
         };
         let auth = key
             .map(|k| {
-                let mut v = HeaderValue::try_from(format!("Bearer {k}"))
+                let (name, value) = match p.kind {
+                    ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => openai::auth(&k),
+                    ProviderKind::Azure => azure::auth(&k),
+                    ProviderKind::Anthropic => anthropic::auth(&k),
+                    ProviderKind::Gemini => gemini::auth(&k),
+                };
+                let mut v = HeaderValue::try_from(value)
                     .map_err(|_| at("the API key contains characters not allowed in a header".to_owned()))?;
                 v.set_sensitive(true);
-                Ok::<_, InvalidPolicy>(v)
+                Ok::<_, InvalidPolicy>((name, v))
             })
             .transpose()?;
-        let base = p.base_url.as_str().trim_end_matches('/');
-        let url = |e: Endpoint| {
-            Uri::try_from(format!("{base}{}", e.path()))
-                .map_err(|e| at(format!("base URL is not usable: {e}")))
-        };
-        Ok(ProviderRt {
+        let base = p.base_url.as_str().trim_end_matches('/').to_owned();
+        let mut rt = ProviderRt {
             name: p.name.clone(),
             kind: p.kind,
-            chat_url: url(Endpoint::ChatCompletions)?,
-            completions_url: url(Endpoint::Completions)?,
-            embeddings_url: url(Endpoint::Embeddings)?,
+            family: Family::of(p.kind),
+            base,
             auth,
-        })
+            api_version: p
+                .api_version
+                .clone()
+                .unwrap_or_else(|| drover_proto::model::DEFAULT_AZURE_API_VERSION.to_owned()),
+            fixed: Vec::new(),
+        };
+        for op in [
+            Op::Chat,
+            Op::Completions,
+            Op::Embeddings,
+            Op::Responses,
+            Op::Messages,
+            Op::CountTokens,
+        ] {
+            match rt.build_url(op, "", false) {
+                Ok(Some(uri)) => rt.fixed.push((op, uri)),
+                Ok(None) | Err(BuildError::Unsupported) => {}
+                Err(e) => return Err(at(format!("base URL is not usable: {e}"))),
+            }
+        }
+        Ok(rt)
     }
 
-    pub fn url(&self, endpoint: Endpoint) -> &Uri {
-        match endpoint {
-            Endpoint::ChatCompletions => &self.chat_url,
-            Endpoint::Completions => &self.completions_url,
-            Endpoint::Embeddings => &self.embeddings_url,
+    /// `Some(uri)` for a URL that does not depend on the model; `None` for one that does.
+    fn build_url(&self, op: Op, model: &str, stream: bool) -> Result<Option<Uri>, BuildError> {
+        let path = match self.kind {
+            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => openai::path(op).map(str::to_owned),
+            ProviderKind::Anthropic => anthropic::path(op).map(str::to_owned),
+            ProviderKind::Azure => {
+                if model.is_empty() {
+                    return Ok(None);
+                }
+                azure::path(op, model, &self.api_version)
+            }
+            ProviderKind::Gemini => {
+                if model.is_empty() {
+                    return Ok(None);
+                }
+                gemini::path(op, model, stream)
+            }
+        }
+        .ok_or(BuildError::Unsupported)?;
+        Ok(Some(Uri::try_from(format!("{}{path}", self.base))?))
+    }
+
+    /// The URL for `op` on `model`.
+    pub fn url(&self, op: Op, model: &str, stream: bool) -> Result<Uri, BuildError> {
+        if let Some((_, uri)) = self.fixed.iter().find(|(o, _)| *o == op) {
+            return Ok(uri.clone());
+        }
+        self.build_url(op, model, stream)?.ok_or(BuildError::Unsupported)
+    }
+
+    /// Whether this provider offers `op`.
+    pub fn offers(&self, op: Op) -> bool {
+        match self.kind {
+            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => openai::path(op).is_some(),
+            ProviderKind::Anthropic => anthropic::path(op).is_some(),
+            ProviderKind::Azure => azure::path(op, "m", "v").is_some(),
+            ProviderKind::Gemini => gemini::path(op, "m", false).is_some(),
         }
     }
+
+    /// Builds the upstream request. Of the caller's headers only the request id goes
+    /// upstream, plus, to Anthropic, `anthropic-version` and `anthropic-beta` when given.
+    pub fn request(&self, up: &Upstream<'_>, body: Bytes) -> Result<Request<Full<Bytes>>, BuildError> {
+        let uri = self.url(up.op, up.model, up.stream)?;
+        let accept = if up.stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header(ACCEPT, HeaderValue::from_static(accept))
+            .header("x-request-id", up.request_id.clone());
+        if let Some((name, value)) = &self.auth {
+            req = req.header(name.clone(), value.clone());
+        }
+        if self.family == Family::Anthropic {
+            req = anthropic::headers(req, up.anthropic_version, up.anthropic_beta);
+        }
+        Ok(req.body(Full::new(body))?)
+    }
+}
+
+/// One upstream call, before its body.
+pub struct Upstream<'a> {
+    pub op: Op,
+    /// The model as the provider knows it.
+    pub model: &'a str,
+    pub stream: bool,
+    pub request_id: &'a HeaderValue,
+    /// The caller's `anthropic-version`, when it speaks Anthropic's format.
+    pub anthropic_version: Option<&'a HeaderValue>,
+    pub anthropic_beta: Option<&'a HeaderValue>,
 }
 
 /// The HTTP client every upstream request goes through: pooled keep-alive connections,
@@ -116,4 +240,134 @@ pub fn http_client(connect_timeout: Duration) -> HttpClient {
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
         .build(https)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use drover_proto::model::Secret;
+
+    fn provider(kind: ProviderKind, base: &str) -> ProviderRt {
+        let p = Provider {
+            name: "p".into(),
+            kind,
+            base_url: drover_proto::model::parse_base_url(base).unwrap(),
+            credential: Credential::Key(Secret::new("k-1")),
+            api_version: None,
+        };
+        ProviderRt::compile(&p, &(std::sync::Arc::new(|_: &str| None) as EnvLookup)).unwrap()
+    }
+
+    fn rid() -> HeaderValue {
+        HeaderValue::from_static("r1")
+    }
+
+    fn up<'a>(op: Op, model: &'a str, stream: bool, id: &'a HeaderValue) -> Upstream<'a> {
+        Upstream {
+            op,
+            model,
+            stream,
+            request_id: id,
+            anthropic_version: None,
+            anthropic_beta: None,
+        }
+    }
+
+    #[test]
+    fn each_kind_gets_its_urls_and_auth_header() {
+        let id = rid();
+        let cases = [
+            (
+                ProviderKind::OpenAi,
+                "https://api.openai.com/v1/",
+                Op::Chat,
+                "gpt",
+                false,
+                "https://api.openai.com/v1/chat/completions",
+                "authorization",
+                "Bearer k-1",
+            ),
+            (
+                ProviderKind::OpenAiCompatible,
+                "http://127.0.0.1:8000/v1",
+                Op::Responses,
+                "m",
+                true,
+                "http://127.0.0.1:8000/v1/responses",
+                "authorization",
+                "Bearer k-1",
+            ),
+            (
+                ProviderKind::Azure,
+                "https://res.openai.azure.com",
+                Op::Chat,
+                "my-deploy",
+                false,
+                "https://res.openai.azure.com/openai/deployments/my-deploy/chat/completions?api-version=2024-10-21",
+                "api-key",
+                "k-1",
+            ),
+            (
+                ProviderKind::Anthropic,
+                "https://api.anthropic.com/v1",
+                Op::Messages,
+                "claude",
+                true,
+                "https://api.anthropic.com/v1/messages",
+                "x-api-key",
+                "k-1",
+            ),
+            (
+                ProviderKind::Gemini,
+                "https://generativelanguage.googleapis.com/v1beta",
+                Op::Generate,
+                "gemini-2.5-flash",
+                false,
+                "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:generateContent",
+                "x-goog-api-key",
+                "k-1",
+            ),
+            (
+                ProviderKind::Gemini,
+                "https://generativelanguage.googleapis.com/v1beta",
+                Op::Generate,
+                "gemini-2.5-flash",
+                true,
+                "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+                "x-goog-api-key",
+                "k-1",
+            ),
+        ];
+        for (kind, base, op, model, stream, url, header, value) in cases {
+            let p = provider(kind, base);
+            let req = p.request(&up(op, model, stream, &id), Bytes::new()).unwrap();
+            assert_eq!(req.uri().to_string(), url, "{kind}");
+            assert_eq!(req.headers()[header], value, "{kind}");
+            assert!(req.headers()[header].is_sensitive());
+            assert_eq!(req.headers()["x-request-id"], "r1");
+        }
+        let anthropic = provider(ProviderKind::Anthropic, "https://api.anthropic.com/v1");
+        let req = anthropic
+            .request(&up(Op::Messages, "c", false, &id), Bytes::new())
+            .unwrap();
+        assert_eq!(req.headers()["anthropic-version"], anthropic::DEFAULT_VERSION);
+    }
+
+    #[test]
+    fn operations_a_kind_does_not_offer_are_refused() {
+        let id = rid();
+        let gemini = provider(ProviderKind::Gemini, "https://g.example/v1beta");
+        assert!(matches!(
+            gemini.request(&up(Op::Embeddings, "m", false, &id), Bytes::new()),
+            Err(BuildError::Unsupported)
+        ));
+        assert!(!gemini.offers(Op::Chat));
+        assert!(gemini.offers(Op::Generate));
+        let anthropic = provider(ProviderKind::Anthropic, "https://a.example/v1");
+        assert!(!anthropic.offers(Op::Chat));
+        assert!(anthropic.offers(Op::CountTokens));
+        let azure = provider(ProviderKind::Azure, "https://res.openai.azure.com");
+        assert!(!azure.offers(Op::Responses));
+        assert!(azure.offers(Op::Embeddings));
+    }
 }

@@ -1,36 +1,20 @@
-//! OpenAI and OpenAI-compatible providers: same format in and out, so the request is the
-//! caller's body with `model` rewritten, and the answer is relayed as it comes.
+//! OpenAI and OpenAI-compatible hosts: `Authorization: Bearer`, paths below the base URL.
 
-use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderValue, Method, Request};
-use http_body_util::Full;
+use http::HeaderName;
+use http::header::AUTHORIZATION;
 
-use super::{Endpoint, ProviderRt};
+use super::Op;
 
-/// Builds the upstream request. Nothing of the caller's headers is forwarded but the request id.
-pub fn request(
-    provider: &ProviderRt,
-    endpoint: Endpoint,
-    body: Bytes,
-    request_id: &HeaderValue,
-    stream: bool,
-) -> Result<Request<Full<Bytes>>, http::Error> {
-    let mut req = Request::builder()
-        .method(Method::POST)
-        .uri(provider.url(endpoint).clone())
-        .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-        .header(
-            ACCEPT,
-            HeaderValue::from_static(if stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            }),
-        )
-        .header("x-request-id", request_id.clone());
-    if let Some(auth) = &provider.auth {
-        req = req.header(AUTHORIZATION, auth.clone());
+pub fn auth(key: &str) -> (HeaderName, String) {
+    (AUTHORIZATION, format!("Bearer {key}"))
+}
+
+pub fn path(op: Op) -> Option<&'static str> {
+    match op {
+        Op::Chat => Some("/chat/completions"),
+        Op::Completions => Some("/completions"),
+        Op::Embeddings => Some("/embeddings"),
+        Op::Responses => Some("/responses"),
+        Op::Messages | Op::CountTokens | Op::Generate => None,
     }
-    req.body(Full::new(body))
 }

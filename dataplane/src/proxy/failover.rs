@@ -1,4 +1,5 @@
 //! Dispatch with failover: try the route's targets until one answers, within one deadline.
+//! Targets that cannot take the call (see `plan`) are left out before the first attempt.
 //!
 //! Retried: connect errors, timeouts, 429 and 5xx, and only before anything reached the
 //! caller (a stream is committed once its first bytes arrived). A 429 cools the target
@@ -6,7 +7,6 @@
 //! takes a token from the retry budget, and retrying a target already tried waits a
 //! jittered backoff first. Other 4xx answers are the caller's problem and go back as is.
 
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +19,11 @@ use tokio::time::Instant;
 
 use crate::app::AppState;
 use crate::error::{ProxyError, UpstreamFailure};
-use crate::formats::openai::splice;
+use crate::formats::ir::Dropped;
 use crate::policy::CompiledTarget;
-use crate::providers::{Endpoint, openai};
+use crate::proxy::call::Call;
 use crate::proxy::health::{Permit, now_ms};
+use crate::proxy::plan::{self, Prepared, Skip, Wire};
 
 /// A successful upstream answer.
 pub enum Answer {
@@ -36,21 +37,13 @@ pub enum Answer {
     Stream { first: Bytes, body: Incoming },
 }
 
-/// The answer and who gave it.
+/// The answer, who gave it, and how to read it.
 pub struct Dispatched {
     pub target: Arc<CompiledTarget>,
     pub answer: Answer,
     pub attempts: u32,
-}
-
-/// The request as the upstream will get it, before `model` is set per target.
-pub struct Outbound<'a> {
-    pub endpoint: Endpoint,
-    pub body: &'a Bytes,
-    /// Where the `model` value sits in `body`.
-    pub model_span: Range<usize>,
-    pub request_id: &'a HeaderValue,
-    pub stream: bool,
+    pub wire: Wire,
+    pub dropped: Dropped,
 }
 
 enum AttemptError {
@@ -68,43 +61,63 @@ const MAX_ERROR_BODY: usize = 1 << 20;
 pub async fn dispatch(
     state: &AppState,
     candidates: &[Arc<CompiledTarget>],
-    out: &Outbound<'_>,
+    call: &Call<'_>,
 ) -> Result<Dispatched, ProxyError> {
     let cfg = &state.config.proxy;
     let deadline = Instant::now() + cfg.request_timeout;
-    let n = candidates.len();
+    // Prepare every target up front; those that cannot take the call drop out here.
+    let mut usable: Vec<(Arc<CompiledTarget>, Prepared<'_>)> = Vec::with_capacity(candidates.len());
+    let mut skipped: Option<Skip> = None;
+    for target in candidates {
+        match plan::prepare(call, target) {
+            Ok(prepared) => usable.push((target.clone(), prepared)),
+            Err(skip) => {
+                tracing::debug!(target = %target.id, ?skip, "target skipped");
+                // Keep the most telling reason: invalid input over strictness over support.
+                let rank = |s: &Skip| match s {
+                    Skip::Invalid(_) => 2,
+                    Skip::Strict(_) => 1,
+                    Skip::Unsupported(_) => 0,
+                };
+                if skipped.as_ref().is_none_or(|old| rank(&skip) > rank(old)) {
+                    skipped = Some(skip);
+                }
+            }
+        }
+    }
+    if usable.is_empty() {
+        return Err(match skipped {
+            Some(Skip::Invalid(e)) => ProxyError::BadRequest(e),
+            Some(Skip::Strict(dropped)) => ProxyError::Untranslatable {
+                features: dropped.names().to_vec(),
+            },
+            Some(Skip::Unsupported(message)) => ProxyError::Unsupported { message },
+            None => ProxyError::NoTarget {
+                retry_after_secs: None,
+            },
+        });
+    }
+
+    let n = usable.len();
     let max_attempts = cfg.max_attempts.max(u32::try_from(n).unwrap_or(u32::MAX));
     let mut attempts: u32 = 0;
     let mut tried = vec![false; n];
     let mut next = 0usize;
     let mut last: Option<UpstreamFailure> = None;
-    let mut unsupported: Option<String> = None;
     state.budget.deposit();
 
     while attempts < max_attempts {
         let now = now_ms();
         // The next target that may be tried now, in order, starting after the last one tried.
-        let mut pick = None;
-        for k in 0..n {
-            let i = (next + k) % n;
-            let t = &candidates[i];
-            if !t.provider.kind.is_openai_format() {
-                unsupported.get_or_insert_with(|| {
-                    format!(
-                        "provider kind `{}` is not supported for {} yet",
-                        t.provider.kind,
-                        out.endpoint.path()
-                    )
-                });
-                continue;
-            }
-            if let Some(permit) = t.health.permit(now, &cfg.breaker) {
-                pick = Some((i, permit));
-                break;
-            }
-        }
+        let pick = (0..n).map(|k| (next + k) % n).find_map(|i| {
+            usable[i]
+                .0
+                .health
+                .permit(now, &cfg.breaker)
+                .map(|permit| (i, permit))
+        });
         let Some((i, permit)) = pick else { break };
-        let target = &candidates[i];
+        let (target, prepared) = &usable[i];
         next = i + 1;
         if attempts > 0 {
             if !state.budget.try_withdraw() {
@@ -123,14 +136,16 @@ pub async fn dispatch(
         tried[i] = true;
         attempts += 1;
         state.metrics.upstream_attempts.inc();
-        let body = splice(out.body, out.model_span.clone(), &target.model_json);
-        match attempt(state, target, out, body, deadline).await {
+        match attempt(state, target, prepared, deadline).await {
             Ok(answer) => {
                 target.health.on_success();
+                let (target, prepared) = usable.swap_remove(i);
                 return Ok(Dispatched {
-                    target: target.clone(),
+                    target,
                     answer,
                     attempts,
+                    wire: prepared.wire,
+                    dropped: prepared.dropped,
                 });
             }
             Err(AttemptError::Rejected {
@@ -140,10 +155,15 @@ pub async fn dispatch(
             }) => {
                 // The provider is healthy; the request is not.
                 target.health.on_success();
+                let translated_from = match prepared.wire {
+                    Wire::Translate { provider } => Some(provider),
+                    Wire::Passthrough { .. } => None,
+                };
                 return Err(ProxyError::Rejected {
                     status,
                     content_type,
                     body,
+                    translated_from,
                 });
             }
             Err(AttemptError::Failure(failure)) => {
@@ -175,18 +195,16 @@ pub async fn dispatch(
     }
     match last {
         Some(last) => Err(ProxyError::Upstream { last, attempts }),
-        None => match unsupported {
-            Some(message) if candidates.iter().all(|t| !t.provider.kind.is_openai_format()) => {
-                Err(ProxyError::Unsupported { message })
-            }
-            _ => {
-                let now = now_ms();
-                let soonest = candidates.iter().filter_map(|t| t.health.available_at(now)).min();
-                Err(ProxyError::NoTarget {
-                    retry_after_secs: soonest.map(|at| (at - now).div_ceil(1000).max(1)),
-                })
-            }
-        },
+        None => {
+            let now = now_ms();
+            let soonest = usable
+                .iter()
+                .filter_map(|(t, _)| t.health.available_at(now))
+                .min();
+            Err(ProxyError::NoTarget {
+                retry_after_secs: soonest.map(|at| (at - now).div_ceil(1000).max(1)),
+            })
+        }
     }
 }
 
@@ -220,12 +238,14 @@ fn retry_after(headers: &HeaderMap) -> Option<u64> {
 async fn attempt(
     state: &AppState,
     target: &CompiledTarget,
-    out: &Outbound<'_>,
-    body: Bytes,
+    prepared: &Prepared<'_>,
     deadline: Instant,
 ) -> Result<Answer, AttemptError> {
     let cfg = &state.config.proxy;
-    let req = openai::request(&target.provider, out.endpoint, body, out.request_id, out.stream)
+    let stream = prepared.upstream.stream;
+    let req = target
+        .provider
+        .request(&prepared.upstream, prepared.body.clone())
         .map_err(|_| AttemptError::Failure(UpstreamFailure::Connect))?;
     let until = (Instant::now() + cfg.upstream_timeout).min(deadline);
     let resp = match tokio::time::timeout_at(until, state.client.request(req)).await {
@@ -244,7 +264,7 @@ async fn attempt(
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
-        if out.stream && is_sse {
+        if stream && is_sse {
             let first = match tokio::time::timeout_at(until, first_data(&mut body)).await {
                 Err(_) => return Err(AttemptError::Failure(UpstreamFailure::Timeout)),
                 Ok(Err(_) | Ok(None)) => return Err(AttemptError::Failure(UpstreamFailure::Connect)),

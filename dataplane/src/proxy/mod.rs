@@ -1,11 +1,14 @@
-//! The request path for OpenAI-format callers, as named phases:
-//! read body → parse shallowly → resolve route → dispatch with failover → relay answer.
+//! The request path, as named phases: read body → parse shallowly → resolve route →
+//! plan each target (relay as is, or translate) → dispatch with failover → respond in the
+//! caller's format.
 //!
 //! The policy is loaded once per request and used to the end. Later phases (auth, limits,
 //! spend, cache, redaction) slot in between resolve and dispatch as branches on policy flags.
 
+pub mod call;
 pub mod failover;
 pub mod health;
+pub mod plan;
 pub mod relay;
 pub mod router;
 
@@ -21,32 +24,62 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::app::AppState;
 use crate::error::ProxyError;
+use crate::formats::ir::ChatResponse;
 use crate::formats::openai::{BodyError, ShallowBody};
-use crate::providers::Endpoint;
-use failover::{Answer, Outbound};
+use crate::formats::{anthropic, gemini, openai};
+use crate::providers::Family;
+use call::{ApiFormat, Call, Ingress};
+use failover::{Answer, Dispatched};
+use plan::Wire;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_DROVER_PROVIDER: HeaderName = HeaderName::from_static("x-drover-provider");
 pub const X_DROVER_MODEL: HeaderName = HeaderName::from_static("x-drover-model");
+/// Features the target's format could not express, comma-separated.
+pub const X_DROVER_DROPPED: HeaderName = HeaderName::from_static("x-drover-dropped");
 
 pub async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    serve(&state, req, Endpoint::ChatCompletions).await
+    serve(&state, req, Ingress::ChatCompletions).await
 }
 
 pub async fn completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    serve(&state, req, Endpoint::Completions).await
+    serve(&state, req, Ingress::Completions).await
 }
 
 pub async fn embeddings(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    serve(&state, req, Endpoint::Embeddings).await
+    serve(&state, req, Ingress::Embeddings).await
 }
 
-/// `GET /v1/models`: the aliases and direct models of the serving policy.
+pub async fn responses(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    serve(&state, req, Ingress::Responses).await
+}
+
+pub async fn messages(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    serve(&state, req, Ingress::Messages).await
+}
+
+pub async fn count_tokens(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    serve(&state, req, Ingress::CountTokens).await
+}
+
+/// `GET /v1/models`: the aliases and direct models of the serving policy, in Anthropic's
+/// list shape when the caller sends `anthropic-version`, else OpenAI's.
 pub async fn models(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let request_id = request_id(req.headers());
+    let format = if req.headers().contains_key("anthropic-version") {
+        ApiFormat::Anthropic
+    } else {
+        ApiFormat::OpenAi
+    };
     let mut resp = match state.policy.load() {
-        Some(policy) => ([(CONTENT_TYPE, "application/json")], policy.models_body.clone()).into_response(),
-        None => ProxyError::NotReady.into_openai_response(),
+        Some(policy) => {
+            let body = match format {
+                ApiFormat::OpenAi => policy.models_body.clone(),
+                ApiFormat::Anthropic => policy.anthropic_models_body.clone(),
+            };
+            ([(CONTENT_TYPE, "application/json")], body).into_response()
+        }
+        None => ProxyError::NotReady.into_response(format),
     };
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     resp
@@ -55,10 +88,15 @@ pub async fn models(State(state): State<Arc<AppState>>, req: Request) -> Respons
 /// Any path the gateway does not serve.
 pub async fn not_found(req: Request) -> Response {
     let request_id = request_id(req.headers());
+    let format = if req.uri().path().starts_with("/v1/messages") {
+        ApiFormat::Anthropic
+    } else {
+        ApiFormat::OpenAi
+    };
     let mut resp = ProxyError::NoSuchPath {
         path: req.uri().path().chars().take(200).collect(),
     }
-    .into_openai_response();
+    .into_response(format);
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     resp
 }
@@ -66,21 +104,26 @@ pub async fn not_found(req: Request) -> Response {
 /// A known path with the wrong method.
 pub async fn method_not_allowed(req: Request) -> Response {
     let request_id = request_id(req.headers());
-    let mut resp = ProxyError::MethodNotAllowed.into_openai_response();
+    let format = if req.uri().path().starts_with("/v1/messages") {
+        ApiFormat::Anthropic
+    } else {
+        ApiFormat::OpenAi
+    };
+    let mut resp = ProxyError::MethodNotAllowed.into_response(format);
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     resp
 }
 
-async fn serve(state: &AppState, req: Request, endpoint: Endpoint) -> Response {
+async fn serve(state: &AppState, req: Request, ingress: Ingress) -> Response {
     state.metrics.requests.inc();
     let request_id = request_id(req.headers());
-    let mut resp = match handle(state, req, endpoint, &request_id).await {
+    let mut resp = match handle(state, req, ingress, &request_id).await {
         Ok(resp) => resp,
         Err(err) => {
             if err.status().is_server_error() {
                 tracing::warn!(request_id = ?request_id, error = %err, "request failed");
             }
-            err.into_openai_response()
+            err.into_response(ingress.format())
         }
     };
     state.metrics.count_status(resp.status());
@@ -88,18 +131,20 @@ async fn serve(state: &AppState, req: Request, endpoint: Endpoint) -> Response {
     resp
 }
 
+/// The phases of one request.
 async fn handle(
     state: &AppState,
     req: Request,
-    endpoint: Endpoint,
+    ingress: Ingress,
     request_id: &HeaderValue,
 ) -> Result<Response, ProxyError> {
     let policy = state.policy.load().ok_or(ProxyError::NotReady)?;
-    let body = read_body(req, state.config.max_body_bytes).await?;
+    let (parts, body) = req.into_parts();
+    let body = read_body(&parts.headers, body, state.config.max_body_bytes).await?;
     let parsed = ShallowBody::parse(&body)?;
     let model = parsed.model()?;
     let stream = parsed.stream()?;
-    if stream && !endpoint.can_stream() {
+    if stream && !ingress.can_stream() {
         return Err(BodyError {
             message: "stream is not supported for this endpoint".into(),
             param: Some("stream"),
@@ -114,22 +159,26 @@ async fn handle(
         router::candidates(&policy, &model, &state.health).ok_or_else(|| ProxyError::UnknownModel {
             model: model.chars().take(256).collect(),
         })?;
-    let out = Outbound {
-        endpoint,
-        body: &body,
-        model_span,
-        request_id,
-        stream,
-    };
-    let dispatched = failover::dispatch(state, &candidates, &out).await?;
+    let call = Call::new(ingress, &body, model_span, stream, request_id, &parts.headers);
+    if ingress == Ingress::CountTokens && candidates.iter().all(|t| t.provider.family != Family::Anthropic) {
+        return estimate_tokens(&call);
+    }
+    let dispatched = failover::dispatch(state, &candidates, &call).await?;
+    respond(state, &call, dispatched)
+}
 
-    let target = &dispatched.target;
-    let mut resp = match dispatched.answer {
-        Answer::Buffered {
-            status,
-            content_type,
-            body,
-        } => {
+/// Turns the winning answer into the caller's response.
+fn respond(state: &AppState, call: &Call<'_>, d: Dispatched) -> Result<Response, ProxyError> {
+    let format = call.ingress.format();
+    let mut resp = match (d.answer, d.wire) {
+        (
+            Answer::Buffered {
+                status,
+                content_type,
+                body,
+            },
+            Wire::Passthrough { .. },
+        ) => {
             let mut resp = (status, body).into_response();
             resp.headers_mut().insert(
                 CONTENT_TYPE,
@@ -137,21 +186,55 @@ async fn handle(
             );
             resp
         }
-        Answer::Stream { first, body } => {
-            let relay = relay::SseRelay::new(
-                first,
-                body,
-                state.config.proxy.upstream_timeout,
-                state.metrics.clone(),
-            );
-            let mut resp = Response::new(Body::new(relay));
-            *resp.status_mut() = StatusCode::OK;
+        (Answer::Buffered { body, .. }, Wire::Translate { provider }) => {
+            if call.stream {
+                return Err(ProxyError::BadUpstream {
+                    message: "the provider did not stream its answer".into(),
+                });
+            }
+            let decoded: Result<ChatResponse, _> = match provider {
+                Family::OpenAi => openai::chat::decode_response(&body),
+                Family::Anthropic => anthropic::decode_response(&body),
+                Family::Gemini => gemini::decode_response(&body),
+            };
+            let answer = decoded.map_err(|e| ProxyError::BadUpstream { message: e.0 })?;
+            let mut dropped = d.dropped.clone();
+            let body: Bytes = match format {
+                ApiFormat::OpenAi => openai::chat::encode_response(&answer, &mut dropped),
+                ApiFormat::Anthropic => anthropic::encode_response(&answer, &mut dropped),
+            };
+            let mut resp = (StatusCode::OK, body).into_response();
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            set_dropped(resp.headers_mut(), &dropped);
+            resp
+        }
+        (Answer::Stream { first, body }, wire) => {
+            let idle = state.config.proxy.upstream_timeout;
+            let metrics = state.metrics.clone();
+            let relay_body = match wire {
+                Wire::Passthrough { terminal } => Body::new(relay::SseRelay::new(
+                    first,
+                    body,
+                    relay::Passthrough::new(terminal, format),
+                    idle,
+                    metrics,
+                )),
+                Wire::Translate { provider } => {
+                    let include_usage = call.canonical().map(|r| r.include_usage).unwrap_or(false);
+                    let transform = relay::Translate::new(provider, format, include_usage);
+                    Body::new(relay::SseRelay::new(first, body, transform, idle, metrics))
+                }
+            };
+            let mut resp = Response::new(relay_body);
             let h = resp.headers_mut();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            set_dropped(h, &d.dropped);
             resp
         }
     };
+    let target = &d.target;
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&target.provider.name) {
         h.insert(X_DROVER_PROVIDER, v);
@@ -162,18 +245,67 @@ async fn handle(
     Ok(resp)
 }
 
+fn set_dropped(headers: &mut HeaderMap, dropped: &crate::formats::ir::Dropped) {
+    if !dropped.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&dropped.header_value())
+    {
+        headers.insert(X_DROVER_DROPPED, v);
+    }
+}
+
+/// `count_tokens` for a route with no Anthropic target: an estimate (about four characters
+/// per token over every text, tool definition and image), marked `x-drover-estimated: true`.
+fn estimate_tokens(call: &Call<'_>) -> Result<Response, ProxyError> {
+    let req = call.canonical()?;
+    let mut chars = 0usize;
+    let mut images = 0usize;
+    for block in &req.system {
+        chars += block.text.len();
+    }
+    for message in &req.messages {
+        for part in &message.parts {
+            count_part(part, &mut chars, &mut images);
+        }
+    }
+    for tool in &req.tools {
+        chars += tool.name.len()
+            + tool.description.as_ref().map_or(0, String::len)
+            + tool.parameters.to_string().len();
+    }
+    // Roughly what providers charge for an image of typical size.
+    let tokens = chars.div_ceil(4) + images * 1_000;
+    let mut resp = (
+        [(CONTENT_TYPE, "application/json")],
+        serde_json::json!({"input_tokens": tokens}).to_string(),
+    )
+        .into_response();
+    resp.headers_mut()
+        .insert("x-drover-estimated", HeaderValue::from_static("true"));
+    Ok(resp)
+}
+
+fn count_part(part: &crate::formats::ir::Part, chars: &mut usize, images: &mut usize) {
+    use crate::formats::ir::Part;
+    match part {
+        Part::Text { text, .. } | Part::Thinking { text, .. } => *chars += text.len(),
+        Part::Image { .. } => *images += 1,
+        Part::ToolCall { name, arguments, .. } => *chars += name.len() + arguments.len(),
+        Part::ToolResult { content, .. } => content.iter().for_each(|p| count_part(p, chars, images)),
+        Part::RedactedThinking { data } => *chars += data.len(),
+    }
+}
+
 /// Reads the whole body, refusing more than `limit` bytes (before reading, when the
 /// length is declared).
-async fn read_body(req: Request, limit: usize) -> Result<Bytes, ProxyError> {
-    let declared = req
-        .headers()
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ProxyError> {
+    let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ProxyError::TooLarge { limit });
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ProxyError::TooLarge { limit }),
         Err(_) => Err(BodyError {

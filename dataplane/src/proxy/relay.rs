@@ -1,8 +1,10 @@
-//! Relays an upstream SSE stream to the caller, whole events at a time.
+//! Relays an upstream SSE stream to the caller, whole events at a time, through a
+//! [`Transform`]: as is ([`Passthrough`]) or translated into the caller's format
+//! ([`Translate`]).
 //!
-//! A stream that ends, breaks or stalls before its terminal `data: [DONE]` ends with an
-//! error event, never a quiet success. Dropping the relay (caller gone) drops the upstream
-//! body, which closes the upstream connection.
+//! A stream that ends, breaks or stalls before its terminal event ends with an error event
+//! in the caller's format, never a quiet success. Dropping the relay (caller gone) drops the
+//! upstream body, which closes the upstream connection.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -16,7 +18,176 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::admin::Metrics;
-use crate::formats::sse::{SseFramer, openai_error_event};
+use crate::error::stream_error;
+use crate::formats::ir::StreamEvent;
+use crate::formats::sse::openai_error_event;
+use crate::formats::sse::{SseFramer, Terminal, parse_events};
+use crate::formats::{anthropic, gemini, openai};
+use crate::providers::Family;
+use crate::proxy::call::ApiFormat;
+
+/// What a relay does with the whole events it reads.
+pub trait Transform: Send + Unpin + 'static {
+    /// Whole upstream events in; what goes to the caller appended to `out`.
+    fn push(&mut self, events: Bytes, out: &mut Vec<Bytes>);
+    /// The upstream ended cleanly: append any final events. Returns whether the stream completed.
+    fn end(&mut self, out: &mut Vec<Bytes>) -> bool;
+    /// The stream failed: append an error event for the caller, unless it already completed.
+    /// Returns whether an error event was added.
+    fn fail(&mut self, message: &str, code: &str, out: &mut Vec<Bytes>) -> bool;
+}
+
+/// Same format both ways: events go out as they came; `terminal` marks completion.
+pub struct Passthrough {
+    terminal: Terminal,
+    format: ApiFormat,
+    done: bool,
+}
+
+impl Passthrough {
+    pub fn new(terminal: Terminal, format: ApiFormat) -> Self {
+        Passthrough {
+            terminal,
+            format,
+            done: false,
+        }
+    }
+}
+
+impl Transform for Passthrough {
+    fn push(&mut self, events: Bytes, out: &mut Vec<Bytes>) {
+        if !self.done && self.terminal.seen_in(&events) {
+            self.done = true;
+        }
+        out.push(events);
+    }
+
+    fn end(&mut self, _out: &mut Vec<Bytes>) -> bool {
+        self.done
+    }
+
+    fn fail(&mut self, message: &str, code: &str, out: &mut Vec<Bytes>) -> bool {
+        if self.done {
+            return false;
+        }
+        self.done = true;
+        out.push(match (self.format, self.terminal) {
+            (ApiFormat::OpenAi, Terminal::ResponsesEnd) => {
+                let body =
+                    serde_json::json!({"type": "error", "code": code, "message": message, "param": null});
+                Bytes::from(format!("event: error\ndata: {body}\n\n"))
+            }
+            (ApiFormat::OpenAi, _) => openai_error_event(message, code),
+            (ApiFormat::Anthropic, _) => {
+                let body =
+                    serde_json::json!({"type": "error", "error": {"type": "api_error", "message": message}});
+                Bytes::from(format!("event: error\ndata: {body}\n\n"))
+            }
+        });
+        true
+    }
+}
+
+enum Decoder {
+    OpenAi(openai::chat::StreamDecoder),
+    Anthropic(anthropic::StreamDecoder),
+    Gemini(gemini::StreamDecoder),
+}
+
+enum Encoder {
+    OpenAi(openai::chat::StreamEncoder),
+    Anthropic(anthropic::StreamEncoder),
+}
+
+/// The provider's stream decoded into canonical events and encoded in the caller's format.
+pub struct Translate {
+    decoder: Decoder,
+    encoder: Encoder,
+    buf: BytesMut,
+    done: bool,
+}
+
+impl Translate {
+    pub fn new(provider: Family, caller: ApiFormat, include_usage: bool) -> Self {
+        Translate {
+            decoder: match provider {
+                Family::OpenAi => Decoder::OpenAi(openai::chat::StreamDecoder::new()),
+                Family::Anthropic => Decoder::Anthropic(anthropic::StreamDecoder::new()),
+                Family::Gemini => Decoder::Gemini(gemini::StreamDecoder::new()),
+            },
+            encoder: match caller {
+                ApiFormat::OpenAi => Encoder::OpenAi(openai::chat::StreamEncoder::new(include_usage)),
+                ApiFormat::Anthropic => Encoder::Anthropic(anthropic::StreamEncoder::new()),
+            },
+            buf: BytesMut::new(),
+            done: false,
+        }
+    }
+
+    fn emit(&mut self, events: Vec<StreamEvent>) {
+        for event in events {
+            if self.done {
+                return;
+            }
+            if matches!(event, StreamEvent::Done | StreamEvent::Error(_)) {
+                self.done = true;
+            }
+            match &mut self.encoder {
+                Encoder::OpenAi(e) => e.encode(&event, &mut self.buf),
+                Encoder::Anthropic(e) => e.encode(&event, &mut self.buf),
+            }
+        }
+    }
+
+    fn flush(&mut self, out: &mut Vec<Bytes>) {
+        if !self.buf.is_empty() {
+            out.push(self.buf.split().freeze());
+        }
+    }
+}
+
+impl Transform for Translate {
+    fn push(&mut self, events: Bytes, out: &mut Vec<Bytes>) {
+        for event in parse_events(&events) {
+            let decoded = match &mut self.decoder {
+                Decoder::OpenAi(d) => d.decode(&event),
+                Decoder::Anthropic(d) => d.decode(&event),
+                Decoder::Gemini(d) => d.decode(&event),
+            };
+            match decoded {
+                Ok(events) => self.emit(events),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not decode a provider stream event");
+                    self.fail(
+                        "the provider sent a stream event that could not be read",
+                        "bad_upstream_event",
+                        out,
+                    );
+                    break;
+                }
+            }
+        }
+        self.flush(out);
+    }
+
+    fn end(&mut self, out: &mut Vec<Bytes>) -> bool {
+        if let Decoder::Gemini(d) = &mut self.decoder {
+            let last = d.finish();
+            self.emit(last);
+        }
+        self.flush(out);
+        self.done
+    }
+
+    fn fail(&mut self, message: &str, _code: &str, out: &mut Vec<Bytes>) -> bool {
+        if self.done {
+            return false;
+        }
+        self.emit(vec![StreamEvent::Error(stream_error(message))]);
+        self.flush(out);
+        true
+    }
+}
 
 /// Most scheduler yields spent gathering events that arrive back to back into one write.
 const MAX_GATHER_YIELDS: u8 = 64;
@@ -25,10 +196,11 @@ const MAX_IDLE_YIELDS: u8 = 4;
 /// Gathered bytes that go out without waiting for more.
 const MAX_GATHER_BYTES: usize = 64 * 1024;
 
-pub struct SseRelay {
+pub struct SseRelay<T: Transform> {
     first: Option<Bytes>,
     upstream: Incoming,
     framer: SseFramer,
+    transform: T,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
     /// Whole events read but not yet handed to the caller.
@@ -39,13 +211,20 @@ pub struct SseRelay {
     metrics: Arc<Metrics>,
 }
 
-impl SseRelay {
+impl<T: Transform> SseRelay<T> {
     /// `first` is the data already read from `upstream` (before the response was committed).
-    pub fn new(first: Bytes, upstream: Incoming, idle: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        first: Bytes,
+        upstream: Incoming,
+        transform: T,
+        idle: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         SseRelay {
             first: Some(first),
             upstream,
             framer: SseFramer::default(),
+            transform,
             idle,
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             out: Vec::new(),
@@ -59,10 +238,9 @@ impl SseRelay {
     /// Ends the stream; unless it completed, with an error event after what was read.
     fn finish(&mut self, message: &str, code: &str) {
         self.finished = true;
-        if !self.framer.is_done() {
+        if self.transform.fail(message, code, &mut self.out) {
             self.metrics.streams_incomplete.inc();
             tracing::warn!(code, "upstream stream ended before its terminal event");
-            self.out.push(openai_error_event(message, code));
         }
     }
 
@@ -85,7 +263,7 @@ impl SseRelay {
     }
 }
 
-impl Body for SseRelay {
+impl<T: Transform> Body for SseRelay<T> {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -102,7 +280,7 @@ impl Body for SseRelay {
         if let Some(first) = this.first.take()
             && let Some(events) = this.framer.push(first)
         {
-            this.out.push(events);
+            this.transform.push(events, &mut this.out);
         }
         let mut progressed = false;
         while !this.finished {
@@ -111,7 +289,7 @@ impl Body for SseRelay {
                     if let Ok(data) = frame.into_data() {
                         progressed = true;
                         if let Some(events) = this.framer.push(data) {
-                            this.out.push(events);
+                            this.transform.push(events, &mut this.out);
                         }
                     }
                 }
@@ -122,10 +300,14 @@ impl Body for SseRelay {
                     );
                 }
                 Poll::Ready(None) => {
-                    this.finish(
-                        "the upstream stream ended before it completed",
-                        "stream_incomplete",
-                    );
+                    if this.transform.end(&mut this.out) {
+                        this.finished = true;
+                    } else {
+                        this.finish(
+                            "the upstream stream ended before it completed",
+                            "stream_incomplete",
+                        );
+                    }
                 }
                 Poll::Pending => {
                     if progressed {

@@ -60,6 +60,7 @@ mod tests {
                 kind: pb::ProviderKind::Openai as i32,
                 base_url: "http://127.0.0.1:1/v1".into(),
                 credential: None,
+                api_version: String::new(),
             }],
             routes: vec![
                 pb::Route {

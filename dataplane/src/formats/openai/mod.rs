@@ -5,6 +5,8 @@
 //! so nothing is deserialized or re-serialized deeply. Duplicate top-level keys are an
 //! error, so the gateway and the provider can never disagree about which model was asked for.
 
+pub mod chat;
+
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;

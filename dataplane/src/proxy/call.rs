@@ -1,0 +1,113 @@
+//! One caller request, as every later phase sees it: what was called (the ingress), its
+//! body parsed shallowly, and — decoded at most once, only when a target needs another
+//! format — its canonical form.
+
+use std::ops::Range;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+
+use crate::formats::ir::ChatRequest;
+use crate::formats::openai::BodyError;
+use crate::formats::{anthropic, openai};
+
+/// The API family a caller speaks, which decides the shape of its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiFormat {
+    OpenAi,
+    Anthropic,
+}
+
+/// The endpoint a caller called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingress {
+    /// `POST /v1/chat/completions`
+    ChatCompletions,
+    /// `POST /v1/completions`
+    Completions,
+    /// `POST /v1/embeddings`
+    Embeddings,
+    /// `POST /v1/responses`
+    Responses,
+    /// `POST /v1/messages`
+    Messages,
+    /// `POST /v1/messages/count_tokens`
+    CountTokens,
+}
+
+impl Ingress {
+    pub fn format(self) -> ApiFormat {
+        match self {
+            Ingress::Messages | Ingress::CountTokens => ApiFormat::Anthropic,
+            _ => ApiFormat::OpenAi,
+        }
+    }
+
+    pub fn can_stream(self) -> bool {
+        !matches!(self, Ingress::Embeddings | Ingress::CountTokens)
+    }
+
+    /// Whether requests of this ingress can be translated to another format.
+    pub fn translatable(self) -> bool {
+        matches!(
+            self,
+            Ingress::ChatCompletions | Ingress::Messages | Ingress::CountTokens
+        )
+    }
+}
+
+/// A request on its way through the phases.
+pub struct Call<'a> {
+    pub ingress: Ingress,
+    pub body: &'a Bytes,
+    /// Where the `model` value sits in `body`.
+    pub model_span: Range<usize>,
+    pub stream: bool,
+    pub request_id: &'a HeaderValue,
+    pub headers: &'a HeaderMap,
+    /// The caller asked that nothing be dropped in translation (`x-drover-strict: true`).
+    pub strict: bool,
+    canonical: OnceLock<Result<ChatRequest, BodyError>>,
+}
+
+impl<'a> Call<'a> {
+    pub fn new(
+        ingress: Ingress,
+        body: &'a Bytes,
+        model_span: Range<usize>,
+        stream: bool,
+        request_id: &'a HeaderValue,
+        headers: &'a HeaderMap,
+    ) -> Self {
+        let strict = headers
+            .get("x-drover-strict")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes"));
+        Call {
+            ingress,
+            body,
+            model_span,
+            stream,
+            request_id,
+            headers,
+            strict,
+            canonical: OnceLock::new(),
+        }
+    }
+
+    /// The request in canonical form, decoded on first use.
+    pub fn canonical(&self) -> Result<&ChatRequest, BodyError> {
+        self.canonical
+            .get_or_init(|| match self.ingress.format() {
+                ApiFormat::OpenAi => openai::chat::decode_request(self.body),
+                ApiFormat::Anthropic => anthropic::decode_request(self.body),
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&'a HeaderValue> {
+        self.headers.get(name)
+    }
+}

@@ -1,0 +1,120 @@
+//! How a call goes to one target: relayed as is when caller and provider speak the same
+//! format (the hot path: only `model` is rewritten), translated through the canonical model
+//! otherwise, or not at all when the provider does not offer what was called.
+
+use bytes::Bytes;
+
+use crate::formats::ir::Dropped;
+use crate::formats::openai::{BodyError, splice};
+use crate::formats::sse::Terminal;
+use crate::formats::{anthropic, gemini, openai};
+use crate::policy::CompiledTarget;
+use crate::providers::{Family, Op, Upstream};
+use crate::proxy::call::{Call, Ingress};
+
+/// How the answer of a target is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Same format both ways: bytes are relayed as they come; `terminal` ends a good stream.
+    Passthrough { terminal: Terminal },
+    /// The provider's format in, the caller's format out.
+    Translate { provider: Family },
+}
+
+/// A request ready to send to one target.
+pub struct Prepared<'a> {
+    pub upstream: Upstream<'a>,
+    pub body: Bytes,
+    pub wire: Wire,
+    /// What the target's format could not express.
+    pub dropped: Dropped,
+}
+
+/// Why a target cannot take the call.
+#[derive(Debug)]
+pub enum Skip {
+    /// The provider does not offer this endpoint (e.g. embeddings on Anthropic).
+    Unsupported(String),
+    /// Translation would drop these features and the caller asked for strict translation.
+    Strict(Dropped),
+    /// The body could not be read for translation.
+    Invalid(BodyError),
+}
+
+pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Prepared<'a>, Skip> {
+    let provider = &target.provider;
+    let family = provider.family;
+    let (op, wire) = match (call.ingress, family) {
+        (Ingress::ChatCompletions, Family::OpenAi) => (Op::Chat, pass(Terminal::OpenAiDone)),
+        (Ingress::Completions, Family::OpenAi) => (Op::Completions, pass(Terminal::OpenAiDone)),
+        (Ingress::Embeddings, Family::OpenAi) => (Op::Embeddings, pass(Terminal::OpenAiDone)),
+        (Ingress::Responses, Family::OpenAi) => (Op::Responses, pass(Terminal::ResponsesEnd)),
+        (Ingress::Messages, Family::Anthropic) => (Op::Messages, pass(Terminal::AnthropicStop)),
+        (Ingress::CountTokens, Family::Anthropic) => (Op::CountTokens, pass(Terminal::AnthropicStop)),
+        (Ingress::ChatCompletions, Family::Anthropic) => (Op::Messages, Wire::Translate { provider: family }),
+        (Ingress::Messages, Family::OpenAi) => (Op::Chat, Wire::Translate { provider: family }),
+        (Ingress::ChatCompletions | Ingress::Messages, Family::Gemini) => {
+            (Op::Generate, Wire::Translate { provider: family })
+        }
+        (ingress, _) => {
+            return Err(Skip::Unsupported(format!(
+                "provider `{}` ({}) does not offer {}",
+                provider.name,
+                provider.kind,
+                ingress_path(ingress)
+            )));
+        }
+    };
+    if !provider.offers(op) {
+        return Err(Skip::Unsupported(format!(
+            "provider `{}` ({}) does not offer {}",
+            provider.name,
+            provider.kind,
+            ingress_path(call.ingress)
+        )));
+    }
+    let mut dropped = Dropped::default();
+    let body = match wire {
+        Wire::Passthrough { .. } => splice(call.body, call.model_span.clone(), &target.model_json),
+        Wire::Translate { provider } => {
+            let req = call.canonical().map_err(Skip::Invalid)?;
+            match provider {
+                Family::OpenAi => openai::chat::encode_request(req, &target.model, &mut dropped),
+                Family::Anthropic => anthropic::encode_request(req, &target.model, &mut dropped),
+                Family::Gemini => gemini::encode_request(req, &mut dropped),
+            }
+        }
+    };
+    if call.strict && !dropped.is_empty() {
+        return Err(Skip::Strict(dropped));
+    }
+    let same_format = matches!(wire, Wire::Passthrough { .. });
+    Ok(Prepared {
+        upstream: Upstream {
+            op,
+            model: &target.model,
+            stream: call.stream,
+            request_id: call.request_id,
+            anthropic_version: same_format.then(|| call.header("anthropic-version")).flatten(),
+            anthropic_beta: same_format.then(|| call.header("anthropic-beta")).flatten(),
+        },
+        body,
+        wire,
+        dropped,
+    })
+}
+
+fn pass(terminal: Terminal) -> Wire {
+    Wire::Passthrough { terminal }
+}
+
+pub fn ingress_path(ingress: Ingress) -> &'static str {
+    match ingress {
+        Ingress::ChatCompletions => "/v1/chat/completions",
+        Ingress::Completions => "/v1/completions",
+        Ingress::Embeddings => "/v1/embeddings",
+        Ingress::Responses => "/v1/responses",
+        Ingress::Messages => "/v1/messages",
+        Ingress::CountTokens => "/v1/messages/count_tokens",
+    }
+}

@@ -1,0 +1,278 @@
+//! Every SDK to every provider: the same cases for each provider kind, with OpenAI and
+//! Anthropic callers, against the mock speaking each provider's native format.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
+
+use drover_proto::pb::ProviderKind;
+use drover_tests::mock::MockBuilder;
+use drover_tests::{Fault, Gateway, MockProvider};
+use serde_json::{Value, json};
+
+async fn setup(mock: MockBuilder, kind: ProviderKind) -> (Gateway, MockProvider) {
+    let up = mock.start().await;
+    let gw = Gateway::builder().start().await;
+    gw.provider_kind("up", kind, &up.base_url()).await;
+    let model = match kind {
+        ProviderKind::Anthropic => "claude-sonnet-4-5",
+        ProviderKind::Gemini => "gemini-2.5-flash",
+        ProviderKind::Azure => "my-deployment",
+        _ => "gpt-4o-mini",
+    };
+    gw.route("m", &[&format!("up/{model}")]).await;
+    (gw, up)
+}
+
+fn weather_tool_openai() -> Value {
+    json!([{"type": "function", "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    }}])
+}
+
+fn weather_tool_anthropic() -> Value {
+    json!([{
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    }])
+}
+
+/// Text of an OpenAI stream, and the tool calls assembled from its deltas.
+fn openai_stream(reply: &drover_tests::Reply) -> (String, Vec<(String, String)>, Option<String>) {
+    let events = reply.events();
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{}",
+        reply.text()
+    );
+    let mut text = String::new();
+    let mut calls: Vec<(String, String)> = Vec::new();
+    let mut finish = None;
+    for e in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(e).unwrap();
+        assert_eq!(chunk["object"], "chat.completion.chunk", "{chunk}");
+        let Some(choice) = chunk["choices"].get(0) else {
+            continue;
+        };
+        if let Some(t) = choice["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+        for call in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            let index = call["index"].as_u64().unwrap() as usize;
+            if calls.len() <= index {
+                calls.resize(index + 1, (String::new(), String::new()));
+            }
+            if let Some(name) = call["function"]["name"].as_str() {
+                calls[index].0.push_str(name);
+            }
+            if let Some(args) = call["function"]["arguments"].as_str() {
+                calls[index].1.push_str(args);
+            }
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            finish = Some(f.to_owned());
+        }
+    }
+    (text, calls, finish)
+}
+
+/// Text and tool uses of an Anthropic stream, checking its event grammar.
+fn anthropic_stream(reply: &drover_tests::Reply) -> (String, Vec<(String, String)>, Option<String>) {
+    let events = reply.named_events();
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.first(), Some(&"message_start"), "{names:?}");
+    assert_eq!(names.last(), Some(&"message_stop"), "{names:?}");
+    let mut text = String::new();
+    let mut tools: Vec<(String, String)> = Vec::new();
+    let mut stop = None;
+    for (name, data) in &events {
+        match name.as_str() {
+            "content_block_start" if data["content_block"]["type"] == "tool_use" => {
+                tools.push((
+                    data["content_block"]["name"].as_str().unwrap().to_owned(),
+                    String::new(),
+                ));
+            }
+            "content_block_delta" => match data["delta"]["type"].as_str() {
+                Some("text_delta") => text.push_str(data["delta"]["text"].as_str().unwrap()),
+                Some("input_json_delta") => tools
+                    .last_mut()
+                    .unwrap()
+                    .1
+                    .push_str(data["delta"]["partial_json"].as_str().unwrap()),
+                _ => {}
+            },
+            "message_delta" => stop = data["delta"]["stop_reason"].as_str().map(str::to_owned),
+            _ => {}
+        }
+    }
+    (text, tools, stop)
+}
+
+macro_rules! provider_suite {
+    ($($name:ident: $mock:expr, $kind:expr;)*) => {$(
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn openai_caller_gets_a_chat_completion() {
+                let (gw, up) = setup($mock, $kind).await;
+                let reply = gw.chat("m", "hello world").await;
+                assert_eq!(reply.status, 200, "{}", reply.text());
+                let body = reply.json();
+                assert_eq!(body["object"], "chat.completion");
+                assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+                assert_eq!(body["choices"][0]["message"]["content"], "mock reply to: hello world");
+                assert_eq!(body["choices"][0]["finish_reason"], "stop");
+                assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{body}");
+                assert!(body["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{body}");
+                assert_eq!(reply.header("x-drover-provider"), Some("up"));
+                assert_eq!(up.calls(), 1);
+            }
+
+            #[tokio::test]
+            async fn openai_caller_streams() {
+                let (gw, _up) = setup($mock, $kind).await;
+                let body = json!({"model": "m", "stream": true, "stream_options": {"include_usage": true},
+                                  "messages": [{"role": "user", "content": "hello world"}]});
+                let reply = gw.send("POST", "/v1/chat/completions", body.to_string()).await;
+                assert_eq!(reply.status, 200, "{}", reply.text());
+                let (text, calls, finish) = openai_stream(&reply);
+                assert_eq!(text, "mock reply to: hello world");
+                assert!(calls.is_empty());
+                assert_eq!(finish.as_deref(), Some("stop"));
+                let usage = reply.events().iter().rev().nth(1).map(|e| serde_json::from_str::<Value>(e).unwrap()).unwrap();
+                assert!(usage["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{usage}");
+            }
+
+            #[tokio::test]
+            async fn openai_caller_gets_tool_calls_whole_and_streamed() {
+                let (gw, _up) = setup($mock, $kind).await;
+                for stream in [false, true] {
+                    let body = json!({"model": "m", "stream": stream, "tools": weather_tool_openai(),
+                                      "messages": [{"role": "user", "content": "weather in Paris?"}]});
+                    let reply = gw.send("POST", "/v1/chat/completions", body.to_string()).await;
+                    assert_eq!(reply.status, 200, "{}", reply.text());
+                    let (calls, finish) = if stream {
+                        let (_, calls, finish) = openai_stream(&reply);
+                        (calls, finish)
+                    } else {
+                        let body = reply.json();
+                        let calls = body["choices"][0]["message"]["tool_calls"].as_array().unwrap().iter()
+                            .map(|c| {
+                                assert_eq!(c["type"], "function");
+                                assert!(c["id"].as_str().is_some_and(|id| !id.is_empty()));
+                                (c["function"]["name"].as_str().unwrap().to_owned(),
+                                 c["function"]["arguments"].as_str().unwrap().to_owned())
+                            })
+                            .collect();
+                        (calls, body["choices"][0]["finish_reason"].as_str().map(str::to_owned))
+                    };
+                    assert_eq!(calls.len(), 1, "stream={stream}");
+                    assert_eq!(calls[0].0, "get_weather");
+                    let args: Value = serde_json::from_str(&calls[0].1).unwrap();
+                    assert!(args.is_object(), "{args}");
+                    assert_eq!(finish.as_deref(), Some("tool_calls"));
+                }
+            }
+
+            #[tokio::test]
+            async fn openai_caller_sends_a_tool_result_back() {
+                let (gw, up) = setup($mock, $kind).await;
+                let body = json!({"model": "m", "tools": weather_tool_openai(), "messages": [
+                    {"role": "system", "content": "You are terse."},
+                    {"role": "user", "content": "weather in Paris?"},
+                    {"role": "assistant", "content": null, "tool_calls": [
+                        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+                ]});
+                let reply = gw.send("POST", "/v1/chat/completions", body.to_string()).await;
+                assert_eq!(reply.status, 200, "{}", reply.text());
+                assert_eq!(reply.json()["choices"][0]["message"]["content"], "mock reply to: sunny");
+                let sent = String::from_utf8_lossy(&up.last_request().unwrap().body).into_owned();
+                assert!(sent.contains("sunny") && sent.contains("Paris") && sent.contains("You are terse."), "{sent}");
+            }
+
+            #[tokio::test]
+            async fn anthropic_caller_gets_a_message() {
+                let (gw, up) = setup($mock, $kind).await;
+                let reply = gw.message("m", "hello world", false).await;
+                assert_eq!(reply.status, 200, "{}", reply.text());
+                let body = reply.json();
+                assert_eq!(body["type"], "message");
+                assert_eq!(body["role"], "assistant");
+                assert_eq!(body["content"][0]["type"], "text");
+                assert_eq!(body["content"][0]["text"], "mock reply to: hello world");
+                assert_eq!(body["stop_reason"], "end_turn");
+                assert!(body["usage"]["input_tokens"].as_u64().unwrap() > 0, "{body}");
+                assert!(body["usage"]["output_tokens"].as_u64().unwrap() > 0, "{body}");
+                assert_eq!(up.calls(), 1);
+            }
+
+            #[tokio::test]
+            async fn anthropic_caller_streams() {
+                let (gw, _up) = setup($mock, $kind).await;
+                let reply = gw.message("m", "hello world", true).await;
+                assert_eq!(reply.status, 200, "{}", reply.text());
+                let (text, tools, stop) = anthropic_stream(&reply);
+                assert_eq!(text, "mock reply to: hello world");
+                assert!(tools.is_empty());
+                assert_eq!(stop.as_deref(), Some("end_turn"));
+            }
+
+            #[tokio::test]
+            async fn anthropic_caller_gets_tool_use_whole_and_streamed() {
+                let (gw, _up) = setup($mock, $kind).await;
+                for stream in [false, true] {
+                    let body = json!({"model": "m", "max_tokens": 256, "stream": stream, "tools": weather_tool_anthropic(),
+                                      "messages": [{"role": "user", "content": "weather in Paris?"}]});
+                    let reply = gw.send_to(&gw.url(), "POST", "/v1/messages", &[("anthropic-version", "2023-06-01")], body.to_string()).await;
+                    assert_eq!(reply.status, 200, "{}", reply.text());
+                    let (tools, stop) = if stream {
+                        let (_, tools, stop) = anthropic_stream(&reply);
+                        (tools, stop)
+                    } else {
+                        let body = reply.json();
+                        let tools = body["content"].as_array().unwrap().iter()
+                            .filter(|b| b["type"] == "tool_use")
+                            .map(|b| (b["name"].as_str().unwrap().to_owned(), b["input"].to_string()))
+                            .collect();
+                        (tools, body["stop_reason"].as_str().map(str::to_owned))
+                    };
+                    assert_eq!(tools.len(), 1, "stream={stream}: {}", reply.text());
+                    assert_eq!(tools[0].0, "get_weather");
+                    assert!(serde_json::from_str::<Value>(&tools[0].1).unwrap().is_object());
+                    assert_eq!(stop.as_deref(), Some("tool_use"));
+                }
+            }
+
+            #[tokio::test]
+            async fn upstream_rate_limits_and_failures_reach_each_caller_in_its_format() {
+                let (gw, up) = setup($mock, $kind).await;
+                up.set_default(Fault::Status(429).with_retry_after(0));
+                let reply = gw.chat("m", "x").await;
+                assert_eq!(reply.status, 429, "{}", reply.text());
+                assert!(reply.json()["error"]["message"].is_string());
+                up.set_default(Fault::Status(500));
+                let reply = gw.message("m", "x", false).await;
+                assert_eq!(reply.status, 502, "{}", reply.text());
+                assert_eq!(reply.json()["type"], "error");
+                assert!(reply.json()["error"]["type"].is_string());
+                up.set_default(Fault::Status(400).with_message("bad thing"));
+                for reply in [gw.chat("m", "x").await, gw.message("m", "x", false).await] {
+                    assert_eq!(reply.status, 400, "{}", reply.text());
+                    assert!(reply.text().contains("bad thing"), "{}", reply.text());
+                }
+            }
+        }
+    )*};
+}
+
+provider_suite! {
+    openai: MockProvider::openai(), ProviderKind::Openai;
+    anthropic: MockProvider::anthropic(), ProviderKind::Anthropic;
+    gemini: MockProvider::gemini(), ProviderKind::Gemini;
+    azure: MockProvider::azure(), ProviderKind::Azure;
+}
