@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 
-use crate::formats::ir::ChatRequest;
+use crate::formats::ir::{ChatRequest, Dropped};
 use crate::formats::openai::BodyError;
 use crate::formats::{anthropic, openai};
 
@@ -68,7 +68,7 @@ pub struct Call<'a> {
     pub headers: &'a HeaderMap,
     /// The caller asked that nothing be dropped in translation (`x-drover-strict: true`).
     pub strict: bool,
-    canonical: OnceLock<Result<ChatRequest, BodyError>>,
+    canonical: OnceLock<Result<(ChatRequest, Dropped), BodyError>>,
 }
 
 impl<'a> Call<'a> {
@@ -96,14 +96,19 @@ impl<'a> Call<'a> {
         }
     }
 
-    /// The request in canonical form, decoded on first use.
-    pub fn canonical(&self) -> Result<&ChatRequest, BodyError> {
+    /// The request in canonical form, decoded on first use, with what decoding could not
+    /// carry over.
+    pub fn canonical(&self) -> Result<(&ChatRequest, &Dropped), BodyError> {
         self.canonical
             .get_or_init(|| match self.ingress.format() {
-                ApiFormat::OpenAi => openai::chat::decode_request(self.body),
-                ApiFormat::Anthropic => anthropic::decode_request(self.body),
+                ApiFormat::OpenAi => {
+                    let mut dropped = Dropped::default();
+                    openai::chat::decode_request_reporting(self.body, &mut dropped).map(|r| (r, dropped))
+                }
+                ApiFormat::Anthropic => anthropic::decode_request(self.body).map(|r| (r, Dropped::default())),
             })
             .as_ref()
+            .map(|(r, d)| (r, d))
             .map_err(Clone::clone)
     }
 

@@ -221,7 +221,7 @@ fn respond(state: &AppState, call: &Call<'_>, d: Dispatched) -> Result<Response,
                     metrics,
                 )),
                 Wire::Translate { provider } => {
-                    let include_usage = call.canonical().map(|r| r.include_usage).unwrap_or(false);
+                    let include_usage = call.canonical().map(|(r, _)| r.include_usage).unwrap_or(false);
                     let transform = relay::Translate::new(provider, format, include_usage);
                     Body::new(relay::SseRelay::new(first, body, transform, idle, metrics))
                 }
@@ -256,7 +256,7 @@ fn set_dropped(headers: &mut HeaderMap, dropped: &crate::formats::ir::Dropped) {
 /// `count_tokens` for a route with no Anthropic target: an estimate (about four characters
 /// per token over every text, tool definition and image), marked `x-drover-estimated: true`.
 fn estimate_tokens(call: &Call<'_>) -> Result<Response, ProxyError> {
-    let req = call.canonical()?;
+    let (req, _) = call.canonical()?;
     let mut chars = 0usize;
     let mut images = 0usize;
     for block in &req.system {

@@ -77,7 +77,8 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
     let body = match wire {
         Wire::Passthrough { .. } => splice(call.body, call.model_span.clone(), &target.model_json),
         Wire::Translate { provider } => {
-            let req = call.canonical().map_err(Skip::Invalid)?;
+            let (req, decode_dropped) = call.canonical().map_err(Skip::Invalid)?;
+            dropped = decode_dropped.clone();
             match provider {
                 Family::OpenAi => openai::chat::encode_request(req, &target.model, &mut dropped),
                 Family::Anthropic => anthropic::encode_request(req, &target.model, &mut dropped),
