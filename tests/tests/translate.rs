@@ -276,3 +276,217 @@ provider_suite! {
     gemini: MockProvider::gemini(), ProviderKind::Gemini;
     azure: MockProvider::azure(), ProviderKind::Azure;
 }
+
+#[tokio::test]
+async fn anthropic_overload_reaches_an_openai_caller_as_503_and_back() {
+    let (gw, up) = setup(MockProvider::anthropic(), ProviderKind::Anthropic).await;
+    up.set_default(Fault::Status(529));
+    let reply = gw.chat("m", "x").await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    let body = reply.json();
+    assert!(body["error"]["message"].is_string(), "OpenAI-shaped: {body}");
+    assert!(body.get("type").is_none());
+
+    let (gw, up) = setup(MockProvider::openai(), ProviderKind::Openai).await;
+    up.set_default(Fault::Status(503));
+    let reply = gw.message("m", "x", false).await;
+    assert_eq!(reply.status, 529, "{}", reply.text());
+    assert_eq!(reply.json()["error"]["type"], "overloaded_error");
+}
+
+#[tokio::test]
+async fn untranslatable_fields_are_reported_and_refused_when_strict() {
+    let (gw, up) = setup(MockProvider::anthropic(), ProviderKind::Anthropic).await;
+    let body =
+        json!({"model": "m", "logprobs": true, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let reply = gw.send("POST", "/v1/chat/completions", body.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let dropped = reply
+        .header("x-drover-dropped")
+        .expect("dropped features reported");
+    assert!(dropped.split(',').any(|f| f == "logprobs"), "{dropped}");
+    assert_eq!(up.calls(), 1);
+
+    let reply = gw
+        .send_to(
+            &gw.url(),
+            "POST",
+            "/v1/chat/completions",
+            &[("x-drover-strict", "true")],
+            body,
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(reply.json()["error"]["code"], "untranslatable");
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("logprobs")
+    );
+    assert_eq!(
+        up.calls(),
+        1,
+        "a strict request that cannot be translated is never sent"
+    );
+
+    // Nothing dropped: no header, and strict changes nothing.
+    let plain = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    let reply = gw
+        .send_to(
+            &gw.url(),
+            "POST",
+            "/v1/chat/completions",
+            &[("x-drover-strict", "true")],
+            plain,
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-drover-dropped"), None);
+}
+
+#[tokio::test]
+async fn a_translated_stream_cut_midway_ends_with_an_error_event_in_the_callers_format() {
+    let (gw, up) = setup(MockProvider::openai(), ProviderKind::Openai).await;
+    up.script(vec![Fault::CutStream { after_chunks: 2 }]);
+    let reply = gw.message("m", "hello there my friend", true).await;
+    assert_eq!(reply.status, 200);
+    let names: Vec<String> = reply.named_events().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(
+        names.first().map(String::as_str),
+        Some("message_start"),
+        "{names:?}"
+    );
+    assert_eq!(names.last().map(String::as_str), Some("error"), "{names:?}");
+    assert!(!names.iter().any(|n| n == "message_stop"), "{names:?}");
+
+    let (gw, up) = setup(MockProvider::anthropic(), ProviderKind::Anthropic).await;
+    up.script(vec![Fault::CutStream { after_chunks: 2 }]);
+    let reply = gw.chat_stream("m", "hello there my friend").await;
+    let events = reply.events();
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert!(last["error"]["message"].is_string(), "{last}");
+}
+
+#[tokio::test]
+async fn count_tokens_goes_to_anthropic_or_is_estimated() {
+    let (gw, up) = setup(MockProvider::anthropic(), ProviderKind::Anthropic).await;
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hello there"}]}).to_string();
+    let headers = [("anthropic-version", "2023-06-01")];
+    let reply = gw
+        .send_to(
+            &gw.url(),
+            "POST",
+            "/v1/messages/count_tokens",
+            &headers,
+            body.clone(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(reply.json()["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(reply.header("x-drover-estimated"), None);
+    assert_eq!(up.calls_to("/v1/messages/count_tokens"), 1);
+    assert_eq!(up.last_json().unwrap()["model"], "claude-sonnet-4-5");
+
+    let (gw, up) = setup(MockProvider::openai(), ProviderKind::Openai).await;
+    let reply = gw
+        .send_to(&gw.url(), "POST", "/v1/messages/count_tokens", &headers, body)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["input_tokens"], 3, "ceil(11 chars / 4)");
+    assert_eq!(reply.header("x-drover-estimated"), Some("true"));
+    assert_eq!(up.calls(), 0);
+}
+
+#[tokio::test]
+async fn openai_caller_history_reaches_anthropic_faithfully() {
+    let (gw, up) = setup(MockProvider::anthropic(), ProviderKind::Anthropic).await;
+    let body = json!({"model": "m", "max_tokens": 100, "stop": ["END"], "temperature": 0.2, "messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+        ]},
+        {"role": "assistant", "content": "checking",
+         "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "sig-abc"}],
+         "tool_calls": [
+            {"id": "call_a", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":1}"}},
+            {"id": "call_b", "type": "function", "function": {"name": "lookup", "arguments": "{\"q\":2}"}}]},
+        {"role": "tool", "tool_call_id": "call_a", "content": "one"},
+        {"role": "tool", "tool_call_id": "call_b", "content": "two"}
+    ], "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]});
+    let reply = gw.send("POST", "/v1/chat/completions", body.to_string()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let sent = up.last_json().unwrap();
+    assert_eq!(sent["model"], "claude-sonnet-4-5");
+    assert_eq!(sent["max_tokens"], 100);
+    assert_eq!(sent["stop_sequences"], json!(["END"]));
+    assert_eq!(sent["system"].to_string().contains("Be brief."), true, "{sent}");
+    let messages = sent["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 3, "{sent}");
+    assert_eq!(messages[0]["content"][1]["type"], "image");
+    assert_eq!(
+        messages[0]["content"][1]["source"],
+        json!({"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="})
+    );
+    let assistant = messages[1]["content"].as_array().unwrap();
+    assert_eq!(
+        assistant[0],
+        json!({"type": "thinking", "thinking": "hmm", "signature": "sig-abc"}),
+        "signature kept"
+    );
+    let uses: Vec<&Value> = assistant.iter().filter(|b| b["type"] == "tool_use").collect();
+    assert_eq!(uses.len(), 2, "parallel tool calls");
+    assert_eq!(uses[1]["id"], "call_b");
+    assert_eq!(uses[1]["input"], json!({"q": 2}));
+    let results = messages[2]["content"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "both results in one user turn");
+    assert_eq!(results[0]["type"], "tool_result");
+    assert_eq!(results[0]["tool_use_id"], "call_a");
+    assert_eq!(results[1]["tool_use_id"], "call_b");
+}
+
+#[tokio::test]
+async fn anthropic_caller_reaches_an_openai_provider_faithfully() {
+    let (gw, up) = setup(MockProvider::openai(), ProviderKind::Openai).await;
+    let body = json!({"model": "m", "max_tokens": 50, "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+    "tool_choice": {"type": "tool", "name": "lookup"},
+    "tools": [{"name": "lookup", "input_schema": {"type": "object"}}],
+    "messages": [
+        {"role": "user", "content": "find it"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": 1}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "found"}, {"type": "text", "text": "thanks"}]}
+    ]});
+    let reply = gw
+        .send_to(
+            &gw.url(),
+            "POST",
+            "/v1/messages",
+            &[("anthropic-version", "2023-06-01")],
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        reply
+            .header("x-drover-dropped")
+            .is_some_and(|d| d.contains("cache_control"))
+    );
+    let sent = up.last_json().unwrap();
+    assert_eq!(sent["model"], "gpt-4o-mini");
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "function", "function": {"name": "lookup"}})
+    );
+    let roles: Vec<&str> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["system", "user", "assistant", "tool", "user"]);
+    assert_eq!(sent["messages"][2]["tool_calls"][0]["id"], "toolu_1");
+    assert_eq!(sent["messages"][3]["tool_call_id"], "toolu_1");
+    assert_eq!(sent["messages"][3]["content"], "found");
+}
