@@ -422,7 +422,7 @@ async fn openai_caller_history_reaches_anthropic_faithfully() {
     assert_eq!(sent["model"], "claude-sonnet-4-5");
     assert_eq!(sent["max_tokens"], 100);
     assert_eq!(sent["stop_sequences"], json!(["END"]));
-    assert_eq!(sent["system"].to_string().contains("Be brief."), true, "{sent}");
+    assert!(sent["system"].to_string().contains("Be brief."), "{sent}");
     let messages = sent["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 3, "{sent}");
     assert_eq!(messages[0]["content"][1]["type"], "image");
