@@ -25,7 +25,7 @@ const DATAPLANE_ID: &str = "local";
 /// that encrypts stored API keys (else a key file beside the database).
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Where the data plane serves the OpenAI-compatible API.
+    /// Where the data plane serves the OpenAI and Anthropic APIs.
     #[arg(
         long,
         env = "DROVER_HTTP",
@@ -127,7 +127,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         }
     };
     tracing::info!(
-        "drover is serving: OpenAI-compatible API on http://{}, admin API on http://{}",
+        "drover is serving: OpenAI and Anthropic APIs on http://{}, admin API on http://{}",
         data_plane.http_addr(),
         control_plane.grpc_addr()
     );
