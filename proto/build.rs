@@ -2,7 +2,11 @@
 //! and writes the file descriptor set that gRPC reflection serves.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/drover/v1/policy.proto", "proto/drover/v1/admin.proto"];
+    let files = [
+        "proto/drover/v1/policy.proto",
+        "proto/drover/v1/admin.proto",
+        "proto/drover/v1/usage.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::GlobalArgs;
-use crate::commands::{module, price, provider, route, status};
+use crate::commands::{module, price, provider, route, status, usage};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +50,8 @@ enum Command {
     Module(module::ModuleCommand),
     /// Policy version and the data planes connected, with the version each serves.
     Status(status::StatusArgs),
+    /// Requests, tokens and cost from the usage ledger, filtered and grouped, with a total.
+    Usage(usage::UsageArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Price(c) => admin(price::run(c, global)),
         Command::Module(c) => admin(module::run(c, global)),
         Command::Status(c) => admin(status::run(c, global)),
+        Command::Usage(c) => admin(usage::run(c, global)),
     }
 }
 

@@ -101,6 +101,18 @@ pub fn usd(value: f64) -> String {
     format!("{value}")
 }
 
+/// Formats an amount of nano-USD (1e-9 USD) as USD, exactly, from the integer: at least six
+/// decimals, up to nine when they are not zero: `1.500000`, `0.000000007`, `-0.250000`.
+pub fn nano_usd(nano: i64) -> String {
+    let sign = if nano < 0 { "-" } else { "" };
+    let abs = nano.unsigned_abs();
+    let mut fraction = format!("{:09}", abs % 1_000_000_000);
+    while fraction.len() > 6 && fraction.ends_with('0') {
+        fraction.pop();
+    }
+    format!("{sign}{}.{fraction}", abs / 1_000_000_000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,6 +171,24 @@ mod tests {
         assert_eq!(usd(10.0), "10");
         assert_eq!(usd(0.075), "0.075");
         assert_eq!(usd(0.0), "0");
+    }
+
+    #[test]
+    fn nano_usd_is_exact() {
+        let cases = [
+            (0, "0.000000"),
+            (1, "0.000000001"),
+            (1_000, "0.000001"),
+            (1_500_000_000, "1.500000"),
+            (27_750, "0.00002775"),
+            (123_456_789_012, "123.456789012"),
+            (-250_000_000, "-0.250000"),
+            (i64::MAX, "9223372036.854775807"),
+            (i64::MIN, "-9223372036.854775808"),
+        ];
+        for (nano, text) in cases {
+            assert_eq!(nano_usd(nano), text, "{nano}");
+        }
     }
 
     #[test]

@@ -5,10 +5,11 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use drover_controlplane::ControlPlane;
+use drover_controlplane::{ControlPlane, usage_retention_days};
 use drover_dataplane::DataPlane;
 use drover_proto::model::Secret;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +44,16 @@ pub struct ServeArgs {
     )]
     pub grpc: SocketAddr,
 
+    /// Days raw usage records are kept before they are compacted into daily totals (which are
+    /// kept forever); 0 keeps raw records forever.
+    #[arg(
+        long,
+        env = "DROVER_USAGE_RETENTION_DAYS",
+        default_value_t = 30,
+        value_name = "DAYS"
+    )]
+    pub usage_retention_days: u32,
+
     #[command(flatten)]
     pub proxy: drover_dataplane::ProxyArgs,
 }
@@ -56,6 +67,8 @@ pub struct Options {
     pub admin_token: Option<Secret>,
     pub dataplane_token: Option<Secret>,
     pub master_key: Option<Secret>,
+    /// `None`: keep raw usage records forever.
+    pub usage_retention: Option<Duration>,
     pub proxy: drover_dataplane::ProxyArgs,
 }
 
@@ -70,6 +83,7 @@ impl ServeArgs {
             admin_token: secret(global.token.as_ref().map(|t| t.expose().to_owned())),
             dataplane_token: secret(env("DROVER_DATAPLANE_TOKEN")),
             master_key: secret(env("DROVER_MASTER_KEY")),
+            usage_retention: usage_retention_days(self.usage_retention_days),
             proxy: self.proxy,
         }
     }
@@ -92,6 +106,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
             admin_token: options.admin_token.map(|t| t.expose().to_owned()),
             dataplane_token: options.dataplane_token.map(|t| t.expose().to_owned()),
             master_key: options.master_key.map(|k| k.expose().to_owned()),
+            usage_retention: options.usage_retention,
         },
         shutdown.clone(),
     )
@@ -242,7 +257,24 @@ mod tests {
         assert_eq!(o.admin_token, Some(Secret::new("adm")));
         assert_eq!(o.dataplane_token, Some(Secret::new("join")));
         assert_eq!(o.master_key, None, "blank counts as unset");
+        assert_eq!(
+            o.usage_retention,
+            Some(drover_controlplane::DEFAULT_USAGE_RETENTION)
+        );
         assert!(!format!("{o:?}").contains("adm\""), "secrets stay hidden: {o:?}");
+    }
+
+    #[test]
+    fn usage_retention_is_in_days_and_zero_keeps_everything() {
+        let (args, global) = serve_args(&["drover", "serve", "--usage-retention-days", "7"]);
+        let o = args.into_options(&global, |_| None);
+        assert_eq!(o.usage_retention, Some(Duration::from_secs(7 * 24 * 3600)));
+        let (args, global) = serve_args(&["drover", "serve", "--usage-retention-days", "0"]);
+        assert_eq!(args.into_options(&global, |_| None).usage_retention, None);
+        assert!(
+            parse_err(&["drover", "serve", "--usage-retention-days", "many"])
+                .contains("--usage-retention-days")
+        );
     }
 
     #[test]

@@ -20,6 +20,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use drover_controlplane::{Config, ControlPlane, token_file_for};
+use drover_proto::pb;
+use drover_proto::pb::usage_service_client::UsageServiceClient;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -64,6 +66,7 @@ impl TestControlPlane {
             admin_token: admin_token.map(str::to_owned),
             dataplane_token: None,
             master_key: None,
+            usage_retention: None,
         };
         let running = ControlPlane::start(config, shutdown.clone())
             .await
@@ -519,11 +522,47 @@ async fn routes_fall_back_in_order_or_split_by_weight() {
     assert_eq!(cp.version().await, start + 5);
 }
 
+/// The custom prices in `price list --json`.
+async fn custom_prices(cp: &TestControlPlane) -> Value {
+    let all = cp.list(&["price", "list"]).await;
+    let custom: Vec<Value> = all
+        .as_array()
+        .expect("price list --json is an array")
+        .iter()
+        .filter(|p| p["source"] == "custom")
+        .cloned()
+        .collect();
+    Value::Array(custom)
+}
+
 #[tokio::test]
 async fn prices_are_set_listed_and_removed() {
     let cp = TestControlPlane::start().await;
-    assert_eq!(cp.list(&["price", "list"]).await, json!([]));
-    assert_eq!(cp.run(&["price", "list"]).await.ok(), "no prices\n");
+    assert_eq!(custom_prices(&cp).await, json!([]));
+    // Well-known models are priced out of the box.
+    let defaults = cp.list(&["price", "list"]).await;
+    let gpt_4o = defaults
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|p| p["model"] == "gpt-4o")
+        .cloned();
+    assert_eq!(
+        gpt_4o,
+        Some(
+            json!({"model": "gpt-4o", "input_per_mtok": 2.5, "output_per_mtok": 10.0, "cached_input_per_mtok": 1.25, "source": "default"})
+        )
+    );
+    let table = cp.run(&["price", "list"]).await;
+    let header = table.ok().lines().next().expect("a header");
+    assert!(header.ends_with("SOURCE"), "{header}");
+    assert!(
+        table
+            .ok()
+            .lines()
+            .any(|l| l.starts_with("gpt-4o ") && l.ends_with("default")),
+        "{table}"
+    );
     let start = cp.version().await;
 
     let out = cp
@@ -554,22 +593,62 @@ async fn prices_are_set_listed_and_removed() {
     assert_eq!(changed_version(out.ok(), "price gpt-4o-mini set"), start + 2);
 
     assert_eq!(
-        cp.list(&["price", "list"]).await,
+        custom_prices(&cp).await,
         json!([
-            {"model": "gpt-4o", "input_per_mtok": 2.5, "output_per_mtok": 10.0, "cached_input_per_mtok": 1.25},
-            {"model": "gpt-4o-mini", "input_per_mtok": 0.15, "output_per_mtok": 0.6, "cached_input_per_mtok": null},
+            {"model": "gpt-4o", "input_per_mtok": 2.5, "output_per_mtok": 10.0, "cached_input_per_mtok": 1.25, "source": "custom"},
+            {"model": "gpt-4o-mini", "input_per_mtok": 0.15, "output_per_mtok": 0.6, "cached_input_per_mtok": null, "source": "custom"},
         ])
     );
 
     let out = cp.run(&["price", "remove", "gpt-4o"]).await;
     assert_eq!(changed_version(out.ok(), "price gpt-4o removed"), start + 3);
     assert_eq!(
-        cp.list(&["price", "list"]).await,
+        custom_prices(&cp).await,
         json!([
-            {"model": "gpt-4o-mini", "input_per_mtok": 0.15, "output_per_mtok": 0.6, "cached_input_per_mtok": null},
+            {"model": "gpt-4o-mini", "input_per_mtok": 0.15, "output_per_mtok": 0.6, "cached_input_per_mtok": null, "source": "custom"},
         ])
     );
-    assert_eq!(cp.version().await, start + 3);
+    // The default is back, and it cannot be removed, only overridden.
+    assert_eq!(
+        cp.list(&["price", "list"]).await,
+        defaults_with(&defaults, "gpt-4o-mini", 0.15, 0.6)
+    );
+    let out = cp.run(&["price", "remove", "gpt-4o"]).await;
+    let message = out.error();
+    assert!(
+        message.contains("can be overridden") && message.contains("not removed"),
+        "{out}"
+    );
+
+    // A price for one provider only.
+    let out = cp
+        .run(&[
+            "price",
+            "set",
+            "groq/llama-3.3-70b-versatile",
+            "--input",
+            "0.5",
+            "--output",
+            "0.7",
+        ])
+        .await;
+    assert_eq!(
+        changed_version(out.ok(), "price groq/llama-3.3-70b-versatile set"),
+        start + 4
+    );
+    assert_eq!(cp.version().await, start + 4);
+}
+
+/// `defaults` (a `price list --json`) with the price of `model` replaced by a custom one.
+fn defaults_with(defaults: &Value, model: &str, input: f64, output: f64) -> Value {
+    let rows = defaults.as_array().expect("array").iter().map(|p| {
+        if p["model"] == model {
+            json!({"model": model, "input_per_mtok": input, "output_per_mtok": output, "cached_input_per_mtok": null, "source": "custom"})
+        } else {
+            p.clone()
+        }
+    });
+    Value::Array(rows.collect())
 }
 
 #[tokio::test]
@@ -629,6 +708,165 @@ async fn status_shows_the_policy_version_and_no_data_planes() {
             .starts_with(&format!("policy version  {}\n", version + 1)),
         "{text}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage
+// ---------------------------------------------------------------------------------------------
+
+/// 2026-11-01T00:00Z.
+const NOV_1: i64 = 1_793_491_200_000;
+const DAY: i64 = 86_400_000;
+
+/// Sends usage records to the control plane as a data plane does (the admin token is accepted
+/// in place of a data plane token).
+async fn ingest(cp: &TestControlPlane, records: Vec<pb::UsageRecord>) -> pb::UsageAck {
+    let mut client = UsageServiceClient::connect(cp.url.clone())
+        .await
+        .expect("usage service reachable");
+    let mut request = tonic::Request::new(pb::UsageBatch {
+        dataplane_id: "dp-test".into(),
+        records,
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {TOKEN}").parse().expect("header"),
+    );
+    client.report(request).await.expect("batch applied").into_inner()
+}
+
+fn usage_record(
+    id: &str,
+    time_unix_ms: i64,
+    tenant: &str,
+    model: &str,
+    cost_nano_usd: i64,
+) -> pb::UsageRecord {
+    pb::UsageRecord {
+        request_id: id.into(),
+        time_unix_ms,
+        tenant: tenant.into(),
+        key_id: format!("{tenant}-key"),
+        provider: "openai".into(),
+        model: model.into(),
+        input_tokens: 1200,
+        output_tokens: 300,
+        cached_input_tokens: 200,
+        cost_nano_usd,
+        status: 200,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn usage_shows_exact_totals_as_a_table_json_and_csv() {
+    let cp = TestControlPlane::start().await;
+    let mut records = vec![
+        usage_record("r1", NOV_1 + 1, "acme", "gpt-4o", 333_333_333),
+        usage_record("r2", NOV_1 + 2, "acme", "gpt-4o", 333_333_333),
+        usage_record("r3", NOV_1 + DAY, "acme", "gpt-4o-mini", 333_333_333),
+        usage_record("r4", NOV_1 + DAY + 5, "globex", "gpt-4o", 1),
+        usage_record("r5", NOV_1 + 2 * DAY, "globex", "m,odd", 7),
+    ];
+    records[4].unpriced = true;
+    records[3].failed = true;
+    records[3].status = 502;
+    records[2].cache_hit = true;
+    records[2].saved_nano_usd = 250_000;
+    let ack = ingest(&cp, records.clone()).await;
+    assert_eq!((ack.applied, ack.duplicates), (5, 0));
+    // A resend is ignored.
+    assert_eq!(ingest(&cp, records).await.duplicates, 5);
+
+    let total = json!({
+        "group": "", "requests": 5, "input_tokens": 6000, "output_tokens": 1500, "cached_input_tokens": 1000,
+        "cost_nano_usd": 1_000_000_007, "cost_usd": "1.000000007", "cache_hits": 1,
+        "saved_nano_usd": 250_000, "saved_usd": "0.000250", "failed": 1, "unpriced": 1,
+    });
+    let all = cp.list(&["usage"]).await;
+    assert_eq!(all, json!({"rows": [total.clone()], "total": total.clone()}));
+
+    let by_model = cp.list(&["usage", "--by", "model"]).await;
+    assert_eq!(by_model["total"], total);
+    let costs: Vec<(&str, i64, &str)> = by_model["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            (
+                r["group"].as_str().expect("group"),
+                r["cost_nano_usd"].as_i64().expect("cost"),
+                r["cost_usd"].as_str().expect("cost_usd"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        costs,
+        [
+            ("gpt-4o", 666_666_667, "0.666666667"),
+            ("gpt-4o-mini", 333_333_333, "0.333333333"),
+            ("m,odd", 7, "0.000000007"),
+        ]
+    );
+
+    // Filters and a day range: the 2nd of November, globex only.
+    let filtered = cp
+        .list(&[
+            "usage",
+            "--tenant",
+            "globex",
+            "--since",
+            "2026-11-02",
+            "--until",
+            "2026-11-03",
+            "--by",
+            "key",
+        ])
+        .await;
+    assert_eq!(filtered["rows"].as_array().map(Vec::len), Some(1));
+    assert_eq!(filtered["rows"][0]["group"], "globex-key");
+    assert_eq!(filtered["total"]["cost_nano_usd"], 1);
+    let since = cp
+        .list(&[
+            "usage",
+            "--since",
+            "2026-11-01T00:00:00.002Z",
+            "--until",
+            "2026-11-02T00:00:00+00:00",
+        ])
+        .await;
+    assert_eq!(since["total"]["requests"], 1, "half-open, to the millisecond");
+
+    let csv = cp.run(&["usage", "--by", "day", "--csv"]).await;
+    assert_eq!(
+        csv.ok(),
+        "group,requests,input_tokens,output_tokens,cached_input_tokens,cost_nano_usd,cost_usd,cache_hits,\
+         saved_nano_usd,saved_usd,failed,unpriced\n\
+         2026-11-01,2,2400,600,400,666666666,0.666666666,0,0,0.000000,0,0\n\
+         2026-11-02,2,2400,600,400,333333334,0.333333334,1,250000,0.000250,1,0\n\
+         2026-11-03,1,1200,300,200,7,0.000000007,0,0,0.000000,0,1\n"
+    );
+
+    let table = cp.run(&["usage", "--by", "tenant"]).await;
+    let lines: Vec<&str> = table.ok().lines().collect();
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(lines[0].starts_with("TENANT  REQUESTS"), "{table}");
+    assert!(lines[1].starts_with("acme    3 "), "{table}");
+    assert!(
+        lines[3].starts_with("TOTAL   5 ") && lines[3].contains(" 1.000000007 "),
+        "{table}"
+    );
+
+    // Bad ranges and dates are refused before anything is asked.
+    let out = cp
+        .run(&["usage", "--since", "2026-11-02", "--until", "2026-11-01"])
+        .await;
+    assert_eq!(
+        out.error(),
+        "--until must be after --since (the range is [since, until))"
+    );
+    let out = cp.run(&["usage", "--since", "last week"]).await;
+    assert!(out.usage_error().contains("is not a date"), "{out}");
 }
 
 // ---------------------------------------------------------------------------------------------

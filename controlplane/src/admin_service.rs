@@ -3,7 +3,8 @@
 //! Every request is validated by `drover_proto::model` before the store sees it; the store
 //! does the cross-row checks in the transaction that writes. Mutations answer with the new
 //! policy version. Reads are served from the latest published snapshot (the state the data
-//! planes get), never with a credential. Authentication is `auth::TokenCheck`, in front.
+//! planes get), never with a credential; prices (which need their source) and usage are read
+//! on the store thread. Authentication is `auth::TokenCheck`, in front.
 
 use std::sync::Arc;
 
@@ -15,7 +16,9 @@ use tonic::{Request, Response, Status};
 
 use crate::error::StoreError;
 use crate::policy_service::DataPlanes;
+use crate::prices::PriceSource;
 use crate::store::Store;
+use crate::store::usage::{GroupBy, UsageFilter, UsageTotals};
 
 /// The `AdminService` implementation.
 pub struct AdminApi {
@@ -119,7 +122,10 @@ impl pb::admin_service_server::AdminService for AdminApi {
             .price
             .ok_or_else(|| invalid(InvalidPolicy::new("price", "is required")))?;
         let price = Price::try_from(&wire).map_err(invalid)?;
-        let answer = pb::Price::from(&price);
+        let answer = pb::Price {
+            source: PriceSource::Custom.as_str().to_owned(),
+            ..pb::Price::from(&price)
+        };
         let version = self.store.set_price(price).await?;
         tracing::info!(model = %answer.model, version, "price saved");
         Ok(Response::new(pb::PriceResponse {
@@ -132,9 +138,15 @@ impl pb::admin_service_server::AdminService for AdminApi {
         &self,
         _: Request<pb::ListPricesRequest>,
     ) -> Result<Response<pb::ListPricesResponse>, Status> {
-        let snapshot = self.store.current();
+        let prices = self.store.list_prices().await?;
         Ok(Response::new(pb::ListPricesResponse {
-            prices: snapshot.prices.iter().map(pb::Price::from).collect(),
+            prices: prices
+                .iter()
+                .map(|(price, source)| pb::Price {
+                    source: source.as_str().to_owned(),
+                    ..pb::Price::from(price)
+                })
+                .collect(),
         }))
     }
 
@@ -187,5 +199,84 @@ impl pb::admin_service_server::AdminService for AdminApi {
             store_id: snapshot.store_id.clone(),
             dataplanes: self.dataplanes.list(),
         }))
+    }
+
+    async fn query_usage(
+        &self,
+        request: Request<pb::UsageQuery>,
+    ) -> Result<Response<pb::UsageReport>, Status> {
+        let filter = usage_filter(&request.into_inner()).map_err(invalid)?;
+        let grouped = filter.group_by != GroupBy::None;
+        let groups = self.store.query_usage(filter).await?;
+        let mut total = UsageTotals::default();
+        for totals in groups.values() {
+            total.add(totals)?;
+        }
+        let rows = if grouped {
+            groups.iter().map(|(group, t)| usage_row(group, t)).collect()
+        } else {
+            vec![usage_row("", &total)]
+        };
+        Ok(Response::new(pb::UsageReport {
+            rows,
+            total: Some(usage_row("", &total)),
+        }))
+    }
+}
+
+/// A usage query from the wire, checked.
+fn usage_filter(q: &pb::UsageQuery) -> Result<UsageFilter, InvalidPolicy> {
+    let group_by = match pb::UsageGroupBy::try_from(q.group_by) {
+        Ok(pb::UsageGroupBy::Unspecified) => GroupBy::None,
+        Ok(pb::UsageGroupBy::Model) => GroupBy::Model,
+        Ok(pb::UsageGroupBy::Key) => GroupBy::Key,
+        Ok(pb::UsageGroupBy::Day) => GroupBy::Day,
+        Ok(pb::UsageGroupBy::Provider) => GroupBy::Provider,
+        Ok(pb::UsageGroupBy::Tenant) => GroupBy::Tenant,
+        Err(_) => {
+            return Err(InvalidPolicy::new(
+                "group_by",
+                format!("unknown grouping {}", q.group_by),
+            ));
+        }
+    };
+    for (field, value) in [
+        ("since_unix_ms", q.since_unix_ms),
+        ("until_unix_ms", q.until_unix_ms),
+    ] {
+        if value < 0 {
+            return Err(InvalidPolicy::new(field, "must not be negative"));
+        }
+    }
+    if q.since_unix_ms != 0 && q.until_unix_ms != 0 && q.until_unix_ms <= q.since_unix_ms {
+        return Err(InvalidPolicy::new(
+            "until_unix_ms",
+            "must be after since_unix_ms (the range is [since, until))",
+        ));
+    }
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let positive = |v: i64| (v != 0).then_some(v);
+    Ok(UsageFilter {
+        tenant: text(&q.tenant),
+        key_id: text(&q.key_id),
+        model: text(&q.model),
+        since_unix_ms: positive(q.since_unix_ms),
+        until_unix_ms: positive(q.until_unix_ms),
+        group_by,
+    })
+}
+
+fn usage_row(group: &str, t: &UsageTotals) -> pb::UsageRow {
+    pb::UsageRow {
+        group: group.to_owned(),
+        requests: t.requests,
+        input_tokens: t.input_tokens,
+        output_tokens: t.output_tokens,
+        cached_input_tokens: t.cached_input_tokens,
+        cost_nano_usd: t.cost_nano_usd,
+        cache_hits: t.cache_hits,
+        saved_nano_usd: t.saved_nano_usd,
+        failed: t.failed,
+        unpriced: t.unpriced,
     }
 }

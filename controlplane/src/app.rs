@@ -1,9 +1,10 @@
 //! Wiring: from a `Config` to a running control plane, and back down.
 //!
 //! `ControlPlane::start` resolves the secrets beside the database, opens the store, binds the
-//! gRPC listener and spawns one tonic server carrying AdminService, PolicyService, reflection
-//! and health. Cancelling the shutdown token stops accepting, ends every policy stream and lets
-//! in-flight calls finish; `wait` returns once the server has stopped and the database is closed.
+//! gRPC listener and spawns one tonic server carrying AdminService, PolicyService,
+//! UsageService, reflection and health, and the usage retention task. Cancelling the shutdown
+//! token stops accepting, ends every policy stream and lets in-flight calls finish; `wait`
+//! returns once the server has stopped and the database is closed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use drover_proto::model::Secret;
 use drover_proto::pb;
 use drover_proto::pb::admin_service_server::AdminServiceServer;
 use drover_proto::pb::policy_service_server::PolicyServiceServer;
+use drover_proto::pb::usage_service_server::UsageServiceServer;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -28,6 +30,7 @@ use crate::policy_service::{DataPlanes, PolicyApi};
 use crate::secret_file;
 use crate::store::crypto::MasterKey;
 use crate::store::{Store, StoreThread};
+use crate::usage_service::{MAX_USAGE_MESSAGE_SIZE, UsageApi, run_retention};
 
 /// Largest gRPC message either way. Snapshots carry the whole policy (100k keys must fit);
 /// tonic's default of 4 MiB is far too small for that.
@@ -46,6 +49,7 @@ pub struct ControlPlane {
     admin_token: Secret,
     created_token_file: Option<PathBuf>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
+    retention: JoinHandle<()>,
     store_thread: StoreThread,
     stop: CancellationToken,
 }
@@ -93,6 +97,11 @@ impl ControlPlane {
                 return Err(e);
             }
         };
+        let retention = tokio::spawn(run_retention(
+            store.clone(),
+            config.usage_retention(),
+            stop.clone(),
+        ));
         let snapshot = store.current();
         tracing::info!(
             addr = %grpc_addr,
@@ -106,6 +115,7 @@ impl ControlPlane {
             admin_token: prepared.admin.token,
             created_token_file: prepared.admin.created_file,
             server,
+            retention,
             store_thread,
             stop,
         })
@@ -133,6 +143,9 @@ impl ControlPlane {
         let served = self.server.await;
         // If the server ended on its own, end the policy streams too.
         self.stop.cancel();
+        // A retention pass in progress is cut between two of its transactions.
+        self.retention.abort();
+        let _ = self.retention.await;
         let closed = self.store_thread.close().await;
         match served {
             Err(e) => Err(StopError::Task(format!("gRPC server task: {e}"))),
@@ -224,6 +237,9 @@ async fn router(
     let policy = PolicyServiceServer::new(PolicyApi::new(store.clone(), dataplanes, stop.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let usage = UsageServiceServer::new(UsageApi::new(store.clone()))
+        .max_decoding_message_size(MAX_USAGE_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_USAGE_MESSAGE_SIZE);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -231,6 +247,9 @@ async fn router(
         .await;
     health_reporter
         .set_serving::<PolicyServiceServer<PolicyApi>>()
+        .await;
+    health_reporter
+        .set_serving::<UsageServiceServer<UsageApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -245,6 +264,10 @@ async fn router(
         .add_service(InterceptedService::new(admin, TokenCheck::admin(admin_token)))
         .add_service(InterceptedService::new(
             policy,
+            TokenCheck::dataplane(admin_token, dataplane_token),
+        ))
+        .add_service(InterceptedService::new(
+            usage,
             TokenCheck::dataplane(admin_token, dataplane_token),
         ))
         .add_service(health)
@@ -278,6 +301,7 @@ mod tests {
 
     use drover_proto::pb::admin_service_client::AdminServiceClient;
     use drover_proto::pb::policy_service_client::PolicyServiceClient;
+    use drover_proto::pb::usage_service_client::UsageServiceClient;
     use tokio::sync::mpsc;
     use tokio::time::timeout;
     use tokio_stream::wrappers::ReceiverStream;
@@ -299,6 +323,7 @@ mod tests {
             admin_token: Some(ADMIN.into()),
             dataplane_token: Some(DATAPLANE.into()),
             master_key: None,
+            usage_retention: None,
         }
     }
 
@@ -365,6 +390,7 @@ mod tests {
                     model: "gpt-4o-mini".into(),
                     weight: 0,
                 }],
+                cache_ttl_secs: 0,
             }),
         }
     }
@@ -517,10 +543,11 @@ mod tests {
         assert_eq!(routes.into_inner().routes[0].alias, "fast");
 
         let price = pb::Price {
-            model: "gpt-4o-mini".into(),
+            model: "my-model".into(),
             input_per_mtok: 0.15,
             output_per_mtok: 0.6,
             cached_input_per_mtok: None,
+            source: String::new(),
         };
         let set = client
             .set_price(authed(
@@ -536,7 +563,20 @@ mod tests {
             .list_prices(authed(pb::ListPricesRequest {}, ADMIN))
             .await
             .unwrap();
-        assert_eq!(prices.into_inner().prices, vec![price]);
+        let listed = prices.into_inner().prices;
+        let mine: Vec<_> = listed.iter().filter(|p| p.source == "custom").collect();
+        assert_eq!(
+            mine,
+            [&pb::Price {
+                source: "custom".into(),
+                ..price
+            }]
+        );
+        assert!(
+            listed
+                .iter()
+                .any(|p| p.model == "gpt-4o-mini" && p.source == "default")
+        );
 
         let module = client
             .set_module(authed(set_module("rate-limit", true), ADMIN))
@@ -742,6 +782,7 @@ mod tests {
                 input_per_mtok: -1.0,
                 output_per_mtok: 1.0,
                 cached_input_per_mtok: None,
+                source: String::new(),
             }),
         };
         let results = [
@@ -1070,7 +1111,12 @@ mod tests {
         let url = format!("http://{}", cp.grpc_addr());
         let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
         let mut health = HealthClient::new(channel.clone());
-        for service in ["", "drover.v1.AdminService", "drover.v1.PolicyService"] {
+        for service in [
+            "",
+            "drover.v1.AdminService",
+            "drover.v1.PolicyService",
+            "drover.v1.UsageService",
+        ] {
             let response = health
                 .check(tonic_health::pb::HealthCheckRequest {
                     service: service.into(),
@@ -1097,7 +1143,451 @@ mod tests {
         let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
         assert!(names.contains(&"drover.v1.AdminService"), "{names:?}");
         assert!(names.contains(&"drover.v1.PolicyService"), "{names:?}");
+        assert!(names.contains(&"drover.v1.UsageService"), "{names:?}");
         drop(responses);
+        stop(cp, shutdown).await;
+    }
+
+    /// 2026-11-01T00:00Z.
+    const NOV_1: i64 = 1_793_491_200_000;
+    const DAY: i64 = 86_400_000;
+
+    async fn usage_client(cp: &ControlPlane) -> UsageServiceClient<Channel> {
+        UsageServiceClient::connect(format!("http://{}", cp.grpc_addr()))
+            .await
+            .unwrap()
+    }
+
+    fn usage(id: &str, time_unix_ms: i64, tenant: &str, model: &str, cost_nano_usd: i64) -> pb::UsageRecord {
+        pb::UsageRecord {
+            request_id: id.into(),
+            time_unix_ms,
+            tenant: tenant.into(),
+            key_id: format!("{tenant}-key"),
+            alias: "fast".into(),
+            provider: "openai".into(),
+            model: model.into(),
+            input_tokens: 1000,
+            output_tokens: 100,
+            cached_input_tokens: 200,
+            cost_nano_usd,
+            status: 200,
+            ..Default::default()
+        }
+    }
+
+    fn batch(records: Vec<pb::UsageRecord>) -> pb::UsageBatch {
+        pb::UsageBatch {
+            dataplane_id: "dp-1".into(),
+            records,
+        }
+    }
+
+    async fn report(client: &mut UsageServiceClient<Channel>, records: Vec<pb::UsageRecord>) -> pb::UsageAck {
+        client
+            .report(authed(batch(records), DATAPLANE))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    fn query(group_by: pb::UsageGroupBy) -> pb::UsageQuery {
+        pb::UsageQuery {
+            group_by: group_by as i32,
+            ..Default::default()
+        }
+    }
+
+    async fn usage_report(client: &mut AdminServiceClient<Channel>, q: pb::UsageQuery) -> pb::UsageReport {
+        client.query_usage(authed(q, ADMIN)).await.unwrap().into_inner()
+    }
+
+    async fn total(client: &mut AdminServiceClient<Channel>) -> pb::UsageRow {
+        usage_report(client, query(pb::UsageGroupBy::Unspecified))
+            .await
+            .total
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn usage_is_applied_exactly_once_and_an_invalid_batch_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+        let mut admin_api = admin(&cp).await;
+        let mut client = usage_client(&cp).await;
+        let records: Vec<_> = (0..50)
+            .map(|i| {
+                usage(
+                    &format!("req-{i}"),
+                    NOV_1 + i * 1000,
+                    "acme",
+                    "gpt-4o",
+                    3_300_000 + i,
+                )
+            })
+            .collect();
+        let ack = report(&mut client, records.clone()).await;
+        assert_eq!((ack.applied, ack.duplicates), (50, 0));
+        let first = total(&mut admin_api).await;
+        let cost: i64 = records.iter().map(|r| r.cost_nano_usd).sum();
+        assert_eq!(
+            (first.requests, first.input_tokens, first.cost_nano_usd),
+            (50, 50_000, cost)
+        );
+
+        // A resend after a lost answer: all duplicates, totals unchanged.
+        let ack = report(&mut client, records.clone()).await;
+        assert_eq!((ack.applied, ack.duplicates), (0, 50));
+        assert_eq!(total(&mut admin_api).await, first);
+
+        // One invalid record refuses the whole batch; its valid records are not written.
+        let mut bad = vec![
+            usage("new-1", NOV_1, "acme", "gpt-4o", 1),
+            usage("new-2", NOV_1, "acme", "gpt-4o", 1),
+        ];
+        bad[1].cost_nano_usd = -5;
+        let err = client.report(authed(batch(bad), DATAPLANE)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("records[1]"), "{}", err.message());
+        let too_many: Vec<_> = (0..=crate::MAX_USAGE_BATCH)
+            .map(|i| usage(&format!("big-{i}"), NOV_1, "acme", "gpt-4o", 1))
+            .collect();
+        let err = client
+            .report(authed(batch(too_many), DATAPLANE))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert_eq!(total(&mut admin_api).await, first);
+
+        // The data plane token or the admin token; nothing else.
+        let ack = client
+            .report(authed(batch(vec![usage("by-admin", NOV_1, "", "m", 0)]), ADMIN))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(ack.applied, 1);
+        for request in [
+            Request::new(batch(vec![usage("anon", NOV_1, "", "m", 0)])),
+            authed(batch(vec![usage("anon", NOV_1, "", "m", 0)]), "wrong"),
+        ] {
+            let err = client.report(request).await.unwrap_err();
+            assert_eq!(err.code(), Code::Unauthenticated);
+        }
+        let err = admin_api
+            .query_usage(authed(query(pb::UsageGroupBy::Model), DATAPLANE))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::Unauthenticated,
+            "usage is read with the admin token only"
+        );
+        assert_eq!(total(&mut admin_api).await.requests, 51);
+
+        // After a restart the ledger still knows what it applied.
+        let addr = cp.grpc_addr();
+        stop(cp, shutdown).await;
+        let (cp, shutdown) = start(config(dir.path(), addr)).await;
+        let mut client = usage_client(&cp).await;
+        let ack = report(&mut client, records).await;
+        assert_eq!((ack.applied, ack.duplicates), (0, 50));
+        assert_eq!(total(&mut admin(&cp).await).await.requests, 51);
+        stop(cp, shutdown).await;
+    }
+
+    #[tokio::test]
+    async fn usage_queries_group_filter_and_refuse_bad_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+        let mut admin_api = admin(&cp).await;
+        let mut client = usage_client(&cp).await;
+        let mut records = vec![
+            usage("a", NOV_1 + 10, "acme", "gpt-4o", 1_000_000_001),
+            usage("b", NOV_1 + DAY + 10, "acme", "gpt-4o-mini", 2),
+            usage("c", NOV_1 + DAY + 20, "globex", "gpt-4o", 3),
+            usage("d", NOV_1 + 2 * DAY, "globex", "claude-haiku-4-5", 4),
+        ];
+        records[3].provider = "anthropic".into();
+        records[2].cache_hit = true;
+        records[2].saved_nano_usd = 77;
+        records[1].failed = true;
+        records[1].status = 502;
+        records[0].unpriced = true;
+        report(&mut client, records).await;
+
+        let groups = |r: &pb::UsageReport| -> Vec<(String, u64, i64)> {
+            r.rows
+                .iter()
+                .map(|row| (row.group.clone(), row.requests, row.cost_nano_usd))
+                .collect()
+        };
+        let by_model = usage_report(&mut admin_api, query(pb::UsageGroupBy::Model)).await;
+        assert_eq!(
+            groups(&by_model),
+            [
+                ("claude-haiku-4-5".to_owned(), 1, 4),
+                ("gpt-4o".to_owned(), 2, 1_000_000_004),
+                ("gpt-4o-mini".to_owned(), 1, 2),
+            ]
+        );
+        let all = by_model.total.unwrap();
+        assert_eq!(
+            (
+                all.requests,
+                all.cost_nano_usd,
+                all.cache_hits,
+                all.saved_nano_usd,
+                all.failed,
+                all.unpriced
+            ),
+            (4, 1_000_000_010, 1, 77, 1, 1)
+        );
+        assert_eq!(all.group, "");
+        let by_day = usage_report(&mut admin_api, query(pb::UsageGroupBy::Day)).await;
+        assert_eq!(
+            groups(&by_day),
+            [
+                ("2026-11-01".to_owned(), 1, 1_000_000_001),
+                ("2026-11-02".to_owned(), 2, 5),
+                ("2026-11-03".to_owned(), 1, 4),
+            ]
+        );
+        let by_tenant = usage_report(&mut admin_api, query(pb::UsageGroupBy::Tenant)).await;
+        assert_eq!(groups(&by_tenant).len(), 2);
+        let by_key = usage_report(&mut admin_api, query(pb::UsageGroupBy::Key)).await;
+        assert_eq!(by_key.rows[0].group, "acme-key");
+        let by_provider = usage_report(&mut admin_api, query(pb::UsageGroupBy::Provider)).await;
+        assert_eq!(
+            groups(&by_provider),
+            [
+                ("anthropic".to_owned(), 1, 4),
+                ("openai".to_owned(), 3, 1_000_000_006)
+            ]
+        );
+        // Ungrouped: one row, the total.
+        let plain = usage_report(&mut admin_api, query(pb::UsageGroupBy::Unspecified)).await;
+        assert_eq!(plain.rows, vec![plain.total.clone().unwrap()]);
+
+        // Filters and a half-open range to the millisecond.
+        let filtered = usage_report(
+            &mut admin_api,
+            pb::UsageQuery {
+                tenant: "globex".into(),
+                model: "gpt-4o".into(),
+                since_unix_ms: NOV_1 + DAY + 20,
+                until_unix_ms: NOV_1 + 2 * DAY,
+                group_by: pb::UsageGroupBy::Key as i32,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(groups(&filtered), [("globex-key".to_owned(), 1, 3)]);
+        let edge = usage_report(
+            &mut admin_api,
+            pb::UsageQuery {
+                since_unix_ms: NOV_1 + DAY + 11,
+                until_unix_ms: NOV_1 + 2 * DAY,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(
+            edge.total.unwrap().requests,
+            1,
+            "b at +10 is before since, c at +20 after"
+        );
+        let nothing = usage_report(
+            &mut admin_api,
+            pb::UsageQuery {
+                key_id: "nobody".into(),
+                group_by: pb::UsageGroupBy::Model as i32,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(nothing.rows.is_empty());
+        assert_eq!(nothing.total.unwrap().requests, 0);
+
+        for (q, want) in [
+            (
+                pb::UsageQuery {
+                    since_unix_ms: 10,
+                    until_unix_ms: 10,
+                    ..Default::default()
+                },
+                "must be after",
+            ),
+            (
+                pb::UsageQuery {
+                    since_unix_ms: -1,
+                    ..Default::default()
+                },
+                "must not be negative",
+            ),
+            (
+                pb::UsageQuery {
+                    group_by: 42,
+                    ..Default::default()
+                },
+                "unknown grouping",
+            ),
+        ] {
+            let err = admin_api.query_usage(authed(q, ADMIN)).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument);
+            assert!(err.message().contains(want), "{}", err.message());
+        }
+        stop(cp, shutdown).await;
+    }
+
+    #[tokio::test]
+    async fn retention_compacts_old_records_at_start_keeping_totals_and_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), loopback());
+        cfg.usage_retention = Some(Duration::from_secs(24 * 3600));
+        let (cp, shutdown) = start(cfg.clone()).await;
+        let now = crate::usage_service::now_unix_ms();
+        let old: Vec<_> = (0..30)
+            .map(|i| {
+                usage(
+                    &format!("old-{i}"),
+                    now - 10 * DAY + i,
+                    "acme",
+                    "gpt-4o",
+                    1_000 + i,
+                )
+            })
+            .collect();
+        let fresh: Vec<_> = (0..5)
+            .map(|i| usage(&format!("new-{i}"), now - i, "acme", "gpt-4o", 7))
+            .collect();
+        let mut client = usage_client(&cp).await;
+        report(&mut client, old.clone()).await;
+        report(&mut client, fresh.clone()).await;
+        let mut admin_client = admin(&cp).await;
+        let by_day = query(pb::UsageGroupBy::Day);
+        let before = usage_report(&mut admin_client, by_day.clone()).await;
+        assert_eq!(before.total.as_ref().unwrap().requests, 35);
+        let addr = cp.grpc_addr();
+        stop(cp, shutdown).await;
+
+        // The retention pass runs at start: the old raw rows go, the totals stay.
+        let (cp, shutdown) = start(Config {
+            grpc_addr: addr,
+            ..cfg
+        })
+        .await;
+        let raw_before_cutoff = || {
+            let conn = rusqlite::Connection::open(dir.path().join("drover.db")).unwrap();
+            conn.query_row(
+                "SELECT COUNT(*) FROM usage WHERE time_unix_ms < ?1",
+                [now - 2 * DAY],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+        };
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while raw_before_cutoff() > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "old records were never compacted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut admin_client = admin(&cp).await;
+        assert_eq!(usage_report(&mut admin_client, by_day.clone()).await, before);
+
+        let mut client = usage_client(&cp).await;
+        let ack = report(&mut client, old).await;
+        assert_eq!(
+            (ack.applied, ack.duplicates),
+            (0, 30),
+            "compacted records are still known"
+        );
+        assert_eq!(usage_report(&mut admin_client, by_day).await, before);
+        stop(cp, shutdown).await;
+    }
+
+    #[tokio::test]
+    async fn prices_have_defaults_overrides_and_removal_reverts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+        let mut client = admin(&cp).await;
+        let mut watcher = Watcher::open(&cp, DATAPLANE, "dp-1", None).await;
+        let first = watcher.next().await;
+        let streamed = |s: &pb::Snapshot, key: &str| s.prices.iter().find(|p| p.model == key).cloned();
+        let default = streamed(&first, "claude-sonnet-4-5").expect("defaults are in the snapshot");
+        assert_eq!((default.input_per_mtok, default.output_per_mtok), (3.0, 15.0));
+        assert_eq!(default.source, "", "snapshots carry no source");
+
+        let set = |model: &str, input: f64| pb::SetPriceRequest {
+            price: Some(pb::Price {
+                model: model.into(),
+                input_per_mtok: input,
+                output_per_mtok: 1.0,
+                ..Default::default()
+            }),
+        };
+        let answer = client
+            .set_price(authed(set("claude-sonnet-4-5", 2.0), ADMIN))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.price.unwrap().source, "custom");
+        client
+            .set_price(authed(set("bedrock/claude-sonnet-4-5", 3.3), ADMIN))
+            .await
+            .unwrap();
+        let err = client
+            .set_price(authed(set("Bedrock/claude-sonnet-4-5", 3.3), ADMIN))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("names a provider"), "{}", err.message());
+
+        let mut snapshot = watcher.next().await;
+        while snapshot.version < 3 {
+            snapshot = watcher.next().await;
+        }
+        assert_eq!(
+            streamed(&snapshot, "claude-sonnet-4-5").unwrap().input_per_mtok,
+            2.0
+        );
+        assert_eq!(
+            streamed(&snapshot, "bedrock/claude-sonnet-4-5")
+                .unwrap()
+                .input_per_mtok,
+            3.3
+        );
+
+        let listed = client
+            .list_prices(authed(pb::ListPricesRequest {}, ADMIN))
+            .await
+            .unwrap()
+            .into_inner()
+            .prices;
+        let source = |key: &str| listed.iter().find(|p| p.model == key).map(|p| p.source.clone());
+        assert_eq!(source("claude-sonnet-4-5").as_deref(), Some("custom"));
+        assert_eq!(source("bedrock/claude-sonnet-4-5").as_deref(), Some("custom"));
+        assert_eq!(source("gpt-5").as_deref(), Some("default"));
+
+        let remove = |model: &str| pb::RemovePriceRequest { model: model.into() };
+        client
+            .remove_price(authed(remove("claude-sonnet-4-5"), ADMIN))
+            .await
+            .unwrap();
+        let snapshot = watcher.next().await;
+        assert_eq!(streamed(&snapshot, "claude-sonnet-4-5"), Some(default));
+        let err = client
+            .remove_price(authed(remove("claude-sonnet-4-5"), ADMIN))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        assert!(
+            err.message().contains("can be overridden") && err.message().contains("not removed"),
+            "{}",
+            err.message()
+        );
+        drop(watcher);
         stop(cp, shutdown).await;
     }
 }

@@ -5,6 +5,10 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long raw usage records are kept before they are compacted into the daily rollups.
+pub const DEFAULT_USAGE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Everything the control plane needs to start.
 #[derive(Clone)]
@@ -20,6 +24,22 @@ pub struct Config {
     /// Base64 of the 32-byte key that encrypts stored credentials. `None`: read
     /// `master_key_file_for(db_path)`, or create it (mode 0600) on first start.
     pub master_key: Option<String>,
+    /// Age after which raw usage records are compacted into the daily rollups (and deleted);
+    /// totals stay exact, per-request detail and sub-day time ranges go. `None` (or zero): keep
+    /// raw records forever. Usually [`DEFAULT_USAGE_RETENTION`].
+    pub usage_retention: Option<Duration>,
+}
+
+impl Config {
+    /// The usage retention in force: `None` keeps raw records forever.
+    pub fn usage_retention(&self) -> Option<Duration> {
+        self.usage_retention.filter(|d| !d.is_zero())
+    }
+}
+
+/// The retention for a number of days, as the binaries take it: 0 keeps raw records forever.
+pub fn usage_retention_days(days: u32) -> Option<Duration> {
+    (days > 0).then(|| Duration::from_secs(u64::from(days) * 24 * 3600))
 }
 
 impl fmt::Debug for Config {
@@ -31,6 +51,7 @@ impl fmt::Debug for Config {
             .field("admin_token", &redacted(&self.admin_token))
             .field("dataplane_token", &redacted(&self.dataplane_token))
             .field("master_key", &redacted(&self.master_key))
+            .field("usage_retention", &self.usage_retention)
             .finish()
     }
 }
@@ -63,6 +84,23 @@ mod tests {
     }
 
     #[test]
+    fn retention_zero_or_none_keeps_everything() {
+        assert_eq!(usage_retention_days(0), None);
+        assert_eq!(usage_retention_days(30), Some(DEFAULT_USAGE_RETENTION));
+        let mut c = Config {
+            db_path: "d.db".into(),
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            admin_token: None,
+            dataplane_token: None,
+            master_key: None,
+            usage_retention: Some(Duration::ZERO),
+        };
+        assert_eq!(c.usage_retention(), None);
+        c.usage_retention = Some(Duration::from_secs(60));
+        assert_eq!(c.usage_retention(), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
     fn debug_hides_secrets() {
         let c = Config {
             db_path: "d.db".into(),
@@ -70,6 +108,7 @@ mod tests {
             admin_token: Some("tok-123".into()),
             dataplane_token: Some("dp-456".into()),
             master_key: Some("key-789".into()),
+            usage_retention: Some(DEFAULT_USAGE_RETENTION),
         };
         let s = format!("{c:?}");
         assert!(

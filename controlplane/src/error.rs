@@ -18,6 +18,9 @@ pub enum StoreError {
     /// The named thing does not exist, e.g. `provider "openai"`.
     #[error("{0} not found")]
     NotFound(String),
+    /// Something does not exist, with the whole explanation (e.g. what can be done instead).
+    #[error("{0}")]
+    NotFoundWhy(String),
     /// The named thing exists already, e.g. `provider "openai"`.
     #[error("{0} already exists")]
     AlreadyExists(String),
@@ -45,7 +48,7 @@ impl From<StoreError> for tonic::Status {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Invalid(invalid) => tonic::Status::invalid_argument(invalid.to_string()),
-            StoreError::NotFound(_) => tonic::Status::not_found(e.to_string()),
+            StoreError::NotFound(_) | StoreError::NotFoundWhy(_) => tonic::Status::not_found(e.to_string()),
             StoreError::AlreadyExists(_) => tonic::Status::already_exists(e.to_string()),
             StoreError::FailedPrecondition(msg) => tonic::Status::failed_precondition(msg),
             StoreError::Closed => tonic::Status::unavailable("the control plane is shutting down"),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use drover_controlplane::{Config, ControlPlane};
+use drover_controlplane::{Config, ControlPlane, usage_retention_days};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -21,9 +21,18 @@ struct Args {
     /// SQLite database file; created if missing.
     #[arg(long, env = "DROVER_DB", default_value = "drover.db")]
     db: PathBuf,
-    /// Address for gRPC (admin API, policy stream, reflection, health).
+    /// Address for gRPC (admin API, policy stream, usage, reflection, health).
     #[arg(long, env = "DROVER_GRPC", default_value = "127.0.0.1:50051")]
     grpc: SocketAddr,
+    /// Days raw usage records are kept before they are compacted into daily totals; 0 keeps
+    /// them forever.
+    #[arg(
+        long,
+        env = "DROVER_USAGE_RETENTION_DAYS",
+        default_value_t = 30,
+        value_name = "DAYS"
+    )]
+    usage_retention_days: u32,
 }
 
 #[tokio::main]
@@ -39,6 +48,7 @@ async fn main() -> anyhow::Result<()> {
         admin_token: secret_from_env("DROVER_ADMIN_TOKEN")?,
         dataplane_token: secret_from_env("DROVER_DATAPLANE_TOKEN")?,
         master_key: secret_from_env("DROVER_MASTER_KEY")?,
+        usage_retention: usage_retention_days(args.usage_retention_days),
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

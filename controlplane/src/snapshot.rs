@@ -25,7 +25,10 @@ pub(crate) fn load(conn: &Connection, cipher: &Cipher) -> Result<Snapshot, Store
         version: meta::version(conn)?,
         providers: providers::load_all(conn, cipher)?,
         routes: routes::load_all(conn)?,
-        prices: prices::load_all(conn)?,
+        prices: crate::prices::merge(prices::load_all(conn)?)
+            .into_iter()
+            .map(|(price, _)| price)
+            .collect(),
         modules: modules::load(conn)?,
     })
 }

@@ -20,6 +20,10 @@ impl Counter {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -39,6 +43,20 @@ pub struct Metrics {
     pub policy_applied: Counter,
     pub policy_rejected: Counter,
     pub policy_connects: Counter,
+    /// Usage records handed over by requests (including dropped ones).
+    pub usage_records: Counter,
+    /// Records the control plane applied.
+    pub usage_reported: Counter,
+    /// Records the control plane had applied already (resends after a lost answer).
+    pub usage_duplicates: Counter,
+    /// Records dropped because the spool was full (or the reporter had stopped).
+    pub usage_dropped: Counter,
+    /// Records dropped as invalid, by the reporter or by the control plane.
+    pub usage_rejected: Counter,
+    /// Reports that failed and will be retried.
+    pub usage_report_failures: Counter,
+    /// Requests answered by a model with no price.
+    pub unpriced: Counter,
 }
 
 impl Metrics {
@@ -142,10 +160,52 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         m.policy_rejected.get(),
     );
     counter(
+        "drover_unpriced_requests_total",
+        "Requests answered by a model with no price (cost unknown).",
+        "",
+        m.unpriced.get(),
+    );
+    counter(
         "drover_policy_connects_total",
         "Policy streams opened.",
         "",
         m.policy_connects.get(),
+    );
+    counter(
+        "drover_usage_records_total",
+        "Usage records produced by requests.",
+        "",
+        m.usage_records.get(),
+    );
+    counter(
+        "drover_usage_reported_total",
+        "Usage records the control plane applied.",
+        "",
+        m.usage_reported.get(),
+    );
+    counter(
+        "drover_usage_duplicates_total",
+        "Usage records resent that the control plane had already applied.",
+        "",
+        m.usage_duplicates.get(),
+    );
+    counter(
+        "drover_usage_dropped_total",
+        "Usage records dropped because the spool was full.",
+        "",
+        m.usage_dropped.get(),
+    );
+    counter(
+        "drover_usage_rejected_total",
+        "Usage records dropped as invalid.",
+        "",
+        m.usage_rejected.get(),
+    );
+    counter(
+        "drover_usage_report_failures_total",
+        "Usage reports that failed (control plane unreachable or erroring) and were retried.",
+        "",
+        m.usage_report_failures.get(),
     );
     let version = state.policy.serving().map_or(0, |(_, v)| v);
     let _ = writeln!(
@@ -156,6 +216,11 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         out,
         "# HELP drover_breakers_open Targets whose circuit breaker is open.\n# TYPE drover_breakers_open gauge\ndrover_breakers_open {}",
         state.health.open_count()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP drover_usage_spool_records Usage records not yet acknowledged by the control plane.\n# TYPE drover_usage_spool_records gauge\ndrover_usage_spool_records {}",
+        state.usage.spooled()
     );
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -1,4 +1,5 @@
-//! Wiring: the shared state, the HTTP router, the policy client and the server task.
+//! Wiring: the shared state, the HTTP router, the policy client, the usage reporter and the
+//! server task.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::config::Config;
 use crate::policy::{Policy, PolicyStore, client, last_good};
 use crate::providers::{HttpClient, http_client};
 use crate::proxy::{self, health::HealthRegistry, health::RetryBudget};
+use crate::usage::{self, ReporterError, Usage};
 
 /// State shared by every request. The policy inside is swapped whole; the rest lives as long as the process.
 pub struct AppState {
@@ -25,17 +27,21 @@ pub struct AppState {
     pub budget: RetryBudget,
     pub client: HttpClient,
     pub metrics: Arc<Metrics>,
+    /// Where requests hand their usage records.
+    pub usage: Usage,
 }
 
 impl AppState {
     pub fn new(config: Config) -> Self {
+        let metrics = Arc::new(Metrics::default());
         AppState {
+            usage: Usage::new(config.usage.clone(), metrics.clone()),
             budget: RetryBudget::new(config.proxy.retry_ratio, config.proxy.retry_min_per_sec),
             client: http_client(config.proxy.connect_timeout),
             config,
             policy: PolicyStore::default(),
             health: HealthRegistry::default(),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
         }
     }
 }
@@ -76,6 +82,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start usage reporting: {0}")]
+    Usage(#[from] ReporterError),
 }
 
 /// A running data plane.
@@ -84,11 +92,14 @@ pub struct DataPlane {
     state: Arc<AppState>,
     server: JoinHandle<std::io::Result<()>>,
     policy: JoinHandle<()>,
+    usage: JoinHandle<()>,
 }
 
 impl DataPlane {
-    /// Binds the HTTP listener, loads the last-good policy if configured, and starts the
-    /// policy client and the server. Runs until `shutdown` is cancelled.
+    /// Binds the HTTP listener, loads the last-good policy and the usage spool file if
+    /// configured, and starts the policy client, the usage reporter and the server. Runs
+    /// until `shutdown` is cancelled; the usage reporter stops (after a last flush) once the
+    /// server has finished its in-flight requests, so their records are reported too.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<DataPlane, StartError> {
         let addr = config.http_addr;
         let listener = TcpListener::bind(addr)
@@ -99,6 +110,13 @@ impl DataPlane {
             .map_err(|source| StartError::Bind { addr, source })?;
         let state = Arc::new(AppState::new(config));
         load_last_good(&state).await;
+        let usage_stop = CancellationToken::new();
+        let usage = usage::reporter::start(
+            &state.usage,
+            usage::Upstream::new(&state.config),
+            usage_stop.clone(),
+        )
+        .await?;
 
         let policy = tokio::spawn(client::run(
             state.clone(),
@@ -111,6 +129,7 @@ impl DataPlane {
             let _ = tcp.set_nodelay(true);
         });
         let server = tokio::spawn(async move {
+            let _stop_usage = usage_stop.drop_guard();
             axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await
@@ -121,6 +140,7 @@ impl DataPlane {
             state,
             server,
             policy,
+            usage,
         })
     }
 
@@ -133,10 +153,11 @@ impl DataPlane {
         self.state.policy.serving().map(|(_, v)| v)
     }
 
-    /// Waits for the server and the policy client to stop.
+    /// Waits for the server, the policy client and the usage reporter to stop.
     pub async fn wait(self) -> std::io::Result<()> {
         let served = self.server.await.unwrap_or(Ok(()));
         let _ = self.policy.await;
+        let _ = self.usage.await;
         served
     }
 }

@@ -3,6 +3,7 @@
 //! resolved through the injected [`EnvLookup`].
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,36 @@ impl Default for ProxyConfig {
     }
 }
 
+/// How usage records are batched, bounded and kept until the control plane acks them.
+#[derive(Debug, Clone)]
+pub struct UsageConfig {
+    /// Most records per report.
+    pub batch_max: NonZeroUsize,
+    /// Longest a record waits for its batch to fill.
+    pub flush_interval: Duration,
+    /// Most records kept unacked (in memory and in the channel); beyond it records are dropped.
+    pub spool_max: NonZeroUsize,
+    /// File keeping unacked records across restarts; memory only if `None`.
+    pub spool_file: Option<PathBuf>,
+    /// How long a stopping data plane keeps trying to report what it holds.
+    pub final_flush: Duration,
+}
+
+/// Largest `--usage-batch-max`: a batch must stay well under the control plane's message limit.
+pub const MAX_USAGE_BATCH: usize = 10_000;
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        UsageConfig {
+            batch_max: NonZeroUsize::new(500).unwrap_or(NonZeroUsize::MIN),
+            flush_interval: Duration::from_millis(200),
+            spool_max: NonZeroUsize::new(100_000).unwrap_or(NonZeroUsize::MIN),
+            spool_file: None,
+            final_flush: Duration::from_secs(2),
+        }
+    }
+}
+
 /// Everything the data plane needs to run.
 #[derive(Clone)]
 pub struct Config {
@@ -72,6 +103,7 @@ pub struct Config {
     /// Largest request body accepted.
     pub max_body_bytes: usize,
     pub proxy: ProxyConfig,
+    pub usage: UsageConfig,
     /// Resolves `env:VAR` credentials.
     pub env: EnvLookup,
 }
@@ -86,6 +118,7 @@ impl std::fmt::Debug for Config {
             .field("last_good", &self.last_good)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("proxy", &self.proxy)
+            .field("usage", &self.usage)
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +142,7 @@ impl Config {
             last_good: None,
             max_body_bytes: DEFAULT_MAX_BODY,
             proxy: ProxyConfig::default(),
+            usage: UsageConfig::default(),
             env,
         }
     }
@@ -138,6 +172,43 @@ pub struct Args {
     pub last_good: Option<PathBuf>,
     #[command(flatten)]
     pub proxy: ProxyArgs,
+    #[command(flatten)]
+    pub usage: UsageArgs,
+}
+
+/// How usage records are reported to the control plane.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UsageArgs {
+    /// File that keeps unreported usage records across restarts (default: memory only).
+    #[arg(long = "usage-spool", env = "DROVER_USAGE_SPOOL", value_name = "FILE")]
+    pub usage_spool: Option<PathBuf>,
+    /// Most usage records per report to the control plane.
+    #[arg(long, env = "DROVER_USAGE_BATCH_MAX", default_value_t = 500)]
+    pub usage_batch_max: usize,
+    /// Longest a usage record waits for its batch to fill, in milliseconds.
+    #[arg(long, env = "DROVER_USAGE_FLUSH_MS", default_value_t = 200)]
+    pub usage_flush_ms: u64,
+    /// Most unreported usage records kept; beyond it new records are dropped (and counted).
+    #[arg(long, env = "DROVER_USAGE_SPOOL_MAX", default_value_t = 100_000)]
+    pub usage_spool_max: usize,
+}
+
+impl UsageArgs {
+    /// Sets the usage part of `config`.
+    pub fn apply(&self, config: &mut Config) -> Result<(), ConfigError> {
+        let nonzero = |name, v| NonZeroUsize::new(v).ok_or(ConfigError::Zero(name));
+        if self.usage_flush_ms == 0 {
+            return Err(ConfigError::Zero("usage-flush-ms"));
+        }
+        if self.usage_batch_max > MAX_USAGE_BATCH {
+            return Err(ConfigError::TooLarge("usage-batch-max", MAX_USAGE_BATCH));
+        }
+        config.usage.batch_max = nonzero("usage-batch-max", self.usage_batch_max)?;
+        config.usage.spool_max = nonzero("usage-spool-max", self.usage_spool_max)?;
+        config.usage.flush_interval = Duration::from_millis(self.usage_flush_ms);
+        config.usage.spool_file.clone_from(&self.usage_spool);
+        Ok(())
+    }
 }
 
 /// How the proxy treats requests; shared by `drover-dataplane` and `drover serve`.
@@ -164,6 +235,8 @@ pub enum ConfigError {
     ControlPlaneUrl(String),
     #[error("--{0} must be greater than zero")]
     Zero(&'static str),
+    #[error("--{0} must be at most {1}")]
+    TooLarge(&'static str, usize),
 }
 
 impl ProxyArgs {
@@ -194,6 +267,7 @@ impl Args {
         }
         let mut config = Config::new(self.http, self.control_plane, env);
         self.proxy.apply(&mut config)?;
+        self.usage.apply(&mut config)?;
         config.token = self.token.filter(|t| !t.is_empty()).map(Secret::new);
         if let Some(id) = self.id {
             config.dataplane_id = id;
@@ -240,6 +314,52 @@ mod tests {
         assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(7));
         assert_eq!(c.dataplane_id, "edge-1");
         assert_eq!(c.control_plane, "http://127.0.0.1:50051");
+        assert_eq!(c.usage.batch_max.get(), 500);
+        assert_eq!(c.usage.flush_interval, Duration::from_millis(200));
+        assert_eq!(c.usage.spool_max.get(), 100_000);
+        assert!(c.usage.spool_file.is_none());
+    }
+
+    #[test]
+    fn usage_flags() {
+        let c = parse(&[
+            "--usage-spool",
+            "/var/lib/drover/usage.spool",
+            "--usage-batch-max",
+            "50",
+            "--usage-flush-ms",
+            "20",
+            "--usage-spool-max",
+            "1000",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.usage.spool_file,
+            Some(PathBuf::from("/var/lib/drover/usage.spool"))
+        );
+        assert_eq!(c.usage.batch_max.get(), 50);
+        assert_eq!(c.usage.flush_interval, Duration::from_millis(20));
+        assert_eq!(c.usage.spool_max.get(), 1000);
+        for (flags, error) in [
+            (
+                ["--usage-batch-max", "0"],
+                "--usage-batch-max must be greater than zero",
+            ),
+            (
+                ["--usage-batch-max", "10001"],
+                "--usage-batch-max must be at most 10000",
+            ),
+            (
+                ["--usage-spool-max", "0"],
+                "--usage-spool-max must be greater than zero",
+            ),
+            (
+                ["--usage-flush-ms", "0"],
+                "--usage-flush-ms must be greater than zero",
+            ),
+        ] {
+            assert!(parse(&flags).unwrap_err().contains(error), "{flags:?}");
+        }
     }
 
     #[test]

@@ -1,17 +1,20 @@
 //! Drover's data plane: a stateless LLM proxy.
 //!
 //! Requests are decided from one immutable policy snapshot (swapped atomically) that the
-//! control plane streams over gRPC. The data plane keeps no durable state and does not
-//! depend on SQLite.
+//! control plane streams over gRPC, and each request's usage is reported back to it. The data
+//! plane keeps no durable state of its own (optional files only: the last-good policy and the
+//! spool of usage records not yet acknowledged) and does not depend on SQLite.
 
 pub mod admin;
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod formats;
 pub mod policy;
 pub mod providers;
 pub mod proxy;
+pub mod usage;
 
 pub use app::{DataPlane, StartError};
-pub use config::{Args, Config, ProxyArgs, ProxyConfig, process_env};
+pub use config::{Args, Config, ProxyArgs, ProxyConfig, UsageArgs, UsageConfig, process_env};

@@ -5,14 +5,17 @@
 #
 # It measures the same fast mock provider (drover-mock) three ways: called directly, behind nginx (a tuned
 # reverse proxy: the baseline for what any proxy hop costs), and behind Drover (`drover serve`, proxy-only
-# mode), for non-stream and stream chat completions at concurrency 1 and 64, with wrk. It prints a Markdown
-# table (plus Drover's peak RSS) and writes it to bench-results/latest.md.
+# mode), for non-stream and stream chat completions at concurrency 1 and 64, with wrk. A fourth target,
+# drover-anthropic, sends the same conversation as an Anthropic Messages request (`POST /v1/messages`) to the
+# same Drover instance, which translates it to OpenAI chat for the mock and translates the answer back; the
+# report adds the cost of that translation next to the same-format drover rows. It prints a Markdown table
+# (plus Drover's peak RSS) and writes it to bench-results/latest.md.
 #
 # Environment (all optional):
 #   BENCH_DURATION      length of each measured run, wrk syntax (default 10s)
 #   BENCH_WARMUP        unmeasured warm-up before each run (default 2s)
 #   BENCH_CONCURRENCY   connection counts (default "1 64")
-#   BENCH_TARGETS       any of "direct nginx drover" (default all three)
+#   BENCH_TARGETS       any of "direct nginx drover drover-anthropic" (default all four)
 #   BENCH_MODES         any of "non-stream stream" (default both)
 #   BENCH_NGINX_WORKERS nginx worker_processes (default auto)
 #   BENCH_OUT           result file (default bench-results/latest.md)
@@ -25,7 +28,7 @@ cd "$ROOT"
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 CONCURRENCY=${BENCH_CONCURRENCY:-"1 64"}
-TARGETS=${BENCH_TARGETS:-"direct nginx drover"}
+TARGETS=${BENCH_TARGETS:-"direct nginx drover drover-anthropic"}
 MODES=${BENCH_MODES:-"non-stream stream"}
 NGINX_WORKERS=${BENCH_NGINX_WORKERS:-auto}
 OUT=${BENCH_OUT:-$ROOT/bench-results/latest.md}
@@ -35,6 +38,7 @@ ADMIN_TOKEN=bench-token
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
 wants() { [[ " $TARGETS " == *" $1 "* ]]; }
+wants_drover() { wants drover || wants drover-anthropic; }
 
 # ---- processes we start, stopped on any exit --------------------------------------------------------------
 TMP=$(mktemp -d -t drover-bench.XXXXXX)
@@ -104,7 +108,7 @@ wait_200() {
 
 # ---- build ------------------------------------------------------------------------------------------------
 bins=(--bin drover-mock)
-wants drover && bins+=(--bin drover)
+wants_drover && bins+=(--bin drover)
 log "building release: cargo build --release ${bins[*]}"
 cargo build --release "${bins[@]}"
 
@@ -118,6 +122,26 @@ body() {
 body false >"$TMP/non-stream.json"
 body true >"$TMP/stream.json"
 BODY_BYTES=$(wc -c <"$TMP/non-stream.json")
+# The same conversation as an Anthropic Messages request (system prompt at the top level).
+anthropic_body() {
+  printf '{"model":"bench-model","max_tokens":64,'
+  [[ $1 == true ]] && printf '"stream":true,'
+  printf '"system":"You are a helpful assistant. Answer in one short paragraph.",'
+  printf '"messages":[{"role":"user","content":"Summarize this text: %s"}]}' "$filler"
+}
+anthropic_body false >"$TMP/anthropic-non-stream.json"
+anthropic_body true >"$TMP/anthropic-stream.json"
+ANTHROPIC_BODY_BYTES=$(wc -c <"$TMP/anthropic-non-stream.json")
+ANTHROPIC_HEADERS=$'anthropic-version: 2023-06-01\nx-api-key: bench'
+
+# What wrk sends per target: path, body file prefix (before "<mode>.json") and headers (see chat.lua).
+declare -A TARGET_PATH=() TARGET_BODY=() TARGET_HEADERS=()
+for target in direct nginx drover; do
+  TARGET_PATH[$target]=/v1/chat/completions TARGET_BODY[$target]="" TARGET_HEADERS[$target]="Authorization: Bearer bench"
+done
+TARGET_PATH[drover-anthropic]=/v1/messages
+TARGET_BODY[drover-anthropic]=anthropic-
+TARGET_HEADERS[drover-anthropic]=$ANTHROPIC_HEADERS
 
 # ---- the mock provider ------------------------------------------------------------------------------------
 "$BIN/drover-mock" --addr 127.0.0.1:0 >"$TMP/mock.addr" 2>"$TMP/mock.log" &
@@ -179,7 +203,7 @@ EOF
 fi
 
 # ---- Drover -----------------------------------------------------------------------------------------------
-if wants drover; then
+if wants_drover; then
   HTTP_PORT=$(free_port)
   GRPC_PORT=$(free_port)
   DROVER_ADMIN_TOKEN=$ADMIN_TOKEN RUST_LOG=${RUST_LOG:-warn} "$BIN/drover" serve --db "$TMP/drover.db" \
@@ -194,25 +218,49 @@ if wants drover; then
   wait_200 30 "$GW_PID" -X POST -H 'content-type: application/json' --data-binary "@$TMP/non-stream.json" \
     "http://127.0.0.1:$HTTP_PORT/v1/chat/completions" ||
     { tail -30 "$TMP/drover.log" >&2; die "a chat completion through drover does not succeed"; }
+  if wants drover-anthropic; then
+    # One request of each mode through the translation must come back whole before anything is measured.
+    anthropic_curl=(curl -s --max-time 10 -X POST -H 'anthropic-version: 2023-06-01' -H 'x-api-key: bench'
+      -H 'content-type: application/json')
+    code=$("${anthropic_curl[@]}" -o "$TMP/check-non-stream.out" -w '%{http_code}' \
+      --data-binary "@$TMP/anthropic-non-stream.json" "http://127.0.0.1:$HTTP_PORT/v1/messages" || true)
+    if [[ $code != 200 ]] || ! grep -Eq '"type" *: *"message"' "$TMP/check-non-stream.out"; then
+      head -c 2000 "$TMP/check-non-stream.out" >&2; echo >&2; tail -30 "$TMP/drover.log" >&2
+      die "drover-anthropic: a non-stream POST /v1/messages answered HTTP $code, not 200 with an Anthropic message (\"type\":\"message\")"
+    fi
+    code=$("${anthropic_curl[@]}" -N -o "$TMP/check-stream.out" -w '%{http_code}' \
+      --data-binary "@$TMP/anthropic-stream.json" "http://127.0.0.1:$HTTP_PORT/v1/messages" || true)
+    last_event=$(grep '^event:' "$TMP/check-stream.out" | tail -n1 | tr -d '\r' || true)
+    if [[ $code != 200 || $last_event != "event: message_stop" ]]; then
+      head -c 4000 "$TMP/check-stream.out" >&2; echo >&2; tail -30 "$TMP/drover.log" >&2
+      die "drover-anthropic: a stream POST /v1/messages answered HTTP $code with last event '${last_event:-none}', not 200 ending in 'event: message_stop'"
+    fi
+    ANTHROPIC_EVENTS=$(grep -c '^event:' "$TMP/check-stream.out" || true)
+    log "drover-anthropic: translated non-stream and stream answers check out"
+  fi
   IDLE_RSS_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status")
   log "drover on 127.0.0.1:$HTTP_PORT (gRPC 127.0.0.1:$GRPC_PORT)"
   URL[drover]="http://127.0.0.1:$HTTP_PORT"
+  URL[drover-anthropic]="http://127.0.0.1:$HTTP_PORT"
 fi
 
 # ---- runs -------------------------------------------------------------------------------------------------
 NPROC=$(nproc)
 ROWS=()
+declare -A RPS=() P50=() # by "target mode conns", for the translation cost lines
 for target in $TARGETS; do
-  [[ -n ${URL[$target]:-} ]] || die "unknown target '$target' (expected direct, nginx or drover)"
+  [[ -n ${URL[$target]:-} ]] || die "unknown target '$target' (expected direct, nginx, drover or drover-anthropic)"
   for mode in $MODES; do
     [[ -f $TMP/$mode.json ]] || die "unknown mode '$mode' (expected non-stream or stream)"
     for conns in $CONCURRENCY; do
       threads=$((conns < NPROC ? conns : NPROC))
       run=(wrk -t "$threads" -c "$conns" --timeout 10s --latency -s "$ROOT/tests/bench/chat.lua")
+      export BENCH_BODY_FILE="$TMP/${TARGET_BODY[$target]}$mode.json" BENCH_PATH=${TARGET_PATH[$target]} \
+        BENCH_HEADERS=${TARGET_HEADERS[$target]}
       log "$target $mode c=$conns: warm-up $WARMUP, then $DURATION"
-      BENCH_BODY_FILE="$TMP/$mode.json" "${run[@]}" -d "$WARMUP" "${URL[$target]}" >/dev/null 2>&1 || true
+      "${run[@]}" -d "$WARMUP" "${URL[$target]}" >/dev/null 2>&1 || true
       out="$TMP/wrk-$target-$mode-$conns.txt"
-      BENCH_BODY_FILE="$TMP/$mode.json" "${run[@]}" -d "$DURATION" "${URL[$target]}" >"$out" 2>&1 || true
+      "${run[@]}" -d "$DURATION" "${URL[$target]}" >"$out" 2>&1 || true
       line=$(grep '^BENCH ' "$out" || true)
       if [[ -z $line ]]; then
         cat "$out" >&2
@@ -235,6 +283,11 @@ for target in $TARGETS; do
           printf "| %s | %s | %d | %.0f | %s | %s | %d%s |", target, mode, conns, rps,
             lat(field("p50_us")), lat(field("p99_us")), errors, detail
         }' <<<"$line")")
+      read -r rps p50 < <(awk '{
+          for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] + 0 }
+          printf "%.1f %.0f\n", f["requests"] * 1e6 / f["duration_us"], f["p50_us"]
+        }' <<<"$line")
+      RPS["$target $mode $conns"]=$rps P50["$target $mode $conns"]=$p50
       log "  ${ROWS[-1]}"
     done
   done
@@ -254,12 +307,38 @@ mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-bina
   echo
   echo "wrk, $DURATION per run after a $WARMUP warm-up; \`POST /v1/chat/completions\` with a $BODY_BYTES-byte body."
   echo "The mock provider answers at once: $mock_bytes bytes non-stream, $mock_events SSE events when streaming."
+  if wants drover-anthropic; then
+    echo "drover-anthropic: the same conversation as \`POST /v1/messages\` (Anthropic Messages, $ANTHROPIC_BODY_BYTES-byte body) to the"
+    echo "same Drover instance and mock; Drover translates it to OpenAI chat and the answer back (an Anthropic"
+    echo "\`message\`, or ${ANTHROPIC_EVENTS:-?} Anthropic SSE events ending in \`message_stop\` when streaming)."
+  fi
   echo "wrk, the proxy under test and the mock all share this machine's cores over 127.0.0.1."
   echo
   echo "| target | mode | concurrency | req/s | p50 | p99 | errors |"
   echo "|---|---|---:|---:|---:|---:|---:|"
   printf '%s\n' "${ROWS[@]}"
-  if wants drover; then
+  if wants drover && wants drover-anthropic; then
+    echo
+    echo "Translation cost (drover-anthropic vs same-format drover; p50 difference, req/s ratio):"
+    echo
+    for mode in $MODES; do
+      for conns in $CONCURRENCY; do
+        a="drover-anthropic $mode $conns" d="drover $mode $conns"
+        if [[ -z ${RPS[$a]:-} || -z ${RPS[$d]:-} ]]; then
+          echo "- $mode, c=$conns: n/a (a run failed)"
+          continue
+        fi
+        awk -v mode="$mode" -v conns="$conns" -v ap="${P50[$a]}" -v dp="${P50[$d]}" -v ar="${RPS[$a]}" -v dr="${RPS[$d]}" '
+          function lat(us) { return us < 1000 ? sprintf("%d µs", us) : sprintf("%.2f ms", us / 1000) }
+          BEGIN {
+            diff = ap - dp
+            printf "- %s, c=%d: p50 %s%s (%s vs %s, %+.1f%%), req/s ×%.2f (%.0f vs %.0f)\n", mode, conns,
+              (diff < 0 ? "-" : "+"), lat(diff < 0 ? -diff : diff), lat(ap), lat(dp), (dp > 0 ? 100 * diff / dp : 0), (dr > 0 ? ar / dr : 0), ar, dr
+          }'
+      done
+    done
+  fi
+  if wants_drover; then
     peak_kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || echo 0)
     echo
     printf 'Drover (`drover serve`): peak RSS %.1f MiB (VmHWM), %.1f MiB idle before the runs.\n' \

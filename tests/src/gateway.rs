@@ -79,6 +79,7 @@ impl TestControlPlane {
             admin_token: Some(ADMIN_TOKEN.to_owned()),
             dataplane_token: Some("test-dataplane-token".to_owned()),
             master_key: None,
+            usage_retention: None,
         };
         let mut last_err = None;
         // The port of a control plane just stopped can take a moment to be free again.
@@ -431,6 +432,7 @@ impl Gateway {
                     alias: alias.into(),
                     strategy: strategy as i32,
                     targets,
+                    cache_ttl_secs: 0,
                 }),
             })
             .await

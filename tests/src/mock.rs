@@ -4,7 +4,8 @@
 //! Gemini's ([`MockProvider::gemini`]) or Azure OpenAI's ([`MockProvider::azure`]), answers deterministically
 //! (the reply echoes the last message, usage is computed from the text), records every request, and plays a
 //! script of [`Fault`]s: each request takes the next one, then the default ([`Fault::Ok`] unless set). It is
-//! built on hyper directly so that it can drop a connection without answering.
+//! built on hyper directly so that it can drop a connection without answering. [`Fault::Replay`] answers with a
+//! recorded provider answer byte for byte instead (the conformance corpus, `tests/corpus/`, is built on it).
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -75,9 +76,31 @@ pub enum Fault {
         /// Content chunks sent before the cut.
         after_chunks: usize,
     },
+    /// Answer with exactly this recorded answer, whatever was asked (no key check, no endpoint): the status,
+    /// `content-type` and body bytes as given. A `text/event-stream` body goes out in several chunks cut at
+    /// arbitrary byte positions (inside events, lines and UTF-8 characters alike), so the client's framing is
+    /// exercised; it ends cleanly after the last byte, whether or not the recording has its terminal event.
+    /// Anything else goes out whole, with its `content-length`. Made by [`Fault::replay`].
+    Replay {
+        /// HTTP status (100..=999; anything else is sent as 500).
+        status: u16,
+        /// The `content-type` header.
+        content_type: String,
+        /// The body, byte for byte.
+        body: Bytes,
+    },
 }
 
 impl Fault {
+    /// A [`Fault::Replay`] of this recorded answer.
+    pub fn replay(status: u16, content_type: impl Into<String>, body: impl Into<Bytes>) -> Fault {
+        Fault::Replay {
+            status,
+            content_type: content_type.into(),
+            body: body.into(),
+        }
+    }
+
     /// This error answer with a `retry-after: SECS` header. Only for [`Fault::Status`] and [`Fault::Error`];
     /// other faults are returned unchanged.
     #[must_use]
@@ -663,6 +686,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
             None
         }
         Fault::CutStream { after_chunks } => Some(after_chunks),
+        Fault::Replay {
+            status,
+            content_type,
+            body,
+        } => return Ok(replay(status, &content_type, body)),
     };
     if let Some(key) = &shared.api_key
         && let Some(denied) = shared.flavor.check_key(&parts.headers, parts.uri.query(), key)
@@ -728,6 +756,75 @@ fn respond(shared: &Arc<Shared>, reply: Reply, cut: Option<usize>) -> Response<M
             response
         }
     }
+}
+
+/// A recorded answer as is: see [`Fault::Replay`].
+fn replay(status: u16, content_type: &str, body: Bytes) -> Response<MockBody> {
+    let is_stream = content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"));
+    let full_len = body.len();
+    let mut response = if is_stream {
+        let chunks = split_arbitrarily(&body);
+        let stream =
+            futures_util::stream::unfold((chunks.into_iter(), false), |(mut chunks, started)| async move {
+                let chunk = chunks.next()?;
+                if started {
+                    // Lets the connection write what it has, so the pieces leave as separate writes.
+                    tokio::task::yield_now().await;
+                }
+                Some((Ok::<_, BoxError>(Frame::data(chunk)), (chunks, true)))
+            });
+        Response::new(StreamBody::new(stream).boxed_unsync())
+    } else {
+        Response::new(
+            Full::new(body)
+                .map_err(|never: Infallible| match never {})
+                .boxed_unsync(),
+        )
+    };
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    if is_stream {
+        headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+    } else {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(full_len));
+    }
+    response
+}
+
+/// `body` cut into a few pieces at byte positions that depend only on its length (deterministic, but with no
+/// regard for event, line or character boundaries). Empty pieces are never produced.
+fn split_arbitrarily(body: &Bytes) -> Vec<Bytes> {
+    let len = body.len();
+    if len < 2 {
+        return vec![body.clone()];
+    }
+    // xorshift64, seeded by the length: a fixed recording always splits the same way.
+    let mut state = (len as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let pieces = (len / 64).clamp(2, 8);
+    let mut cuts: Vec<usize> = (1..pieces).map(|_| 1 + (next() as usize) % (len - 1)).collect();
+    cuts.sort_unstable();
+    cuts.dedup();
+    let mut out = Vec::with_capacity(cuts.len() + 1);
+    let mut from = 0;
+    for cut in cuts {
+        out.push(body.slice(from..cut));
+        from = cut;
+    }
+    out.push(body.slice(from..));
+    out
 }
 
 /// Counts a streamed answer as abandoned if it is dropped before its end.
@@ -1093,6 +1190,82 @@ mod tests {
             .unwrap();
         assert_eq!(response.status(), 200);
         assert!(started.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn replay_answers_with_the_recording_byte_for_byte() {
+        let whole = Bytes::from_static(b"{\"type\": \"error\",\"error\":{\"type\":\"overloaded_error\"}}  ");
+        let stream = Bytes::from(
+            "event: message_start\ndata: {\"type\":\"message_start\"}\n\n: comment\r\n\r\n".repeat(12)
+                + "event: content_block_delta\ndata: {\"text\":\"h\u{e9}llo \u{1f600}\"}\n\n",
+        );
+        let up = MockProvider::anthropic()
+            .then(Fault::replay(529, "application/json", whole.clone()))
+            .then(Fault::replay(
+                200,
+                "text/event-stream; charset=utf-8",
+                stream.clone(),
+            ))
+            .start()
+            .await;
+        // No `anthropic-version`, an unknown path: a replay answers whatever was asked.
+        let response = post(&up, "/anything", &json!({})).await.unwrap();
+        assert_eq!(response.status(), 529);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(response.headers()["content-length"], whole.len().to_string());
+        assert_eq!(response.bytes().await.unwrap(), whole);
+
+        let response = post(&up, "/v1/messages", &json!({})).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/event-stream; charset=utf-8"
+        );
+        assert!(response.headers().get("content-length").is_none());
+        let mut received = Vec::new();
+        let mut pieces = 0;
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            received.extend_from_slice(&chunk.unwrap());
+            pieces += 1;
+        }
+        assert_eq!(received, stream, "the body ends cleanly, every byte as recorded");
+        assert!(pieces > 1, "the stream arrives in pieces");
+        assert_eq!(up.calls(), 2);
+        assert_eq!(up.abandoned_streams(), 0);
+    }
+
+    #[tokio::test]
+    async fn replay_as_the_default_answers_every_request() {
+        let up = MockProvider::gemini()
+            .default_fault(Fault::replay(503, "application/json", "{}"))
+            .start()
+            .await;
+        for _ in 0..3 {
+            let response = post(&up, "/v1beta/models/m:generateContent", &json!({}))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 503);
+        }
+        assert_eq!(up.calls(), 3);
+    }
+
+    #[test]
+    fn replayed_streams_are_cut_at_arbitrary_bytes() {
+        for len in [0, 1, 2, 3, 63, 64, 65, 200, 1000, 4096, 50_000] {
+            let body: Bytes = (0..len).map(|i| b"ab\n"[i % 3]).collect::<Vec<u8>>().into();
+            let pieces = split_arbitrarily(&body);
+            assert_eq!(pieces.concat(), body.to_vec(), "len {len}");
+            assert_eq!(pieces, split_arbitrarily(&body), "deterministic");
+            if len >= 2 {
+                assert!(pieces.len() >= 2, "len {len}: {} pieces", pieces.len());
+                assert!(pieces.iter().all(|p| !p.is_empty()), "len {len}");
+            }
+        }
+        // Cuts fall inside events, not only at their boundaries.
+        let events = Bytes::from("data: {\"x\":1}\n\n".repeat(40));
+        let pieces = split_arbitrarily(&events);
+        assert!(pieces.iter().any(|p| !p.ends_with(b"\n\n")), "{pieces:?}");
     }
 
     #[tokio::test]

@@ -64,6 +64,7 @@ fn route(alias: &str, provider: &str) -> pb::SetRouteRequest {
                 model: "m".into(),
                 weight: 0,
             }],
+            cache_ttl_secs: 0,
         }),
     }
 }
@@ -112,6 +113,7 @@ async fn invalid_admin_input_is_refused_and_changes_nothing() {
                     input_per_mtok: -1.0,
                     output_per_mtok: 1.0,
                     cached_input_per_mtok: None,
+                    ..Default::default()
                 }),
             })
             .await
@@ -124,6 +126,7 @@ async fn invalid_admin_input_is_refused_and_changes_nothing() {
                     alias: String::new(),
                     strategy: 0,
                     targets: vec![],
+                    cache_ttl_secs: 0,
                 }),
             })
             .await

@@ -7,6 +7,7 @@ pub mod price;
 pub mod provider;
 pub mod route;
 pub mod status;
+pub mod usage;
 
 use clap::Args;
 

@@ -1,4 +1,6 @@
 //! `drover price`: what each model costs, in USD per million tokens, for cost tracking and caps.
+//! The control plane ships defaults for well-known models; `set` overrides one (or prices a
+//! model on one provider only, with a `provider/model` key), `remove` drops the override.
 
 use clap::{Args, Subcommand};
 use drover_proto::model;
@@ -11,20 +13,22 @@ use crate::output::{self, Table, usd};
 
 #[derive(Debug, Subcommand)]
 pub enum PriceCommand {
-    /// Set the price of a model (USD per million tokens), replacing any previous one.
+    /// Set the price of a model (USD per million tokens), overriding its built-in default.
     Set(SetArgs),
-    /// List prices (USD per million tokens).
+    /// List prices (USD per million tokens): built-in defaults and custom prices, with their source.
     List(ListArgs),
-    /// Remove the price of a model; its requests are then flagged as unpriced.
+    /// Remove the custom price of a model: its built-in default applies again; a model without
+    /// one is then flagged as unpriced. Built-in defaults cannot be removed, only overridden.
     Remove {
-        /// Model name as the provider knows it.
+        /// Model name, or PROVIDER/MODEL, as it was set.
         model: String,
     },
 }
 
 #[derive(Debug, Args)]
 pub struct SetArgs {
-    /// Model name as the provider knows it, e.g. gpt-4o-mini.
+    /// Model name as the provider knows it, e.g. gpt-4o-mini; or PROVIDER/MODEL to price it on
+    /// that provider only (looked up before the model alone).
     model: String,
 
     // Negative numbers are taken as values, so that `--input -1` is refused as a price and
@@ -50,6 +54,7 @@ impl SetArgs {
             input_per_mtok: self.input,
             output_per_mtok: self.output,
             cached_input_per_mtok: self.cached_input,
+            source: String::new(),
         };
         model::Price::try_from(&price)?;
         Ok(price)
@@ -64,6 +69,8 @@ pub struct PriceRow {
     pub output_per_mtok: f64,
     /// `null`: cached input costs the input price.
     pub cached_input_per_mtok: Option<f64>,
+    /// `default` (built in) or `custom`.
+    pub source: String,
 }
 
 impl From<pb::Price> for PriceRow {
@@ -73,18 +80,30 @@ impl From<pb::Price> for PriceRow {
             input_per_mtok: p.input_per_mtok,
             output_per_mtok: p.output_per_mtok,
             cached_input_per_mtok: p.cached_input_per_mtok,
+            source: p.source,
         }
     }
 }
 
 fn table(rows: &[PriceRow]) -> Table {
-    let mut t = Table::new(["MODEL", "INPUT $/MTOK", "OUTPUT $/MTOK", "CACHED INPUT $/MTOK"]);
+    let mut t = Table::new([
+        "MODEL",
+        "INPUT $/MTOK",
+        "OUTPUT $/MTOK",
+        "CACHED INPUT $/MTOK",
+        "SOURCE",
+    ]);
     for r in rows {
         t.row([
             r.model.clone(),
             usd(r.input_per_mtok),
             usd(r.output_per_mtok),
             r.cached_input_per_mtok.map_or_else(|| "-".to_owned(), usd),
+            if r.source.is_empty() {
+                "-".to_owned()
+            } else {
+                r.source.clone()
+            },
         ]);
     }
     t
@@ -198,6 +217,28 @@ mod tests {
     }
 
     #[test]
+    fn a_provider_prefix_must_be_a_provider_name() {
+        let p = set(&[
+            "groq/llama-3.3-70b-versatile",
+            "--input",
+            "0.5",
+            "--output",
+            "0.7",
+        ])
+        .to_price()
+        .unwrap();
+        assert_eq!(p.model, "groq/llama-3.3-70b-versatile");
+        let err = set(&["Qwen/Qwen2.5-7B", "--input", "1", "--output", "1"])
+            .to_price()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("names a provider") && err.contains("vllm/Qwen/Qwen2.5-7B"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn list_and_remove_parse() {
         assert!(matches!(
             parse(&["drover", "price", "list", "--json"]).command,
@@ -217,28 +258,30 @@ mod tests {
                 input_per_mtok: 2.5,
                 output_per_mtok: 10.0,
                 cached_input_per_mtok: Some(1.25),
+                source: "default".into(),
             }
             .into(),
             pb::Price {
-                model: "gpt-4o-mini".into(),
+                model: "groq/gpt-4o-mini".into(),
                 input_per_mtok: 0.15,
                 output_per_mtok: 0.6,
                 cached_input_per_mtok: None,
+                source: "custom".into(),
             }
             .into(),
         ];
         assert_eq!(
             table(&rows).render(),
-            "MODEL        INPUT $/MTOK  OUTPUT $/MTOK  CACHED INPUT $/MTOK\n\
-             gpt-4o       2.5           10             1.25\n\
-             gpt-4o-mini  0.15          0.6            -\n"
+            "MODEL             INPUT $/MTOK  OUTPUT $/MTOK  CACHED INPUT $/MTOK  SOURCE\n\
+             gpt-4o            2.5           10             1.25                 default\n\
+             groq/gpt-4o-mini  0.15          0.6            -                    custom\n"
         );
         let json: serde_json::Value = serde_json::from_str(&output::json(&rows).unwrap()).unwrap();
         assert_eq!(
             json,
             serde_json::json!([
-                {"model": "gpt-4o", "input_per_mtok": 2.5, "output_per_mtok": 10.0, "cached_input_per_mtok": 1.25},
-                {"model": "gpt-4o-mini", "input_per_mtok": 0.15, "output_per_mtok": 0.6, "cached_input_per_mtok": null},
+                {"model": "gpt-4o", "input_per_mtok": 2.5, "output_per_mtok": 10.0, "cached_input_per_mtok": 1.25, "source": "default"},
+                {"model": "groq/gpt-4o-mini", "input_per_mtok": 0.15, "output_per_mtok": 0.6, "cached_input_per_mtok": null, "source": "custom"},
             ])
         );
     }

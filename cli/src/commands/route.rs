@@ -108,6 +108,7 @@ impl SetArgs {
                     weight: t.weight.unwrap_or(1),
                 })
                 .collect(),
+            cache_ttl_secs: 0,
         };
         model::Route::try_from(&route)?;
         Ok(route)
@@ -406,6 +407,7 @@ mod tests {
                         weight: *w,
                     })
                     .collect(),
+                cache_ttl_secs: 0,
             })
         };
         let rows = vec![

@@ -58,6 +58,71 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE providers ADD COLUMN api_version TEXT;
     "#,
+    // 3: the usage ledger (see `store::usage` for how the tables relate).
+    r#"
+    CREATE TABLE usage (
+        request_id TEXT NOT NULL UNIQUE,
+        time_unix_ms INTEGER NOT NULL,
+        tenant TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        alias TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cached_input_tokens INTEGER NOT NULL,
+        cache_creation_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        cost_nano_usd INTEGER NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        ttft_ms INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        cache_hit INTEGER NOT NULL,
+        saved_nano_usd INTEGER NOT NULL,
+        policy_version INTEGER NOT NULL,
+        unpriced INTEGER NOT NULL,
+        stream INTEGER NOT NULL,
+        endpoint TEXT NOT NULL,
+        failed INTEGER NOT NULL,
+        dataplane_id TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX usage_by_time ON usage(time_unix_ms);
+
+    CREATE TABLE usage_daily (
+        day TEXT NOT NULL,
+        tenant TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cached_input_tokens INTEGER NOT NULL,
+        cost_nano_usd INTEGER NOT NULL,
+        cache_hits INTEGER NOT NULL,
+        saved_nano_usd INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        unpriced INTEGER NOT NULL,
+        PRIMARY KEY (day, tenant, key_id, provider, model)
+    ) STRICT, WITHOUT ROWID;
+
+    CREATE TABLE usage_seen (
+        request_id TEXT PRIMARY KEY,
+        time_unix_ms INTEGER NOT NULL,
+        compacted_unix_ms INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX usage_seen_by_compaction ON usage_seen(compacted_unix_ms);
+
+    CREATE TABLE usage_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        compacted_before_unix_ms INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO usage_state (id, compacted_before_unix_ms) VALUES (1, 0);
+    "#,
+    // 4: response cache TTL per route.
+    r#"
+    ALTER TABLE routes ADD COLUMN cache_ttl_secs INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Brings the schema up to date. Fails on a database from a newer build.
@@ -125,7 +190,7 @@ mod tests {
         let v: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(v, 2);
+        assert_eq!(v, MIGRATIONS.len() as i64);
         let (name, env, api_version): (String, String, Option<String>) = conn
             .query_row("SELECT name, api_key_env, api_version FROM providers", [], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))

@@ -18,6 +18,7 @@ pub(crate) mod modules;
 pub(crate) mod prices;
 pub(crate) mod providers;
 pub(crate) mod routes;
+pub(crate) mod usage;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,10 +30,22 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use self::crypto::{Cipher, MasterKey};
 use crate::error::StoreError;
+use crate::prices::PriceSource;
 use crate::snapshot::{self, Snapshots};
 
 /// How long a statement waits for a lock held by another connection (e.g. a backup).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prepared statements kept per connection (the usage queries alone have a dozen shapes).
+const STATEMENT_CACHE: usize = 64;
+/// Page cache, KiB (as a negative `cache_size`): the request-id index of the usage ledger is
+/// written at random places; keeping it in memory saves a read per record.
+const CACHE_SIZE_KIB: i64 = -65_536;
+/// WAL pages before a commit checkpoints (SQLite's default is 1,000). Usage batches touch
+/// random pages of the request-id index, so the default checkpoints after nearly every batch
+/// and halves ingestion; larger, rarer checkpoints write each hot page once.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 16_384;
+/// After a checkpoint, the WAL file is truncated back to this size, bytes.
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 /// Requests queued for the store thread before senders wait.
 const QUEUE: usize = 256;
 
@@ -40,6 +53,8 @@ type Job = Box<dyn FnOnce(&mut Db) + Send>;
 
 enum Msg {
     Run(Job),
+    /// A usage batch; batches queued together are applied in one transaction (group commit).
+    Usage(usage::Pending),
     Close,
 }
 
@@ -182,6 +197,14 @@ impl Store {
         .await
     }
 
+    /// Every price in force: the built-in defaults merged with the custom prices, with where
+    /// each comes from, sorted by key.
+    pub async fn list_prices(&self) -> Result<Vec<(Price, PriceSource)>, StoreError> {
+        let custom = self.call(|db| prices::load_all(&db.conn)).await?;
+        Ok(crate::prices::merge(custom))
+    }
+
+    /// Removes a custom price; the built-in default of the same key, if any, applies again.
     pub async fn remove_price(&self, model: String) -> Result<u64, StoreError> {
         self.change(move |conn, _| {
             prices::remove(conn, &model)?;
@@ -257,9 +280,38 @@ fn run(
     if ready.send(Ok(db.publisher.subscribe())).is_err() {
         return;
     }
-    while let Some(msg) = rx.blocking_recv() {
+    // A message taken off the queue while gathering usage batches, to run next.
+    let mut next: Option<Msg> = None;
+    loop {
+        let msg = match next.take() {
+            Some(msg) => msg,
+            None => match rx.blocking_recv() {
+                Some(msg) => msg,
+                None => break,
+            },
+        };
         match msg {
             Msg::Run(job) => job(&mut db),
+            Msg::Usage(first) => {
+                // Group commit: the batches already waiting share one transaction (and one
+                // fsync), each under its own savepoint; order with other jobs is kept.
+                let mut records = first.records.len();
+                let mut group = vec![first];
+                while records < usage::GROUP_MAX_RECORDS {
+                    match rx.try_recv() {
+                        Ok(Msg::Usage(pending)) => {
+                            records += pending.records.len();
+                            group.push(pending);
+                        }
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                usage::apply_group(&mut db.conn, group);
+            }
             Msg::Close => break,
         }
     }
@@ -278,7 +330,12 @@ fn open_db(path: &Path, key: &MasterKey) -> Result<Db, StoreError> {
     if !mode.eq_ignore_ascii_case("wal") {
         tracing::warn!(mode, "the database is not in WAL mode");
     }
+    // FULL: a usage batch (and every policy change) is on disk before it is acknowledged.
     conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    conn.pragma_update(None, "cache_size", CACHE_SIZE_KIB)?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     migrations::migrate(&mut conn)?;
     let cipher = Cipher::new(key);
@@ -330,6 +387,7 @@ mod tests {
         Route {
             alias: alias.into(),
             strategy: Strategy::Fallback,
+            cache_ttl_secs: 0,
             targets: vec![Target {
                 provider: provider.into(),
                 model: "gpt-4o-mini".into(),
@@ -545,24 +603,108 @@ mod tests {
         thread.close().await.unwrap();
     }
 
+    fn price_of(snapshot: &Snapshot, key: &str) -> Option<Price> {
+        snapshot.prices.iter().find(|p| p.model == key).cloned()
+    }
+
     #[tokio::test]
     async fn prices_and_modules_round_trip_and_no_ops_keep_the_version() {
         let dir = tempfile::tempdir().unwrap();
         let (store, thread) = Store::open(&dir.path().join("d.db"), key()).await.unwrap();
         let price = Price {
-            model: "gpt-4o-mini".into(),
+            model: "my-model".into(),
             input_per_mtok: 0.15,
             output_per_mtok: 0.6,
             cached_input_per_mtok: Some(0.075),
         };
         assert_eq!(store.set_price(price.clone()).await.unwrap(), 2);
-        assert_eq!(store.current().prices, vec![price]);
+        assert_eq!(price_of(&store.current(), "my-model"), Some(price));
         assert_eq!(store.set_module(Module::Redact, false).await.unwrap(), 2);
         assert_eq!(store.set_module(Module::Redact, true).await.unwrap(), 3);
         assert_eq!(store.set_module(Module::Redact, true).await.unwrap(), 3);
         assert!(store.current().modules.is_enabled(Module::Redact));
-        assert_eq!(store.remove_price("gpt-4o-mini".into()).await.unwrap(), 4);
+        assert_eq!(store.remove_price("my-model".into()).await.unwrap(), 4);
+        assert_eq!(price_of(&store.current(), "my-model"), None);
         thread.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn custom_prices_override_the_defaults_and_removing_one_reverts() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("d.db");
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        let default = price_of(&store.current(), "gpt-4o").expect("a built-in price");
+        assert_eq!((default.input_per_mtok, default.output_per_mtok), (2.5, 10.0));
+        let defaults = store.current().prices.len();
+        assert!(defaults >= 40, "{defaults}");
+
+        let custom = Price {
+            model: "gpt-4o".into(),
+            input_per_mtok: 2.0,
+            output_per_mtok: 8.0,
+            cached_input_per_mtok: None,
+        };
+        let per_provider = Price {
+            model: "azure-eu/gpt-4o".into(),
+            input_per_mtok: 2.75,
+            output_per_mtok: 11.0,
+            cached_input_per_mtok: Some(1.375),
+        };
+        store.set_price(custom.clone()).await.unwrap();
+        store.set_price(per_provider.clone()).await.unwrap();
+        let snapshot = store.current();
+        assert_eq!(price_of(&snapshot, "gpt-4o"), Some(custom.clone()));
+        assert_eq!(price_of(&snapshot, "azure-eu/gpt-4o"), Some(per_provider.clone()));
+        assert_eq!(snapshot.prices.len(), defaults + 1);
+        let listed = store.list_prices().await.unwrap();
+        let source = |key: &str| listed.iter().find(|(p, _)| p.model == key).map(|(_, s)| *s);
+        assert_eq!(source("gpt-4o"), Some(PriceSource::Custom));
+        assert_eq!(source("azure-eu/gpt-4o"), Some(PriceSource::Custom));
+        assert_eq!(source("gpt-4o-mini"), Some(PriceSource::Default));
+        thread.close().await.unwrap();
+
+        // Custom prices are stored; defaults come from the build.
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        assert_eq!(price_of(&store.current(), "gpt-4o"), Some(custom));
+        let v = store.current().version;
+        assert_eq!(store.remove_price("gpt-4o".into()).await.unwrap(), v + 1);
+        assert_eq!(price_of(&store.current(), "gpt-4o"), Some(default));
+        store.remove_price("azure-eu/gpt-4o".into()).await.unwrap();
+        assert_eq!(price_of(&store.current(), "azure-eu/gpt-4o"), None);
+
+        let err = store.remove_price("gpt-4o".into()).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFoundWhy(_)), "{err}");
+        assert!(err.to_string().contains("can be overridden"), "{err}");
+        let err = store.remove_price("ghost".into()).await.unwrap_err();
+        assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+        assert_eq!(store.current().version, v + 2);
+        thread.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stored_price_key_the_rules_now_refuse_never_reaches_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("d.db");
+        let (_, thread) = Store::open(&db, key()).await.unwrap();
+        thread.close().await.unwrap();
+        let conn = Connection::open(&db).unwrap();
+        conn.execute(
+            "INSERT INTO prices (model, input_per_mtok, output_per_mtok) VALUES ('Qwen/Qwen2.5-7B', 1, 1)",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        assert_eq!(price_of(&store.current(), "Qwen/Qwen2.5-7B"), None);
+        pb_snapshot_is_valid(&store.current());
+        // It can still be removed.
+        store.remove_price("Qwen/Qwen2.5-7B".into()).await.unwrap();
+        thread.close().await.unwrap();
+    }
+
+    fn pb_snapshot_is_valid(snapshot: &Snapshot) {
+        let wire = drover_proto::pb::Snapshot::from(snapshot);
+        assert_eq!(&Snapshot::try_from(&wire).unwrap(), snapshot);
     }
 
     #[tokio::test]

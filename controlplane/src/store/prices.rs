@@ -1,9 +1,13 @@
-//! The `prices` table: USD per million tokens, per model.
+//! The `prices` table: custom prices (USD per million tokens) set through the admin API, by
+//! price key (`model` or `provider/model`). The built-in defaults are not stored; they live in
+//! `crate::prices` and are merged in when a snapshot is built.
 
 use drover_proto::model::Price;
+use drover_proto::pb;
 use rusqlite::{Connection, params};
 
 use crate::error::StoreError;
+use crate::prices::has_default;
 
 /// Creates or replaces the price of `price.model`.
 pub(super) fn set(conn: &Connection, price: &Price) -> Result<(), StoreError> {
@@ -23,15 +27,21 @@ pub(super) fn set(conn: &Connection, price: &Price) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Removes the price of `model`.
+/// Removes the custom price of `model`; its built-in default, if any, applies again. A model
+/// with a default but no custom price is refused: defaults can be overridden, not removed.
 pub(super) fn remove(conn: &Connection, model: &str) -> Result<(), StoreError> {
     match conn.execute("DELETE FROM prices WHERE model = ?1", [model])? {
+        0 if has_default(model) => Err(StoreError::NotFoundWhy(format!(
+            "model {model:?} has no custom price; its built-in default price can be overridden \
+             (`drover price set`) but not removed"
+        ))),
         0 => Err(StoreError::NotFound(format!("price of model {model:?}"))),
         _ => Ok(()),
     }
 }
 
-/// Every price, by model.
+/// Every custom price, by key. A stored key that the current rules refuse (e.g. one written
+/// by an older build) is left out with a warning, so that it can never break a snapshot.
 pub(crate) fn load_all(conn: &Connection) -> Result<Vec<Price>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT model, input_per_mtok, output_per_mtok, cached_input_per_mtok FROM prices ORDER BY model",
@@ -46,5 +56,14 @@ pub(crate) fn load_all(conn: &Connection) -> Result<Vec<Price>, StoreError> {
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(prices)
+    Ok(prices
+        .into_iter()
+        .filter(|p| match Price::try_from(&pb::Price::from(p)) {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(model = %p.model, error = %e, "ignoring a stored price that is no longer valid");
+                false
+            }
+        })
+        .collect())
 }

@@ -1195,9 +1195,23 @@ fn stop_to_wire(stop: &StopReason) -> (&str, Option<&str>) {
         StopReason::StopSequence(seq) => ("stop_sequence", seq.as_deref()),
         StopReason::ToolUse => ("tool_use", None),
         StopReason::ContentFilter => ("refusal", None),
-        StopReason::Other(other) if other.is_empty() => ("end_turn", None),
-        StopReason::Other(other) => (other, None),
+        StopReason::Other(other) if is_anthropic_stop(other) => (other, None),
+        StopReason::Other(_) => ("end_turn", None),
     }
+}
+
+/// Stop reasons Anthropic's API documents; another provider's reason is not one of them.
+fn is_anthropic_stop(reason: &str) -> bool {
+    matches!(
+        reason,
+        "end_turn"
+            | "max_tokens"
+            | "stop_sequence"
+            | "tool_use"
+            | "pause_turn"
+            | "refusal"
+            | "model_context_window_exceeded"
+    )
 }
 
 /// Anthropic response body → the canonical answer.
@@ -1238,6 +1252,9 @@ pub fn decode_response(body: &[u8]) -> Result<ir::ChatResponse, ir::DecodeError>
 /// part of an answer and are reported as dropped; a thinking block without a signature gets
 /// an empty one.
 pub fn encode_response(resp: &ir::ChatResponse, dropped: &mut ir::Dropped) -> Bytes {
+    if matches!(&resp.stop, StopReason::Other(other) if !is_anthropic_stop(other)) {
+        dropped.add("stop_reason");
+    }
     let (stop_reason, stop_sequence) = stop_to_wire(&resp.stop);
     let body = MessageBody {
         id: &resp.id,
@@ -1367,11 +1384,6 @@ pub fn encode_error(err: &ir::ErrorInfo) -> (http::StatusCode, Bytes) {
 // Streams
 // ---------------------------------------------------------------------------------------------
 
-/// Whether a tool input's text is an empty object (`{}`, maybe with blanks).
-fn is_empty_object(json: &str) -> bool {
-    json.chars().filter(|c| !c.is_whitespace()).eq("{}".chars())
-}
-
 fn stream_decode_error(e: &serde_json::Error) -> ir::DecodeError {
     ir::DecodeError(format!("invalid Anthropic stream event: {}", clean(e)))
 }
@@ -1435,9 +1447,11 @@ impl StreamDecoder {
                     DeltaWire::ThinkingDelta { thinking } => Delta::Thinking(thinking.into_owned()),
                     DeltaWire::SignatureDelta { signature } => Delta::Signature(signature.into_owned()),
                     DeltaWire::InputJsonDelta { partial_json } => {
-                        if !partial_json.is_empty()
-                            && self.pending_input.as_ref().is_some_and(|(i, _)| *i == index)
-                        {
+                        // An empty fragment carries nothing; the input given at the start stays.
+                        if partial_json.is_empty() {
+                            return Ok(out);
+                        }
+                        if self.pending_input.as_ref().is_some_and(|(i, _)| *i == index) {
                             self.pending_input = None;
                         }
                         Delta::ToolArguments(partial_json.into_owned())
@@ -1552,9 +1566,9 @@ impl StreamDecoder {
             }
             Part::RedactedThinking { data } => BlockKind::RedactedThinking { data },
             Part::ToolCall { id, name, arguments } => {
-                if !is_empty_object(&arguments) {
-                    self.pending_input = Some((index, arguments));
-                }
+                // Sent at the block's end unless deltas bring the input (an empty object too:
+                // a call without arguments still has JSON arguments).
+                self.pending_input = Some((index, arguments));
                 BlockKind::ToolCall { id, name }
             }
             Part::Image { .. } | Part::ToolResult { .. } => {
@@ -3023,7 +3037,6 @@ data: {"type":"message_stop"}
                     name: "get_weather".into(),
                 },
             },
-            args(2, ""),
             args(2, r#"{"location": "Par"#),
             args(2, r#"is, FR", "unit""#),
             args(2, r#": "celsius"}"#),

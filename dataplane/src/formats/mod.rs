@@ -6,3 +6,4 @@ pub mod gemini;
 pub mod ir;
 pub mod openai;
 pub mod sse;
+pub mod usage;

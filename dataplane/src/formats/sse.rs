@@ -52,7 +52,10 @@ impl Terminal {
                     .map(|rest| rest.strip_prefix(b" ").unwrap_or(rest))
             };
             match self {
-                Terminal::OpenAiDone => field(b"data:") == Some(b"[DONE]".as_slice()),
+                // An error chunk ends an OpenAI stream too: nothing follows it.
+                Terminal::OpenAiDone => {
+                    field(b"data:").is_some_and(|d| d == b"[DONE]" || d.starts_with(b"{\"error\""))
+                }
                 Terminal::AnthropicStop => matches!(field(b"event:"), Some(b"message_stop" | b"error")),
                 Terminal::ResponsesEnd => matches!(
                     field(b"event:"),

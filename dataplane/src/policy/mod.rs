@@ -40,6 +40,8 @@ pub struct CompiledRoute {
     /// In the order given (fallback) or by descending weight (weighted).
     pub targets: Vec<Arc<CompiledTarget>>,
     pub total_weight: u64,
+    /// Response cache TTL; `None`: answers of this route are not cached.
+    pub cache_ttl: Option<std::time::Duration>,
 }
 
 /// Everything a request needs to be decided, for one snapshot version.
@@ -50,6 +52,8 @@ pub struct Policy {
     pub providers: HashMap<String, Arc<ProviderRt>>,
     pub routes: HashMap<String, CompiledRoute>,
     pub modules: Modules,
+    /// Prices by `provider/model` (a per-provider override) or `model`.
+    pub prices: HashMap<String, model::Price>,
     /// The body of `GET /v1/models`, rendered once.
     pub models_body: Bytes,
     /// The same list in Anthropic's shape.
@@ -103,12 +107,15 @@ impl Policy {
             for t in &targets {
                 listed.push((t.id.clone(), t.provider.name.clone()));
             }
+            let cache_ttl =
+                (r.cache_ttl_secs > 0).then(|| std::time::Duration::from_secs(u64::from(r.cache_ttl_secs)));
             routes.insert(
                 r.alias.clone(),
                 CompiledRoute {
                     strategy: r.strategy,
                     targets,
                     total_weight,
+                    cache_ttl,
                 },
             );
         }
@@ -141,10 +148,25 @@ impl Policy {
             providers,
             routes,
             modules: valid.modules,
+            prices: valid
+                .prices
+                .iter()
+                .map(|p| (p.model.clone(), p.clone()))
+                .collect(),
             models_body,
             anthropic_models_body,
             encoded: Bytes::from(prost::Message::encode_to_vec(snapshot)),
         })
+    }
+
+    /// The price of `model` at `provider`: a `provider/model` override first, else the model's.
+    pub fn price(&self, provider: &str, model: &str) -> Option<&model::Price> {
+        if self.prices.is_empty() {
+            return None;
+        }
+        self.prices
+            .get(&format!("{provider}/{model}"))
+            .or_else(|| self.prices.get(model))
     }
 
     /// A direct `provider/model` target, built for one request.
@@ -225,6 +247,7 @@ mod tests {
                         weight: 9,
                     },
                 ],
+                cache_ttl_secs: 0,
             }],
             prices: vec![],
             modules: vec![],

@@ -8,6 +8,7 @@
 pub mod call;
 pub mod failover;
 pub mod health;
+pub mod meter;
 pub mod plan;
 pub mod relay;
 pub mod router;
@@ -26,10 +27,12 @@ use crate::app::AppState;
 use crate::error::ProxyError;
 use crate::formats::ir::ChatResponse;
 use crate::formats::openai::{BodyError, ShallowBody};
-use crate::formats::{anthropic, gemini, openai};
+use crate::formats::sse::Terminal;
+use crate::formats::{anthropic, gemini, openai, usage};
 use crate::providers::Family;
 use call::{ApiFormat, Call, Ingress};
 use failover::{Answer, Dispatched};
+use meter::Meter;
 use plan::Wire;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -37,6 +40,8 @@ pub const X_DROVER_PROVIDER: HeaderName = HeaderName::from_static("x-drover-prov
 pub const X_DROVER_MODEL: HeaderName = HeaderName::from_static("x-drover-model");
 /// Features the target's format could not express, comma-separated.
 pub const X_DROVER_DROPPED: HeaderName = HeaderName::from_static("x-drover-dropped");
+/// Cost of a non-stream answer in USD (nine decimals); absent when the model has no price.
+pub const X_DROVER_COST_USD: HeaderName = HeaderName::from_static("x-drover-cost-usd");
 
 pub async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
     serve(&state, req, Ingress::ChatCompletions).await
@@ -114,10 +119,15 @@ pub async fn method_not_allowed(req: Request) -> Response {
     resp
 }
 
-async fn serve(state: &AppState, req: Request, ingress: Ingress) -> Response {
+async fn serve(state: &Arc<AppState>, req: Request, ingress: Ingress) -> Response {
     state.metrics.requests.inc();
     let request_id = request_id(req.headers());
-    let mut resp = match handle(state, req, ingress, &request_id).await {
+    let mut meter = Some(Meter::new(
+        state.clone(),
+        plan::ingress_path(ingress),
+        request_id.to_str().unwrap_or_default(),
+    ));
+    let mut resp = match handle(state, req, ingress, &request_id, &mut meter).await {
         Ok(resp) => resp,
         Err(err) => {
             if err.status().is_server_error() {
@@ -127,6 +137,10 @@ async fn serve(state: &AppState, req: Request, ingress: Ingress) -> Response {
         }
     };
     state.metrics.count_status(resp.status());
+    if let Some(meter) = meter.take() {
+        let status = resp.status().as_u16();
+        meter.finish(status, status >= 400);
+    }
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     resp
 }
@@ -137,6 +151,7 @@ async fn handle(
     req: Request,
     ingress: Ingress,
     request_id: &HeaderValue,
+    meter: &mut Option<Meter>,
 ) -> Result<Response, ProxyError> {
     let policy = state.policy.load().ok_or(ProxyError::NotReady)?;
     let (parts, body) = req.into_parts();
@@ -155,6 +170,9 @@ async fn handle(
         message: "model must be a string".into(),
         param: Some("model"),
     })?;
+    if let Some(m) = meter.as_mut() {
+        m.route(&model, policy.version, stream, body.len());
+    }
     let candidates =
         router::candidates(&policy, &model, &state.health).ok_or_else(|| ProxyError::UnknownModel {
             model: model.chars().take(256).collect(),
@@ -164,11 +182,23 @@ async fn handle(
         return estimate_tokens(&call);
     }
     let dispatched = failover::dispatch(state, &candidates, &call).await?;
-    respond(state, &call, dispatched)
+    if let Some(m) = meter.as_mut() {
+        m.target(
+            &policy,
+            &dispatched.target.provider.name,
+            &dispatched.target.model,
+        );
+    }
+    respond(state, &call, dispatched, meter)
 }
 
 /// Turns the winning answer into the caller's response.
-fn respond(state: &AppState, call: &Call<'_>, d: Dispatched) -> Result<Response, ProxyError> {
+fn respond(
+    state: &AppState,
+    call: &Call<'_>,
+    d: Dispatched,
+    meter: &mut Option<Meter>,
+) -> Result<Response, ProxyError> {
     let format = call.ingress.format();
     let mut resp = match (d.answer, d.wire) {
         (
@@ -179,6 +209,11 @@ fn respond(state: &AppState, call: &Call<'_>, d: Dispatched) -> Result<Response,
             },
             Wire::Passthrough { .. },
         ) => {
+            let usage = match format {
+                ApiFormat::OpenAi => usage::openai_body(&body),
+                ApiFormat::Anthropic => usage::anthropic_body(&body),
+            };
+            set_cost(meter, usage);
             let mut resp = (status, body).into_response();
             resp.headers_mut().insert(
                 CONTENT_TYPE,
@@ -198,6 +233,7 @@ fn respond(state: &AppState, call: &Call<'_>, d: Dispatched) -> Result<Response,
                 Family::Gemini => gemini::decode_response(&body),
             };
             let answer = decoded.map_err(|e| ProxyError::BadUpstream { message: e.0 })?;
+            set_cost(meter, Some(answer.usage));
             let mut dropped = d.dropped.clone();
             let body: Bytes = match format {
                 ApiFormat::OpenAi => openai::chat::encode_response(&answer, &mut dropped),
@@ -212,18 +248,23 @@ fn respond(state: &AppState, call: &Call<'_>, d: Dispatched) -> Result<Response,
         (Answer::Stream { first, body }, wire) => {
             let idle = state.config.proxy.upstream_timeout;
             let metrics = state.metrics.clone();
+            let Some(meter) = meter.take() else {
+                return Err(ProxyError::BadUpstream {
+                    message: "request metered twice".into(),
+                });
+            };
             let relay_body = match wire {
-                Wire::Passthrough { terminal } => Body::new(relay::SseRelay::new(
-                    first,
-                    body,
-                    relay::Passthrough::new(terminal, format),
-                    idle,
-                    metrics,
-                )),
+                Wire::Passthrough { terminal } => {
+                    let strip = terminal == Terminal::OpenAiDone
+                        && matches!(call.ingress, Ingress::ChatCompletions | Ingress::Completions)
+                        && !plan::caller_wants_stream_usage(call.body);
+                    let transform = relay::Passthrough::new(terminal, format, strip);
+                    Body::new(relay::SseRelay::new(first, body, transform, meter, idle, metrics))
+                }
                 Wire::Translate { provider } => {
                     let include_usage = call.canonical().map(|(r, _)| r.include_usage).unwrap_or(false);
                     let transform = relay::Translate::new(provider, format, include_usage);
-                    Body::new(relay::SseRelay::new(first, body, transform, idle, metrics))
+                    Body::new(relay::SseRelay::new(first, body, transform, meter, idle, metrics))
                 }
             };
             let mut resp = Response::new(relay_body);
@@ -236,6 +277,11 @@ fn respond(state: &AppState, call: &Call<'_>, d: Dispatched) -> Result<Response,
     };
     let target = &d.target;
     let h = resp.headers_mut();
+    if let Some(cost) = meter.as_ref().and_then(Meter::cost)
+        && let Ok(v) = HeaderValue::from_str(&meter::format_usd(cost))
+    {
+        h.insert(X_DROVER_COST_USD, v);
+    }
     if let Ok(v) = HeaderValue::from_str(&target.provider.name) {
         h.insert(X_DROVER_PROVIDER, v);
     }
@@ -243,6 +289,13 @@ fn respond(state: &AppState, call: &Call<'_>, d: Dispatched) -> Result<Response,
         h.insert(X_DROVER_MODEL, v);
     }
     Ok(resp)
+}
+
+/// Hands the meter the provider's counts and returns the cost header's value.
+fn set_cost(meter: &mut Option<Meter>, usage: Option<crate::formats::ir::Usage>) {
+    if let (Some(m), Some(u)) = (meter.as_mut(), usage) {
+        m.usage(u);
+    }
 }
 
 fn set_dropped(headers: &mut HeaderMap, dropped: &crate::formats::ir::Dropped) {

@@ -2,10 +2,10 @@
 //! format (the hot path: only `model` is rewritten), translated through the canonical model
 //! otherwise, or not at all when the provider does not offer what was called.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::formats::ir::Dropped;
-use crate::formats::openai::{BodyError, splice};
+use crate::formats::openai::{BodyError, ShallowBody, splice};
 use crate::formats::sse::Terminal;
 use crate::formats::{anthropic, gemini, openai};
 use crate::policy::CompiledTarget;
@@ -75,7 +75,15 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
     }
     let mut dropped = Dropped::default();
     let body = match wire {
-        Wire::Passthrough { .. } => splice(call.body, call.model_span.clone(), &target.model_json),
+        Wire::Passthrough { .. } => {
+            let body = splice(call.body, call.model_span.clone(), &target.model_json);
+            if call.stream && matches!(call.ingress, Ingress::ChatCompletions | Ingress::Completions) {
+                // Every stream is metered: ask for the usage chunk (stripped again if the caller did not).
+                with_stream_usage(&body).unwrap_or(body)
+            } else {
+                body
+            }
+        }
         Wire::Translate { provider } => {
             let (req, decode_dropped) = call.canonical().map_err(Skip::Invalid)?;
             dropped = decode_dropped.clone();
@@ -105,6 +113,49 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
     })
 }
 
+/// The body with `stream_options.include_usage` set to true; `None` if it already is (or
+/// the body is not an object).
+pub fn with_stream_usage(body: &Bytes) -> Option<Bytes> {
+    let parsed = ShallowBody::parse(body).ok()?;
+    match parsed.get("stream_options") {
+        None => {
+            let open = body.iter().position(|&b| b == b'{')?;
+            let mut out = BytesMut::with_capacity(body.len() + 40);
+            out.extend_from_slice(&body[..=open]);
+            out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+            let rest = &body[open + 1..];
+            if rest.iter().any(|b| !b.is_ascii_whitespace() && *b != b'}') {
+                out.extend_from_slice(b",");
+            }
+            out.extend_from_slice(rest);
+            Some(out.freeze())
+        }
+        Some(raw) => {
+            let mut options: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(raw.get()).ok()?;
+            if options.get("include_usage") == Some(&serde_json::Value::Bool(true)) {
+                return None;
+            }
+            options.insert("include_usage".into(), serde_json::Value::Bool(true));
+            let span = parsed.value_span(body, "stream_options")?;
+            Some(splice(
+                body,
+                span,
+                serde_json::Value::Object(options).to_string().as_bytes(),
+            ))
+        }
+    }
+}
+
+/// Whether the caller itself asked for the usage chunk of an OpenAI stream.
+pub fn caller_wants_stream_usage(body: &[u8]) -> bool {
+    ShallowBody::parse(body)
+        .ok()
+        .and_then(|p| p.get("stream_options").map(|raw| raw.get().to_owned()))
+        .and_then(|raw| serde_json::from_str::<serde_json::Value>(&raw).ok())
+        .is_some_and(|v| v.get("include_usage") == Some(&serde_json::Value::Bool(true)))
+}
+
 fn pass(terminal: Terminal) -> Wire {
     Wire::Passthrough { terminal }
 }
@@ -117,5 +168,39 @@ pub fn ingress_path(ingress: Ingress) -> &'static str {
         Ingress::Responses => "/v1/responses",
         Ingress::Messages => "/v1/messages",
         Ingress::CountTokens => "/v1/messages/count_tokens",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_usage_is_asked_for_once() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                r#"{"model":"m","stream":true}"#,
+                Some(r#"{"stream_options":{"include_usage":true},"model":"m","stream":true}"#),
+            ),
+            (r#"{}"#, Some(r#"{"stream_options":{"include_usage":true}}"#)),
+            (
+                r#"{"model":"m","stream_options":{"include_usage":false,"x":1}}"#,
+                Some(r#"{"model":"m","stream_options":{"include_usage":true,"x":1}}"#),
+            ),
+            (r#"{"model":"m","stream_options":{"include_usage":true}}"#, None),
+        ];
+        for (input, want) in cases {
+            let got = with_stream_usage(&Bytes::copy_from_slice(input.as_bytes()));
+            assert_eq!(
+                got.as_deref().map(|b| std::str::from_utf8(b).unwrap()),
+                *want,
+                "{input}"
+            );
+        }
+        assert!(caller_wants_stream_usage(
+            br#"{"stream_options":{"include_usage":true}}"#
+        ));
+        assert!(!caller_wants_stream_usage(br#"{"stream_options":{}}"#));
+        assert!(!caller_wants_stream_usage(br#"{"model":"m"}"#));
     }
 }

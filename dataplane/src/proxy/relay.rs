@@ -19,12 +19,14 @@ use tokio::time::{Instant, Sleep};
 
 use crate::admin::Metrics;
 use crate::error::stream_error;
-use crate::formats::ir::StreamEvent;
+use crate::formats::ir::{Delta, StreamEvent, Usage};
 use crate::formats::sse::openai_error_event;
 use crate::formats::sse::{SseFramer, Terminal, parse_events};
+use crate::formats::usage::{StreamKind, StreamTap};
 use crate::formats::{anthropic, gemini, openai};
 use crate::providers::Family;
 use crate::proxy::call::ApiFormat;
+use crate::proxy::meter::Meter;
 
 /// What a relay does with the whole events it reads.
 pub trait Transform: Send + Unpin + 'static {
@@ -35,20 +37,32 @@ pub trait Transform: Send + Unpin + 'static {
     /// The stream failed: append an error event for the caller, unless it already completed.
     /// Returns whether an error event was added.
     fn fail(&mut self, message: &str, code: &str, out: &mut Vec<Bytes>) -> bool;
+    /// The provider's token counts seen so far.
+    fn usage(&self) -> Option<Usage>;
+    /// Content characters relayed so far.
+    fn content_chars(&self) -> usize;
 }
 
 /// Same format both ways: events go out as they came; `terminal` marks completion.
 pub struct Passthrough {
     terminal: Terminal,
     format: ApiFormat,
+    tap: StreamTap,
     done: bool,
 }
 
 impl Passthrough {
-    pub fn new(terminal: Terminal, format: ApiFormat) -> Self {
+    /// `strip_usage_chunk`: the gateway asked an OpenAI provider for the usage chunk that the caller did not.
+    pub fn new(terminal: Terminal, format: ApiFormat, strip_usage_chunk: bool) -> Self {
+        let kind = match terminal {
+            Terminal::OpenAiDone => StreamKind::OpenAiChunks,
+            Terminal::AnthropicStop => StreamKind::Anthropic,
+            Terminal::ResponsesEnd => StreamKind::Responses,
+        };
         Passthrough {
             terminal,
             format,
+            tap: StreamTap::new(kind, strip_usage_chunk),
             done: false,
         }
     }
@@ -59,7 +73,18 @@ impl Transform for Passthrough {
         if !self.done && self.terminal.seen_in(&events) {
             self.done = true;
         }
-        out.push(events);
+        let events = self.tap.observe(events);
+        if !events.is_empty() {
+            out.push(events);
+        }
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.tap.usage
+    }
+
+    fn content_chars(&self) -> usize {
+        self.tap.content_chars
     }
 
     fn end(&mut self, _out: &mut Vec<Bytes>) -> bool {
@@ -105,6 +130,8 @@ pub struct Translate {
     encoder: Encoder,
     buf: BytesMut,
     done: bool,
+    usage: Option<Usage>,
+    content_chars: usize,
 }
 
 impl Translate {
@@ -121,6 +148,8 @@ impl Translate {
             },
             buf: BytesMut::new(),
             done: false,
+            usage: None,
+            content_chars: 0,
         }
     }
 
@@ -129,8 +158,16 @@ impl Translate {
             if self.done {
                 return;
             }
-            if matches!(event, StreamEvent::Done | StreamEvent::Error(_)) {
-                self.done = true;
+            match &event {
+                StreamEvent::Done | StreamEvent::Error(_) => self.done = true,
+                StreamEvent::Usage(u) => self.usage = Some(*u),
+                StreamEvent::Delta { delta, .. } => {
+                    self.content_chars += match delta {
+                        Delta::Text(t) | Delta::Thinking(t) | Delta::ToolArguments(t) => t.len(),
+                        Delta::Signature(_) => 0,
+                    }
+                }
+                _ => {}
             }
             match &mut self.encoder {
                 Encoder::OpenAi(e) => e.encode(&event, &mut self.buf),
@@ -187,6 +224,14 @@ impl Transform for Translate {
         self.flush(out);
         true
     }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    fn content_chars(&self) -> usize {
+        self.content_chars
+    }
 }
 
 /// Most scheduler yields spent gathering events that arrive back to back into one write.
@@ -201,6 +246,10 @@ pub struct SseRelay<T: Transform> {
     upstream: Incoming,
     framer: SseFramer,
     transform: T,
+    /// Finished when the stream ends; dropped unfinished if the caller goes away.
+    meter: Option<Meter>,
+    completed: bool,
+    metered_chars: usize,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
     /// Whole events read but not yet handed to the caller.
@@ -217,6 +266,7 @@ impl<T: Transform> SseRelay<T> {
         first: Bytes,
         upstream: Incoming,
         transform: T,
+        meter: Meter,
         idle: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -225,6 +275,9 @@ impl<T: Transform> SseRelay<T> {
             upstream,
             framer: SseFramer::default(),
             transform,
+            meter: Some(meter),
+            completed: false,
+            metered_chars: 0,
             idle,
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             out: Vec::new(),
@@ -244,8 +297,31 @@ impl<T: Transform> SseRelay<T> {
         }
     }
 
+    /// Hands the meter what the stream showed, and records it once the stream is over.
+    fn meter_update(&mut self) {
+        let Some(meter) = self.meter.as_mut() else { return };
+        if let Some(usage) = self.transform.usage() {
+            meter.usage(usage);
+        }
+        meter.relayed_chars(self.transform.content_chars().saturating_sub(self.metered_chars));
+        self.metered_chars = self.transform.content_chars();
+        if !self.out.is_empty() {
+            meter.first_byte();
+        }
+        if self.finished
+            && let Some(meter) = self.meter.take()
+        {
+            if self.completed {
+                meter.finish(200, false);
+            } else {
+                meter.finish(502, true);
+            }
+        }
+    }
+
     /// Everything gathered, as one frame.
     fn take_out(&mut self) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.meter_update();
         self.yields = 0;
         self.idle_yields = 0;
         let data = match self.out.len() {
@@ -302,6 +378,7 @@ impl<T: Transform> Body for SseRelay<T> {
                 Poll::Ready(None) => {
                     if this.transform.end(&mut this.out) {
                         this.finished = true;
+                        this.completed = true;
                     } else {
                         this.finish(
                             "the upstream stream ended before it completed",

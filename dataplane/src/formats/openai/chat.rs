@@ -79,7 +79,7 @@ pub fn decode_request_reporting(body: &[u8], dropped: &mut ir::Dropped) -> Resul
             "reasoning_effort" => req.reasoning_effort = field(raw, "reasoning_effort")?,
             "parallel_tool_calls" => req.parallel_tool_calls = field(raw, "parallel_tool_calls")?,
             "stop" => req.stop = decode_stop(field(raw, "stop")?)?,
-            "tools" => req.tools = decode_tools(field(raw, "tools")?.unwrap_or_default())?,
+            "tools" => req.tools = decode_tools(field(raw, "tools")?.unwrap_or_default(), dropped)?,
             "tool_choice" => {
                 req.tool_choice = field::<Value>(raw, "tool_choice")?
                     .map(decode_tool_choice)
@@ -157,9 +157,12 @@ struct WireFunctionDef {
     parameters: Option<Value>,
     #[serde(default)]
     cache_control: Option<Value>,
+    /// Strict schema adherence; no other format can promise it.
+    #[serde(default)]
+    strict: Option<bool>,
 }
 
-fn decode_tools(tools: Vec<Value>) -> Result<Vec<Tool>, BodyError> {
+fn decode_tools(tools: Vec<Value>, dropped: &mut ir::Dropped) -> Result<Vec<Tool>, BodyError> {
     let bad = |msg: String| BodyError::new(msg, Some("tools"));
     tools
         .into_iter()
@@ -173,6 +176,9 @@ fn decode_tools(tools: Vec<Value>) -> Result<Vec<Tool>, BodyError> {
                 )));
             }
             let function = tool.function.ok_or_else(|| bad(format!("tools[{i}]: missing `function`")))?;
+            if function.strict == Some(true) {
+                dropped.add("strict");
+            }
             Ok(Tool {
                 name: function.name,
                 description: function.description,

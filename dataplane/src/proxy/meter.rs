@@ -1,0 +1,197 @@
+//! Metering: every request yields one usage record — stream or not, success or failure.
+//!
+//! A [`Meter`] starts when a request arrives and learns, phase by phase, the route, the
+//! target, the provider's token counts and when the first byte went out. Non-stream
+//! requests finish it when the response is built; streams carry it in their relay and
+//! finish it when the stream ends. A meter dropped unfinished (the caller went away) still
+//! records what was produced: the provider's counts when they arrived, else an estimate
+//! from the characters relayed.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use drover_proto::model::{self, UsageRecord, cost_nano_usd};
+
+use crate::app::AppState;
+use crate::formats::ir::Usage;
+use crate::policy::Policy;
+
+/// Status recorded for a stream whose caller went away before it ended (as nginx logs it).
+pub const CLIENT_CLOSED: u16 = 499;
+
+pub struct Meter {
+    state: Arc<AppState>,
+    record: UsageRecord,
+    started: Instant,
+    first_byte: Option<Instant>,
+    usage: Option<Usage>,
+    price: Option<model::Price>,
+    /// Characters of content relayed, for the estimate when no usage came.
+    output_chars: u64,
+    /// Request body size, for the estimate when no usage came.
+    request_bytes: u64,
+    done: bool,
+}
+
+impl Meter {
+    pub fn new(state: Arc<AppState>, endpoint: &str, request_id: &str) -> Self {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        Meter {
+            state,
+            record: UsageRecord {
+                request_id: request_id.to_owned(),
+                time_unix_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
+                endpoint: endpoint.to_owned(),
+                ..UsageRecord::default()
+            },
+            started: Instant::now(),
+            first_byte: None,
+            usage: None,
+            price: None,
+            output_chars: 0,
+            request_bytes: 0,
+            done: false,
+        }
+    }
+
+    /// What was asked for, and which policy decided it.
+    pub fn route(&mut self, alias: &str, policy_version: u64, stream: bool, request_bytes: usize) {
+        self.record.alias = alias.chars().take(256).collect();
+        self.record.policy_version = policy_version;
+        self.record.stream = stream;
+        self.request_bytes = request_bytes as u64;
+    }
+
+    /// Who answered, and at what price.
+    pub fn target(&mut self, policy: &Policy, provider: &str, model: &str) {
+        self.record.provider = provider.to_owned();
+        self.record.model = model.to_owned();
+        self.price = policy.price(provider, model).cloned();
+    }
+
+    /// The provider's token counts (the latest report wins: stream counts are cumulative).
+    pub fn usage(&mut self, usage: Usage) {
+        self.usage = Some(usage);
+    }
+
+    pub fn has_usage(&self) -> bool {
+        self.usage.is_some()
+    }
+
+    /// Answered from the response cache: cost 0, and `saved` (nano-USD) recorded.
+    pub fn cache_hit(&mut self, saved: Option<i64>) {
+        self.record.cache_hit = true;
+        self.record.saved_nano_usd = saved.unwrap_or(0);
+    }
+
+    /// Content characters relayed to the caller.
+    pub fn relayed_chars(&mut self, chars: usize) {
+        self.output_chars += chars as u64;
+    }
+
+    /// The first byte of the answer is leaving.
+    pub fn first_byte(&mut self) {
+        if self.first_byte.is_none() {
+            self.first_byte = Some(Instant::now());
+        }
+    }
+
+    /// Cost of the usage so far, nano-USD; `None` when the model has no price. A cache hit costs 0.
+    pub fn cost(&self) -> Option<i64> {
+        if self.record.cache_hit {
+            return Some(0);
+        }
+        self.provider_cost()
+    }
+
+    /// What the provider charges (or charged) for this usage.
+    pub fn provider_cost(&self) -> Option<i64> {
+        let price = self.price.as_ref()?;
+        let usage = self.effective_usage();
+        let cached = usage.cached_input_tokens.min(usage.input_tokens);
+        let cached_price = price.cached_input_per_mtok.unwrap_or(price.input_per_mtok);
+        Some(
+            cost_nano_usd(usage.input_tokens - cached, price.input_per_mtok)
+                + cost_nano_usd(cached, cached_price)
+                + cost_nano_usd(usage.output_tokens, price.output_per_mtok),
+        )
+    }
+
+    /// The provider's counts, or an estimate (about four characters a token) when none came.
+    fn effective_usage(&self) -> Usage {
+        match self.usage {
+            Some(u) => u,
+            None if self.record.provider.is_empty() => Usage::default(),
+            None => Usage {
+                input_tokens: self.request_bytes.div_ceil(4),
+                output_tokens: self.output_chars.div_ceil(4),
+                ..Usage::default()
+            },
+        }
+    }
+
+    /// Records the request with the status the caller got.
+    pub fn finish(mut self, status: u16, failed: bool) {
+        self.finalize(status, failed);
+    }
+
+    fn finalize(&mut self, status: u16, failed: bool) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let usage = self.effective_usage();
+        let cost = self.cost();
+        let r = &mut self.record;
+        r.status = status;
+        r.failed = failed || status >= 400;
+        r.input_tokens = usage.input_tokens;
+        r.output_tokens = usage.output_tokens;
+        r.cached_input_tokens = usage.cached_input_tokens;
+        r.cache_creation_tokens = usage.cache_creation_tokens;
+        r.reasoning_tokens = usage.reasoning_tokens;
+        r.unpriced = cost.is_none() && !r.provider.is_empty();
+        r.cost_nano_usd = cost.unwrap_or(0);
+        r.latency_ms = millis(self.started.elapsed());
+        r.ttft_ms = self
+            .first_byte
+            .map_or(0, |t| millis(t.duration_since(self.started)));
+        if r.unpriced {
+            self.state.metrics.unpriced.inc();
+        }
+        self.state.usage.record(std::mem::take(&mut self.record));
+    }
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        // Dropped unfinished: the caller went away mid-stream.
+        self.finalize(CLIENT_CLOSED, true);
+    }
+}
+
+fn millis(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// USD with nine decimals from nano-USD, exactly (no floating point).
+pub fn format_usd(nano: i64) -> String {
+    let sign = if nano < 0 { "-" } else { "" };
+    let n = nano.unsigned_abs();
+    format!("{sign}{}.{:09}", n / 1_000_000_000, n % 1_000_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usd_is_formatted_exactly() {
+        assert_eq!(format_usd(0), "0.000000000");
+        assert_eq!(format_usd(1), "0.000000001");
+        assert_eq!(format_usd(1_234_567_890), "1.234567890");
+        assert_eq!(format_usd(-5), "-0.000000005");
+    }
+}

@@ -1,0 +1,158 @@
+//! Usage reporting: the request path hands each finished request's [`model::UsageRecord`]
+//! to [`Usage::record`], and the reporter task batches the records to the control plane's
+//! `UsageService.Report`, keeping every record until the control plane has answered for it.
+//!
+//! ```text
+//! request path ──record()──▶ bounded mpsc ──▶ reporter task ──Report(batch)──▶ control plane
+//!   (atomics + try_send,                       spool (memory, oldest first)
+//!    never blocks)                              └─ optional spool file (spawn_blocking, fsync)
+//! ```
+//!
+//! * Records are batched by size (`batch_max`) and time (`flush_interval`, counted from the
+//!   oldest waiting record), and resent oldest first after any failure, with jittered
+//!   exponential backoff. The control plane applies each record once by request id, so a
+//!   resend after a lost answer is counted there as a duplicate, never twice.
+//! * The spool is bounded (`spool_max` records, counting those still in the channel). When it
+//!   is full, new records are dropped and counted (`drover_usage_dropped_total`), with a
+//!   rate-limited warning. Requests are still served: proxy-only mode fails open. Once caps
+//!   and metered tenants exist, their requests are to fail closed instead, by checking
+//!   [`Usage::is_full`] before serving. Records loaded from the spool file at start are never
+//!   dropped, even beyond the bound; new ones are, until the backlog is below it.
+//! * With a spool file, records are written to disk (fsync'd) before they are sent, so a
+//!   restart of the data plane resends them; see [`spool`].
+//!
+//! This module does not compute costs or tokens (the proxy's meter does) and does not keep
+//! rollups (the control plane does).
+
+pub mod reporter;
+pub mod spool;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use drover_proto::model;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::admin::Metrics;
+use crate::config::UsageConfig;
+
+pub use reporter::{ReporterError, Upstream};
+
+/// Least time between two "spool full" warnings.
+const DROP_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The request path's handle on usage reporting. Cheap to call, never blocks or awaits.
+pub struct Usage {
+    tx: mpsc::Sender<model::UsageRecord>,
+    /// Taken once by the reporter when it starts (not on the request path).
+    inbox: std::sync::Mutex<Option<mpsc::Receiver<model::UsageRecord>>>,
+    shared: Arc<Shared>,
+    config: UsageConfig,
+}
+
+/// State the request path shares with the reporter: atomics only.
+struct Shared {
+    /// Records accepted and not yet finished (acked or rejected), in the channel or the spool.
+    pending: AtomicU64,
+    spool_max: u64,
+    metrics: Arc<Metrics>,
+    epoch: Instant,
+    /// Milliseconds since `epoch` before which no "spool full" warning is logged.
+    next_warn_ms: AtomicU64,
+}
+
+impl Shared {
+    /// `n` records are finished (acked, rejected or invalid).
+    fn finished(&self, n: usize) {
+        self.pending.fetch_sub(n as u64, Ordering::Relaxed);
+    }
+}
+
+impl Usage {
+    pub fn new(config: UsageConfig, metrics: Arc<Metrics>) -> Usage {
+        let spool_max = config.spool_max.get();
+        let (tx, rx) = mpsc::channel(spool_max);
+        Usage {
+            tx,
+            inbox: std::sync::Mutex::new(Some(rx)),
+            shared: Arc::new(Shared {
+                pending: AtomicU64::new(0),
+                spool_max: spool_max as u64,
+                metrics,
+                epoch: Instant::now(),
+                next_warn_ms: AtomicU64::new(0),
+            }),
+            config,
+        }
+    }
+
+    /// Hands one request's record to the reporter. If the spool is full (or the reporter has
+    /// stopped) the record is dropped and counted; the request is not affected.
+    pub fn record(&self, record: model::UsageRecord) {
+        let shared = &*self.shared;
+        shared.metrics.usage_records.inc();
+        if shared.pending.fetch_add(1, Ordering::Relaxed) >= shared.spool_max {
+            shared.finished(1);
+            self.dropped();
+            return;
+        }
+        if self.tx.try_send(record).is_err() {
+            shared.finished(1);
+            self.dropped();
+        }
+    }
+
+    /// Whether the spool is at its bound, so that a new record would be dropped. For
+    /// metered tenants (once caps exist) a full spool is to refuse requests: fail closed.
+    pub fn is_full(&self) -> bool {
+        self.spooled() >= self.shared.spool_max
+    }
+
+    /// Records accepted and not yet acked by the control plane (channel and spool).
+    pub fn spooled(&self) -> u64 {
+        self.shared.pending.load(Ordering::Relaxed)
+    }
+
+    pub fn config(&self) -> &UsageConfig {
+        &self.config
+    }
+
+    fn dropped(&self) {
+        let shared = &*self.shared;
+        shared.metrics.usage_dropped.inc();
+        let now = u64::try_from(shared.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = shared.next_warn_ms.load(Ordering::Relaxed);
+        let every = DROP_WARN_EVERY.as_millis() as u64;
+        if now >= next
+            && shared
+                .next_warn_ms
+                .compare_exchange(
+                    next,
+                    now.saturating_add(every),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::warn!(
+                dropped_total = shared.metrics.usage_dropped.get(),
+                spool_max = shared.spool_max,
+                "usage spool full or reporter stopped: dropping usage records; requests are still \
+                 served (proxy-only mode fails open)"
+            );
+        }
+    }
+
+    /// The receiving end, for the reporter; `None` once taken.
+    fn take_inbox(&self) -> Option<mpsc::Receiver<model::UsageRecord>> {
+        match self.inbox.lock() {
+            Ok(mut inbox) => inbox.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        }
+    }
+}
