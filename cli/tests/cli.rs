@@ -461,7 +461,17 @@ async fn routes_fall_back_in_order_or_split_by_weight() {
     let start = cp.version().await;
 
     let out = cp
-        .run(&["route", "set", "fast", "--target", "a/m1", "--target", "b/m2"])
+        .run(&[
+            "route",
+            "set",
+            "fast",
+            "--target",
+            "a/m1",
+            "--target",
+            "b/m2",
+            "--cache-ttl",
+            "60",
+        ])
         .await;
     assert_eq!(
         changed_version(out.ok(), "route fast set, fallback: a/m1, b/m2"),
@@ -483,6 +493,7 @@ async fn routes_fall_back_in_order_or_split_by_weight() {
                 {"provider": "a", "model": "m", "weight": 3},
                 {"provider": "b", "model": "org/m", "weight": 1},
             ],
+            "cache_ttl_secs": 0,
         },
         {
             "alias": "fast",
@@ -491,14 +502,15 @@ async fn routes_fall_back_in_order_or_split_by_weight() {
                 {"provider": "a", "model": "m1", "weight": 1},
                 {"provider": "b", "model": "m2", "weight": 1},
             ],
+            "cache_ttl_secs": 60,
         },
     ]);
     assert_eq!(cp.list(&["route", "list"]).await, routes);
     assert_eq!(
         cp.run(&["route", "list"]).await.ok(),
-        "ALIAS  STRATEGY  TARGETS\n\
-         chat   weighted  a/m=3, b/org/m=1\n\
-         fast   fallback  a/m1, b/m2\n"
+        "ALIAS  STRATEGY  TARGETS           CACHE TTL\n\
+         chat   weighted  a/m=3, b/org/m=1  -\n\
+         fast   fallback  a/m1, b/m2        60s\n"
     );
 
     // A provider that routes use cannot be removed.

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Metrics};
+use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::policy::{Policy, PolicyStore, client, last_good};
 use crate::providers::{HttpClient, http_client};
@@ -29,6 +30,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Where requests hand their usage records.
     pub usage: Usage,
+    /// Answers of routes with a cache TTL.
+    pub cache: ResponseCache,
 }
 
 impl AppState {
@@ -38,6 +41,7 @@ impl AppState {
             usage: Usage::new(config.usage.clone(), metrics.clone()),
             budget: RetryBudget::new(config.proxy.retry_ratio, config.proxy.retry_min_per_sec),
             client: http_client(config.proxy.connect_timeout),
+            cache: ResponseCache::new(config.cache_max_bytes),
             config,
             policy: PolicyStore::default(),
             health: HealthRegistry::default(),

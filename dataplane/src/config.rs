@@ -102,6 +102,8 @@ pub struct Config {
     pub last_good: Option<PathBuf>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Memory bound of the response cache, in bytes.
+    pub cache_max_bytes: u64,
     pub proxy: ProxyConfig,
     pub usage: UsageConfig,
     /// Resolves `env:VAR` credentials.
@@ -141,6 +143,7 @@ impl Config {
             dataplane_id: default_id(),
             last_good: None,
             max_body_bytes: DEFAULT_MAX_BODY,
+            cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
             proxy: ProxyConfig::default(),
             usage: UsageConfig::default(),
             env,
@@ -226,7 +229,13 @@ pub struct ProxyArgs {
     /// Attempts per request (at least one per target of the route).
     #[arg(long, env = "DROVER_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
+    /// Memory bound of the response cache, in bytes (routes opt in with `route set --cache-ttl`).
+    #[arg(long, env = "DROVER_CACHE_MAX_BYTES", default_value_t = DEFAULT_CACHE_MAX_BYTES)]
+    pub cache_max_bytes: u64,
 }
+
+/// Default memory bound of the response cache: 256 MiB.
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 256 << 20;
 
 /// Why the arguments do not make a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +262,7 @@ impl ProxyArgs {
             }
         }
         config.max_body_bytes = self.max_body_bytes;
+        config.cache_max_bytes = self.cache_max_bytes;
         config.proxy.request_timeout = Duration::from_secs(self.request_timeout);
         config.proxy.upstream_timeout = Duration::from_secs(self.upstream_timeout);
         config.proxy.max_attempts = self.max_attempts;

@@ -443,6 +443,38 @@ impl Gateway {
         v
     }
 
+    /// Sets a fallback route whose answers are cached for `ttl_secs`.
+    pub async fn route_cached(&self, alias: &str, targets: &[&str], ttl_secs: u32) -> u64 {
+        let targets = targets
+            .iter()
+            .map(|t| {
+                let (provider, model) = t.split_once('/').expect("provider/model");
+                pb::Target {
+                    provider: provider.into(),
+                    model: model.into(),
+                    weight: 1,
+                }
+            })
+            .collect();
+        let v = self
+            .admin
+            .clone()
+            .set_route(pb::SetRouteRequest {
+                route: Some(pb::Route {
+                    alias: alias.into(),
+                    strategy: 0,
+                    targets,
+                    cache_ttl_secs: ttl_secs,
+                }),
+            })
+            .await
+            .expect("set route")
+            .into_inner()
+            .version;
+        self.wait_all(v).await;
+        v
+    }
+
     /// Sends a request to the first data plane and reads the whole answer.
     pub async fn send(&self, method: &str, path: &str, body: impl Into<bytes::Bytes>) -> Reply {
         self.send_to(&self.url(), method, path, &[], body).await

@@ -52,6 +52,10 @@ pub struct SetArgs {
     /// Default: weighted when a target has a =WEIGHT, fallback otherwise.
     #[arg(long, value_name = "fallback|weighted", value_parser = parse_strategy)]
     strategy: Option<Strategy>,
+
+    /// Cache successful answers of this route for SECONDS (0, the default: no cache).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    cache_ttl: u32,
 }
 
 /// A target as given on the command line, with its weight if one was written.
@@ -108,7 +112,7 @@ impl SetArgs {
                     weight: t.weight.unwrap_or(1),
                 })
                 .collect(),
-            cache_ttl_secs: 0,
+            cache_ttl_secs: self.cache_ttl,
         };
         model::Route::try_from(&route)?;
         Ok(route)
@@ -122,6 +126,8 @@ pub struct RouteRow {
     /// `fallback` or `weighted`.
     pub strategy: String,
     pub targets: Vec<TargetRow>,
+    /// Response cache TTL in seconds; 0: not cached.
+    pub cache_ttl_secs: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -144,6 +150,7 @@ impl From<pb::Route> for RouteRow {
         RouteRow {
             alias: r.alias,
             strategy,
+            cache_ttl_secs: r.cache_ttl_secs,
             targets: r
                 .targets
                 .into_iter()
@@ -176,9 +183,14 @@ impl RouteRow {
 }
 
 fn table(rows: &[RouteRow]) -> Table {
-    let mut t = Table::new(["ALIAS", "STRATEGY", "TARGETS"]);
+    let mut t = Table::new(["ALIAS", "STRATEGY", "TARGETS", "CACHE TTL"]);
     for r in rows {
-        t.row([r.alias.clone(), r.strategy.clone(), r.targets_text()]);
+        let ttl = if r.cache_ttl_secs == 0 {
+            "-".to_owned()
+        } else {
+            format!("{}s", r.cache_ttl_secs)
+        };
+        t.row([r.alias.clone(), r.strategy.clone(), r.targets_text(), ttl]);
     }
     t
 }
@@ -424,9 +436,9 @@ mod tests {
         ];
         assert_eq!(
             table(&rows).render(),
-            "ALIAS  STRATEGY  TARGETS\n\
-             fast   fallback  openai/gpt-4o-mini, groq/llama\n\
-             chat   weighted  openai/gpt-4o=3, azure/gpt-4o=1\n"
+            "ALIAS  STRATEGY  TARGETS                          CACHE TTL\n\
+             fast   fallback  openai/gpt-4o-mini, groq/llama   -\n\
+             chat   weighted  openai/gpt-4o=3, azure/gpt-4o=1  -\n"
         );
         let json: serde_json::Value = serde_json::from_str(&output::json(&rows).unwrap()).unwrap();
         assert_eq!(
@@ -438,6 +450,7 @@ mod tests {
                     {"provider": "openai", "model": "gpt-4o", "weight": 3},
                     {"provider": "azure", "model": "gpt-4o", "weight": 1},
                 ],
+                "cache_ttl_secs": 0,
             })
         );
     }

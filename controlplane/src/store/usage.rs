@@ -824,6 +824,86 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn queued_batches_share_a_commit_but_fail_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) = open(&dir).await;
+        // Hold the store thread until every batch is queued, so they form one group.
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let blocker = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .call(move |_| {
+                        let _ = wait.recv();
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        while store.tx.capacity() == super::super::QUEUE {
+            tokio::task::yield_now().await;
+        }
+        let mut batches: Vec<Vec<UsageRecord>> = (0..6)
+            .map(|b| (0..50).map(|i| record(&format!("g{b}-{i}"), NOV_1 + i)).collect())
+            .collect();
+        // Batch 3 cannot be stored past its 10th record (the value does not fit the ledger);
+        // batch 4 repeats ids of batch 1.
+        batches[3][10].input_tokens = u64::MAX;
+        batches[4] = batches[1][..20].to_vec();
+        let queued = super::super::QUEUE - 1 - batches.len();
+        let tasks: Vec<_> = batches
+            .iter()
+            .cloned()
+            .map(|records| {
+                let store = store.clone();
+                tokio::spawn(async move { store.report_usage("dp".into(), records).await })
+            })
+            .collect();
+        while store.tx.capacity() > queued {
+            tokio::task::yield_now().await;
+        }
+        go.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        let mut answers = Vec::new();
+        for task in tasks {
+            answers.push(task.await.unwrap());
+        }
+        for (i, answer) in answers.iter().enumerate() {
+            match i {
+                3 => assert!(matches!(answer, Err(StoreError::Corrupt(_))), "{answer:?}"),
+                4 => assert_eq!(
+                    answer.as_ref().unwrap(),
+                    &Applied {
+                        applied: 0,
+                        duplicates: 20
+                    }
+                ),
+                _ => assert_eq!(
+                    answer.as_ref().unwrap(),
+                    &Applied {
+                        applied: 50,
+                        duplicates: 0
+                    }
+                ),
+            }
+        }
+        let total = store.query_usage(filter(GroupBy::None)).await.unwrap()[""];
+        assert_eq!(total.requests, 4 * 50, "batch 3 left nothing behind");
+        assert_eq!(store.usage_row_counts().await.unwrap().0, 200);
+        // Batch 3, fixed, is applied whole later.
+        batches[3][10].input_tokens = 1;
+        let answer = store.report_usage("dp".into(), batches[3].clone()).await.unwrap();
+        assert_eq!(
+            answer,
+            Applied {
+                applied: 50,
+                duplicates: 0
+            }
+        );
+        thread.close().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn the_ledger_is_written_with_synchronous_full() {
         let dir = tempfile::tempdir().unwrap();
         let (store, thread) = open(&dir).await;

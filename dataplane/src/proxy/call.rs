@@ -48,6 +48,14 @@ impl Ingress {
         !matches!(self, Ingress::Embeddings | Ingress::CountTokens)
     }
 
+    /// Whether answers to this ingress may be cached.
+    pub fn cacheable(self) -> bool {
+        matches!(
+            self,
+            Ingress::ChatCompletions | Ingress::Messages | Ingress::Completions | Ingress::Embeddings
+        )
+    }
+
     /// Whether requests of this ingress can be translated to another format.
     pub fn translatable(self) -> bool {
         matches!(

@@ -24,6 +24,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::app::AppState;
+use crate::cache;
 use crate::error::ProxyError;
 use crate::formats::ir::ChatResponse;
 use crate::formats::openai::{BodyError, ShallowBody};
@@ -42,6 +43,8 @@ pub const X_DROVER_MODEL: HeaderName = HeaderName::from_static("x-drover-model")
 pub const X_DROVER_DROPPED: HeaderName = HeaderName::from_static("x-drover-dropped");
 /// Cost of a non-stream answer in USD (nine decimals); absent when the model has no price.
 pub const X_DROVER_COST_USD: HeaderName = HeaderName::from_static("x-drover-cost-usd");
+/// `hit`, `miss` or `bypass`, on routes with a response cache.
+pub const X_DROVER_CACHE: HeaderName = HeaderName::from_static("x-drover-cache");
 
 pub async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
     serve(&state, req, Ingress::ChatCompletions).await
@@ -181,6 +184,29 @@ async fn handle(
     if ingress == Ingress::CountTokens && candidates.iter().all(|t| t.provider.family != Family::Anthropic) {
         return estimate_tokens(&call);
     }
+    // Cache lookup: only routes with a TTL, and not when the caller says `no-cache`.
+    let ttl = policy
+        .routes
+        .get(&*model)
+        .and_then(|r| r.cache_ttl)
+        .filter(|_| ingress.cacheable());
+    let mut fill = None;
+    let cache_status = match ttl {
+        None => None,
+        Some(_) if no_cache(&parts.headers) => Some("bypass"),
+        Some(ttl) => match cache::key("", ingress, &model, &body) {
+            None => Some("bypass"),
+            Some(key) => {
+                if let Some(hit) = state.cache.get(&key)
+                    && let Some(resp) = serve_hit(&policy, &call, &hit, meter)
+                {
+                    return Ok(resp);
+                }
+                fill = Some((key, ttl));
+                Some("miss")
+            }
+        },
+    };
     let dispatched = failover::dispatch(state, &candidates, &call).await?;
     if let Some(m) = meter.as_mut() {
         m.target(
@@ -189,7 +215,65 @@ async fn handle(
             &dispatched.target.model,
         );
     }
-    respond(state, &call, dispatched, meter)
+    let mut resp = respond(state, &call, dispatched, meter, fill)?;
+    if let Some(status) = cache_status {
+        resp.headers_mut()
+            .insert(X_DROVER_CACHE, HeaderValue::from_static(status));
+    }
+    Ok(resp)
+}
+
+/// `cache-control: no-cache` or `no-store` from the caller.
+fn no_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|d| matches!(d.trim().to_ascii_lowercase().as_str(), "no-cache" | "no-store"))
+        })
+}
+
+/// A cached answer in the shape the caller asked for, or `None` to go to the provider.
+fn serve_hit(
+    policy: &crate::policy::Policy,
+    call: &Call<'_>,
+    hit: &cache::CachedAnswer,
+    meter: &mut Option<Meter>,
+) -> Option<Response> {
+    let mut resp = if call.stream {
+        let include_usage =
+            call.ingress.format() == ApiFormat::Anthropic || plan::caller_wants_stream_usage(call.body);
+        let body = hit.stream(include_usage)?;
+        let mut resp = Response::new(Body::from(body));
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        resp.headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        resp
+    } else {
+        let body = hit.whole()?;
+        let mut resp = ([(CONTENT_TYPE, "application/json")], body).into_response();
+        resp.headers_mut()
+            .insert(X_DROVER_COST_USD, HeaderValue::from_static("0.000000000"));
+        resp
+    };
+    if let Some(m) = meter.as_mut() {
+        m.target(policy, &hit.provider, &hit.model);
+        m.usage(hit.usage);
+        m.cache_hit(hit.cost_nano_usd);
+        m.first_byte();
+    }
+    let h = resp.headers_mut();
+    h.insert(X_DROVER_CACHE, HeaderValue::from_static("hit"));
+    if let Ok(v) = HeaderValue::from_str(&hit.provider) {
+        h.insert(X_DROVER_PROVIDER, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&hit.model) {
+        h.insert(X_DROVER_MODEL, v);
+    }
+    Some(resp)
 }
 
 /// Turns the winning answer into the caller's response.
@@ -198,7 +282,24 @@ fn respond(
     call: &Call<'_>,
     d: Dispatched,
     meter: &mut Option<Meter>,
+    fill: Option<(cache::CacheKey, std::time::Duration)>,
 ) -> Result<Response, ProxyError> {
+    let store = |body: Bytes, usage: Option<crate::formats::ir::Usage>, meter: &Option<Meter>| {
+        if let Some((key, ttl)) = fill.clone() {
+            state.cache.insert(
+                key,
+                cache::CachedAnswer {
+                    format: call.ingress.format(),
+                    body: cache::CachedBody::Whole(body),
+                    provider: d.target.provider.name.clone(),
+                    model: d.target.model.clone(),
+                    usage: usage.unwrap_or_default(),
+                    cost_nano_usd: meter.as_ref().and_then(Meter::provider_cost),
+                },
+                ttl,
+            );
+        }
+    };
     let format = call.ingress.format();
     let mut resp = match (d.answer, d.wire) {
         (
@@ -214,6 +315,9 @@ fn respond(
                 ApiFormat::Anthropic => usage::anthropic_body(&body),
             };
             set_cost(meter, usage);
+            if status.is_success() {
+                store(body.clone(), usage, meter);
+            }
             let mut resp = (status, body).into_response();
             resp.headers_mut().insert(
                 CONTENT_TYPE,
@@ -239,6 +343,7 @@ fn respond(
                 ApiFormat::OpenAi => openai::chat::encode_response(&answer, &mut dropped),
                 ApiFormat::Anthropic => anthropic::encode_response(&answer, &mut dropped),
             };
+            store(body.clone(), Some(answer.usage), meter);
             let mut resp = (StatusCode::OK, body).into_response();
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -253,18 +358,35 @@ fn respond(
                     message: "request metered twice".into(),
                 });
             };
+            let capture = fill.map(|(key, ttl)| relay::Capture {
+                cache: state.cache.clone(),
+                key,
+                ttl,
+                format,
+                provider: d.target.provider.name.clone(),
+                model: d.target.model.clone(),
+                buf: bytes::BytesMut::new(),
+            });
             let relay_body = match wire {
                 Wire::Passthrough { terminal } => {
                     let strip = terminal == Terminal::OpenAiDone
                         && matches!(call.ingress, Ingress::ChatCompletions | Ingress::Completions)
                         && !plan::caller_wants_stream_usage(call.body);
                     let transform = relay::Passthrough::new(terminal, format, strip);
-                    Body::new(relay::SseRelay::new(first, body, transform, meter, idle, metrics))
+                    let relay = relay::SseRelay::new(first, body, transform, meter, idle, metrics);
+                    match capture {
+                        Some(c) => Body::new(relay.capture_into(c)),
+                        None => Body::new(relay),
+                    }
                 }
                 Wire::Translate { provider } => {
                     let include_usage = call.canonical().map(|(r, _)| r.include_usage).unwrap_or(false);
                     let transform = relay::Translate::new(provider, format, include_usage);
-                    Body::new(relay::SseRelay::new(first, body, transform, meter, idle, metrics))
+                    let relay = relay::SseRelay::new(first, body, transform, meter, idle, metrics);
+                    match capture {
+                        Some(c) => Body::new(relay.capture_into(c)),
+                        None => Body::new(relay),
+                    }
                 }
             };
             let mut resp = Response::new(relay_body);

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 use crate::admin::Metrics;
+use crate::cache::{CacheKey, CachedAnswer, CachedBody, ResponseCache};
 use crate::error::stream_error;
 use crate::formats::ir::{Delta, StreamEvent, Usage};
 use crate::formats::sse::openai_error_event;
@@ -27,6 +28,20 @@ use crate::formats::{anthropic, gemini, openai};
 use crate::providers::Family;
 use crate::proxy::call::ApiFormat;
 use crate::proxy::meter::Meter;
+
+/// Longest stream kept for the response cache; a longer one is not cached.
+const MAX_CAPTURE_BYTES: usize = 8 << 20;
+
+/// Where a completed stream is stored in the response cache.
+pub struct Capture {
+    pub cache: ResponseCache,
+    pub key: CacheKey,
+    pub ttl: Duration,
+    pub format: ApiFormat,
+    pub provider: String,
+    pub model: String,
+    pub buf: BytesMut,
+}
 
 /// What a relay does with the whole events it reads.
 pub trait Transform: Send + Unpin + 'static {
@@ -250,6 +265,8 @@ pub struct SseRelay<T: Transform> {
     meter: Option<Meter>,
     completed: bool,
     metered_chars: usize,
+    /// Keeps the stream as relayed, to store in the response cache once it completes.
+    capture: Option<Capture>,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
     /// Whole events read but not yet handed to the caller.
@@ -278,6 +295,7 @@ impl<T: Transform> SseRelay<T> {
             meter: Some(meter),
             completed: false,
             metered_chars: 0,
+            capture: None,
             idle,
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             out: Vec::new(),
@@ -294,6 +312,47 @@ impl<T: Transform> SseRelay<T> {
         if self.transform.fail(message, code, &mut self.out) {
             self.metrics.streams_incomplete.inc();
             tracing::warn!(code, "upstream stream ended before its terminal event");
+        }
+    }
+
+    /// Stores the stream in the response cache if it completes.
+    pub fn capture_into(mut self, capture: Capture) -> Self {
+        self.capture = Some(capture);
+        self
+    }
+
+    /// Keeps what goes out, and stores it once the stream completed.
+    fn capture_update(&mut self) {
+        let Some(capture) = self.capture.as_mut() else {
+            return;
+        };
+        for piece in &self.out {
+            capture.buf.extend_from_slice(piece);
+        }
+        if capture.buf.len() > MAX_CAPTURE_BYTES {
+            self.capture = None;
+            return;
+        }
+        if self.finished
+            && let Some(capture) = self.capture.take()
+        {
+            if !self.completed {
+                return;
+            }
+            let usage = self.transform.usage().unwrap_or_default();
+            let cost = self.meter.as_ref().and_then(Meter::provider_cost);
+            capture.cache.insert(
+                capture.key,
+                CachedAnswer {
+                    format: capture.format,
+                    body: CachedBody::Stream(capture.buf.freeze()),
+                    provider: capture.provider,
+                    model: capture.model,
+                    usage,
+                    cost_nano_usd: cost,
+                },
+                capture.ttl,
+            );
         }
     }
 
@@ -321,6 +380,7 @@ impl<T: Transform> SseRelay<T> {
 
     /// Everything gathered, as one frame.
     fn take_out(&mut self) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.capture_update();
         self.meter_update();
         self.yields = 0;
         self.idle_yields = 0;
