@@ -99,6 +99,9 @@ pub fn init_tracing() {
 /// Runs both planes until `shutdown` is cancelled or one of them stops.
 pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Result<()> {
     let db = options.db.clone();
+    // The control plane stops after the data plane, so that the data plane's last usage
+    // records reach it on the way out.
+    let control_shutdown = CancellationToken::new();
     let control_plane = ControlPlane::start(
         drover_controlplane::Config {
             db_path: options.db,
@@ -108,7 +111,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
             master_key: options.master_key.map(|k| k.expose().to_owned()),
             usage_retention: options.usage_retention,
         },
-        shutdown.clone(),
+        control_shutdown.clone(),
     )
     .await
     .context("starting the control plane")?;
@@ -135,6 +138,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         Ok(dp) => dp,
         Err(e) => {
             shutdown.cancel();
+            control_shutdown.cancel();
             if let Err(stop) = control_plane.wait().await {
                 tracing::warn!(error = %stop, "stopping the control plane");
             }
@@ -155,6 +159,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     let data = async {
         let stopped = data_plane.wait().await;
         shutdown.cancel();
+        control_shutdown.cancel();
         stopped.context("data plane")
     };
     let (control, data) = tokio::join!(control, data);

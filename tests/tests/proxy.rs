@@ -212,3 +212,70 @@ async fn async_openai_client_works_against_the_gateway() {
     let models = client.models().list().await.unwrap();
     assert!(models.data.iter().any(|m| m.id == "fast"));
 }
+
+#[tokio::test]
+async fn responses_api_is_relayed_and_its_streams_are_checked_and_metered() {
+    use drover_tests::Fault;
+    let up = MockProvider::openai().start().await;
+    let gw = Gateway::builder()
+        .configure(|c| c.usage.flush_interval = std::time::Duration::from_millis(20))
+        .start()
+        .await;
+    gw.provider("up", &up.base_url()).await;
+    gw.route("r", &["up/gpt-4.1"]).await;
+
+    let whole = r#"{"id":"resp_1","object":"response","status":"completed","model":"gpt-4.1","output":[{"type":"message","role":"assistant","content":[{"type":"output_text","text":"hi"}]}],"usage":{"input_tokens":11,"output_tokens":2,"total_tokens":13}}"#;
+    up.script(vec![Fault::replay(200, "application/json", whole)]);
+    let reply = gw
+        .send("POST", "/v1/responses", r#"{"model":"r","input":"hello"}"#)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), whole);
+    assert_eq!(up.last_request().unwrap().path, "/v1/responses");
+    assert_eq!(up.last_json().unwrap()["model"], "gpt-4.1");
+
+    let stream = "event: response.created\ndata: {\"type\":\"response.created\"}\n\nevent: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"hi\"}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n";
+    up.script(vec![Fault::replay(200, "text/event-stream", stream)]);
+    let reply = gw
+        .send(
+            "POST",
+            "/v1/responses",
+            r#"{"model":"r","input":"hello","stream":true}"#,
+        )
+        .await;
+    assert_eq!(reply.text(), stream, "relayed as is");
+
+    // Cut before response.completed: the caller gets an error event.
+    let cut = "event: response.created\ndata: {\"type\":\"response.created\"}\n\n";
+    up.script(vec![Fault::replay(200, "text/event-stream", cut)]);
+    let reply = gw
+        .send(
+            "POST",
+            "/v1/responses",
+            r#"{"model":"r","input":"hello","stream":true}"#,
+        )
+        .await;
+    let names: Vec<String> = reply.named_events().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["response.created", "error"], "{}", reply.text());
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let t = gw
+            .admin
+            .clone()
+            .query_usage(drover_proto::pb::UsageQuery::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .total
+            .unwrap();
+        if t.requests == 3 {
+            // 11 + 5 from the provider; the cut stream is estimated from its 44-byte request (11).
+            assert_eq!((t.input_tokens, t.output_tokens), (11 + 5 + 11, 2 + 1), "{t:?}");
+            assert_eq!(t.failed, 1);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{t:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
