@@ -15,7 +15,7 @@
 #   BENCH_DURATION      length of each measured run, wrk syntax (default 10s)
 #   BENCH_WARMUP        unmeasured warm-up before each run (default 2s)
 #   BENCH_CONCURRENCY   connection counts (default "1 64")
-#   BENCH_TARGETS       any of "direct nginx drover drover-anthropic" (default all four)
+#   BENCH_TARGETS       any of "direct nginx drover drover-anthropic drover-cached" (default all five)
 #   BENCH_MODES         any of "non-stream stream" (default both)
 #   BENCH_NGINX_WORKERS nginx worker_processes (default auto)
 #   BENCH_OUT           result file (default bench-results/latest.md)
@@ -28,7 +28,7 @@ cd "$ROOT"
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 CONCURRENCY=${BENCH_CONCURRENCY:-"1 64"}
-TARGETS=${BENCH_TARGETS:-"direct nginx drover drover-anthropic"}
+TARGETS=${BENCH_TARGETS:-"direct nginx drover drover-anthropic drover-cached"}
 MODES=${BENCH_MODES:-"non-stream stream"}
 NGINX_WORKERS=${BENCH_NGINX_WORKERS:-auto}
 OUT=${BENCH_OUT:-$ROOT/bench-results/latest.md}
@@ -38,7 +38,7 @@ ADMIN_TOKEN=bench-token
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
 wants() { [[ " $TARGETS " == *" $1 "* ]]; }
-wants_drover() { wants drover || wants drover-anthropic; }
+wants_drover() { wants drover || wants drover-anthropic || wants drover-cached; }
 
 # ---- processes we start, stopped on any exit --------------------------------------------------------------
 TMP=$(mktemp -d -t drover-bench.XXXXXX)
@@ -133,6 +133,10 @@ anthropic_body false >"$TMP/anthropic-non-stream.json"
 anthropic_body true >"$TMP/anthropic-stream.json"
 ANTHROPIC_BODY_BYTES=$(wc -c <"$TMP/anthropic-non-stream.json")
 ANTHROPIC_HEADERS=$'anthropic-version: 2023-06-01\nx-api-key: bench'
+# The same chat request to an alias whose answers are cached: every request after the first is a hit.
+for mode in non-stream stream; do
+  sed 's/"bench-model"/"bench-cached"/' "$TMP/$mode.json" >"$TMP/cached-$mode.json"
+done
 
 # What wrk sends per target: path, body file prefix (before "<mode>.json") and headers (see chat.lua).
 declare -A TARGET_PATH=() TARGET_BODY=() TARGET_HEADERS=()
@@ -142,6 +146,9 @@ done
 TARGET_PATH[drover-anthropic]=/v1/messages
 TARGET_BODY[drover-anthropic]=anthropic-
 TARGET_HEADERS[drover-anthropic]=$ANTHROPIC_HEADERS
+TARGET_PATH[drover-cached]=/v1/chat/completions
+TARGET_BODY[drover-cached]=cached-
+TARGET_HEADERS[drover-cached]="Authorization: Bearer bench"
 
 # ---- the mock provider ------------------------------------------------------------------------------------
 "$BIN/drover-mock" --addr 127.0.0.1:0 >"$TMP/mock.addr" 2>"$TMP/mock.log" &
@@ -215,6 +222,7 @@ if wants_drover; then
   cli() { "$BIN/drover" --server "http://127.0.0.1:$GRPC_PORT" --token "$ADMIN_TOKEN" "$@"; }
   cli provider add mock --kind openai-compatible --base-url "http://$MOCK_ADDR/v1" >/dev/null
   cli route set bench-model --target mock/bench-model >/dev/null
+  cli route set bench-cached --target mock/bench-model --cache-ttl 3600 >/dev/null
   wait_200 30 "$GW_PID" -X POST -H 'content-type: application/json' --data-binary "@$TMP/non-stream.json" \
     "http://127.0.0.1:$HTTP_PORT/v1/chat/completions" ||
     { tail -30 "$TMP/drover.log" >&2; die "a chat completion through drover does not succeed"; }
@@ -242,6 +250,7 @@ if wants_drover; then
   log "drover on 127.0.0.1:$HTTP_PORT (gRPC 127.0.0.1:$GRPC_PORT)"
   URL[drover]="http://127.0.0.1:$HTTP_PORT"
   URL[drover-anthropic]="http://127.0.0.1:$HTTP_PORT"
+  URL[drover-cached]="http://127.0.0.1:$HTTP_PORT"
 fi
 
 # ---- runs -------------------------------------------------------------------------------------------------
@@ -249,7 +258,7 @@ NPROC=$(nproc)
 ROWS=()
 declare -A RPS=() P50=() # by "target mode conns", for the translation cost lines
 for target in $TARGETS; do
-  [[ -n ${URL[$target]:-} ]] || die "unknown target '$target' (expected direct, nginx, drover or drover-anthropic)"
+  [[ -n ${URL[$target]:-} ]] || die "unknown target '$target' (expected direct, nginx, drover, drover-anthropic or drover-cached)"
   for mode in $MODES; do
     [[ -f $TMP/$mode.json ]] || die "unknown mode '$mode' (expected non-stream or stream)"
     for conns in $CONCURRENCY; do
@@ -307,6 +316,10 @@ mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-bina
   echo
   echo "wrk, $DURATION per run after a $WARMUP warm-up; \`POST /v1/chat/completions\` with a $BODY_BYTES-byte body."
   echo "The mock provider answers at once: $mock_bytes bytes non-stream, $mock_events SSE events when streaming."
+  if wants drover-cached; then
+    echo "drover-cached: the same chat request to an alias with \`--cache-ttl\`: after the first, every request is a"
+    echo "cache hit (streams replayed from the cached answer); the mock is not called."
+  fi
   if wants drover-anthropic; then
     echo "drover-anthropic: the same conversation as \`POST /v1/messages\` (Anthropic Messages, $ANTHROPIC_BODY_BYTES-byte body) to the"
     echo "same Drover instance and mock; Drover translates it to OpenAI chat and the answer back (an Anthropic"
