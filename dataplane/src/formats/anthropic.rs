@@ -18,18 +18,16 @@
 //!   Encoding records in [`ir::Dropped`] what Anthropic cannot express.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
-use std::fmt;
 
 use bytes::{Bytes, BytesMut};
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::Deserializer;
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::ir::{self, BlockKind, Delta, ErrorKind, Part, StopReason, StreamEvent};
-use super::openai::BodyError;
+use super::openai::{BodyError, ShallowBody};
 use super::sse::{SseEvent, write_event};
 
 /// `max_tokens` sent to Anthropic when the request names none (Anthropic requires one).
@@ -494,30 +492,6 @@ impl StreamOut<'_> {
     }
 }
 
-/// The top level of a request body: keys in order, values raw.
-struct TopLevel<'a>(Vec<(String, &'a RawValue)>);
-
-impl<'de> Deserialize<'de> for TopLevel<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor;
-        impl<'de> Visitor<'de> for ObjectVisitor {
-            type Value = TopLevel<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut fields = Vec::with_capacity(16);
-                while let Some(key) = map.next_key::<String>()? {
-                    let value: &'de RawValue = map.next_value()?;
-                    fields.push((key, value));
-                }
-                Ok(TopLevel(fields))
-            }
-        }
-        d.deserialize_map(ObjectVisitor)
-    }
-}
-
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -773,24 +747,19 @@ fn response_block<'a>(part: &'a Part, dropped: &mut ir::Dropped) -> Option<Block
 /// fields go to [`ir::ChatRequest::extra`] in request order. Errors are 400s whose message
 /// names the offending field (`messages.2.content.0: …`).
 pub fn decode_request(body: &[u8]) -> Result<ir::ChatRequest, BodyError> {
-    let top: TopLevel<'_> = serde_json::from_slice(body).map_err(|e| {
-        bad(
-            format!("request body is not a valid JSON object: {}", clean(&e)),
-            None,
-        )
-    })?;
-    let mut seen = HashSet::with_capacity(top.0.len());
-    for (key, _) in &top.0 {
-        if !seen.insert(key.as_str()) {
-            return Err(bad(format!("request body has a duplicate key {key:?}"), None));
+    // Positions (` at line 1 column 9`) mean little to an API caller; the field name does.
+    let top = ShallowBody::parse(body).map_err(|mut e| {
+        if let Some(at) = e.message.find(" at line ") {
+            e.message.truncate(at);
         }
-    }
+        e
+    })?;
 
     let mut req = ir::ChatRequest::default();
     let mut model = None;
     let mut messages = None;
-    for (key, raw) in top.0 {
-        match key.as_str() {
+    for (key, raw) in top.entries() {
+        match key {
             "model" => model = Some(field::<String>(raw, "model")?),
             "messages" => messages = Some(decode_messages(raw)?),
             "system" => req.system = decode_system(raw)?,
@@ -840,7 +809,7 @@ pub fn decode_request(body: &[u8]) -> Result<ir::ChatRequest, BodyError> {
             _ => {
                 let value: Value = serde_json::from_str(raw.get())
                     .map_err(|e| bad(format!("{key}: {}", clean(&e)), None))?;
-                req.extra.push((key, value));
+                req.extra.push((key.to_owned(), value));
             }
         }
     }

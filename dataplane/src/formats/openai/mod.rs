@@ -121,6 +121,11 @@ impl<'a> ShallowBody<'a> {
         Ok(ShallowBody { entries: top.0 })
     }
 
+    /// Every top-level key with its raw value, in request order.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, &'a RawValue)> + '_ {
+        self.entries.iter().map(|(k, v)| (k.as_ref(), *v))
+    }
+
     /// The raw value of a top-level key.
     pub fn get(&self, key: &str) -> Option<&'a RawValue> {
         self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
