@@ -294,7 +294,7 @@ fn run(
             Msg::Run(job) => job(&mut db),
             Msg::Usage(first) => {
                 // Group commit: the batches already waiting share one transaction (and one
-                // fsync), each under its own savepoint; order with other jobs is kept.
+                // fsync); order with other jobs is kept.
                 let mut records = first.records.len();
                 let mut group = vec![first];
                 while records < usage::GROUP_MAX_RECORDS {
@@ -336,6 +336,7 @@ fn open_db(path: &Path, key: &MasterKey) -> Result<Db, StoreError> {
     conn.pragma_update(None, "cache_size", CACHE_SIZE_KIB)?;
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     migrations::migrate(&mut conn)?;
     let cipher = Cipher::new(key);

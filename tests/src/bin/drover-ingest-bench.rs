@@ -55,8 +55,10 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Record `i`: a UUID-like request id, one of 10 tenants, 100 keys and 5 models, today.
-fn record(i: u64, now_ms: i64) -> pb::UsageRecord {
+/// Record `i` of `n`: a random 128-bit request id (as a data plane makes them), one of 10
+/// tenants, 100 keys and 5 models, arriving in order over the last `n` ms with up to 2 s of
+/// jitter (a data plane reports what it served in the last moments).
+fn record(i: u64, n: u64, now_ms: i64) -> pb::UsageRecord {
     const MODELS: [(&str, &str); 5] = [
         ("openai", "gpt-4o-mini"),
         ("openai", "gpt-4.1"),
@@ -70,8 +72,8 @@ fn record(i: u64, now_ms: i64) -> pb::UsageRecord {
     let input = 200 + (r >> 16) % 4000;
     let output = 20 + (r >> 28) % 800;
     pb::UsageRecord {
-        request_id: format!("{:016x}{:016x}", r, mix(r)),
-        time_unix_ms: now_ms - ((r >> 40) % 3_600_000) as i64,
+        request_id: format!("req_{:016x}{:016x}", r, mix(r)),
+        time_unix_ms: now_ms - (n - i) as i64 - ((r >> 40) % 2_000) as i64,
         tenant: format!("tenant-{}", key % 10),
         key_id: format!("key-{key:03}"),
         alias: model.to_owned(),
@@ -205,7 +207,9 @@ async fn main() -> anyhow::Result<()> {
     let url = format!("http://{}", cp.grpc_addr());
 
     let now_ms = i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis())?;
-    let records: Vec<pb::UsageRecord> = (0..args.records as u64).map(|i| record(i, now_ms)).collect();
+    let records: Vec<pb::UsageRecord> = (0..args.records as u64)
+        .map(|i| record(i, args.records as u64, now_ms))
+        .collect();
     let expected_cost: i64 = records.iter().map(|r| r.cost_nano_usd).sum();
     let batches: Arc<Vec<pb::UsageBatch>> = Arc::new(
         records
