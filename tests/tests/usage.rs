@@ -277,3 +277,25 @@ async fn the_spool_file_keeps_usage_across_a_data_plane_restart() {
         (5, expected.0, expected.1)
     );
 }
+
+#[tokio::test]
+async fn requests_that_reuse_a_request_id_are_each_billed() {
+    let up = MockProvider::openai().start().await;
+    let gw = Gateway::builder().configure(fast_usage).start().await;
+    gw.provider("up", &up.base_url()).await;
+    gw.route("m", &["up/m"]).await;
+    for _ in 0..3 {
+        let reply = gw
+            .send_to(
+                &gw.url(),
+                "POST",
+                "/v1/chat/completions",
+                &[("x-request-id", "same-id")],
+                drover_tests::chat_body("m", "hi", false),
+            )
+            .await;
+        assert_eq!(reply.header("x-request-id"), Some("same-id"), "echoed as sent");
+    }
+    let t = wait_for_requests(&gw, 3).await;
+    assert_eq!(t.requests, 3);
+}

@@ -16,6 +16,10 @@ use crate::app::AppState;
 use crate::formats::ir::Usage;
 use crate::policy::Policy;
 
+/// Largest token count and cost a record carries (the ledger refuses more).
+const MAX_TOKENS: u64 = model::MAX_USAGE_TOKENS;
+const MAX_COST_NANO_USD: i64 = model::MAX_USAGE_NANO_USD;
+
 /// Status recorded for a stream whose caller went away before it ended (as nginx logs it).
 pub const CLIENT_CLOSED: u16 = 499;
 
@@ -142,8 +146,15 @@ impl Meter {
             return;
         }
         self.done = true;
-        let usage = self.effective_usage();
-        let cost = self.cost();
+        // Within the bounds the ledger accepts, whatever a provider reported.
+        let clamp = |n: u64| n.min(MAX_TOKENS);
+        let mut usage = self.effective_usage();
+        usage.input_tokens = clamp(usage.input_tokens);
+        usage.output_tokens = clamp(usage.output_tokens);
+        usage.cached_input_tokens = clamp(usage.cached_input_tokens);
+        usage.cache_creation_tokens = clamp(usage.cache_creation_tokens);
+        usage.reasoning_tokens = clamp(usage.reasoning_tokens);
+        let cost = self.cost().map(|c| c.clamp(0, MAX_COST_NANO_USD));
         let r = &mut self.record;
         r.status = status;
         r.failed = failed || status >= 400;
@@ -154,6 +165,7 @@ impl Meter {
         r.reasoning_tokens = usage.reasoning_tokens;
         r.unpriced = cost.is_none() && !r.provider.is_empty();
         r.cost_nano_usd = cost.unwrap_or(0);
+        r.saved_nano_usd = r.saved_nano_usd.clamp(0, MAX_COST_NANO_USD);
         r.latency_ms = millis(self.started.elapsed());
         r.ttft_ms = self
             .first_byte

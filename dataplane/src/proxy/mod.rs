@@ -128,7 +128,7 @@ async fn serve(state: &Arc<AppState>, req: Request, ingress: Ingress) -> Respons
     let mut meter = Some(Meter::new(
         state.clone(),
         plan::ingress_path(ingress),
-        request_id.to_str().unwrap_or_default(),
+        &ledger_id(&request_id, req.headers().get(X_REQUEST_ID) == Some(&request_id)),
     ));
     let mut resp = match handle(state, req, ingress, &request_id, &mut meter).await {
         Ok(resp) => resp,
@@ -488,6 +488,18 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
             param: None,
         }
         .into()),
+    }
+}
+
+/// The usage record's id: unique per request even when callers reuse an `x-request-id`
+/// (the ledger applies each id once), and still showing the caller's id when there was one.
+fn ledger_id(request_id: &HeaderValue, from_caller: bool) -> String {
+    let id = request_id.to_str().unwrap_or_default();
+    if from_caller {
+        let caller: String = id.chars().take(112).collect();
+        format!("{caller}~{:012x}", rand::random::<u64>() >> 16)
+    } else {
+        id.to_owned()
     }
 }
 
