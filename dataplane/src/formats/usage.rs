@@ -88,11 +88,36 @@ impl AnthropicUsage {
 
 /// The `usage` of an OpenAI-format body (chat, completions, embeddings, responses).
 pub fn openai_body(body: &[u8]) -> Option<Usage> {
+    if let Some(u) = trailing_usage::<OpenAiUsage>(body) {
+        return Some(u.to_ir());
+    }
     let parsed = ShallowBody::parse(body).ok()?;
     let raw = parsed.get("usage")?;
     serde_json::from_str::<OpenAiUsage>(raw.get())
         .ok()
         .map(|u| u.to_ir())
+}
+
+/// Providers put `usage` last: parse just that object when the body ends with it, instead of
+/// the whole body. `None` when the body is not shaped that way (the caller then parses it all).
+fn trailing_usage<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
+    const KEY: &[u8] = b"\"usage\"";
+    let end = body.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    if body[end] != b'}' {
+        return None;
+    }
+    let start = body.windows(KEY.len()).rposition(|w| w == KEY)?;
+    let rest = &body[start + KEY.len()..end];
+    let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    if rest[colon] != b':' {
+        return None;
+    }
+    let value = &rest[colon + 1..];
+    // The value must be one whole object and the last thing in the body.
+    let mut de = serde_json::Deserializer::from_slice(value);
+    let parsed = T::deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(parsed)
 }
 
 /// The `usage` of an Anthropic message body.
@@ -328,6 +353,17 @@ mod tests {
             })
         );
         assert_eq!(openai_body(b"{}"), None);
+        // A `usage` inside message content is not the usage.
+        let tricky = br#"{"choices":[{"message":{"content":"\"usage\": {\"prompt_tokens\": 99}"}}],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#;
+        assert_eq!(
+            openai_body(tricky).map(|u| (u.input_tokens, u.output_tokens)),
+            Some((1, 2))
+        );
+        let usage_first = br#"{"usage":{"prompt_tokens":3,"completion_tokens":4},"id":"x"}"#;
+        assert_eq!(
+            openai_body(usage_first).map(|u| (u.input_tokens, u.output_tokens)),
+            Some((3, 4))
+        );
     }
 
     #[test]

@@ -511,7 +511,16 @@ fn request_id(headers: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = format!("req_{:032x}", rand::random::<u128>());
+    // Time-ordered (milliseconds first, then randomness), so that ids sort by arrival and the
+    // usage ledger's index grows at its end.
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let id = format!(
+        "req_{:012x}{:020x}",
+        ms & 0xffff_ffff_ffff,
+        rand::random::<u128>() >> 48
+    );
     HeaderValue::try_from(id).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
 }
 
