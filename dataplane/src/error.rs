@@ -223,11 +223,6 @@ impl ProxyError {
         }
         resp
     }
-
-    /// The error as an OpenAI-format response.
-    pub fn into_openai_response(self) -> Response {
-        self.into_response(ApiFormat::OpenAi)
-    }
 }
 
 /// A provider's refusal, relayed as is when it speaks the caller's format, translated otherwise.
@@ -319,7 +314,7 @@ mod tests {
         for (err, want) in cases {
             assert_eq!(err.status().as_u16(), want, "{err:?}");
         }
-        let resp = up(429).into_openai_response();
+        let resp = up(429).into_response(ApiFormat::OpenAi);
         assert_eq!(resp.headers()[RETRY_AFTER], "3");
         let resp = up(503).into_response(ApiFormat::Anthropic);
         assert_eq!(

@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderValue};
 use crate::formats::ir::{ChatRequest, Dropped};
 use crate::formats::openai::BodyError;
 use crate::formats::{anthropic, openai};
+use crate::proxy::plan::StreamUsage;
 
 /// The API family a caller speaks, which decides the shape of its errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,14 +56,6 @@ impl Ingress {
             Ingress::ChatCompletions | Ingress::Messages | Ingress::Completions | Ingress::Embeddings
         )
     }
-
-    /// Whether requests of this ingress can be translated to another format.
-    pub fn translatable(self) -> bool {
-        matches!(
-            self,
-            Ingress::ChatCompletions | Ingress::Messages | Ingress::CountTokens
-        )
-    }
 }
 
 /// A request on its way through the phases.
@@ -76,6 +69,8 @@ pub struct Call<'a> {
     pub headers: &'a HeaderMap,
     /// The caller asked that nothing be dropped in translation (`x-drover-strict: true`).
     pub strict: bool,
+    /// What the body says about the usage chunk of an OpenAI stream.
+    pub stream_usage: StreamUsage,
     canonical: OnceLock<Result<(ChatRequest, Dropped), BodyError>>,
 }
 
@@ -87,6 +82,7 @@ impl<'a> Call<'a> {
         stream: bool,
         request_id: &'a HeaderValue,
         headers: &'a HeaderMap,
+        stream_usage: StreamUsage,
     ) -> Self {
         let strict = headers
             .get("x-drover-strict")
@@ -100,6 +96,7 @@ impl<'a> Call<'a> {
             request_id,
             headers,
             strict,
+            stream_usage,
             canonical: OnceLock::new(),
         }
     }

@@ -80,10 +80,6 @@ impl Meter {
         self.usage = Some(usage);
     }
 
-    pub fn has_usage(&self) -> bool {
-        self.usage.is_some()
-    }
-
     /// Answered from the response cache: cost 0, and `saved` (nano-USD) recorded.
     pub fn cache_hit(&mut self, saved: Option<i64>) {
         self.record.cache_hit = true;

@@ -34,7 +34,7 @@ use crate::providers::Family;
 use call::{ApiFormat, Call, Ingress};
 use failover::{Answer, Dispatched};
 use meter::Meter;
-use plan::Wire;
+use plan::{StreamUsage, Wire};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_DROVER_PROVIDER: HeaderName = HeaderName::from_static("x-drover-provider");
@@ -95,30 +95,24 @@ pub async fn models(State(state): State<Arc<AppState>>, req: Request) -> Respons
 
 /// Any path the gateway does not serve.
 pub async fn not_found(req: Request) -> Response {
-    let request_id = request_id(req.headers());
-    let format = if req.uri().path().starts_with("/v1/messages") {
-        ApiFormat::Anthropic
-    } else {
-        ApiFormat::OpenAi
-    };
-    let mut resp = ProxyError::NoSuchPath {
-        path: req.uri().path().chars().take(200).collect(),
-    }
-    .into_response(format);
-    resp.headers_mut().insert(X_REQUEST_ID, request_id);
-    resp
+    let path = req.uri().path().chars().take(200).collect();
+    refuse(&req, ProxyError::NoSuchPath { path })
 }
 
 /// A known path with the wrong method.
 pub async fn method_not_allowed(req: Request) -> Response {
-    let request_id = request_id(req.headers());
+    refuse(&req, ProxyError::MethodNotAllowed)
+}
+
+/// An error for a request that never reaches the request path, in the format its path implies.
+fn refuse(req: &Request, err: ProxyError) -> Response {
     let format = if req.uri().path().starts_with("/v1/messages") {
         ApiFormat::Anthropic
     } else {
         ApiFormat::OpenAi
     };
-    let mut resp = ProxyError::MethodNotAllowed.into_response(format);
-    resp.headers_mut().insert(X_REQUEST_ID, request_id);
+    let mut resp = err.into_response(format);
+    resp.headers_mut().insert(X_REQUEST_ID, request_id(req.headers()));
     resp
 }
 
@@ -180,7 +174,15 @@ async fn handle(
         router::candidates(&policy, &model, &state.health).ok_or_else(|| ProxyError::UnknownModel {
             model: model.chars().take(256).collect(),
         })?;
-    let call = Call::new(ingress, &body, model_span, stream, request_id, &parts.headers);
+    let call = Call::new(
+        ingress,
+        &body,
+        model_span,
+        stream,
+        request_id,
+        &parts.headers,
+        StreamUsage::of(&parsed),
+    );
     if ingress == Ingress::CountTokens && candidates.iter().all(|t| t.provider.family != Family::Anthropic) {
         return estimate_tokens(&call);
     }
@@ -244,7 +246,7 @@ fn serve_hit(
 ) -> Option<Response> {
     let mut resp = if call.stream {
         let include_usage =
-            call.ingress.format() == ApiFormat::Anthropic || plan::caller_wants_stream_usage(call.body);
+            call.ingress.format() == ApiFormat::Anthropic || call.stream_usage == StreamUsage::Wanted;
         let body = hit.stream(include_usage)?;
         let mut resp = Response::new(Body::from(body));
         resp.headers_mut()
@@ -314,7 +316,7 @@ fn respond(
                 ApiFormat::OpenAi => usage::openai_body(&body),
                 ApiFormat::Anthropic => usage::anthropic_body(&body),
             };
-            set_cost(meter, usage);
+            meter_usage(meter, usage);
             if status.is_success() {
                 store(body.clone(), usage, meter);
             }
@@ -337,7 +339,7 @@ fn respond(
                 Family::Gemini => gemini::decode_response(&body),
             };
             let answer = decoded.map_err(|e| ProxyError::BadUpstream { message: e.0 })?;
-            set_cost(meter, Some(answer.usage));
+            meter_usage(meter, Some(answer.usage));
             let mut dropped = d.dropped.clone();
             let body: Bytes = match format {
                 ApiFormat::OpenAi => openai::chat::encode_response(&answer, &mut dropped),
@@ -371,7 +373,7 @@ fn respond(
                 Wire::Passthrough { terminal } => {
                     let strip = terminal == Terminal::OpenAiDone
                         && matches!(call.ingress, Ingress::ChatCompletions | Ingress::Completions)
-                        && !plan::caller_wants_stream_usage(call.body);
+                        && call.stream_usage != StreamUsage::Wanted;
                     let transform = relay::Passthrough::new(terminal, format, strip);
                     let relay = relay::SseRelay::new(first, body, transform, meter, idle, metrics);
                     match capture {
@@ -413,8 +415,8 @@ fn respond(
     Ok(resp)
 }
 
-/// Hands the meter the provider's counts and returns the cost header's value.
-fn set_cost(meter: &mut Option<Meter>, usage: Option<crate::formats::ir::Usage>) {
+/// Hands the meter the provider's counts.
+fn meter_usage(meter: &mut Option<Meter>, usage: Option<crate::formats::ir::Usage>) {
     if let (Some(m), Some(u)) = (meter.as_mut(), usage) {
         m.usage(u);
     }

@@ -79,7 +79,7 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
             let body = splice(call.body, call.model_span.clone(), &target.model_json);
             if call.stream && matches!(call.ingress, Ingress::ChatCompletions | Ingress::Completions) {
                 // Every stream is metered: ask for the usage chunk (stripped again if the caller did not).
-                with_stream_usage(&body).unwrap_or(body)
+                with_stream_usage(&body, call.stream_usage).unwrap_or(body)
             } else {
                 body
             }
@@ -113,12 +113,41 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
     })
 }
 
+/// What a caller's body says about `stream_options.include_usage`, read once from the
+/// shallow parse of the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamUsage {
+    /// No `stream_options` at all.
+    Absent,
+    /// `include_usage: true`: the caller wants the usage chunk.
+    Wanted,
+    /// `stream_options` without `include_usage: true`.
+    NotWanted,
+}
+
+impl StreamUsage {
+    pub fn of(parsed: &ShallowBody<'_>) -> Self {
+        match parsed.get("stream_options") {
+            None => StreamUsage::Absent,
+            Some(raw) => {
+                let wanted = serde_json::from_str::<serde_json::Value>(raw.get())
+                    .is_ok_and(|v| v.get("include_usage") == Some(&serde_json::Value::Bool(true)));
+                if wanted {
+                    StreamUsage::Wanted
+                } else {
+                    StreamUsage::NotWanted
+                }
+            }
+        }
+    }
+}
+
 /// The body with `stream_options.include_usage` set to true; `None` if it already is (or
-/// the body is not an object).
-pub fn with_stream_usage(body: &Bytes) -> Option<Bytes> {
-    let parsed = ShallowBody::parse(body).ok()?;
-    match parsed.get("stream_options") {
-        None => {
+/// the body is not an object). Only a body that has other `stream_options` is parsed again.
+pub fn with_stream_usage(body: &Bytes, usage: StreamUsage) -> Option<Bytes> {
+    match usage {
+        StreamUsage::Wanted => None,
+        StreamUsage::Absent => {
             let open = body.iter().position(|&b| b == b'{')?;
             let mut out = BytesMut::with_capacity(body.len() + 40);
             out.extend_from_slice(&body[..=open]);
@@ -130,12 +159,11 @@ pub fn with_stream_usage(body: &Bytes) -> Option<Bytes> {
             out.extend_from_slice(rest);
             Some(out.freeze())
         }
-        Some(raw) => {
+        StreamUsage::NotWanted => {
+            let parsed = ShallowBody::parse(body).ok()?;
+            let raw = parsed.get("stream_options")?;
             let mut options: serde_json::Map<String, serde_json::Value> =
                 serde_json::from_str(raw.get()).ok()?;
-            if options.get("include_usage") == Some(&serde_json::Value::Bool(true)) {
-                return None;
-            }
             options.insert("include_usage".into(), serde_json::Value::Bool(true));
             let span = parsed.value_span(body, "stream_options")?;
             Some(splice(
@@ -145,15 +173,6 @@ pub fn with_stream_usage(body: &Bytes) -> Option<Bytes> {
             ))
         }
     }
-}
-
-/// Whether the caller itself asked for the usage chunk of an OpenAI stream.
-pub fn caller_wants_stream_usage(body: &[u8]) -> bool {
-    ShallowBody::parse(body)
-        .ok()
-        .and_then(|p| p.get("stream_options").map(|raw| raw.get().to_owned()))
-        .and_then(|raw| serde_json::from_str::<serde_json::Value>(&raw).ok())
-        .is_some_and(|v| v.get("include_usage") == Some(&serde_json::Value::Bool(true)))
 }
 
 fn pass(terminal: Terminal) -> Wire {
@@ -190,17 +209,17 @@ mod tests {
             (r#"{"model":"m","stream_options":{"include_usage":true}}"#, None),
         ];
         for (input, want) in cases {
-            let got = with_stream_usage(&Bytes::copy_from_slice(input.as_bytes()));
+            let usage = StreamUsage::of(&ShallowBody::parse(input.as_bytes()).unwrap());
+            let got = with_stream_usage(&Bytes::copy_from_slice(input.as_bytes()), usage);
             assert_eq!(
                 got.as_deref().map(|b| std::str::from_utf8(b).unwrap()),
                 *want,
                 "{input}"
             );
         }
-        assert!(caller_wants_stream_usage(
-            br#"{"stream_options":{"include_usage":true}}"#
-        ));
-        assert!(!caller_wants_stream_usage(br#"{"stream_options":{}}"#));
-        assert!(!caller_wants_stream_usage(br#"{"model":"m"}"#));
+        let wants = |body: &[u8]| StreamUsage::of(&ShallowBody::parse(body).unwrap()) == StreamUsage::Wanted;
+        assert!(wants(br#"{"stream_options":{"include_usage":true}}"#));
+        assert!(!wants(br#"{"stream_options":{}}"#));
+        assert!(!wants(br#"{"model":"m"}"#));
     }
 }
