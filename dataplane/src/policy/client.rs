@@ -6,12 +6,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_proto::model::Secret;
 use drover_proto::pb;
 use drover_proto::pb::policy_service_client::PolicyServiceClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::app::AppState;
@@ -67,6 +69,25 @@ pub async fn run(state: Arc<AppState>, http_addr: String, shutdown: Cancellation
     }
 }
 
+/// Adds `authorization: Bearer TOKEN` to every call to the control plane (policy and usage).
+#[derive(Clone)]
+pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    pub(crate) fn new(token: Option<&Secret>) -> Self {
+        Bearer(token.and_then(|t| MetadataValue::try_from(format!("Bearer {}", t.expose())).ok()))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            req.metadata_mut().insert("authorization", token.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// Half to all of `d`.
 fn jitter(d: Duration) -> Duration {
     let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(2);
@@ -83,19 +104,9 @@ async fn session(state: &AppState, http_addr: &str, applied_any: &mut bool) -> R
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     let channel: Channel = endpoint.connect().await?;
-    let token = state
-        .config
-        .token
-        .as_ref()
-        .and_then(|t| MetadataValue::try_from(format!("Bearer {}", t.expose())).ok());
-    let mut client = PolicyServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-        if let Some(token) = &token {
-            req.metadata_mut().insert("authorization", token.clone());
-        }
-        Ok(req)
-    })
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let mut client = PolicyServiceClient::with_interceptor(channel, Bearer::new(state.config.token.as_ref()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
     let (tx, rx) = mpsc::channel::<pb::WatchRequest>(8);
     let id = state.config.dataplane_id.clone();

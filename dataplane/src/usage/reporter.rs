@@ -21,14 +21,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::spool::{self, Loaded, SpoolError, SpoolFile};
 use super::{Shared, Usage};
 use crate::config::Config;
+use crate::policy::client::Bearer;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -82,11 +81,7 @@ impl Upstream {
                 .keep_alive_timeout(t)
                 .keep_alive_while_idle(true);
         }
-        let bearer = Bearer(
-            self.token
-                .as_ref()
-                .and_then(|t| MetadataValue::try_from(format!("Bearer {}", t.expose())).ok()),
-        );
+        let bearer = Bearer::new(self.token.as_ref());
         Ok(
             UsageServiceClient::with_interceptor(endpoint.connect_lazy(), bearer)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -96,19 +91,6 @@ impl Upstream {
 }
 
 type Client = UsageServiceClient<InterceptedService<Channel, Bearer>>;
-
-/// Adds `authorization: Bearer …` to every report.
-#[derive(Clone)]
-struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(token) = &self.0 {
-            req.metadata_mut().insert("authorization", token.clone());
-        }
-        Ok(req)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReporterError {
