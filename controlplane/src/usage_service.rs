@@ -36,8 +36,9 @@ impl UsageApi {
     }
 }
 
-/// Validates a whole batch: every record, or none.
-fn validate(batch: &pb::UsageBatch) -> Result<Vec<UsageRecord>, InvalidPolicy> {
+/// Validates a whole batch: every record, or none. The records' strings are taken over, not
+/// copied.
+fn validate(batch: pb::UsageBatch) -> Result<(String, Vec<UsageRecord>), InvalidPolicy> {
     if batch.records.len() > MAX_USAGE_BATCH {
         return Err(InvalidPolicy::new(
             "records",
@@ -50,31 +51,28 @@ fn validate(batch: &pb::UsageBatch) -> Result<Vec<UsageRecord>, InvalidPolicy> {
     if !batch.dataplane_id.is_empty() {
         validate_model_name("dataplane_id", &batch.dataplane_id)?;
     }
-    batch
+    let records = batch
         .records
-        .iter()
+        .into_iter()
         .enumerate()
         .map(|(i, r)| {
             UsageRecord::try_from(r)
                 .map_err(|e| InvalidPolicy::new(format!("records[{i}]/{}", e.field), e.reason))
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((batch.dataplane_id, records))
 }
 
 #[tonic::async_trait]
 impl pb::usage_service_server::UsageService for UsageApi {
     async fn report(&self, request: Request<pb::UsageBatch>) -> Result<Response<pb::UsageAck>, Status> {
-        let batch = request.into_inner();
-        let records = validate(&batch).map_err(StoreError::Invalid)?;
+        let (dataplane_id, records) = validate(request.into_inner()).map_err(StoreError::Invalid)?;
         if records.is_empty() {
             return Ok(Response::new(pb::UsageAck::default()));
         }
-        let applied = self
-            .store
-            .report_usage(batch.dataplane_id.clone(), records)
-            .await?;
+        let applied = self.store.report_usage(dataplane_id.clone(), records).await?;
         tracing::debug!(
-            dataplane = %batch.dataplane_id,
+            dataplane = %dataplane_id,
             applied = applied.applied,
             duplicates = applied.duplicates,
             "usage batch applied"
@@ -135,14 +133,20 @@ mod tests {
             dataplane_id: "dp-1".into(),
             records: vec![record("a"), record("b")],
         };
-        assert_eq!(validate(&batch).unwrap().len(), 2);
+        let (dataplane_id, records) = validate(batch.clone()).unwrap();
+        assert_eq!((dataplane_id.as_str(), records.len()), ("dp-1", 2));
         batch.records[1].status = 0;
-        let err = validate(&batch).unwrap_err();
+        let err = validate(batch.clone()).unwrap_err();
         assert_eq!(err.field, "records[1]/usage \"b\"");
         batch.records = (0..=MAX_USAGE_BATCH).map(|i| record(&i.to_string())).collect();
-        assert!(validate(&batch).unwrap_err().reason.contains("at most 10000"));
+        assert!(
+            validate(batch.clone())
+                .unwrap_err()
+                .reason
+                .contains("at most 10000")
+        );
         batch.records.clear();
         batch.dataplane_id = "bad id".into();
-        assert_eq!(validate(&batch).unwrap_err().field, "dataplane_id");
+        assert_eq!(validate(batch).unwrap_err().field, "dataplane_id");
     }
 }

@@ -1177,32 +1177,32 @@ pub const MAX_USAGE_NANO_USD: i64 = 1_000_000_000_000_000;
 /// so that every day is a four-digit-year `YYYY-MM-DD`.
 pub const MAX_USAGE_TIME_UNIX_MS: i64 = 253_402_300_800_000;
 
-impl TryFrom<&pb::UsageRecord> for UsageRecord {
-    type Error = InvalidPolicy;
-
-    fn try_from(r: &pb::UsageRecord) -> Result<Self, InvalidPolicy> {
-        if r.request_id.is_empty() || r.request_id.len() > MAX_REQUEST_ID_LEN {
+impl UsageRecord {
+    /// Whether the ledger accepts this record: an id of 1-128 bytes, costs and token counts
+    /// within their bounds, a time between 1970 and the year 10000, an HTTP status.
+    pub fn validate(&self) -> Result<(), InvalidPolicy> {
+        if self.request_id.is_empty() || self.request_id.len() > MAX_REQUEST_ID_LEN {
             return Err(InvalidPolicy::new(
                 "request_id",
                 format!("must be 1-{MAX_REQUEST_ID_LEN} bytes"),
             ));
         }
-        let within = || format!("usage {:?}", r.request_id);
-        if r.cost_nano_usd < 0 || r.saved_nano_usd < 0 {
+        let within = || format!("usage {:?}", self.request_id);
+        if self.cost_nano_usd < 0 || self.saved_nano_usd < 0 {
             return Err(InvalidPolicy::new(within(), "cost must not be negative"));
         }
-        if r.cost_nano_usd > MAX_USAGE_NANO_USD || r.saved_nano_usd > MAX_USAGE_NANO_USD {
+        if self.cost_nano_usd > MAX_USAGE_NANO_USD || self.saved_nano_usd > MAX_USAGE_NANO_USD {
             return Err(InvalidPolicy::new(
                 within(),
                 format!("cost must be at most {MAX_USAGE_NANO_USD} nano-USD"),
             ));
         }
         let tokens = [
-            r.input_tokens,
-            r.output_tokens,
-            r.cached_input_tokens,
-            r.cache_creation_tokens,
-            r.reasoning_tokens,
+            self.input_tokens,
+            self.output_tokens,
+            self.cached_input_tokens,
+            self.cache_creation_tokens,
+            self.reasoning_tokens,
         ];
         if tokens.iter().any(|&t| t > MAX_USAGE_TOKENS) {
             return Err(InvalidPolicy::new(
@@ -1210,30 +1210,40 @@ impl TryFrom<&pb::UsageRecord> for UsageRecord {
                 format!("token counts must be at most {MAX_USAGE_TOKENS}"),
             ));
         }
-        if !(0..MAX_USAGE_TIME_UNIX_MS).contains(&r.time_unix_ms) {
+        if !(0..MAX_USAGE_TIME_UNIX_MS).contains(&self.time_unix_ms) {
             return Err(InvalidPolicy::new(
                 within(),
                 format!(
                     "time {} ms is not between 1970 and the year 10000",
-                    r.time_unix_ms
+                    self.time_unix_ms
                 ),
             ));
         }
-        if i64::try_from(r.policy_version).is_err() {
+        if i64::try_from(self.policy_version).is_err() {
             return Err(InvalidPolicy::new(within(), "policy version out of range"));
         }
-        let status = u16::try_from(r.status)
-            .ok()
-            .filter(|s| (100..=599).contains(s))
-            .ok_or_else(|| InvalidPolicy::new(within(), "status is not an HTTP status"))?;
-        Ok(UsageRecord {
-            request_id: r.request_id.clone(),
+        if !(100..=599).contains(&self.status) {
+            return Err(InvalidPolicy::new(within(), "status is not an HTTP status"));
+        }
+        Ok(())
+    }
+}
+
+impl TryFrom<pb::UsageRecord> for UsageRecord {
+    type Error = InvalidPolicy;
+
+    /// Takes the record's strings over (no copies) and validates it.
+    fn try_from(r: pb::UsageRecord) -> Result<Self, InvalidPolicy> {
+        let record = UsageRecord {
+            // Out of range: refused by `validate` as any other non-HTTP status.
+            status: u16::try_from(r.status).unwrap_or(0),
+            request_id: r.request_id,
             time_unix_ms: r.time_unix_ms,
-            tenant: r.tenant.clone(),
-            key_id: r.key_id.clone(),
-            alias: r.alias.clone(),
-            provider: r.provider.clone(),
-            model: r.model.clone(),
+            tenant: r.tenant,
+            key_id: r.key_id,
+            alias: r.alias,
+            provider: r.provider,
+            model: r.model,
             input_tokens: r.input_tokens,
             output_tokens: r.output_tokens,
             cached_input_tokens: r.cached_input_tokens,
@@ -1242,28 +1252,29 @@ impl TryFrom<&pb::UsageRecord> for UsageRecord {
             cost_nano_usd: r.cost_nano_usd,
             latency_ms: r.latency_ms,
             ttft_ms: r.ttft_ms,
-            status,
             cache_hit: r.cache_hit,
             saved_nano_usd: r.saved_nano_usd,
             policy_version: r.policy_version,
             unpriced: r.unpriced,
             stream: r.stream,
-            endpoint: r.endpoint.clone(),
+            endpoint: r.endpoint,
             failed: r.failed,
-        })
+        };
+        record.validate()?;
+        Ok(record)
     }
 }
 
-impl From<&UsageRecord> for pb::UsageRecord {
-    fn from(r: &UsageRecord) -> Self {
+impl From<UsageRecord> for pb::UsageRecord {
+    fn from(r: UsageRecord) -> Self {
         pb::UsageRecord {
-            request_id: r.request_id.clone(),
+            request_id: r.request_id,
             time_unix_ms: r.time_unix_ms,
-            tenant: r.tenant.clone(),
-            key_id: r.key_id.clone(),
-            alias: r.alias.clone(),
-            provider: r.provider.clone(),
-            model: r.model.clone(),
+            tenant: r.tenant,
+            key_id: r.key_id,
+            alias: r.alias,
+            provider: r.provider,
+            model: r.model,
             input_tokens: r.input_tokens,
             output_tokens: r.output_tokens,
             cached_input_tokens: r.cached_input_tokens,
@@ -1276,7 +1287,7 @@ impl From<&UsageRecord> for pb::UsageRecord {
             policy_version: r.policy_version,
             unpriced: r.unpriced,
             stream: r.stream,
-            endpoint: r.endpoint.clone(),
+            endpoint: r.endpoint,
             failed: r.failed,
             cache_creation_tokens: r.cache_creation_tokens,
             reasoning_tokens: r.reasoning_tokens,
@@ -1393,8 +1404,8 @@ mod usage_tests {
 
     #[test]
     fn a_valid_record_round_trips() {
-        let r = UsageRecord::try_from(&record()).unwrap();
-        assert_eq!(pb::UsageRecord::from(&r), record());
+        let r = UsageRecord::try_from(record()).unwrap();
+        assert_eq!(pb::UsageRecord::from(r), record());
     }
 
     #[test]
@@ -1426,14 +1437,14 @@ mod usage_tests {
         for (change, want) in cases {
             let mut r = record();
             change(&mut r);
-            let err = UsageRecord::try_from(&r).unwrap_err().to_string();
+            let err = UsageRecord::try_from(r).unwrap_err().to_string();
             assert!(err.contains(want), "{err:?} should contain {want:?}");
         }
         let mut edge = record();
         edge.time_unix_ms = MAX_USAGE_TIME_UNIX_MS - 1;
         edge.input_tokens = MAX_USAGE_TOKENS;
         edge.cost_nano_usd = MAX_USAGE_NANO_USD;
-        assert!(UsageRecord::try_from(&edge).is_ok());
+        assert!(UsageRecord::try_from(edge).is_ok());
     }
 
     #[test]

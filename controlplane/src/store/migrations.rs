@@ -123,6 +123,41 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE routes ADD COLUMN cache_ttl_secs INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 5: raw usage rows clustered by (time, request id): a record is written to two B-trees
+    // (rows in time order, and the request id index) instead of three, and time ranges are read
+    // from the table itself.
+    r#"
+    CREATE TABLE usage_v5 (
+        request_id TEXT NOT NULL UNIQUE,
+        time_unix_ms INTEGER NOT NULL,
+        tenant TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        alias TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        model TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        cached_input_tokens INTEGER NOT NULL,
+        cache_creation_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        cost_nano_usd INTEGER NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        ttft_ms INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        cache_hit INTEGER NOT NULL,
+        saved_nano_usd INTEGER NOT NULL,
+        policy_version INTEGER NOT NULL,
+        unpriced INTEGER NOT NULL,
+        stream INTEGER NOT NULL,
+        endpoint TEXT NOT NULL,
+        failed INTEGER NOT NULL,
+        dataplane_id TEXT NOT NULL,
+        PRIMARY KEY (time_unix_ms, request_id)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO usage_v5 SELECT * FROM usage ORDER BY time_unix_ms, request_id;
+    DROP TABLE usage;
+    ALTER TABLE usage_v5 RENAME TO usage;
+    "#,
 ];
 
 /// Brings the schema up to date. Fails on a database from a newer build.
@@ -199,5 +234,37 @@ mod tests {
         assert_eq!((name.as_str(), env.as_str(), api_version), ("az", "K", None));
         conn.execute("UPDATE providers SET api_version = '2024-10-21'", [])
             .unwrap();
+    }
+
+    #[test]
+    fn a_version_4_ledger_keeps_its_rows_and_still_refuses_a_second_copy_of_an_id() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        create_at(&mut conn, 4).unwrap();
+        let insert = |conn: &Connection, id: &str, time: i64| {
+            conn.execute(
+                "INSERT INTO usage VALUES (?1, ?2, 't', 'k', 'a', 'p', 'm', 1, 2, 0, 0, 0, 30, 5, 0,
+                 200, 0, 0, 1, 0, 0, '/v1/chat/completions', 0, 'dp')",
+                rusqlite::params![id, time],
+            )
+        };
+        insert(&conn, "r2", 2_000).unwrap();
+        insert(&conn, "r1", 1_000).unwrap();
+
+        migrate(&mut conn).unwrap();
+        let rows: Vec<(String, i64, i64)> = conn
+            .prepare("SELECT request_id, time_unix_ms, cost_nano_usd FROM usage")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [("r1".into(), 1_000, 30), ("r2".into(), 2_000, 30)],
+            "in time order"
+        );
+        let err = insert(&conn, "r1", 3_000).unwrap_err();
+        assert!(err.to_string().contains("UNIQUE"), "{err}");
+        insert(&conn, "r3", 1_500).unwrap();
     }
 }

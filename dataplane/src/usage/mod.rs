@@ -3,11 +3,13 @@
 //! `UsageService.Report`, keeping every record until the control plane has answered for it.
 //!
 //! ```text
-//! request path ──record()──▶ bounded mpsc ──▶ reporter task ──Report(batch)──▶ control plane
-//!   (atomics + try_send,                       spool (memory, oldest first)
-//!    never blocks)                              └─ optional spool file (spawn_blocking, fsync)
+//! request path ──record()──▶ inbox (Vec under a mutex) ──▶ reporter task ──Report(batch)──▶ control plane
+//!   (atomics + one short lock,               spool (memory, oldest first)
+//!    never blocks or awaits)                  └─ optional spool file (spawn_blocking, fsync)
 //! ```
 //!
+//! * The request path wakes the reporter only when the inbox gets its first record or a full
+//!   batch, not for every record: the reporter takes the inbox in one swap when it wakes.
 //! * Records are batched by size (`batch_max`) and time (`flush_interval`, counted from the
 //!   oldest waiting record), and resent oldest first after any failure, with jittered
 //!   exponential backoff. The control plane applies each record once by request id, so a
@@ -30,12 +32,12 @@ pub mod spool;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use drover_proto::model;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::admin::Metrics;
@@ -48,22 +50,33 @@ const DROP_WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// The request path's handle on usage reporting. Cheap to call, never blocks or awaits.
 pub struct Usage {
-    tx: mpsc::Sender<model::UsageRecord>,
-    /// Taken once by the reporter when it starts (not on the request path).
-    inbox: std::sync::Mutex<Option<mpsc::Receiver<model::UsageRecord>>>,
     shared: Arc<Shared>,
     config: UsageConfig,
 }
 
-/// State the request path shares with the reporter: atomics only.
+/// State the request path shares with the reporter.
 struct Shared {
-    /// Records accepted and not yet finished (acked or rejected), in the channel or the spool.
+    /// Records accepted and not yet finished (acked or rejected), in the inbox or the spool.
     pending: AtomicU64,
     spool_max: u64,
+    batch_max: usize,
+    /// Records handed over and not yet taken by the reporter.
+    inbox: Mutex<Inbox>,
+    /// Wakes the reporter: the inbox got its first record, or a full batch.
+    wake: Notify,
+    /// A reporter has been started (there is only ever one).
+    started: AtomicBool,
     metrics: Arc<Metrics>,
     epoch: Instant,
     /// Milliseconds since `epoch` before which no "spool full" warning is logged.
     next_warn_ms: AtomicU64,
+}
+
+#[derive(Default)]
+struct Inbox {
+    records: Vec<model::UsageRecord>,
+    /// The reporter has stopped: nothing more is taken.
+    closed: bool,
 }
 
 impl Shared {
@@ -71,18 +84,29 @@ impl Shared {
     fn finished(&self, n: usize) {
         self.pending.fetch_sub(n as u64, Ordering::Relaxed);
     }
+
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Everything in the inbox, oldest first; with `close`, the inbox takes nothing more.
+    fn take_inbox(&self, close: bool) -> Vec<model::UsageRecord> {
+        let mut inbox = self.inbox();
+        inbox.closed |= close;
+        std::mem::take(&mut inbox.records)
+    }
 }
 
 impl Usage {
     pub fn new(config: UsageConfig, metrics: Arc<Metrics>) -> Usage {
-        let spool_max = config.spool_max.get();
-        let (tx, rx) = mpsc::channel(spool_max);
         Usage {
-            tx,
-            inbox: std::sync::Mutex::new(Some(rx)),
             shared: Arc::new(Shared {
                 pending: AtomicU64::new(0),
-                spool_max: spool_max as u64,
+                spool_max: config.spool_max.get() as u64,
+                batch_max: config.batch_max.get(),
+                inbox: Mutex::new(Inbox::default()),
+                wake: Notify::new(),
+                started: AtomicBool::new(false),
                 metrics,
                 epoch: Instant::now(),
                 next_warn_ms: AtomicU64::new(0),
@@ -101,9 +125,22 @@ impl Usage {
             self.dropped();
             return;
         }
-        if self.tx.try_send(record).is_err() {
-            shared.finished(1);
-            self.dropped();
+        let queued = {
+            let mut inbox = shared.inbox();
+            if inbox.closed {
+                None
+            } else {
+                inbox.records.push(record);
+                Some(inbox.records.len())
+            }
+        };
+        match queued {
+            None => {
+                shared.finished(1);
+                self.dropped();
+            }
+            Some(n) if n == 1 || n % shared.batch_max == 0 => shared.wake.notify_one(),
+            Some(_) => {}
         }
     }
 
@@ -145,14 +182,6 @@ impl Usage {
                 "usage spool full or reporter stopped: dropping usage records; requests are still \
                  served (proxy-only mode fails open)"
             );
-        }
-    }
-
-    /// The receiving end, for the reporter; `None` once taken.
-    fn take_inbox(&self) -> Option<mpsc::Receiver<model::UsageRecord>> {
-        match self.inbox.lock() {
-            Ok(mut inbox) => inbox.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
         }
     }
 }

@@ -17,7 +17,6 @@ use std::time::Duration;
 use drover_proto::model::{self, Secret};
 use drover_proto::pb;
 use drover_proto::pb::usage_service_client::UsageServiceClient;
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -111,6 +110,13 @@ pub async fn start(
 ) -> Result<JoinHandle<()>, ReporterError> {
     let config = usage.config();
     let client = upstream.client()?;
+    if usage
+        .shared
+        .started
+        .swap(true, std::sync::atomic::Ordering::AcqRel)
+    {
+        return Err(ReporterError::AlreadyStarted);
+    }
     let mut reporter = Reporter {
         shared: usage.shared.clone(),
         client,
@@ -134,8 +140,7 @@ pub async fn start(
             })??;
         reporter.load(loaded);
     }
-    let inbox = usage.take_inbox().ok_or(ReporterError::AlreadyStarted)?;
-    Ok(tokio::spawn(reporter.run(inbox, stop)))
+    Ok(tokio::spawn(reporter.run(stop)))
 }
 
 struct Reporter {
@@ -206,31 +211,22 @@ impl Reporter {
         self.file = Some(loaded.file);
     }
 
-    async fn run(mut self, mut inbox: mpsc::Receiver<model::UsageRecord>, stop: CancellationToken) {
+    async fn run(mut self, stop: CancellationToken) {
+        let shared = self.shared.clone();
         loop {
             let next = self.next_report();
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break,
                 () = sleep_until_some(next) => {
+                    self.drain();
                     // A report cut short by the stop is resent by `finish`.
                     self.report(stop.cancelled()).await;
                 }
-                r = inbox.recv() => match r {
-                    Some(record) => {
-                        self.take(record);
-                        while self.spool.len() < self.batch_max {
-                            match inbox.try_recv() {
-                                Ok(record) => self.take(record),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    None => break,
-                },
+                () = shared.wake.notified() => self.drain(),
             }
         }
-        self.finish(inbox).await;
+        self.finish().await;
     }
 
     /// When the next report is due, if any.
@@ -245,29 +241,40 @@ impl Reporter {
         Some(front.due)
     }
 
+    /// Moves the records waiting in the inbox to the spool; they are due one flush interval
+    /// from now.
+    fn drain(&mut self) {
+        let records = self.shared.take_inbox(false);
+        self.take_all(records);
+    }
+
+    fn take_all(&mut self, records: Vec<model::UsageRecord>) {
+        let due = Instant::now() + self.flush_interval;
+        for record in records {
+            self.take(record, due);
+        }
+    }
+
     /// Adds a record from the request path to the spool. A record the control plane would
     /// refuse is rejected here, alone, rather than taking its whole batch down with it.
-    fn take(&mut self, record: model::UsageRecord) {
-        let record = pb::UsageRecord::from(&record);
-        if let Err(e) = model::UsageRecord::try_from(&record) {
+    fn take(&mut self, record: model::UsageRecord, due: Instant) {
+        if let Err(e) = record.validate() {
             tracing::warn!(request_id = %record.request_id, error = %e, "invalid usage record dropped");
             self.shared.metrics.usage_rejected.inc();
             self.shared.finished(1);
             return;
         }
         self.spool.push_back(Entry {
-            due: Instant::now() + self.flush_interval,
-            record,
+            due,
+            record: pb::UsageRecord::from(record),
         });
     }
 
     /// Stopping: take in what is left, write it down, and try to send it all before the
     /// `final_flush` deadline.
-    async fn finish(mut self, mut inbox: mpsc::Receiver<model::UsageRecord>) {
-        inbox.close();
-        while let Ok(record) = inbox.try_recv() {
-            self.take(record);
-        }
+    async fn finish(mut self) {
+        let records = self.shared.take_inbox(true);
+        self.take_all(records);
         self.persist().await;
         let deadline = Instant::now() + self.final_flush;
         self.retry_at = None;

@@ -549,7 +549,7 @@ async fn a_crash_with_a_torn_tail_keeps_the_written_records() {
 
     // The crash interrupted the write of one more record.
     let mut frame = Vec::new();
-    super::spool::encode([&pb::UsageRecord::from(&rec("torn"))], &mut frame);
+    super::spool::encode([&pb::UsageRecord::from(rec("torn"))], &mut frame);
     let mut bytes = std::fs::read(&file).unwrap();
     bytes.extend_from_slice(&frame[..frame.len() - 3]);
     std::fs::write(&file, &bytes).unwrap();
