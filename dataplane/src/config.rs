@@ -71,6 +71,9 @@ pub struct UsageConfig {
     pub spool_file: Option<PathBuf>,
     /// How long a stopping data plane keeps trying to report what it holds.
     pub final_flush: Duration,
+    /// Whether records are sent to the control plane at all. Off, requests are still metered
+    /// (cost header, metrics) but the ledger gets nothing from this data plane.
+    pub report: bool,
 }
 
 /// Largest `--usage-batch-max`: a batch must stay well under the control plane's message limit.
@@ -84,6 +87,7 @@ impl Default for UsageConfig {
             spool_max: NonZeroUsize::new(100_000).unwrap_or(NonZeroUsize::MIN),
             spool_file: None,
             final_flush: Duration::from_secs(2),
+            report: true,
         }
     }
 }
@@ -232,6 +236,17 @@ pub struct ProxyArgs {
     /// Memory bound of the response cache, in bytes (routes opt in with `route set --cache-ttl`).
     #[arg(long, env = "DROVER_CACHE_MAX_BYTES", default_value_t = DEFAULT_CACHE_MAX_BYTES)]
     pub cache_max_bytes: u64,
+    /// `off`: requests are still metered (cost header, metrics) but no usage records are sent to
+    /// the control plane, so its ledger and `drover usage` get nothing from this data plane.
+    #[arg(long, env = "DROVER_USAGE_REPORTING", value_enum, default_value_t = Switch::On)]
+    pub usage_reporting: Switch,
+}
+
+/// A feature flag's value on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Default memory bound of the response cache: 256 MiB.
@@ -246,6 +261,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("--{0} must be at most {1}")]
     TooLarge(&'static str, usize),
+    #[error("--usage-spool keeps records for the control plane; it needs --usage-reporting on")]
+    SpoolWithoutReporting,
 }
 
 impl ProxyArgs {
@@ -266,6 +283,7 @@ impl ProxyArgs {
         config.proxy.request_timeout = Duration::from_secs(self.request_timeout);
         config.proxy.upstream_timeout = Duration::from_secs(self.upstream_timeout);
         config.proxy.max_attempts = self.max_attempts;
+        config.usage.report = self.usage_reporting == Switch::On;
         Ok(())
     }
 }
@@ -278,6 +296,9 @@ impl Args {
         let mut config = Config::new(self.http, self.control_plane, env);
         self.proxy.apply(&mut config)?;
         self.usage.apply(&mut config)?;
+        if !config.usage.report && config.usage.spool_file.is_some() {
+            return Err(ConfigError::SpoolWithoutReporting);
+        }
         config.token = self.token.filter(|t| !t.is_empty()).map(Secret::new);
         if let Some(id) = self.id {
             config.dataplane_id = id;
@@ -328,6 +349,17 @@ mod tests {
         assert_eq!(c.usage.flush_interval, Duration::from_millis(200));
         assert_eq!(c.usage.spool_max.get(), 100_000);
         assert!(c.usage.spool_file.is_none());
+        assert!(c.usage.report);
+    }
+
+    #[test]
+    fn usage_reporting_can_be_switched_off_but_not_with_a_spool_file() {
+        assert!(parse(&["--usage-reporting", "on"]).unwrap().usage.report);
+        assert!(!parse(&["--usage-reporting", "off"]).unwrap().usage.report);
+        let e = parse(&["--usage-reporting", "maybe"]).unwrap_err();
+        assert!(e.contains("--usage-reporting") && e.contains("off"), "{e}");
+        let e = parse(&["--usage-reporting", "off", "--usage-spool", "/tmp/s"]).unwrap_err();
+        assert!(e.contains("needs --usage-reporting on"), "{e}");
     }
 
     #[test]

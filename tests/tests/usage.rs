@@ -299,3 +299,47 @@ async fn requests_that_reuse_a_request_id_are_each_billed() {
     let t = wait_for_requests(&gw, 3).await;
     assert_eq!(t.requests, 3);
 }
+
+#[tokio::test]
+async fn with_usage_reporting_off_requests_are_metered_but_nothing_reaches_the_ledger() {
+    let up = MockProvider::openai().start().await;
+    let gw = Gateway::builder().configure(fast_usage).start().await;
+    gw.provider("up", &up.base_url()).await;
+    gw.route("m", &["up/m"]).await;
+    let v = set_price_version(&gw).await;
+
+    let mut config = dataplane_config(&gw.cp.url());
+    fast_usage(&mut config);
+    config.usage.report = false;
+    let quiet = TestDataPlane::start(config).await;
+    quiet.wait_for_version(v).await;
+    for i in 0..3 {
+        let reply = gw
+            .send_to(
+                &quiet.url(),
+                "POST",
+                "/v1/chat/completions",
+                &[],
+                drover_tests::chat_body("m", &format!("unreported {i}"), false),
+            )
+            .await;
+        assert_eq!(reply.status, 200);
+        // Still metered: the caller sees the cost.
+        assert!(reply.header("x-drover-cost-usd").is_some());
+    }
+    let metrics = gw.send_to(&quiet.url(), "GET", "/metrics", &[], "").await.text();
+    assert!(metrics.contains("drover_usage_records_total 3"), "{metrics}");
+    assert!(metrics.contains("drover_usage_dropped_total 0"), "{metrics}");
+
+    // A request through the reporting data plane reaches the ledger; the three before it never do.
+    assert_eq!(gw.chat("m", "reported").await.status, 200);
+    let t = wait_for_requests(&gw, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(total(&gw).await.requests, 1, "{t:?}");
+}
+
+/// Prices model `m` and returns the policy version that carries the price.
+async fn set_price_version(gw: &Gateway) -> u64 {
+    set_price(gw, "m", 1.0, 2.0).await;
+    gw.version().await
+}

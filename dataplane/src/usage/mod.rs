@@ -116,10 +116,14 @@ impl Usage {
     }
 
     /// Hands one request's record to the reporter. If the spool is full (or the reporter has
-    /// stopped) the record is dropped and counted; the request is not affected.
+    /// stopped) the record is dropped and counted; the request is not affected. With usage
+    /// reporting off, the record is only counted.
     pub fn record(&self, record: model::UsageRecord) {
         let shared = &*self.shared;
         shared.metrics.usage_records.inc();
+        if !self.config.report {
+            return;
+        }
         if shared.pending.fetch_add(1, Ordering::Relaxed) >= shared.spool_max {
             shared.finished(1);
             self.dropped();

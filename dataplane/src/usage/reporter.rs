@@ -102,7 +102,8 @@ pub enum ReporterError {
 }
 
 /// Loads the spool file if one is configured, and spawns the reporter for `usage`. The task
-/// runs until `stop` is cancelled, then makes a last attempt to send what it holds.
+/// runs until `stop` is cancelled, then makes a last attempt to send what it holds. With
+/// usage reporting off, the task has nothing to do and ends at once.
 pub async fn start(
     usage: &Usage,
     upstream: Upstream,
@@ -116,6 +117,12 @@ pub async fn start(
         .swap(true, std::sync::atomic::Ordering::AcqRel)
     {
         return Err(ReporterError::AlreadyStarted);
+    }
+    if !config.report {
+        tracing::info!(
+            "usage reporting is off: requests are metered but no usage records reach the control plane"
+        );
+        return Ok(tokio::spawn(async {}));
     }
     let mut reporter = Reporter {
         shared: usage.shared.clone(),

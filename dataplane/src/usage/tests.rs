@@ -180,6 +180,7 @@ fn config(batch_max: usize, flush: Duration, spool_max: usize, spool_file: Optio
         spool_max: NonZeroUsize::new(spool_max).unwrap(),
         spool_file: spool_file.map(Path::to_owned),
         final_flush: Duration::from_millis(100),
+        report: true,
     }
 }
 
