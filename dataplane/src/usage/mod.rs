@@ -8,8 +8,9 @@
 //!    never blocks or awaits)                  └─ optional spool file (spawn_blocking, fsync)
 //! ```
 //!
-//! * The request path wakes the reporter only when the inbox gets its first record or a full
-//!   batch, not for every record: the reporter takes the inbox in one swap when it wakes.
+//! * The request path wakes the reporter only when it holds nothing (the first record starts
+//!   the flush timer) or when the inbox holds a full batch, not for every record; otherwise
+//!   the reporter takes the inbox in one swap when its next report is due.
 //! * Records are batched by size (`batch_max`) and time (`flush_interval`, counted from the
 //!   oldest waiting record), and resent oldest first after any failure, with jittered
 //!   exponential backoff. The control plane applies each record once by request id, so a
@@ -62,7 +63,8 @@ struct Shared {
     batch_max: usize,
     /// Records handed over and not yet taken by the reporter.
     inbox: Mutex<Inbox>,
-    /// Wakes the reporter: the inbox got its first record, or a full batch.
+    /// Wakes the reporter: a record arrived while it held nothing, or the inbox holds a full
+    /// batch.
     wake: Notify,
     /// A reporter has been started (there is only ever one).
     started: AtomicBool,
@@ -75,6 +77,8 @@ struct Shared {
 #[derive(Default)]
 struct Inbox {
     records: Vec<model::UsageRecord>,
+    /// The reporter holds nothing and waits for a record: the next one wakes it.
+    idle: bool,
     /// The reporter has stopped: nothing more is taken.
     closed: bool,
 }
@@ -94,6 +98,14 @@ impl Shared {
         let mut inbox = self.inbox();
         inbox.closed |= close;
         std::mem::take(&mut inbox.records)
+    }
+
+    /// The reporter, holding nothing, is about to wait for a record: the next one is to wake
+    /// it. `false` if records are already waiting (take them instead).
+    fn park(&self) -> bool {
+        let mut inbox = self.inbox();
+        inbox.idle = inbox.records.is_empty();
+        inbox.idle
     }
 }
 
@@ -135,7 +147,9 @@ impl Usage {
                 None
             } else {
                 inbox.records.push(record);
-                Some(inbox.records.len())
+                let wake = inbox.idle || inbox.records.len().is_multiple_of(shared.batch_max);
+                inbox.idle = false;
+                Some(wake)
             }
         };
         match queued {
@@ -143,8 +157,8 @@ impl Usage {
                 shared.finished(1);
                 self.dropped();
             }
-            Some(n) if n == 1 || n % shared.batch_max == 0 => shared.wake.notify_one(),
-            Some(_) => {}
+            Some(true) => shared.wake.notify_one(),
+            Some(false) => {}
         }
     }
 

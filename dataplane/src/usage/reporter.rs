@@ -222,6 +222,10 @@ impl Reporter {
         let shared = self.shared.clone();
         loop {
             let next = self.next_report();
+            if next.is_none() && !shared.park() {
+                self.drain();
+                continue;
+            }
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break,

@@ -55,9 +55,9 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// Record `i` of `n`: a random 128-bit request id (as a data plane makes them), one of 10
-/// tenants, 100 keys and 5 models, arriving in order over the last `n` ms with up to 2 s of
-/// jitter (a data plane reports what it served in the last moments).
+/// Record `i` of `n`: one of 10 tenants, 100 keys and 5 models, arriving in order over the
+/// last `n` ms with up to 2 s of jitter (a data plane reports what it served in the last
+/// moments), with a request id as a data plane makes them: its millisecond, then 80 random bits.
 fn record(i: u64, n: u64, now_ms: i64) -> pb::UsageRecord {
     const MODELS: [(&str, &str); 5] = [
         ("openai", "gpt-4o-mini"),
@@ -71,9 +71,10 @@ fn record(i: u64, n: u64, now_ms: i64) -> pb::UsageRecord {
     let key = (r >> 8) % 100;
     let input = 200 + (r >> 16) % 4000;
     let output = 20 + (r >> 28) % 800;
+    let time_unix_ms = now_ms - (n - i) as i64 - ((r >> 40) % 2_000) as i64;
     pb::UsageRecord {
-        request_id: format!("req_{:016x}{:016x}", r, mix(r)),
-        time_unix_ms: now_ms - (n - i) as i64 - ((r >> 40) % 2_000) as i64,
+        request_id: format!("req_{time_unix_ms:012x}{:04x}{:016x}", r & 0xffff, mix(r)),
+        time_unix_ms,
         tenant: format!("tenant-{}", key % 10),
         key_id: format!("key-{key:03}"),
         alias: model.to_owned(),
@@ -111,6 +112,8 @@ async fn connect(url: &str) -> anyhow::Result<UsageServiceClient<Channel>> {
 /// What one pass over all batches measured.
 struct Pass {
     elapsed: Duration,
+    /// CPU time this process used meanwhile (control plane and senders), if known.
+    cpu: Option<Duration>,
     latencies: Vec<Duration>,
     applied: u64,
     duplicates: u64,
@@ -123,6 +126,7 @@ async fn send_all(url: &str, batches: &Arc<Vec<pb::UsageBatch>>, senders: usize)
         clients.push(connect(url).await?);
     }
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu_before = process_cpu();
     let started = Instant::now();
     let tasks: Vec<_> = clients
         .into_iter()
@@ -148,6 +152,7 @@ async fn send_all(url: &str, batches: &Arc<Vec<pb::UsageBatch>>, senders: usize)
         .collect();
     let mut pass = Pass {
         elapsed: Duration::ZERO,
+        cpu: None,
         latencies: Vec::new(),
         applied: 0,
         duplicates: 0,
@@ -159,8 +164,21 @@ async fn send_all(url: &str, batches: &Arc<Vec<pb::UsageBatch>>, senders: usize)
         pass.duplicates += duplicates;
     }
     pass.elapsed = started.elapsed();
+    pass.cpu = process_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     pass.latencies.sort();
     Ok(pass)
+}
+
+/// User and system CPU time of this process so far (Linux: `/proc/self/stat`, in clock ticks
+/// of 10 ms).
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -173,9 +191,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn report(what: &str, records: usize, batch: usize, senders: usize, pass: &Pass) {
     let rate = records as f64 / pass.elapsed.as_secs_f64();
+    let cpu = pass.cpu.map_or_else(String::new, |cpu| {
+        format!(
+            "; CPU {:.2} µs/record (control plane and senders)",
+            cpu.as_secs_f64() * 1e6 / records as f64
+        )
+    });
     println!(
         "{what}: {records} records in {:.2} s = {rate:.0} records/s ({batch}/batch, {senders} senders); \
-         batch round trip p50 {:.1} ms, p99 {:.1} ms",
+         batch round trip p50 {:.1} ms, p99 {:.1} ms{cpu}",
         pass.elapsed.as_secs_f64(),
         percentile(&pass.latencies, 0.50).as_secs_f64() * 1e3,
         percentile(&pass.latencies, 0.99).as_secs_f64() * 1e3,
