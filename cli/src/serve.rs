@@ -1,6 +1,7 @@
 //! `drover serve`: the control plane and one data plane in one process, over one SQLite
-//! database. The data plane reaches the control plane over loopback gRPC like any other, with
-//! the admin token, so `drover status` shows it. Ctrl-C or SIGTERM stops both; if either stops
+//! database. The data plane streams its policy from the control plane over loopback gRPC like
+//! any other, with the admin token, so `drover status` shows it; its usage batches go to the
+//! control plane's usage service directly, with the same exactly-once answer and no encoding. Ctrl-C or SIGTERM stops both; if either stops
 //! on its own, the other is stopped too.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -128,6 +129,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         control_plane.grpc_addr(),
         control_plane.admin_token(),
     );
+    config.local_usage = Some(control_plane.local_usage());
     let started = match options.proxy.apply(&mut config) {
         Ok(()) => DataPlane::start(config, shutdown.clone())
             .await

@@ -1253,15 +1253,35 @@ impl Drop for ServeProcess {
 
 /// A plain HTTP/1.1 GET; the raw response, or `None` if the connection failed.
 async fn get(addr: SocketAddr, path: &str) -> Option<String> {
+    exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+async fn post_json(addr: SocketAddr, path: &str, body: &str) -> Option<String> {
+    exchange(
+        addr,
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await
+}
+
+/// One HTTP/1.1 exchange: the whole response, or `None` if it failed or took over 10 s.
+async fn exchange(addr: SocketAddr, request: String) -> Option<String> {
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response).await.ok()?;
         String::from_utf8(response).ok()
     };
-    tokio::time::timeout(Duration::from_secs(2), exchange)
+    tokio::time::timeout(Duration::from_secs(10), exchange)
         .await
         .ok()
         .flatten()
@@ -1323,6 +1343,55 @@ async fn serve_runs_both_planes_until_sigterm() {
         assert!(
             Instant::now() < deadline,
             "the data plane never served {version}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A request through the in-process data plane is metered and its record reaches the
+    // ledger. The provider is unreachable, so the request fails (502), and is billed as failed.
+    let out = drover()
+        .args(["route", "set", "m", "--target", "local/m"])
+        .run()
+        .await;
+    let version: u64 = out
+        .ok()
+        .trim_end()
+        .strip_suffix(')')
+        .and_then(|s| s.rsplit_once("policy version "))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("a policy version in {out}"));
+    let deadline = Instant::now() + SERVE_TIMEOUT;
+    loop {
+        let out = drover().args(["status", "--json"]).run().await;
+        let status = parse_json(out.ok(), &out);
+        if status["dataplanes"][0]["served_version"].as_u64() >= Some(version) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the data plane never served {version}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let response = post_json(
+        http,
+        "/v1/chat/completions",
+        r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await
+    .expect("the data plane answers");
+    assert!(response.starts_with("HTTP/1.1 502"), "{response}");
+    loop {
+        let out = drover().args(["usage", "--json"]).run().await;
+        let usage = parse_json(out.ok(), &out);
+        if usage["total"]["requests"] == json!(1) {
+            assert_eq!(usage["total"]["failed"], json!(1), "{usage}");
+            break;
+        }
+        assert_eq!(usage["total"]["requests"], json!(0), "{usage}");
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the ledger: {usage}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

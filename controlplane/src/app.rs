@@ -15,7 +15,7 @@ use drover_proto::model::Secret;
 use drover_proto::pb;
 use drover_proto::pb::admin_service_server::AdminServiceServer;
 use drover_proto::pb::policy_service_server::PolicyServiceServer;
-use drover_proto::pb::usage_service_server::UsageServiceServer;
+use drover_proto::pb::usage_service_server::{UsageService, UsageServiceServer};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
@@ -50,6 +50,7 @@ pub struct ControlPlane {
     created_token_file: Option<PathBuf>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     retention: JoinHandle<()>,
+    store: Store,
     store_thread: StoreThread,
     stop: CancellationToken,
 }
@@ -116,6 +117,7 @@ impl ControlPlane {
             created_token_file: prepared.admin.created_file,
             server,
             retention,
+            store,
             store_thread,
             stop,
         })
@@ -129,6 +131,13 @@ impl ControlPlane {
     /// The admin token in force.
     pub fn admin_token(&self) -> &Secret {
         &self.admin_token
+    }
+
+    /// `UsageService` for a data plane in this process (`drover serve`) to call directly: the
+    /// same validation and exactly-once ledger as over gRPC, without encoding, connection or
+    /// token (the caller is this process).
+    pub fn local_usage(&self) -> Arc<dyn UsageService> {
+        Arc::new(UsageApi::new(self.store.clone()))
     }
 
     /// The token file, when this start generated the admin token and wrote it there.

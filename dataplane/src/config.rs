@@ -58,6 +58,9 @@ impl Default for ProxyConfig {
     }
 }
 
+/// A control plane's `UsageService` in the same process.
+pub type LocalUsage = Arc<dyn drover_proto::pb::usage_service_server::UsageService>;
+
 /// How usage records are batched, bounded and kept until the control plane acks them.
 #[derive(Debug, Clone)]
 pub struct UsageConfig {
@@ -82,7 +85,7 @@ pub const MAX_USAGE_BATCH: usize = 10_000;
 impl Default for UsageConfig {
     fn default() -> Self {
         UsageConfig {
-            batch_max: NonZeroUsize::new(500).unwrap_or(NonZeroUsize::MIN),
+            batch_max: NonZeroUsize::new(2000).unwrap_or(NonZeroUsize::MIN),
             flush_interval: Duration::from_millis(200),
             spool_max: NonZeroUsize::new(100_000).unwrap_or(NonZeroUsize::MIN),
             spool_file: None,
@@ -110,6 +113,9 @@ pub struct Config {
     pub cache_max_bytes: u64,
     pub proxy: ProxyConfig,
     pub usage: UsageConfig,
+    /// The control plane's usage service in this process (`drover serve`): usage batches are
+    /// handed to it directly instead of over gRPC. Policy still streams over gRPC.
+    pub local_usage: Option<LocalUsage>,
     /// Resolves `env:VAR` credentials.
     pub env: EnvLookup,
 }
@@ -125,6 +131,7 @@ impl std::fmt::Debug for Config {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("proxy", &self.proxy)
             .field("usage", &self.usage)
+            .field("local_usage", &self.local_usage.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +157,7 @@ impl Config {
             cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
             proxy: ProxyConfig::default(),
             usage: UsageConfig::default(),
+            local_usage: None,
             env,
         }
     }

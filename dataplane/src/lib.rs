@@ -17,4 +17,6 @@ pub mod proxy;
 pub mod usage;
 
 pub use app::{DataPlane, StartError};
-pub use config::{Args, Config, ProxyArgs, ProxyConfig, Switch, UsageArgs, UsageConfig, process_env};
+pub use config::{
+    Args, Config, LocalUsage, ProxyArgs, ProxyConfig, Switch, UsageArgs, UsageConfig, process_env,
+};

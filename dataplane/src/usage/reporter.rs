@@ -25,7 +25,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::spool::{self, Loaded, SpoolError, SpoolFile};
 use super::{Shared, Usage};
-use crate::config::Config;
+use crate::config::{Config, LocalUsage};
 use crate::policy::client::Bearer;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -47,6 +47,8 @@ pub struct Upstream {
     pub report_timeout: Option<Duration>,
     /// HTTP/2 keepalive interval (and timeout) while the connection is idle.
     pub keepalive: Option<Duration>,
+    /// The control plane's usage service in this process, called directly instead of `url`.
+    pub local: Option<LocalUsage>,
 }
 
 impl Upstream {
@@ -59,11 +61,19 @@ impl Upstream {
             connect_timeout: Some(Duration::from_secs(5)),
             report_timeout: Some(Duration::from_secs(10)),
             keepalive: Some(Duration::from_secs(15)),
+            local: config.local_usage.clone(),
         }
     }
 
-    /// A lazily connected channel: it connects on the first report and reconnects by itself.
+    /// The service in this process if there is one, else a lazily connected channel: it
+    /// connects on the first report and reconnects by itself.
     fn client(&self) -> Result<Client, ReporterError> {
+        if let Some(local) = &self.local {
+            return Ok(Client::Local {
+                service: local.clone(),
+                timeout: self.report_timeout,
+            });
+        }
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| ReporterError::Url(e.to_string()))?
             .tcp_nodelay(true)
@@ -81,15 +91,40 @@ impl Upstream {
                 .keep_alive_while_idle(true);
         }
         let bearer = Bearer::new(self.token.as_ref());
-        Ok(
+        Ok(Client::Grpc(
             UsageServiceClient::with_interceptor(endpoint.connect_lazy(), bearer)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
+        ))
     }
 }
 
-type Client = UsageServiceClient<InterceptedService<Channel, Bearer>>;
+/// How reports reach the control plane.
+enum Client {
+    Grpc(UsageServiceClient<InterceptedService<Channel, Bearer>>),
+    /// The same service, in this process: no encoding, no connection.
+    Local {
+        service: LocalUsage,
+        timeout: Option<Duration>,
+    },
+}
+
+impl Client {
+    async fn report(&self, batch: pb::UsageBatch) -> Result<tonic::Response<pb::UsageAck>, tonic::Status> {
+        match self {
+            Client::Grpc(client) => client.clone().report(batch).await,
+            Client::Local { service, timeout } => {
+                let call = service.report(tonic::Request::new(batch));
+                match timeout {
+                    Some(t) => tokio::time::timeout(*t, call)
+                        .await
+                        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("usage report timed out"))),
+                    None => call.await,
+                }
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReporterError {
@@ -321,9 +356,8 @@ impl Reporter {
             dataplane_id: self.dataplane_id.clone(),
             records: self.spool.iter().take(n).map(|e| e.record.clone()).collect(),
         };
-        let mut client = self.client.clone();
         let answer = tokio::select! {
-            r = client.report(batch) => r,
+            r = self.client.report(batch) => r,
             () = give_up => return Sent::Abandoned,
         };
         let metrics = &self.shared.metrics;

@@ -194,6 +194,7 @@ fn upstream(addr: SocketAddr) -> Upstream {
         connect_timeout: None,
         report_timeout: None,
         keepalive: None,
+        local: None,
     }
 }
 
