@@ -79,13 +79,17 @@ pub struct UsageConfig {
     pub report: bool,
 }
 
+/// Default `--usage-batch-max`: at 30,000 requests per second, batches this large keep the
+/// control plane to about 15 commits (one fsync each) per second.
+pub const DEFAULT_USAGE_BATCH: usize = 2_000;
+
 /// Largest `--usage-batch-max`: a batch must stay well under the control plane's message limit.
 pub const MAX_USAGE_BATCH: usize = 10_000;
 
 impl Default for UsageConfig {
     fn default() -> Self {
         UsageConfig {
-            batch_max: NonZeroUsize::new(2000).unwrap_or(NonZeroUsize::MIN),
+            batch_max: NonZeroUsize::new(DEFAULT_USAGE_BATCH).unwrap_or(NonZeroUsize::MIN),
             flush_interval: Duration::from_millis(200),
             spool_max: NonZeroUsize::new(100_000).unwrap_or(NonZeroUsize::MIN),
             spool_file: None,
@@ -198,7 +202,7 @@ pub struct UsageArgs {
     #[arg(long = "usage-spool", env = "DROVER_USAGE_SPOOL", value_name = "FILE")]
     pub usage_spool: Option<PathBuf>,
     /// Most usage records per report to the control plane.
-    #[arg(long, env = "DROVER_USAGE_BATCH_MAX", default_value_t = 500)]
+    #[arg(long, env = "DROVER_USAGE_BATCH_MAX", default_value_t = DEFAULT_USAGE_BATCH)]
     pub usage_batch_max: usize,
     /// Longest a usage record waits for its batch to fill, in milliseconds.
     #[arg(long, env = "DROVER_USAGE_FLUSH_MS", default_value_t = 200)]
@@ -353,7 +357,7 @@ mod tests {
         assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(7));
         assert_eq!(c.dataplane_id, "edge-1");
         assert_eq!(c.control_plane, "http://127.0.0.1:50051");
-        assert_eq!(c.usage.batch_max.get(), 500);
+        assert_eq!(c.usage.batch_max.get(), 2000);
         assert_eq!(c.usage.flush_interval, Duration::from_millis(200));
         assert_eq!(c.usage.spool_max.get(), 100_000);
         assert!(c.usage.spool_file.is_none());

@@ -8,15 +8,20 @@
 # mode), for non-stream and stream chat completions at concurrency 1 and 64, with wrk. A fourth target,
 # drover-anthropic, sends the same conversation as an Anthropic Messages request (`POST /v1/messages`) to the
 # same Drover instance, which translates it to OpenAI chat for the mock and translates the answer back; the
-# report adds the cost of that translation next to the same-format drover rows. It prints a Markdown table
-# (plus Drover's peak RSS) and writes it to bench-results/latest.md.
+# report adds the cost of that translation next to the same-format drover rows. A second Drover instance,
+# drover-no-usage (`drover serve --usage-reporting off`: requests are metered but no usage records are kept),
+# is measured right after drover, and the report gives the cost of usage reporting as the req/s ratio of the
+# two. It prints a Markdown table (plus Drover's peak RSS) and writes it to bench-results/latest.md.
 #
 # Environment (all optional):
 #   BENCH_DURATION      length of each measured run, wrk syntax (default 10s)
 #   BENCH_WARMUP        unmeasured warm-up before each run (default 2s)
 #   BENCH_CONCURRENCY   connection counts (default "1 64")
-#   BENCH_TARGETS       any of "direct nginx drover drover-anthropic drover-cached" (default all five)
+#   BENCH_TARGETS       any of "direct nginx drover drover-no-usage drover-anthropic drover-cached" (default
+#                       all six)
 #   BENCH_MODES         any of "non-stream stream" (default both)
+#   BENCH_USAGE_ROUNDS  extra alternating drover / drover-no-usage runs (non-stream, highest concurrency) for a
+#                       steadier usage reporting cost: the median of their req/s ratios (default 3; 0: none)
 #   BENCH_NGINX_WORKERS nginx worker_processes (default auto)
 #   BENCH_OUT           result file (default bench-results/latest.md)
 #   CARGO_TARGET_DIR    where cargo builds (default target/)
@@ -28,9 +33,10 @@ cd "$ROOT"
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 CONCURRENCY=${BENCH_CONCURRENCY:-"1 64"}
-TARGETS=${BENCH_TARGETS:-"direct nginx drover drover-anthropic drover-cached"}
+TARGETS=${BENCH_TARGETS:-"direct nginx drover drover-no-usage drover-anthropic drover-cached"}
 MODES=${BENCH_MODES:-"non-stream stream"}
 NGINX_WORKERS=${BENCH_NGINX_WORKERS:-auto}
+USAGE_ROUNDS=${BENCH_USAGE_ROUNDS:-3}
 OUT=${BENCH_OUT:-$ROOT/bench-results/latest.md}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 ADMIN_TOKEN=bench-token
@@ -38,7 +44,7 @@ ADMIN_TOKEN=bench-token
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
 wants() { [[ " $TARGETS " == *" $1 "* ]]; }
-wants_drover() { wants drover || wants drover-anthropic || wants drover-cached; }
+wants_drover() { wants drover || wants drover-anthropic || wants drover-cached || wants drover-no-usage; }
 
 # ---- processes we start, stopped on any exit --------------------------------------------------------------
 TMP=$(mktemp -d -t drover-bench.XXXXXX)
@@ -140,7 +146,7 @@ done
 
 # What wrk sends per target: path, body file prefix (before "<mode>.json") and headers (see chat.lua).
 declare -A TARGET_PATH=() TARGET_BODY=() TARGET_HEADERS=()
-for target in direct nginx drover; do
+for target in direct nginx drover drover-no-usage; do
   TARGET_PATH[$target]=/v1/chat/completions TARGET_BODY[$target]="" TARGET_HEADERS[$target]="Authorization: Bearer bench"
 done
 TARGET_PATH[drover-anthropic]=/v1/messages
@@ -210,22 +216,38 @@ EOF
 fi
 
 # ---- Drover -----------------------------------------------------------------------------------------------
-if wants_drover; then
-  HTTP_PORT=$(free_port)
-  GRPC_PORT=$(free_port)
-  DROVER_ADMIN_TOKEN=$ADMIN_TOKEN RUST_LOG=${RUST_LOG:-warn} "$BIN/drover" serve --db "$TMP/drover.db" \
-    --http "127.0.0.1:$HTTP_PORT" --grpc "127.0.0.1:$GRPC_PORT" >"$TMP/drover.log" 2>&1 &
-  GW_PID=$!
-  PIDS+=("$GW_PID")
-  wait_200 60 "$GW_PID" "http://127.0.0.1:$HTTP_PORT/readyz" ||
-    { tail -30 "$TMP/drover.log" >&2; die "drover serve did not become ready"; }
-  cli() { "$BIN/drover" --server "http://127.0.0.1:$GRPC_PORT" --token "$ADMIN_TOKEN" "$@"; }
+# Starts `drover serve` as instance $1 (its own database and ports) with the extra flags that follow, routes
+# bench-model (and bench-cached, cached) to the mock, and waits until a chat completion succeeds. Sets
+# DROVER_PID and DROVER_HTTP.
+start_drover() {
+  local name=$1 http grpc pid
+  shift
+  http=$(free_port)
+  grpc=$(free_port)
+  DROVER_ADMIN_TOKEN=$ADMIN_TOKEN RUST_LOG=${RUST_LOG:-warn} "$BIN/drover" serve --db "$TMP/$name.db" \
+    --http "127.0.0.1:$http" --grpc "127.0.0.1:$grpc" "$@" >"$TMP/$name.log" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  wait_200 60 "$pid" "http://127.0.0.1:$http/readyz" ||
+    { tail -30 "$TMP/$name.log" >&2; die "$name: drover serve did not become ready"; }
+  cli() { "$BIN/drover" --server "http://127.0.0.1:$grpc" --token "$ADMIN_TOKEN" "$@"; }
   cli provider add mock --kind openai-compatible --base-url "http://$MOCK_ADDR/v1" >/dev/null
   cli route set bench-model --target mock/bench-model >/dev/null
   cli route set bench-cached --target mock/bench-model --cache-ttl 3600 >/dev/null
-  wait_200 30 "$GW_PID" -X POST -H 'content-type: application/json' --data-binary "@$TMP/non-stream.json" \
-    "http://127.0.0.1:$HTTP_PORT/v1/chat/completions" ||
-    { tail -30 "$TMP/drover.log" >&2; die "a chat completion through drover does not succeed"; }
+  wait_200 30 "$pid" -X POST -H 'content-type: application/json' --data-binary "@$TMP/non-stream.json" \
+    "http://127.0.0.1:$http/v1/chat/completions" ||
+    { tail -30 "$TMP/$name.log" >&2; die "$name: a chat completion through drover does not succeed"; }
+  DROVER_PID=$pid DROVER_HTTP=$http
+}
+
+if wants drover-no-usage; then
+  start_drover drover-no-usage --usage-reporting off
+  log "drover-no-usage on 127.0.0.1:$DROVER_HTTP (usage reporting off)"
+  URL[drover-no-usage]="http://127.0.0.1:$DROVER_HTTP"
+fi
+if wants drover || wants drover-anthropic || wants drover-cached; then
+  start_drover drover
+  GW_PID=$DROVER_PID HTTP_PORT=$DROVER_HTTP
   if wants drover-anthropic; then
     # One request of each mode through the translation must come back whole before anything is measured.
     anthropic_curl=(curl -s --max-time 10 -X POST -H 'anthropic-version: 2023-06-01' -H 'x-api-key: bench'
@@ -247,32 +269,44 @@ if wants_drover; then
     log "drover-anthropic: translated non-stream and stream answers check out"
   fi
   IDLE_RSS_KB=$(awk '/^VmRSS:/ {print $2}' "/proc/$GW_PID/status")
-  log "drover on 127.0.0.1:$HTTP_PORT (gRPC 127.0.0.1:$GRPC_PORT)"
+  log "drover on 127.0.0.1:$HTTP_PORT"
   URL[drover]="http://127.0.0.1:$HTTP_PORT"
   URL[drover-anthropic]="http://127.0.0.1:$HTTP_PORT"
   URL[drover-cached]="http://127.0.0.1:$HTTP_PORT"
 fi
 
 # ---- runs -------------------------------------------------------------------------------------------------
+# Runs wrk against target $1 in mode $2 with $3 connections (warm-up, then the measured run); prints the BENCH
+# line of chat.lua, or the wrk output to stderr and nothing if the run failed.
+measure() {
+  local target=$1 mode=$2 conns=$3 threads out line
+  threads=$((conns < NPROC ? conns : NPROC))
+  run=(wrk -t "$threads" -c "$conns" --timeout 10s --latency -s "$ROOT/tests/bench/chat.lua")
+  export BENCH_BODY_FILE="$TMP/${TARGET_BODY[$target]}$mode.json" BENCH_PATH=${TARGET_PATH[$target]} \
+    BENCH_HEADERS=${TARGET_HEADERS[$target]}
+  log "$target $mode c=$conns: warm-up $WARMUP, then $DURATION"
+  "${run[@]}" -d "$WARMUP" "${URL[$target]}" >/dev/null 2>&1 || true
+  out="$TMP/wrk-$target-$mode-$conns.txt"
+  "${run[@]}" -d "$DURATION" "${URL[$target]}" >"$out" 2>&1 || true
+  line=$(grep '^BENCH ' "$out" || true)
+  [[ -n $line ]] || { cat "$out" >&2; return 1; }
+  echo "$line"
+}
+
+# req/s of a BENCH line.
+rps_of() { awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] + 0 } printf "%.1f\n", f["requests"] * 1e6 / f["duration_us"] }' <<<"$1"; }
+
 NPROC=$(nproc)
 ROWS=()
 declare -A RPS=() P50=() # by "target mode conns", for the translation cost lines
 for target in $TARGETS; do
-  [[ -n ${URL[$target]:-} ]] || die "unknown target '$target' (expected direct, nginx, drover, drover-anthropic or drover-cached)"
+  [[ -n ${URL[$target]:-} ]] ||
+    die "unknown target '$target' (expected direct, nginx, drover, drover-no-usage, drover-anthropic or drover-cached)"
   for mode in $MODES; do
     [[ -f $TMP/$mode.json ]] || die "unknown mode '$mode' (expected non-stream or stream)"
     for conns in $CONCURRENCY; do
-      threads=$((conns < NPROC ? conns : NPROC))
-      run=(wrk -t "$threads" -c "$conns" --timeout 10s --latency -s "$ROOT/tests/bench/chat.lua")
-      export BENCH_BODY_FILE="$TMP/${TARGET_BODY[$target]}$mode.json" BENCH_PATH=${TARGET_PATH[$target]} \
-        BENCH_HEADERS=${TARGET_HEADERS[$target]}
-      log "$target $mode c=$conns: warm-up $WARMUP, then $DURATION"
-      "${run[@]}" -d "$WARMUP" "${URL[$target]}" >/dev/null 2>&1 || true
-      out="$TMP/wrk-$target-$mode-$conns.txt"
-      "${run[@]}" -d "$DURATION" "${URL[$target]}" >"$out" 2>&1 || true
-      line=$(grep '^BENCH ' "$out" || true)
+      line=$(measure "$target" "$mode" "$conns") || true
       if [[ -z $line ]]; then
-        cat "$out" >&2
         ROWS+=("| $target | $mode | $conns | failed | | | |")
         continue
       fi
@@ -301,6 +335,18 @@ for target in $TARGETS; do
     done
   done
 done
+
+# Usage reporting cost, steadier: drover and drover-no-usage alternate, so drift over the run hits both alike.
+USAGE_RATIOS=()
+USAGE_TOP=$(tr ' ' '\n' <<<"$CONCURRENCY" | sort -n | tail -n1)
+if wants drover && wants drover-no-usage && ((USAGE_ROUNDS > 0)) && [[ " $MODES " == *" non-stream "* ]]; then
+  for ((round = 1; round <= USAGE_ROUNDS; round++)); do
+    with=$(measure drover non-stream "$USAGE_TOP") || continue
+    without=$(measure drover-no-usage non-stream "$USAGE_TOP") || continue
+    USAGE_RATIOS+=("$(awk -v a="$(rps_of "$with")" -v b="$(rps_of "$without")" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')")
+    log "  usage round $round: drover / drover-no-usage req/s ×${USAGE_RATIOS[-1]}"
+  done
+fi
 
 # ---- report -----------------------------------------------------------------------------------------------
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
@@ -351,7 +397,34 @@ mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-bina
       done
     done
   fi
-  if wants_drover; then
+  if wants drover && wants drover-no-usage; then
+    echo
+    echo "Usage reporting cost (drover vs drover-no-usage, \`--usage-reporting off\`; req/s ratio, p50 difference):"
+    echo
+    for mode in $MODES; do
+      for conns in $CONCURRENCY; do
+        d="drover $mode $conns" n="drover-no-usage $mode $conns"
+        if [[ -z ${RPS[$d]:-} || -z ${RPS[$n]:-} ]]; then
+          echo "- $mode, c=$conns: n/a (a run failed)"
+          continue
+        fi
+        awk -v mode="$mode" -v conns="$conns" -v dp="${P50[$d]}" -v np="${P50[$n]}" -v dr="${RPS[$d]}" -v nr="${RPS[$n]}" '
+          function lat(us) { return us < 1000 ? sprintf("%d µs", us) : sprintf("%.2f ms", us / 1000) }
+          BEGIN {
+            diff = dp - np
+            printf "- %s, c=%d: req/s ×%.3f (%.0f vs %.0f, %+.1f%%), p50 %s%s\n", mode, conns, (nr > 0 ? dr / nr : 0),
+              dr, nr, (nr > 0 ? 100 * (dr - nr) / nr : 0), (diff < 0 ? "-" : "+"), lat(diff < 0 ? -diff : diff)
+          }'
+      done
+    done
+  fi
+  if ((${#USAGE_RATIOS[@]})); then
+    median=$(printf '%s\n' "${USAGE_RATIOS[@]}" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+    echo
+    printf -- '- alternating rounds, non-stream, c=%s: req/s ×%s; median ×%.3f (%+.1f%%)\n' "$USAGE_TOP" \
+      "$(printf '%s ' "${USAGE_RATIOS[@]}" | sed 's/ $//; s/ /, ×/g')" "$median" "$(awk -v m="$median" 'BEGIN { print 100 * (m - 1) }')"
+  fi
+  if [[ -n ${GW_PID:-} ]]; then
     peak_kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || echo 0)
     echo
     printf 'Drover (`drover serve`): peak RSS %.1f MiB (VmHWM), %.1f MiB idle before the runs.\n' \
