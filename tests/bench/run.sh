@@ -22,6 +22,9 @@
 #   BENCH_MODES         any of "non-stream stream" (default both)
 #   BENCH_USAGE_ROUNDS  extra alternating drover / drover-no-usage runs (non-stream, highest concurrency) for a
 #                       steadier usage reporting cost: the median of their req/s ratios (default 3; 0: none)
+#   BENCH_SPLIT_ROUNDS  rounds of the split deployment: drover-controlplane and two drover-dataplane processes,
+#                       usage reporting on and off, alternating (non-stream, highest concurrency); reports
+#                       each data plane's CPU per request and the control plane's per record (default 3; 0: none)
 #   BENCH_NGINX_WORKERS nginx worker_processes (default auto)
 #   BENCH_OUT           result file (default bench-results/latest.md)
 #   CARGO_TARGET_DIR    where cargo builds (default target/)
@@ -37,6 +40,7 @@ TARGETS=${BENCH_TARGETS:-"direct nginx drover drover-no-usage drover-anthropic d
 MODES=${BENCH_MODES:-"non-stream stream"}
 NGINX_WORKERS=${BENCH_NGINX_WORKERS:-auto}
 USAGE_ROUNDS=${BENCH_USAGE_ROUNDS:-3}
+SPLIT_ROUNDS=${BENCH_SPLIT_ROUNDS:-3}
 OUT=${BENCH_OUT:-$ROOT/bench-results/latest.md}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 ADMIN_TOKEN=bench-token
@@ -115,6 +119,7 @@ wait_200() {
 # ---- build ------------------------------------------------------------------------------------------------
 bins=(--bin drover-mock)
 wants_drover && bins+=(--bin drover)
+((SPLIT_ROUNDS > 0)) && bins+=(--bin drover --bin drover-controlplane --bin drover-dataplane)
 log "building release: cargo build --release ${bins[*]}"
 cargo build --release "${bins[@]}"
 
@@ -276,16 +281,23 @@ if wants drover || wants drover-anthropic || wants drover-cached; then
 fi
 
 # ---- runs -------------------------------------------------------------------------------------------------
-# Runs wrk against target $1 in mode $2 with $3 connections (warm-up, then the measured run); prints the BENCH
-# line of chat.lua, or the wrk output to stderr and nothing if the run failed.
+# Runs wrk against target $1 in mode $2 with $3 connections for $4 (default: the warm-up, then the measured run);
+# prints the BENCH line of chat.lua, or the wrk output to stderr and nothing if the run failed.
 measure() {
-  local target=$1 mode=$2 conns=$3 threads out line
+  local target=$1 mode=$2 conns=$3 only=${4:-} threads out line
   threads=$((conns < NPROC ? conns : NPROC))
   run=(wrk -t "$threads" -c "$conns" --timeout 10s --latency -s "$ROOT/tests/bench/chat.lua")
   export BENCH_BODY_FILE="$TMP/${TARGET_BODY[$target]}$mode.json" BENCH_PATH=${TARGET_PATH[$target]} \
     BENCH_HEADERS=${TARGET_HEADERS[$target]}
-  log "$target $mode c=$conns: warm-up $WARMUP, then $DURATION"
-  "${run[@]}" -d "$WARMUP" "${URL[$target]}" >/dev/null 2>&1 || true
+  if [[ $only == warm-up ]]; then
+    log "$target $mode c=$conns: warm-up $WARMUP"
+    "${run[@]}" -d "$WARMUP" "${URL[$target]}" >/dev/null 2>&1 || true
+    return 0
+  fi
+  if [[ $only != measured ]]; then
+    log "$target $mode c=$conns: warm-up $WARMUP, then $DURATION"
+    "${run[@]}" -d "$WARMUP" "${URL[$target]}" >/dev/null 2>&1 || true
+  fi
   out="$TMP/wrk-$target-$mode-$conns.txt"
   "${run[@]}" -d "$DURATION" "${URL[$target]}" >"$out" 2>&1 || true
   line=$(grep '^BENCH ' "$out" || true)
@@ -345,6 +357,59 @@ if wants drover && wants drover-no-usage && ((USAGE_ROUNDS > 0)) && [[ " $MODES 
     without=$(measure drover-no-usage non-stream "$USAGE_TOP") || continue
     USAGE_RATIOS+=("$(awk -v a="$(rps_of "$with")" -v b="$(rps_of "$without")" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')")
     log "  usage round $round: drover / drover-no-usage req/s ×${USAGE_RATIOS[-1]}"
+  done
+fi
+
+# ---- split deployment -------------------------------------------------------------------------------------
+# A control plane process and two data plane processes, one with usage reporting off; the data planes' CPU time
+# per request shows what reporting costs a data plane, the control plane's what ingesting a record costs.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+SPLIT_LINES=()
+if ((SPLIT_ROUNDS > 0)) && [[ " $MODES " == *" non-stream "* ]]; then
+  CP_GRPC=$(free_port)
+  DROVER_ADMIN_TOKEN=$ADMIN_TOKEN DROVER_DATAPLANE_TOKEN=bench-dp RUST_LOG=${RUST_LOG:-warn} \
+    "$BIN/drover-controlplane" --db "$TMP/split.db" --grpc "127.0.0.1:$CP_GRPC" >"$TMP/split-cp.log" 2>&1 &
+  CP_PID=$!
+  PIDS+=("$CP_PID")
+  cli() { "$BIN/drover" --server "http://127.0.0.1:$CP_GRPC" --token "$ADMIN_TOKEN" "$@"; }
+  for _ in $(seq 100); do cli status >/dev/null 2>&1 && break; sleep 0.1; done
+  cli provider add mock --kind openai-compatible --base-url "http://$MOCK_ADDR/v1" >/dev/null
+  cli route set bench-model --target mock/bench-model >/dev/null
+  declare -A SPLIT_PID=()
+  for target in dp dp-no-usage; do
+    http=$(free_port)
+    reporting=on
+    [[ $target == dp-no-usage ]] && reporting=off
+    RUST_LOG=${RUST_LOG:-warn} "$BIN/drover-dataplane" --control-plane "http://127.0.0.1:$CP_GRPC" --token bench-dp \
+      --http "127.0.0.1:$http" --usage-reporting $reporting >"$TMP/split-$target.log" 2>&1 &
+    SPLIT_PID[$target]=$!
+    PIDS+=("$!")
+    wait_200 30 "$!" -X POST -H 'content-type: application/json' --data-binary "@$TMP/non-stream.json" \
+      "http://127.0.0.1:$http/v1/chat/completions" ||
+      { tail -30 "$TMP/split-$target.log" >&2; die "$target: a chat completion through drover-dataplane does not succeed"; }
+    URL[$target]="http://127.0.0.1:$http"
+    TARGET_PATH[$target]=/v1/chat/completions TARGET_BODY[$target]="" TARGET_HEADERS[$target]="Authorization: Bearer bench"
+  done
+  TICK=$(getconf CLK_TCK)
+  for ((round = 1; round <= SPLIT_ROUNDS; round++)); do
+    result=""
+    for target in dp dp-no-usage; do
+      measure "$target" non-stream "$USAGE_TOP" warm-up
+      dp0=$(cpu_ticks "${SPLIT_PID[$target]}") cp0=$(cpu_ticks "$CP_PID")
+      line=$(measure "$target" non-stream "$USAGE_TOP" measured) || { result=""; break; }
+      dp1=$(cpu_ticks "${SPLIT_PID[$target]}") cp1=$(cpu_ticks "$CP_PID")
+      result+=" $(awk -v d=$((dp1 - dp0)) -v c=$((cp1 - cp0)) -v t="$TICK" '{
+          for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] + 0 }
+          n = f["requests"]
+          printf "%.1f %.2f %.2f", n * 1e6 / f["duration_us"], d / t * 1e6 / n, c / t * 1e6 / n
+        }' <<<"$line")"
+    done
+    [[ -n $result ]] || continue
+    SPLIT_LINES+=("$(awk -v round="$round" '{
+        printf "- round %d: req/s ×%.3f (%.0f vs %.0f); data plane CPU %.1f vs %.1f µs/request (%+.1f%%); control plane %.2f µs/record", round,
+          $1 / $4, $1, $4, $2, $5, 100 * ($2 - $5) / $5, $3
+      }' <<<"$result")")
+    log "  split ${SPLIT_LINES[-1]#- }"
   done
 fi
 
@@ -423,6 +488,13 @@ mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-bina
     echo
     printf -- '- alternating rounds, non-stream, c=%s: req/s ×%s; median ×%.3f (%+.1f%%)\n' "$USAGE_TOP" \
       "$(printf '%s ' "${USAGE_RATIOS[@]}" | sed 's/ $//; s/ /, ×/g')" "$median" "$(awk -v m="$median" 'BEGIN { print 100 * (m - 1) }')"
+  fi
+  if ((${#SPLIT_LINES[@]})); then
+    echo
+    echo "Split deployment (drover-controlplane, and two drover-dataplane processes with usage reporting on and off;"
+    echo "non-stream, c=$USAGE_TOP, alternating; CPU time of each process per request of the run):"
+    echo
+    printf '%s\n' "${SPLIT_LINES[@]}"
   fi
   if [[ -n ${GW_PID:-} ]]; then
     peak_kb=$(awk '/^VmHWM:/ {print $2}' "/proc/$GW_PID/status" 2>/dev/null || echo 0)
