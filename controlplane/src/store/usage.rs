@@ -261,8 +261,13 @@ const UPSERT_DAILY: &str = "
 pub(super) struct Pending {
     pub dataplane_id: String,
     pub records: Vec<UsageRecord>,
-    pub reply: oneshot::Sender<Result<Applied, StoreError>>,
+    pub reply: oneshot::Sender<Answer>,
 }
+
+/// The answer for a batch, with the batch itself: it is freed by the task that sent it, not on
+/// the store thread, whose frees of memory from the request threads' allocator arenas would
+/// contend with those threads.
+pub(super) type Answer = (Result<Applied, StoreError>, Vec<UsageRecord>);
 
 /// Records gathered into one group commit, at most (a group starts with one batch, whatever
 /// its size).
@@ -297,7 +302,7 @@ pub(super) fn apply_group(conn: &mut Connection, group: Vec<Pending>) {
     };
     for (pending, result) in group.into_iter().zip(results) {
         // The sender may have gone (e.g. its call was cancelled); the batch is applied anyway.
-        let _ = pending.reply.send(result);
+        let _ = pending.reply.send((result, pending.records));
     }
 }
 
@@ -610,7 +615,9 @@ impl Store {
             .send(super::Msg::Usage(pending))
             .await
             .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        let (applied, records) = answer.await.map_err(|_| StoreError::Closed)?;
+        drop(records);
+        applied
     }
 
     /// Totals of the records `filter` covers, by group, sorted by group.
