@@ -414,6 +414,28 @@ if ((SPLIT_ROUNDS > 0)) && [[ " $MODES " == *" non-stream "* ]]; then
 fi
 
 # ---- report -----------------------------------------------------------------------------------------------
+# One line per mode and concurrency: target $1 against target $2, p50 difference and req/s ratio.
+compare() {
+  local mode conns a b
+  for mode in $MODES; do
+    for conns in $CONCURRENCY; do
+      a="$1 $mode $conns" b="$2 $mode $conns"
+      if [[ -z ${RPS[$a]:-} || -z ${RPS[$b]:-} ]]; then
+        echo "- $mode, c=$conns: n/a (a run failed)"
+        continue
+      fi
+      awk -v mode="$mode" -v conns="$conns" -v ap="${P50[$a]}" -v bp="${P50[$b]}" -v ar="${RPS[$a]}" -v br="${RPS[$b]}" '
+        function lat(us) { return us < 1000 ? sprintf("%d µs", us) : sprintf("%.2f ms", us / 1000) }
+        BEGIN {
+          diff = ap - bp
+          printf "- %s, c=%d: p50 %s%s (%s vs %s, %+.1f%%), req/s ×%.3f (%.0f vs %.0f)\n", mode, conns,
+            (diff < 0 ? "-" : "+"), lat(diff < 0 ? -diff : diff), lat(ap), lat(bp), (bp > 0 ? 100 * diff / bp : 0),
+            (br > 0 ? ar / br : 0), ar, br
+        }'
+    done
+  done
+}
+
 cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 mock_bytes=$(curl -s -X POST -H 'content-type: application/json' --data-binary "@$TMP/non-stream.json" \
@@ -445,43 +467,13 @@ mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-bina
     echo
     echo "Translation cost (drover-anthropic vs same-format drover; p50 difference, req/s ratio):"
     echo
-    for mode in $MODES; do
-      for conns in $CONCURRENCY; do
-        a="drover-anthropic $mode $conns" d="drover $mode $conns"
-        if [[ -z ${RPS[$a]:-} || -z ${RPS[$d]:-} ]]; then
-          echo "- $mode, c=$conns: n/a (a run failed)"
-          continue
-        fi
-        awk -v mode="$mode" -v conns="$conns" -v ap="${P50[$a]}" -v dp="${P50[$d]}" -v ar="${RPS[$a]}" -v dr="${RPS[$d]}" '
-          function lat(us) { return us < 1000 ? sprintf("%d µs", us) : sprintf("%.2f ms", us / 1000) }
-          BEGIN {
-            diff = ap - dp
-            printf "- %s, c=%d: p50 %s%s (%s vs %s, %+.1f%%), req/s ×%.2f (%.0f vs %.0f)\n", mode, conns,
-              (diff < 0 ? "-" : "+"), lat(diff < 0 ? -diff : diff), lat(ap), lat(dp), (dp > 0 ? 100 * diff / dp : 0), (dr > 0 ? ar / dr : 0), ar, dr
-          }'
-      done
-    done
+    compare drover-anthropic drover
   fi
   if wants drover && wants drover-no-usage; then
     echo
-    echo "Usage reporting cost (drover vs drover-no-usage, \`--usage-reporting off\`; req/s ratio, p50 difference):"
+    echo "Usage reporting cost (drover vs drover-no-usage, \`--usage-reporting off\`; p50 difference, req/s ratio):"
     echo
-    for mode in $MODES; do
-      for conns in $CONCURRENCY; do
-        d="drover $mode $conns" n="drover-no-usage $mode $conns"
-        if [[ -z ${RPS[$d]:-} || -z ${RPS[$n]:-} ]]; then
-          echo "- $mode, c=$conns: n/a (a run failed)"
-          continue
-        fi
-        awk -v mode="$mode" -v conns="$conns" -v dp="${P50[$d]}" -v np="${P50[$n]}" -v dr="${RPS[$d]}" -v nr="${RPS[$n]}" '
-          function lat(us) { return us < 1000 ? sprintf("%d µs", us) : sprintf("%.2f ms", us / 1000) }
-          BEGIN {
-            diff = dp - np
-            printf "- %s, c=%d: req/s ×%.3f (%.0f vs %.0f, %+.1f%%), p50 %s%s\n", mode, conns, (nr > 0 ? dr / nr : 0),
-              dr, nr, (nr > 0 ? 100 * (dr - nr) / nr : 0), (diff < 0 ? "-" : "+"), lat(diff < 0 ? -diff : diff)
-          }'
-      done
-    done
+    compare drover drover-no-usage
   fi
   if ((${#USAGE_RATIOS[@]})); then
     median=$(printf '%s\n' "${USAGE_RATIOS[@]}" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
