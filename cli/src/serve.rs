@@ -1,8 +1,8 @@
 //! `drover serve`: the control plane and one data plane in one process, over one SQLite
 //! database. The data plane streams its policy from the control plane over loopback gRPC like
 //! any other, with the admin token, so `drover status` shows it; its usage batches go to the
-//! control plane's usage service directly, with the same exactly-once answer and no encoding. Ctrl-C or SIGTERM stops both; if either stops
-//! on its own, the other is stopped too.
+//! control plane's usage service directly, with the same exactly-once answer and no encoding.
+//! Ctrl-C or SIGTERM stops both; if either stops on its own, the other is stopped too.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;

@@ -284,7 +284,7 @@ fi
 # Runs wrk against target $1 in mode $2 with $3 connections for $4 (default: the warm-up, then the measured run);
 # prints the BENCH line of chat.lua, or the wrk output to stderr and nothing if the run failed.
 measure() {
-  local target=$1 mode=$2 conns=$3 only=${4:-} threads out line
+  local target=$1 mode=$2 conns=$3 only=${4:-} threads out line run
   threads=$((conns < NPROC ? conns : NPROC))
   run=(wrk -t "$threads" -c "$conns" --timeout 10s --latency -s "$ROOT/tests/bench/chat.lua")
   export BENCH_BODY_FILE="$TMP/${TARGET_BODY[$target]}$mode.json" BENCH_PATH=${TARGET_PATH[$target]} \

@@ -38,6 +38,7 @@
 //! `usage_daily` only and are short.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use drover_proto::model::{MAX_USAGE_TIME_UNIX_MS, MS_PER_DAY, UsageRecord, UtcDay};
@@ -185,24 +186,27 @@ const USAGE_COLUMNS: usize = 24;
 const ROWS_PER_INSERT: usize = 32;
 
 /// Inserts one record unless a record with its time and id is stored already.
-fn insert_one_sql() -> String {
-    format!("{INSERT_INTO_USAGE} {} ON CONFLICT DO NOTHING", placeholders(0))
+fn insert_one_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| insert_sql(1, " ON CONFLICT DO NOTHING"))
 }
 
 /// Inserts [`ROWS_PER_INSERT`] records, or fails whole if any of them is stored already.
 fn insert_many_sql() -> &'static str {
-    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SQL.get_or_init(|| {
-        let rows: Vec<String> = (0..ROWS_PER_INSERT).map(placeholders).collect();
-        format!("{INSERT_INTO_USAGE} {}", rows.join(", "))
-    })
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| insert_sql(ROWS_PER_INSERT, ""))
 }
 
-/// `(?n, …)` for the columns of row `row` of a statement.
-fn placeholders(row: usize) -> String {
-    let first = row * USAGE_COLUMNS + 1;
-    let params: Vec<String> = (first..first + USAGE_COLUMNS).map(|i| format!("?{i}")).collect();
-    format!("({})", params.join(", "))
+/// `INSERT` of `rows` rows, the row `r` bound at parameters `r * USAGE_COLUMNS + 1 ..`.
+fn insert_sql(rows: usize, tail: &str) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|row| {
+            let first = row * USAGE_COLUMNS + 1;
+            let params: Vec<String> = (first..first + USAGE_COLUMNS).map(|i| format!("?{i}")).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    format!("{INSERT_INTO_USAGE} {}{tail}", values.join(", "))
 }
 
 /// Binds `r` as row `row` of an insert statement.
@@ -338,7 +342,7 @@ fn insert_records<'a>(
 ) -> Result<Applied, StoreError> {
     let mut answer = Applied::default();
     let mut many = conn.prepare_cached(insert_many_sql())?;
-    let mut one = conn.prepare_cached(&insert_one_sql())?;
+    let mut one = conn.prepare_cached(insert_one_sql())?;
     let mut seen = conn.prepare_cached(SEEN)?;
     for group in records.chunks(ROWS_PER_INSERT) {
         if group.len() == ROWS_PER_INSERT && group.iter().all(|r| r.time_unix_ms >= watermark) {

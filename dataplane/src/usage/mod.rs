@@ -3,9 +3,9 @@
 //! `UsageService.Report`, keeping every record until the control plane has answered for it.
 //!
 //! ```text
-//! request path ──record()──▶ inbox (Vec under a mutex) ──▶ reporter task ──Report(batch)──▶ control plane
-//!   (atomics + one short lock,               spool (memory, oldest first)
-//!    never blocks or awaits)                  └─ optional spool file (spawn_blocking, fsync)
+//! request path ──record()──▶ inbox ──▶ reporter task ──Report(batch)──▶ control plane
+//!   (atomics + one short lock,      spool (memory, oldest first)
+//!    never blocks or awaits)        └─ optional spool file (spawn_blocking, fsync)
 //! ```
 //!
 //! * The request path wakes the reporter only when it holds nothing (the first record starts
