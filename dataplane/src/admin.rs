@@ -57,6 +57,19 @@ pub struct Metrics {
     pub usage_report_failures: Counter,
     /// Requests answered by a model with no price.
     pub unpriced: Counter,
+    /// Connections open now (a gauge) and refusals being written.
+    pub connections: crate::server::Connections,
+    pub connections_accepted: Counter,
+    /// Connections refused because `--max-connections` were open.
+    pub connections_refused: Counter,
+    /// Connections closed because a request head did not arrive in time.
+    pub connections_head_timeout: Counter,
+    /// Keep-alive connections closed after idling for `--idle-timeout`.
+    pub connections_idle_closed: Counter,
+    /// Requests refused because the buffered request bodies reached their budget.
+    pub bodies_over_budget: Counter,
+    /// Requests whose body did not arrive within `--body-read-timeout`.
+    pub bodies_timed_out: Counter,
 }
 
 impl Metrics {
@@ -206,6 +219,40 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "Usage reports that failed (control plane unreachable or erroring) and were retried.",
         "",
         m.usage_report_failures.get(),
+    );
+    counter(
+        "drover_connections_accepted_total",
+        "HTTP connections accepted.",
+        "",
+        m.connections_accepted.get(),
+    );
+    counter(
+        "drover_connections_refused_total",
+        "HTTP connections refused because the connection limit was reached.",
+        "",
+        m.connections_refused.get(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP drover_connections_closed_total HTTP connections closed by the gateway for slowness or idleness.\n# TYPE drover_connections_closed_total counter\ndrover_connections_closed_total{{reason=\"header_timeout\"}} {}\ndrover_connections_closed_total{{reason=\"idle\"}} {}",
+        m.connections_head_timeout.get(),
+        m.connections_idle_closed.get()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP drover_request_bodies_refused_total Requests refused while their body was read.\n# TYPE drover_request_bodies_refused_total counter\ndrover_request_bodies_refused_total{{reason=\"budget\"}} {}\ndrover_request_bodies_refused_total{{reason=\"timeout\"}} {}",
+        m.bodies_over_budget.get(),
+        m.bodies_timed_out.get()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP drover_connections_open HTTP connections open now.\n# TYPE drover_connections_open gauge\ndrover_connections_open {}",
+        m.connections.open.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP drover_request_body_bytes_buffered Request body bytes held in memory now.\n# TYPE drover_request_body_bytes_buffered gauge\ndrover_request_body_bytes_buffered {}",
+        state.bodies.buffered()
     );
     let version = state.policy.serving().map_or(0, |(_, v)| v);
     let _ = writeln!(

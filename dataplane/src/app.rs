@@ -3,21 +3,25 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::handler::Handler;
 use axum::routing::{MethodRouter, get, post};
-use axum::serve::ListenerExt;
+use http::{HeaderValue, Method};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::admin::{self, Metrics};
 use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::policy::{Policy, PolicyStore, client, last_good};
 use crate::providers::{HttpClient, http_client};
+use crate::proxy::body::BodyBudget;
 use crate::proxy::{self, health::HealthRegistry, health::RetryBudget};
+use crate::server;
 use crate::usage::{self, ReporterError, Usage};
 
 /// State shared by every request. The policy inside is swapped whole; the rest lives as long as the process.
@@ -32,6 +36,8 @@ pub struct AppState {
     pub usage: Usage,
     /// Answers of routes with a cache TTL.
     pub cache: ResponseCache,
+    /// Request-body bytes held in memory by requests in flight.
+    pub bodies: BodyBudget,
 }
 
 impl AppState {
@@ -42,6 +48,7 @@ impl AppState {
             budget: RetryBudget::new(config.proxy.retry_ratio, config.proxy.retry_min_per_sec),
             client: http_client(config.proxy.connect_timeout),
             cache: ResponseCache::new(config.cache_max_bytes),
+            bodies: BodyBudget::new(config.max_buffered_body_bytes),
             config,
             policy: PolicyStore::default(),
             health: HealthRegistry::default(),
@@ -59,9 +66,10 @@ where
     post(handler).fallback(proxy::method_not_allowed)
 }
 
-/// The data plane's HTTP routes.
+/// The data plane's HTTP routes, with CORS headers for the configured origins only.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
+    let cors = cors(&state.config.cors_origins);
+    let router = Router::new()
         .route("/v1/chat/completions", post_only(proxy::chat_completions))
         .route("/v1/completions", post_only(proxy::completions))
         .route("/v1/embeddings", post_only(proxy::embeddings))
@@ -76,7 +84,40 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(admin::readyz))
         .route("/metrics", get(admin::metrics))
         .fallback(proxy::not_found)
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// Browsers may call the API from pages of `origins` (`*`: any page); none by default, and
+/// then no CORS header is ever sent.
+fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().cloned())
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers(AllowHeaders::mirror_request())
+            .expose_headers([
+                proxy::X_REQUEST_ID,
+                proxy::X_DROVER_PROVIDER,
+                proxy::X_DROVER_MODEL,
+                proxy::X_DROVER_CACHE,
+                proxy::X_DROVER_COST_USD,
+                proxy::X_DROVER_DROPPED,
+                http::header::RETRY_AFTER,
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -128,15 +169,21 @@ impl DataPlane {
             shutdown.clone(),
         ));
         let app = router(state.clone());
-        // Without TCP_NODELAY, Nagle's algorithm holds back small stream events.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        let mut listener_config = state.config.listener.clone();
+        if let Some(fit) = server::fd_bound_connections()
+            && fit < listener_config.max_connections
+        {
+            tracing::warn!(
+                max_connections = listener_config.max_connections,
+                lowered_to = fit,
+                "the open-file limit is too low for --max-connections; raise it (ulimit -n) to allow more"
+            );
+            listener_config.max_connections = fit;
+        }
+        let metrics = state.metrics.clone();
         let server = tokio::spawn(async move {
             let _stop_usage = usage_stop.drop_guard();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
+            server::serve(listener, app, listener_config, metrics, shutdown).await
         });
         tracing::info!(%http_addr, "data plane listening");
         Ok(DataPlane {

@@ -10,8 +10,12 @@ use std::time::Duration;
 
 use drover_proto::model::Secret;
 
+use http::HeaderValue;
+
 use crate::providers::EnvLookup;
+use crate::proxy::body::BodyLimits;
 use crate::proxy::health::BreakerConfig;
+use crate::server::{DEFAULT_MAX_CONNECTIONS, ListenerConfig};
 
 /// How requests are sent upstream: timeouts, retries, breakers.
 #[derive(Debug, Clone)]
@@ -113,6 +117,14 @@ pub struct Config {
     pub last_good: Option<PathBuf>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    /// Longest time to receive a whole request body.
+    pub body_read_timeout: Duration,
+    /// Request-body bytes all requests together may hold in memory.
+    pub max_buffered_body_bytes: usize,
+    /// Connection limits and timeouts of the HTTP listener.
+    pub listener: ListenerConfig,
+    /// Origins whose web pages may call the API from a browser (CORS); none by default.
+    pub cors_origins: Vec<HeaderValue>,
     /// Memory bound of the response cache, in bytes.
     pub cache_max_bytes: u64,
     pub proxy: ProxyConfig,
@@ -133,6 +145,10 @@ impl std::fmt::Debug for Config {
             .field("dataplane_id", &self.dataplane_id)
             .field("last_good", &self.last_good)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("body_read_timeout", &self.body_read_timeout)
+            .field("max_buffered_body_bytes", &self.max_buffered_body_bytes)
+            .field("listener", &self.listener)
+            .field("cors_origins", &self.cors_origins)
             .field("proxy", &self.proxy)
             .field("usage", &self.usage)
             .field("local_usage", &self.local_usage.is_some())
@@ -142,6 +158,9 @@ impl std::fmt::Debug for Config {
 
 /// Default request body limit: 32 MiB.
 pub const DEFAULT_MAX_BODY: usize = 32 << 20;
+
+/// Default budget of request-body bytes held in memory at once: 256 MiB.
+pub const DEFAULT_MAX_BUFFERED_BODIES: usize = 256 << 20;
 
 /// The process environment, for binaries.
 pub fn process_env() -> EnvLookup {
@@ -158,11 +177,25 @@ impl Config {
             dataplane_id: default_id(),
             last_good: None,
             max_body_bytes: DEFAULT_MAX_BODY,
+            body_read_timeout: Duration::from_secs(60),
+            max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODIES,
+            listener: ListenerConfig::default(),
+            cors_origins: Vec::new(),
             cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
             proxy: ProxyConfig::default(),
             usage: UsageConfig::default(),
             local_usage: None,
             env,
+        }
+    }
+}
+
+impl Config {
+    /// How request bodies are bounded.
+    pub fn body_limits(&self) -> BodyLimits {
+        BodyLimits {
+            max_bytes: self.max_body_bytes,
+            read_timeout: self.body_read_timeout,
         }
     }
 }
@@ -236,6 +269,27 @@ pub struct ProxyArgs {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "DROVER_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY)]
     pub max_body_bytes: usize,
+    /// Longest time, in seconds, a caller may take to send a whole request body (408 beyond it).
+    #[arg(long, env = "DROVER_BODY_READ_TIMEOUT", default_value_t = 60)]
+    pub body_read_timeout: u64,
+    /// Request-body bytes all requests together may hold in memory; beyond it, 503 with `retry-after`.
+    #[arg(long, env = "DROVER_MAX_BUFFERED_BODY_BYTES", default_value_t = DEFAULT_MAX_BUFFERED_BODIES)]
+    pub max_buffered_body_bytes: usize,
+    /// Most HTTP connections open at once; beyond it, new ones get a 503 and are closed. Lowered
+    /// to half the process's open-file limit when that is smaller.
+    #[arg(long, env = "DROVER_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Longest time, in seconds, to send a request head (from the connection's accept for its
+    /// first request, from the head's first byte for later ones).
+    #[arg(long, env = "DROVER_HEADER_READ_TIMEOUT", default_value_t = 10)]
+    pub header_read_timeout: u64,
+    /// Longest time, in seconds, an idle keep-alive connection is kept open.
+    #[arg(long, env = "DROVER_IDLE_TIMEOUT", default_value_t = 75)]
+    pub idle_timeout: u64,
+    /// An origin (`https://app.example.com`) whose web pages may call the API from a browser;
+    /// repeat or separate with commas. None by default: no CORS headers are sent.
+    #[arg(long = "cors-origin", env = "DROVER_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// Whole-request deadline in seconds, across retries.
     #[arg(long, env = "DROVER_REQUEST_TIMEOUT", default_value_t = 600)]
     pub request_timeout: u64,
@@ -275,6 +329,10 @@ pub enum ConfigError {
     TooLarge(&'static str, usize),
     #[error("--usage-spool keeps records for the control plane; it needs --usage-reporting on")]
     SpoolWithoutReporting,
+    #[error(
+        "--cors-origin {0:?} must be `*` or an origin such as https://app.example.com (scheme, host and port only)"
+    )]
+    CorsOrigin(String),
 }
 
 impl ProxyArgs {
@@ -282,6 +340,11 @@ impl ProxyArgs {
     pub fn apply(&self, config: &mut Config) -> Result<(), ConfigError> {
         for (name, value) in [
             ("max-body-bytes", self.max_body_bytes as u64),
+            ("body-read-timeout", self.body_read_timeout),
+            ("max-buffered-body-bytes", self.max_buffered_body_bytes as u64),
+            ("max-connections", self.max_connections as u64),
+            ("header-read-timeout", self.header_read_timeout),
+            ("idle-timeout", self.idle_timeout),
             ("request-timeout", self.request_timeout),
             ("upstream-timeout", self.upstream_timeout),
             ("max-attempts", u64::from(self.max_attempts)),
@@ -291,6 +354,17 @@ impl ProxyArgs {
             }
         }
         config.max_body_bytes = self.max_body_bytes;
+        config.body_read_timeout = Duration::from_secs(self.body_read_timeout);
+        config.max_buffered_body_bytes = self.max_buffered_body_bytes;
+        config.listener.max_connections = self.max_connections;
+        config.listener.header_read_timeout = Duration::from_secs(self.header_read_timeout);
+        config.listener.idle_timeout = Duration::from_secs(self.idle_timeout);
+        config.cors_origins = self
+            .cors_origins
+            .iter()
+            .filter(|o| !o.trim().is_empty())
+            .map(|o| cors_origin(o.trim()))
+            .collect::<Result<_, _>>()?;
         config.cache_max_bytes = self.cache_max_bytes;
         config.proxy.request_timeout = Duration::from_secs(self.request_timeout);
         config.proxy.upstream_timeout = Duration::from_secs(self.upstream_timeout);
@@ -298,6 +372,25 @@ impl ProxyArgs {
         config.usage.report = self.usage_reporting == Switch::On;
         Ok(())
     }
+}
+
+/// A `--cors-origin` value: `*`, or `scheme://host[:port]` with nothing after it.
+fn cors_origin(origin: &str) -> Result<HeaderValue, ConfigError> {
+    let bad = || ConfigError::CorsOrigin(origin.chars().take(200).collect());
+    if origin != "*" {
+        let url = url::Url::parse(origin).map_err(|_| bad())?;
+        let bare = matches!(url.scheme(), "http" | "https")
+            && url.host_str().is_some()
+            && url.path() == "/"
+            && url.query().is_none()
+            && url.fragment().is_none()
+            && url.username().is_empty()
+            && !origin.ends_with('/');
+        if !bare {
+            return Err(bad());
+        }
+    }
+    HeaderValue::from_str(origin).map_err(|_| bad())
 }
 
 impl Args {
@@ -362,6 +455,75 @@ mod tests {
         assert_eq!(c.usage.spool_max.get(), 100_000);
         assert!(c.usage.spool_file.is_none());
         assert!(c.usage.report);
+        assert_eq!(c.listener.max_connections, 10_000);
+        assert_eq!(c.listener.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.listener.idle_timeout, Duration::from_secs(75));
+        assert_eq!(c.body_read_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_buffered_body_bytes, 256 << 20);
+        assert!(c.cors_origins.is_empty());
+    }
+
+    #[test]
+    fn connection_and_body_bounds() {
+        let c = parse(&[
+            "--max-connections",
+            "50",
+            "--header-read-timeout",
+            "3",
+            "--idle-timeout",
+            "9",
+            "--body-read-timeout",
+            "4",
+            "--max-buffered-body-bytes",
+            "1000",
+        ])
+        .unwrap();
+        assert_eq!(c.listener.max_connections, 50);
+        assert_eq!(c.listener.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.listener.idle_timeout, Duration::from_secs(9));
+        assert_eq!(c.body_read_timeout, Duration::from_secs(4));
+        assert_eq!(c.max_buffered_body_bytes, 1000);
+        for flag in [
+            "--max-connections",
+            "--header-read-timeout",
+            "--idle-timeout",
+            "--body-read-timeout",
+            "--max-buffered-body-bytes",
+        ] {
+            let e = parse(&[flag, "0"]).unwrap_err();
+            assert!(e.contains(&format!("{flag} must be greater than zero")), "{e}");
+        }
+    }
+
+    #[test]
+    fn cors_origins_are_bare_origins() {
+        let c = parse(&[
+            "--cors-origin",
+            "https://app.example.com,http://localhost:3000",
+            "--cors-origin",
+            "https://other.example",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.cors_origins,
+            [
+                "https://app.example.com",
+                "http://localhost:3000",
+                "https://other.example"
+            ]
+        );
+        assert_eq!(parse(&["--cors-origin", "*"]).unwrap().cors_origins, ["*"]);
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "ftp://x.example",
+            "https://user@x.example",
+            "null",
+        ] {
+            let e = parse(&["--cors-origin", bad]).unwrap_err();
+            assert!(e.contains("--cors-origin"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -54,6 +54,13 @@ pub enum ProxyError {
     BadRequest(#[from] BodyError),
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("the request body must be JSON: send `content-type: application/json`")]
+    UnsupportedMediaType,
+    #[error("the request body did not arrive within {secs} s")]
+    BodyTimeout { secs: u64 },
+    /// The request bodies held in memory reached their budget.
+    #[error("the gateway is busy reading other requests; retry shortly")]
+    Overloaded,
     #[error("the model `{model}` does not exist or you do not have access to it")]
     UnknownModel { model: String },
     #[error("{message}")]
@@ -94,6 +101,9 @@ impl ProxyError {
             | ProxyError::Untranslatable { .. } => StatusCode::BAD_REQUEST,
             ProxyError::BadUpstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UnknownModel { .. } | ProxyError::NoSuchPath { .. } => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Upstream { last, .. } => match last {
@@ -113,7 +123,7 @@ impl ProxyError {
 
     fn retry_after(&self) -> Option<u64> {
         match self {
-            ProxyError::NotReady => Some(1),
+            ProxyError::NotReady | ProxyError::Overloaded => Some(1),
             ProxyError::Upstream {
                 last: UpstreamFailure::Status { retry_after_secs, .. },
                 ..
@@ -129,6 +139,11 @@ impl ProxyError {
             ProxyError::NotReady => ("server_error", None, Some("not_ready")),
             ProxyError::BadRequest(e) => ("invalid_request_error", e.param, None),
             ProxyError::TooLarge { .. } => ("invalid_request_error", None, Some("request_too_large")),
+            ProxyError::UnsupportedMediaType => {
+                ("invalid_request_error", None, Some("unsupported_media_type"))
+            }
+            ProxyError::BodyTimeout { .. } => ("invalid_request_error", None, Some("request_timeout")),
+            ProxyError::Overloaded => ("server_error", None, Some("overloaded")),
             ProxyError::UnknownModel { .. } => {
                 ("invalid_request_error", Some("model"), Some("model_not_found"))
             }
@@ -170,7 +185,7 @@ impl ProxyError {
     /// Anthropic's error `type` for this error.
     fn anthropic_kind(&self) -> &'static str {
         match self.status().as_u16() {
-            400 | 405 => "invalid_request_error",
+            400 | 405 | 408 | 415 => "invalid_request_error",
             401 => "authentication_error",
             403 => "permission_error",
             404 => "not_found_error",
@@ -310,12 +325,17 @@ mod tests {
                 503,
             ),
             (ProxyError::NotReady, 503),
+            (ProxyError::UnsupportedMediaType, 415),
+            (ProxyError::BodyTimeout { secs: 60 }, 408),
+            (ProxyError::Overloaded, 503),
         ];
         for (err, want) in cases {
             assert_eq!(err.status().as_u16(), want, "{err:?}");
         }
         let resp = up(429).into_response(ApiFormat::OpenAi);
         assert_eq!(resp.headers()[RETRY_AFTER], "3");
+        let resp = ProxyError::Overloaded.into_response(ApiFormat::OpenAi);
+        assert_eq!(resp.headers()[RETRY_AFTER], "1");
         let resp = up(503).into_response(ApiFormat::Anthropic);
         assert_eq!(
             resp.status().as_u16(),

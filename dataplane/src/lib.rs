@@ -14,6 +14,7 @@ pub mod formats;
 pub mod policy;
 pub mod providers;
 pub mod proxy;
+pub mod server;
 pub mod usage;
 
 pub use app::{DataPlane, StartError};

@@ -120,6 +120,7 @@ async fn a_huge_body_is_a_413() {
     );
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", gw.url()))
+        .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(stream))
         .send()
         .await

@@ -52,6 +52,7 @@ async fn data_plane_is_not_ready_until_a_snapshot_is_applied() {
     assert_eq!(health.status(), 200);
     let chat = client
         .post(format!("{}/v1/chat/completions", dp.url()))
+        .header("content-type", "application/json")
         .body(drover_tests::chat_body("m", "x", false))
         .send()
         .await

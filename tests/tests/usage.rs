@@ -161,6 +161,7 @@ async fn an_abandoned_stream_is_billed_for_what_was_produced() {
 
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", gw.url()))
+        .header("content-type", "application/json")
         .body(drover_tests::chat_body(
             "m",
             "tell me a long story about the sea",

@@ -5,6 +5,7 @@
 //! The policy is loaded once per request and used to the end. Later phases (auth, limits,
 //! spend, cache, redaction) slot in between resolve and dispatch as branches on policy flags.
 
+pub mod body;
 pub mod call;
 pub mod failover;
 pub mod health;
@@ -19,9 +20,8 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use crate::app::AppState;
 use crate::cache;
@@ -127,6 +127,11 @@ async fn serve(state: &Arc<AppState>, req: Request, ingress: Ingress) -> Respons
     let mut resp = match handle(state, req, ingress, &request_id, &mut meter).await {
         Ok(resp) => resp,
         Err(err) => {
+            match err {
+                ProxyError::Overloaded => state.metrics.bodies_over_budget.inc(),
+                ProxyError::BodyTimeout { .. } => state.metrics.bodies_timed_out.inc(),
+                _ => {}
+            }
             if err.status().is_server_error() {
                 tracing::warn!(request_id = ?request_id, error = %err, "request failed");
             }
@@ -152,7 +157,9 @@ async fn handle(
 ) -> Result<Response, ProxyError> {
     let policy = state.policy.load().ok_or(ProxyError::NotReady)?;
     let (parts, body) = req.into_parts();
-    let body = read_body(&parts.headers, body, state.config.max_body_bytes).await?;
+    body::require_json(&parts.headers)?;
+    // Held to the end of the request: the body's bytes count against the budget until then.
+    let (body, _held) = body::read(&parts.headers, body, state.config.body_limits(), &state.bodies).await?;
     let parsed = ShallowBody::parse(&body)?;
     let model = parsed.model()?;
     let stream = parsed.stream()?;
@@ -469,27 +476,6 @@ fn count_part(part: &crate::formats::ir::Part, chars: &mut usize, images: &mut u
         Part::ToolCall { name, arguments, .. } => *chars += name.len() + arguments.len(),
         Part::ToolResult { content, .. } => content.iter().for_each(|p| count_part(p, chars, images)),
         Part::RedactedThinking { data } => *chars += data.len(),
-    }
-}
-
-/// Reads the whole body, refusing more than `limit` bytes (before reading, when the
-/// length is declared).
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ProxyError> {
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ProxyError::TooLarge { limit });
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ProxyError::TooLarge { limit }),
-        Err(_) => Err(BodyError {
-            message: "could not read the request body".into(),
-            param: None,
-        }
-        .into()),
     }
 }
 
