@@ -480,3 +480,33 @@ async fn no_cors_headers_unless_an_origin_is_allowed() {
     assert!(answered.contains("access-control-expose-headers:"), "{answered}");
     assert!(answered.contains("x-request-id"), "{answered}");
 }
+
+#[tokio::test]
+async fn http2_callers_are_served_through_the_bounded_listener() {
+    let (gw, up) = gateway_with(|c| c.listener.idle_timeout = Duration::from_millis(500)).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<http_body_util::Full<Bytes>>();
+    for _ in 0..3 {
+        let req = http::Request::post(format!("{}/v1/chat/completions", gw.url()))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(Bytes::from(chat_body(
+                "m", "hi", false,
+            ))))
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(up.calls(), 3);
+    // Idle past the timeout: the gateway closes the connection, and the client reconnects.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(metric(&gw, "drover_connections_closed_total{reason=\"idle\"}").await >= 1);
+    let req = http::Request::post(format!("{}/v1/chat/completions", gw.url()))
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(Bytes::from(chat_body(
+            "m", "again", false,
+        ))))
+        .unwrap();
+    assert_eq!(client.request(req).await.unwrap().status(), 200);
+}
