@@ -10,6 +10,7 @@ use clap::Args;
 use drover_controlplane::{MAX_MESSAGE_SIZE, token_file_for};
 use drover_proto::model::Secret;
 use drover_proto::pb::admin_service_client::AdminServiceClient;
+use drover_proto::tls::{self, CaBundle, Trust};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -29,9 +30,14 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
-    /// Address of the control plane's admin API.
+    /// Address of the control plane's admin API; https:// for a control plane serving TLS.
     #[arg(long, global = true, env = "DROVER_SERVER", default_value = DEFAULT_SERVER, value_name = "URL")]
     pub server: String,
+
+    /// PEM CA bundle that an https:// server's certificate must chain to, instead of the
+    /// built-in webpki (Mozilla) roots.
+    #[arg(long, global = true, env = "DROVER_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
 
     /// Admin token. Without one, the token file that `drover serve` created beside --db is used.
     #[arg(
@@ -132,16 +138,19 @@ impl Client {
     /// Resolves the token, then connects (5 s timeout). Fails with one readable line.
     pub async fn connect(args: &GlobalArgs) -> anyhow::Result<Self> {
         let server = normalize_server(&args.server)?;
+        let trust = trust(&server, args.ca.as_deref())?;
         let token = TokenSource::resolve(args.token.as_ref(), &args.db)?;
         let auth = BearerToken::new(token.secret())?;
         let endpoint = Endpoint::from_shared(server.clone())
             .map_err(|_| anyhow!("--server {server:?} is not a valid URL"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT);
+        let endpoint = tls::client_endpoint(endpoint, &trust)
+            .map_err(|e| anyhow!("--server {server}: {}", innermost(&e)))?;
         let channel = endpoint
             .connect()
             .await
-            .map_err(|_| anyhow!(unreachable(&server)))?;
+            .map_err(|e| anyhow!(connect_failed(&server, &e)))?;
         let admin = AdminServiceClient::with_interceptor(channel, auth)
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -154,7 +163,23 @@ impl Client {
     }
 }
 
-/// Accepts `host:port` for `http://host:port`; refuses other schemes with a clear message.
+/// Which certificates the server may present: those chaining to `--ca`, else the webpki
+/// roots. `--ca` is refused for a plaintext server, where it would silently do nothing.
+fn trust(server: &str, ca: Option<&Path>) -> anyhow::Result<Trust> {
+    let Some(ca) = ca else {
+        return Ok(Trust::WebPki);
+    };
+    if !server.starts_with("https://") {
+        bail!(
+            "--ca {} is for a control plane reached over TLS; --server {server} is not an https:// URL",
+            ca.display()
+        );
+    }
+    Ok(Trust::Ca(CaBundle::load(ca)?))
+}
+
+/// Accepts `host:port` for `http://host:port`, and `https://` URLs; refuses other schemes
+/// with a clear message.
 fn normalize_server(raw: &str) -> anyhow::Result<String> {
     let raw = raw.trim().trim_end_matches('/');
     if raw.is_empty() {
@@ -164,16 +189,47 @@ fn normalize_server(raw: &str) -> anyhow::Result<String> {
         return Ok(format!("http://{raw}"));
     };
     match scheme.to_ascii_lowercase().as_str() {
-        "http" if !rest.is_empty() => Ok(raw.to_owned()),
-        "https" => {
-            bail!("--server {raw}: TLS to the control plane is not supported by this build; use http://")
-        }
-        _ => bail!("--server {raw:?} must be an http:// URL, e.g. {DEFAULT_SERVER}"),
+        "http" | "https" if !rest.is_empty() => Ok(raw.to_owned()),
+        _ => bail!("--server {raw:?} must be an http:// or https:// URL, e.g. {DEFAULT_SERVER}"),
     }
 }
 
 fn unreachable(server: &str) -> String {
     format!("cannot reach the control plane at {server} (is it running?)")
+}
+
+/// Why connecting failed, in one line. Refused or unreachable reads as before; anything
+/// else (a certificate not trusted, a plaintext server answering TLS) says what went wrong.
+fn connect_failed(server: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused | ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable
+            )
+        {
+            return unreachable(server);
+        }
+        cause = c.source();
+    }
+    let why = innermost(e);
+    if server.starts_with("https://") {
+        format!("cannot connect to the control plane at {server} over TLS: {why}")
+    } else {
+        format!(
+            "cannot connect to the control plane at {server}: {why} (does it serve TLS? then use https://)"
+        )
+    }
+}
+
+/// The last error in a chain of sources: the one that says what actually happened.
+fn innermost<'a>(e: &'a (dyn std::error::Error + 'static)) -> String {
+    let mut last = e;
+    while let Some(next) = last.source() {
+        last = next;
+    }
+    last.to_string()
 }
 
 /// The message for a failed admin call. Statuses built locally by the transport carry an error
@@ -190,6 +246,11 @@ pub fn describe_status(status: &Status, server: &str, token: &TokenSource) -> St
     match status.code() {
         Code::Unavailable | Code::Unknown if local => unreachable(server),
         Code::Unavailable => format!("the control plane at {server} is unavailable: {}", message()),
+        // A TLS listener answering a plaintext HTTP/2 preface.
+        Code::Internal if local && server.starts_with("http://") => format!(
+            "the connection to the control plane at {server} failed: {} (does it serve TLS? then use https://)",
+            message()
+        ),
         // The client's own timeout surfaces as CANCELLED.
         Code::DeadlineExceeded | Code::Cancelled => format!(
             "the control plane at {server} did not answer within {} s",
@@ -311,14 +372,54 @@ mod tests {
             normalize_server("localhost:50051").unwrap(),
             "http://localhost:50051"
         );
+        assert_eq!(normalize_server("https://cp:50051/").unwrap(), "https://cp:50051");
         assert!(
-            normalize_server("https://cp:50051")
+            normalize_server("ftp://cp")
                 .unwrap_err()
                 .to_string()
-                .contains("TLS")
+                .contains("must be an http:// or https:// URL")
         );
-        assert!(normalize_server("ftp://cp").is_err());
         assert!(normalize_server("").is_err());
+    }
+
+    #[test]
+    fn a_ca_bundle_needs_an_https_server_and_a_readable_file() {
+        assert!(matches!(trust("http://cp:1", None).unwrap(), Trust::WebPki));
+        assert!(matches!(trust("https://cp:1", None).unwrap(), Trust::WebPki));
+        let e = trust("http://cp:1", Some(Path::new("ca.pem")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "--ca ca.pem is for a control plane reached over TLS; --server http://cp:1 is not an https:// URL"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = trust("https://cp:1", Some(&missing)).unwrap_err().to_string();
+        assert!(
+            e.starts_with("cannot read the CA bundle") && e.contains("missing.pem"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn connect_failures_say_why_in_one_line() {
+        let refused = std::io::Error::from(ErrorKind::ConnectionRefused);
+        assert_eq!(
+            connect_failed("https://cp:1", &refused),
+            "cannot reach the control plane at https://cp:1 (is it running?)"
+        );
+        let untrusted = std::io::Error::other("invalid peer certificate: UnknownIssuer");
+        assert_eq!(
+            connect_failed("https://cp:1", &untrusted),
+            "cannot connect to the control plane at https://cp:1 over TLS: invalid peer certificate: UnknownIssuer"
+        );
+        let closed = std::io::Error::other("connection closed");
+        assert!(
+            connect_failed("http://cp:1", &closed).ends_with("(does it serve TLS? then use https://)"),
+            "{}",
+            connect_failed("http://cp:1", &closed)
+        );
     }
 
     #[test]
@@ -357,5 +458,12 @@ mod tests {
             describe_status(&Status::unavailable("store is down"), server, &given).contains("store is down")
         );
         assert!(describe_status(&Status::internal("boom"), server, &given).contains("boom"));
+        let mut broken = Status::internal("h2 protocol error");
+        broken.set_source(std::sync::Arc::new(std::io::Error::other("h2 protocol error")));
+        assert_eq!(
+            describe_status(&broken, server, &given),
+            "the connection to the control plane at http://127.0.0.1:1 failed: h2 protocol error \
+             (does it serve TLS? then use https://)"
+        );
     }
 }

@@ -105,7 +105,7 @@ fn admin(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()
 
 /// Runs both planes until Ctrl-C or SIGTERM, on a multi-threaded runtime.
 fn serve(args: serve::ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
-    let options = args.into_options(global, |name| std::env::var(name).ok());
+    let options = args.into_options(global, |name| std::env::var(name).ok())?;
     serve::init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

@@ -1,6 +1,7 @@
 //! `drover serve`: the control plane and one data plane in one process, over one SQLite
 //! database. The data plane streams its policy from the control plane over loopback gRPC like
-//! any other, with the admin token, so `drover status` shows it; its usage batches go to the
+//! any other, with the admin token, so `drover status` shows it (over TLS when the gRPC
+//! listener serves TLS, trusting exactly the certificate it serves); its usage batches go to the
 //! control plane's usage service directly, with the same exactly-once answer and no encoding.
 //! Ctrl-C or SIGTERM stops both; if either stops on its own, the other is stopped too.
 
@@ -10,9 +11,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use drover_controlplane::{ControlPlane, usage_retention_days};
+use drover_controlplane::{ControlPlane, DEFAULT_HANDSHAKE_TIMEOUT, GrpcTls, usage_retention_days};
 use drover_dataplane::DataPlane;
 use drover_proto::model::Secret;
+use drover_proto::tls::Trust;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -45,6 +47,25 @@ pub struct ServeArgs {
     )]
     pub grpc: SocketAddr,
 
+    /// PEM certificate chain (leaf first) for the gRPC listener; with --grpc-tls-key, the admin
+    /// API and the policy stream are served over TLS only.
+    #[arg(
+        long,
+        env = "DROVER_GRPC_TLS_CERT",
+        value_name = "FILE",
+        requires = "grpc_tls_key"
+    )]
+    pub grpc_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --grpc-tls-cert.
+    #[arg(
+        long,
+        env = "DROVER_GRPC_TLS_KEY",
+        value_name = "FILE",
+        requires = "grpc_tls_cert"
+    )]
+    pub grpc_tls_key: Option<PathBuf>,
+
     /// Days raw usage records are kept before they are compacted into daily totals (which are
     /// kept forever); 0 keeps raw records forever.
     #[arg(
@@ -65,6 +86,8 @@ pub struct Options {
     pub db: PathBuf,
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    /// TLS on the gRPC listener; `None`: plaintext.
+    pub grpc_tls: Option<GrpcTls>,
     pub admin_token: Option<Secret>,
     pub dataplane_token: Option<Secret>,
     pub master_key: Option<Secret>,
@@ -74,19 +97,27 @@ pub struct Options {
 }
 
 impl ServeArgs {
-    /// `env` looks up the secrets that are only taken from the environment.
-    pub fn into_options(self, global: &GlobalArgs, env: impl Fn(&str) -> Option<String>) -> Options {
+    /// `env` looks up the secrets that are only taken from the environment. Fails if the
+    /// gRPC listener's certificate or key cannot be loaded.
+    pub fn into_options(
+        self,
+        global: &GlobalArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Options> {
         let secret = |v: Option<String>| v.filter(|s| !s.trim().is_empty()).map(Secret::new);
-        Options {
+        let grpc_tls = GrpcTls::load_pair(self.grpc_tls_cert.as_deref(), self.grpc_tls_key.as_deref())
+            .context("--grpc-tls-cert/--grpc-tls-key")?;
+        Ok(Options {
             db: global.db.clone(),
             http: self.http,
             grpc: self.grpc,
+            grpc_tls,
             admin_token: secret(global.token.as_ref().map(|t| t.expose().to_owned())),
             dataplane_token: secret(env("DROVER_DATAPLANE_TOKEN")),
             master_key: secret(env("DROVER_MASTER_KEY")),
             usage_retention: usage_retention_days(self.usage_retention_days),
             proxy: self.proxy,
-        }
+        })
     }
 }
 
@@ -111,6 +142,8 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
             dataplane_token: options.dataplane_token.map(|t| t.expose().to_owned()),
             master_key: options.master_key.map(|k| k.expose().to_owned()),
             usage_retention: options.usage_retention,
+            tls: options.grpc_tls.clone(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         },
         control_shutdown.clone(),
     )
@@ -127,6 +160,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
     let mut config = dataplane_config(
         options.http,
         control_plane.grpc_addr(),
+        options.grpc_tls.as_ref(),
         control_plane.admin_token(),
     );
     config.local_usage = Some(control_plane.local_usage());
@@ -148,8 +182,13 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
         }
     };
     tracing::info!(
-        "drover is serving: OpenAI and Anthropic APIs on http://{}, admin API on http://{}",
+        "drover is serving: OpenAI and Anthropic APIs on http://{}, admin API on {}://{}",
         data_plane.http_addr(),
+        if options.grpc_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         control_plane.grpc_addr()
     );
 
@@ -172,13 +211,24 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
 }
 
 /// The in-process data plane: the usual defaults, the environment of this process for
-/// `env:VAR` credentials, the control plane over loopback with the admin token.
-fn dataplane_config(http: SocketAddr, grpc: SocketAddr, token: &Secret) -> drover_dataplane::Config {
+/// `env:VAR` credentials, the control plane over loopback with the admin token. With TLS on,
+/// it connects over TLS and accepts exactly the certificate the listener serves: loopback is
+/// rarely a name that certificate carries.
+fn dataplane_config(
+    http: SocketAddr,
+    grpc: SocketAddr,
+    tls: Option<&GrpcTls>,
+    token: &Secret,
+) -> drover_dataplane::Config {
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let mut config = drover_dataplane::Config::new(
         http,
-        format!("http://{}", loopback_if_unspecified(grpc)),
+        format!("{scheme}://{}", loopback_if_unspecified(grpc)),
         drover_dataplane::process_env(),
     );
+    if let Some(tls) = tls {
+        config.control_plane_trust = Trust::Pinned(tls.certificate().clone());
+    }
     config.token = Some(token.clone());
     config.dataplane_id = DATAPLANE_ID.to_owned();
     config
@@ -257,7 +307,7 @@ mod tests {
             "DROVER_MASTER_KEY" => Some("  ".to_owned()),
             _ => None,
         };
-        let o = args.into_options(&global, env);
+        let o = args.into_options(&global, env).unwrap();
         assert_eq!(o.db, PathBuf::from("data/d.db"));
         assert_eq!(o.http, "0.0.0.0:9000".parse::<SocketAddr>().unwrap());
         assert_eq!(o.grpc, "127.0.0.1:0".parse::<SocketAddr>().unwrap());
@@ -274,10 +324,13 @@ mod tests {
     #[test]
     fn usage_retention_is_in_days_and_zero_keeps_everything() {
         let (args, global) = serve_args(&["drover", "serve", "--usage-retention-days", "7"]);
-        let o = args.into_options(&global, |_| None);
+        let o = args.into_options(&global, |_| None).unwrap();
         assert_eq!(o.usage_retention, Some(Duration::from_secs(7 * 24 * 3600)));
         let (args, global) = serve_args(&["drover", "serve", "--usage-retention-days", "0"]);
-        assert_eq!(args.into_options(&global, |_| None).usage_retention, None);
+        assert_eq!(
+            args.into_options(&global, |_| None).unwrap().usage_retention,
+            None
+        );
         assert!(
             parse_err(&["drover", "serve", "--usage-retention-days", "many"])
                 .contains("--usage-retention-days")
@@ -296,6 +349,7 @@ mod tests {
         let cfg = dataplane_config(
             "127.0.0.1:8080".parse().unwrap(),
             "0.0.0.0:50051".parse().unwrap(),
+            None,
             &Secret::new("t"),
         );
         assert_eq!(cfg.control_plane, "http://127.0.0.1:50051");
@@ -309,5 +363,55 @@ mod tests {
             loopback_if_unspecified("10.0.0.1:7".parse().unwrap()),
             "10.0.0.1:7".parse::<SocketAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn grpc_tls_needs_a_certificate_and_its_key_and_the_data_plane_pins_it() {
+        assert!(parse_err(&["drover", "serve", "--grpc-tls-cert", "c.pem"]).contains("--grpc-tls-key"));
+        assert!(parse_err(&["drover", "serve", "--grpc-tls-key", "k.pem"]).contains("--grpc-tls-cert"));
+        let (args, global) = serve_args(&["drover", "serve"]);
+        assert!(args.into_options(&global, |_| None).unwrap().grpc_tls.is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem").display().to_string();
+        let (args, global) = serve_args(&[
+            "drover",
+            "serve",
+            "--grpc-tls-cert",
+            &missing,
+            "--grpc-tls-key",
+            &missing,
+        ]);
+        let e = format!("{:#}", args.into_options(&global, |_| None).unwrap_err());
+        assert!(
+            e.contains("cannot read the TLS certificate") && e.contains("missing.pem"),
+            "{e}"
+        );
+
+        let issued = rcgen::generate_simple_self_signed(vec!["cp.example".to_owned()]).unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, issued.cert.pem()).unwrap();
+        std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+        let (args, global) = serve_args(&[
+            "drover",
+            "serve",
+            "--grpc-tls-cert",
+            cert.to_str().unwrap(),
+            "--grpc-tls-key",
+            key.to_str().unwrap(),
+        ]);
+        let o = args.into_options(&global, |_| None).unwrap();
+        let tls = o.grpc_tls.expect("TLS on");
+        let cfg = dataplane_config(
+            "127.0.0.1:8080".parse().unwrap(),
+            "0.0.0.0:50051".parse().unwrap(),
+            Some(&tls),
+            &Secret::new("t"),
+        );
+        assert_eq!(cfg.control_plane, "https://127.0.0.1:50051");
+        match cfg.control_plane_trust {
+            Trust::Pinned(pinned) => assert_eq!(&pinned, issued.cert.der()),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 }

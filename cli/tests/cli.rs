@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use drover_controlplane::{Config, ControlPlane, token_file_for};
+use drover_controlplane::{Config, ControlPlane, GrpcTls, token_file_for};
 use drover_proto::pb;
 use drover_proto::pb::usage_service_client::UsageServiceClient;
 use serde_json::{Value, json};
@@ -56,6 +56,16 @@ impl TestControlPlane {
 
     /// `None`: the control plane creates its own token, in a file beside the database.
     async fn start_with(admin_token: Option<&str>) -> Self {
+        Self::start_serving(admin_token, false).await
+    }
+
+    /// Serving gRPC over TLS only, with a certificate for 127.0.0.1 issued by the CA in
+    /// `ca_file()`; `url` is `https://127.0.0.1:PORT`.
+    async fn start_tls() -> Self {
+        Self::start_serving(Some(TOKEN), true).await
+    }
+
+    async fn start_serving(admin_token: Option<&str>, tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(dir.path().join("cwd")).expect("working directory");
         let db = dir.path().join("state").join("drover.db");
@@ -67,18 +77,29 @@ impl TestControlPlane {
             dataplane_token: None,
             master_key: None,
             usage_retention: None,
+            tls: tls.then(|| {
+                let pki = Pki::issue(dir.path());
+                GrpcTls::load(&pki.cert, &pki.key).expect("TLS identity")
+            }),
+            handshake_timeout: drover_controlplane::DEFAULT_HANDSHAKE_TIMEOUT,
         };
+        let scheme = if tls { "https" } else { "http" };
         let running = ControlPlane::start(config, shutdown.clone())
             .await
             .expect("control plane starts");
         TestControlPlane {
-            url: format!("http://{}", running.grpc_addr()),
+            url: format!("{scheme}://{}", running.grpc_addr()),
             created_token_file: running.created_token_file().map(Path::to_owned),
             dir,
             db,
             shutdown,
             _running: running,
         }
+    }
+
+    /// The CA that issued a TLS control plane's certificate.
+    fn ca_file(&self) -> PathBuf {
+        Pki::in_dir(self.dir.path()).ca
     }
 
     /// `drover --server URL`, without a token: its directory holds no token file.
@@ -125,6 +146,41 @@ impl TestControlPlane {
 impl Drop for TestControlPlane {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A test CA and a certificate it issued for `localhost` and 127.0.0.1, as PEM files in a
+/// directory.
+struct Pki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl Pki {
+    fn in_dir(dir: &Path) -> Pki {
+        Pki {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+        }
+    }
+
+    fn issue(dir: &Path) -> Pki {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().expect("CA key"))
+            .expect("CA certificate");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("certificate");
+        let pki = Pki::in_dir(dir);
+        std::fs::write(&pki.ca, ca.pem()).expect("write CA");
+        std::fs::write(&pki.cert, leaf.pem()).expect("write certificate");
+        std::fs::write(&pki.key, key.serialize_pem()).expect("write key");
+        pki
     }
 }
 
@@ -973,6 +1029,49 @@ async fn a_control_plane_that_is_not_running_is_one_line() {
 }
 
 #[tokio::test]
+async fn a_tls_control_plane_is_reached_with_its_ca_and_refused_without() {
+    let cp = TestControlPlane::start_tls().await;
+    let ca = cp.ca_file();
+    let ca = ca.to_str().expect("UTF-8 path");
+    let out = cp.drover().args(["--ca", ca, "status", "--json"]).run().await;
+    assert_eq!(parse_json(out.ok(), &out)["version"], json!(1));
+    let out = cp
+        .drover()
+        .env("DROVER_CA", ca)
+        .args(["provider", "list", "--json"])
+        .run()
+        .await;
+    assert_eq!(parse_json(out.ok(), &out), json!([]));
+
+    // The webpki roots do not know the test CA.
+    let out = cp.drover().arg("status").run().await;
+    let prefix = format!("cannot connect to the control plane at {} over TLS: ", cp.url);
+    let error = out.error();
+    assert!(
+        error.starts_with(&prefix) && error.contains("certificate"),
+        "{out}"
+    );
+
+    // Plaintext to the TLS listener, and a CA with a plaintext URL.
+    let plaintext = cp.url.replacen("https://", "http://", 1);
+    let plain = || Drover::new(&cp.dir.path().join("cwd")).env("DROVER_ADMIN_TOKEN", TOKEN);
+    // The TLS listener closes the connection or answers garbage, whichever the client
+    // notices first: either way one line naming the server.
+    let out = plain().args(["--server", &plaintext, "status"]).run().await;
+    assert!(out.error().contains(&plaintext), "{out}");
+    let out = plain()
+        .args(["--server", &plaintext, "--ca", ca, "status"])
+        .run()
+        .await;
+    assert_eq!(
+        out.error(),
+        format!(
+            "--ca {ca} is for a control plane reached over TLS; --server {plaintext} is not an https:// URL"
+        )
+    );
+}
+
+#[tokio::test]
 async fn invalid_arguments_are_one_clear_line_and_write_nothing() {
     let cp = TestControlPlane::start().await;
     cp.run(&[
@@ -1171,6 +1270,10 @@ struct ServeProcess {
 
 impl ServeProcess {
     fn start(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Self {
+        Self::start_with(dir, http, grpc, &[])
+    }
+
+    fn start_with(dir: &Path, http: SocketAddr, grpc: SocketAddr, extra: &[&str]) -> Self {
         let log = dir.join("serve.log");
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_drover"))
@@ -1181,6 +1284,7 @@ impl ServeProcess {
             .args(["serve", "--db"])
             .arg(dir.join("drover.db"))
             .args(["--http", &http.to_string(), "--grpc", &grpc.to_string()])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
@@ -1401,6 +1505,47 @@ async fn serve_runs_both_planes_until_sigterm() {
     assert!(
         status.success(),
         "drover serve exits cleanly on SIGTERM, got {status}:\n{}",
+        serve.log()
+    );
+}
+
+#[tokio::test]
+async fn serve_with_grpc_tls_connects_its_own_data_plane_over_tls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = Pki::issue(dir.path());
+    let (http, grpc) = (free_addr(), free_addr());
+    let (cert, key) = (pki.cert.display().to_string(), pki.key.display().to_string());
+    let mut serve = ServeProcess::start_with(
+        dir.path(),
+        http,
+        grpc,
+        &["--grpc-tls-cert", &cert, "--grpc-tls-key", &key],
+    );
+    // Ready means the in-process data plane applied a snapshot streamed over TLS.
+    serve.wait_ready(http).await;
+
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir(&cwd).expect("working directory");
+    let server = format!("https://{grpc}");
+    let out = Drover::new(&cwd)
+        .env("DROVER_ADMIN_TOKEN", TOKEN)
+        .env("DROVER_CA", &pki.ca.display().to_string())
+        .args(["--server", &server, "status", "--json"])
+        .run()
+        .await;
+    let status = parse_json(out.ok(), &out);
+    assert_eq!(status["dataplanes"][0]["id"], json!("local"), "{status}");
+    assert_eq!(status["dataplanes"][0]["connected"], json!(true), "{status}");
+    assert!(
+        serve.log().contains(&format!("admin API on {server}")),
+        "{}",
+        serve.log()
+    );
+
+    let status = serve.terminate().await;
+    assert!(
+        status.success(),
+        "drover serve exits cleanly, got {status}:\n{}",
         serve.log()
     );
 }

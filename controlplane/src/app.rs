@@ -1,8 +1,9 @@
 //! Wiring: from a `Config` to a running control plane, and back down.
 //!
 //! `ControlPlane::start` resolves the secrets beside the database, opens the store, binds the
-//! gRPC listener and spawns one tonic server carrying AdminService, PolicyService,
-//! UsageService, reflection and health, and the usage retention task. Cancelling the shutdown
+//! gRPC listener (plaintext or TLS, each connection under a handshake deadline: `listener`)
+//! and spawns one tonic server carrying AdminService, PolicyService, UsageService,
+//! reflection and health, and the usage retention task. Cancelling the shutdown
 //! token stops accepting, ends every policy stream and lets in-flight calls finish; `wait`
 //! returns once the server has stopped and the database is closed.
 
@@ -26,6 +27,7 @@ use crate::admin_service::AdminApi;
 use crate::auth::{self, AdminToken, TokenCheck};
 use crate::config::{Config, master_key_file_for};
 use crate::error::{StartError, StopError};
+use crate::listener::Incoming;
 use crate::policy_service::{DataPlanes, PolicyApi};
 use crate::secret_file;
 use crate::store::crypto::MasterKey;
@@ -36,9 +38,14 @@ use crate::usage_service::{MAX_USAGE_MESSAGE_SIZE, UsageApi, run_retention};
 /// tonic's default of 4 MiB is far too small for that.
 pub const MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
 /// HTTP/2 pings on idle connections, so a vanished data plane is noticed.
-const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// How long a ping may go unanswered before the connection is closed.
+pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive probes on idle connections, below HTTP/2 (e.g. through a NAT).
+pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// Most concurrent calls (HTTP/2 streams) on one connection. A data plane uses one for its
+/// policy stream and one at a time for usage reports; the CLI one per command.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// How long, after shutdown, open connections may take to finish their calls before the
 /// server stops waiting for them (e.g. a client watching health forever).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -106,6 +113,7 @@ impl ControlPlane {
         let snapshot = store.current();
         tracing::info!(
             addr = %grpc_addr,
+            tls = config.tls.is_some(),
             db = %config.db_path.display(),
             store_id = %snapshot.store_id,
             version = snapshot.version,
@@ -225,9 +233,14 @@ async fn listen(
         .await
         .map_err(bind_error)?;
     let grpc_addr = listener.local_addr().map_err(bind_error)?;
-    let incoming = TcpIncoming::from(listener)
+    let tcp = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(TCP_KEEPALIVE));
+    let incoming = Incoming::new(
+        tcp,
+        config.tls.as_ref().map(|tls| tls.server_config()),
+        config.handshake_timeout,
+    );
     let router = router(store, admin_token, dataplane_token.as_ref(), stop).await?;
     let server = tokio::spawn(serve(router, incoming, stop.clone()));
     Ok((grpc_addr, server))
@@ -269,7 +282,7 @@ async fn router(
     Ok(Server::builder()
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .tcp_keepalive(Some(TCP_KEEPALIVE))
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .add_service(InterceptedService::new(admin, TokenCheck::admin(admin_token)))
         .add_service(InterceptedService::new(
             policy,
@@ -287,7 +300,7 @@ async fn router(
 /// after the cancellation, whichever comes first.
 async fn serve(
     router: Router,
-    incoming: TcpIncoming,
+    incoming: Incoming,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let server = router.serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
@@ -333,6 +346,8 @@ mod tests {
             dataplane_token: Some(DATAPLANE.into()),
             master_key: None,
             usage_retention: None,
+            tls: None,
+            handshake_timeout: crate::DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 
@@ -1154,6 +1169,99 @@ mod tests {
         assert!(names.contains(&"drover.v1.PolicyService"), "{names:?}");
         assert!(names.contains(&"drover.v1.UsageService"), "{names:?}");
         drop(responses);
+        stop(cp, shutdown).await;
+    }
+
+    /// `PRI * HTTP/2.0...`, then an empty SETTINGS frame.
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+    /// Reads until the server closes the connection (end of stream or an error).
+    async fn closed<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) {
+        use tokio::io::AsyncReadExt as _;
+        let mut sink = Vec::new();
+        timeout(PATIENCE, stream.read_to_end(&mut sink))
+            .await
+            .expect("the control plane closes the connection")
+            .ok();
+    }
+
+    /// Sends a PING on an HTTP/2 connection past its preface and reads until its ACK.
+    async fn answers_a_ping<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: &mut S) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let ping = b"\0\0\x08\x06\0\0\0\0\0drover!!";
+        let ack = b"\0\0\x08\x06\x01\0\0\0\0drover!!";
+        stream.write_all(ping).await.unwrap();
+        stream.flush().await.unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !seen.windows(ack.len()).any(|w| w == ack) {
+            let n = timeout(PATIENCE, stream.read(&mut buf))
+                .await
+                .expect("an answer to the ping")
+                .unwrap();
+            assert!(n > 0, "the connection was closed after its preface");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_without_a_handshake_in_time_are_closed_and_others_are_kept() {
+        use tokio::io::AsyncWriteExt as _;
+        use tokio::net::TcpStream;
+
+        let dir = tempfile::tempdir().unwrap();
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert, issued.cert.pem()).unwrap();
+        std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+        let tls = crate::GrpcTls::load(&cert, &key).unwrap();
+        let handshake_timeout = Duration::from_millis(200);
+        let mut cfg = config(dir.path(), loopback());
+        cfg.handshake_timeout = handshake_timeout;
+
+        // Plaintext: nothing, or half a preface, is closed; a whole preface is served past
+        // the deadline.
+        let (cp, shutdown) = start(cfg.clone()).await;
+        let mut silent = TcpStream::connect(cp.grpc_addr()).await.unwrap();
+        let mut partial = TcpStream::connect(cp.grpc_addr()).await.unwrap();
+        partial.write_all(&PREFACE[..10]).await.unwrap();
+        let mut served = TcpStream::connect(cp.grpc_addr()).await.unwrap();
+        served.write_all(PREFACE).await.unwrap();
+        closed(&mut silent).await;
+        closed(&mut partial).await;
+        tokio::time::sleep(handshake_timeout * 3).await;
+        answers_a_ping(&mut served).await;
+        drop(served);
+        stop(cp, shutdown).await;
+
+        // TLS: no ClientHello, or a handshake and then no preface, is closed.
+        let (cp, shutdown) = start(Config {
+            tls: Some(tls.clone()),
+            ..cfg
+        })
+        .await;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(issued.cert.der().clone()).unwrap();
+        let mut client = rustls::ClientConfig::builder_with_provider(drover_proto::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        client.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut silent = TcpStream::connect(cp.grpc_addr()).await.unwrap();
+        let tcp = TcpStream::connect(cp.grpc_addr()).await.unwrap();
+        let mut no_preface = connector.connect(name.clone(), tcp).await.unwrap();
+        let tcp = TcpStream::connect(cp.grpc_addr()).await.unwrap();
+        let mut served = connector.connect(name, tcp).await.unwrap();
+        assert_eq!(served.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        served.write_all(PREFACE).await.unwrap();
+        closed(&mut silent).await;
+        closed(&mut no_preface).await;
+        tokio::time::sleep(handshake_timeout * 3).await;
+        answers_a_ping(&mut served).await;
+        drop(served);
         stop(cp, shutdown).await;
     }
 

@@ -5,10 +5,19 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use drover_proto::tls::{self, ALPN_H2, TlsError};
+use rustls::ServerConfig;
+use rustls::pki_types::CertificateDer;
 
 /// How long raw usage records are kept before they are compacted into the daily rollups.
 pub const DEFAULT_USAGE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How long a new gRPC connection has to finish its TLS handshake (if TLS is on) and send
+/// the HTTP/2 preface before it is closed.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the control plane needs to start.
 #[derive(Clone)]
@@ -28,6 +37,11 @@ pub struct Config {
     /// totals stay exact, per-request detail and sub-day time ranges go. `None` (or zero): keep
     /// raw records forever. Usually [`DEFAULT_USAGE_RETENTION`].
     pub usage_retention: Option<Duration>,
+    /// TLS on the gRPC listener; `None` serves plaintext gRPC.
+    pub tls: Option<GrpcTls>,
+    /// Time a new connection has to become an HTTP/2 connection (TLS handshake included).
+    /// Usually [`DEFAULT_HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
 }
 
 impl Config {
@@ -52,7 +66,85 @@ impl fmt::Debug for Config {
             .field("dataplane_token", &redacted(&self.dataplane_token))
             .field("master_key", &redacted(&self.master_key))
             .field("usage_retention", &self.usage_retention)
+            .field("tls", &self.tls)
+            .field("handshake_timeout", &self.handshake_timeout)
             .finish()
+    }
+}
+
+/// The gRPC listener's TLS identity: a certificate chain and its key, loaded, offering
+/// ALPN `h2` only.
+#[derive(Clone)]
+pub struct GrpcTls {
+    config: Arc<ServerConfig>,
+    certificate: CertificateDer<'static>,
+}
+
+impl GrpcTls {
+    /// Loads a PEM certificate chain (leaf first) and its PEM private key.
+    pub fn load(cert: &Path, key: &Path) -> Result<GrpcTls, TlsError> {
+        let config = tls::server_config(cert, key, &[ALPN_H2])?;
+        let certificate = tls::load_certs(cert)?.swap_remove(0);
+        Ok(GrpcTls { config, certificate })
+    }
+
+    /// Loads the pair if both files are given; `None` if neither is. One without the other
+    /// is refused by the argument parsers (`requires`) before this is called.
+    pub fn load_pair(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<GrpcTls>, TlsError> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => GrpcTls::load(cert, key).map(Some),
+            (None, None) => Ok(None),
+            (Some(_), None) | (None, Some(_)) => Err(TlsError::Setup(
+                "a TLS certificate and its key go together: give both or neither".to_owned(),
+            )),
+        }
+    }
+
+    pub(crate) fn server_config(&self) -> Arc<ServerConfig> {
+        self.config.clone()
+    }
+
+    /// The leaf certificate served, for a client in the same process to pin
+    /// (`drover_proto::tls::Trust::Pinned`).
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.certificate
+    }
+}
+
+impl fmt::Debug for GrpcTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("GrpcTls")
+    }
+}
+
+/// `drover-controlplane`'s TLS options for the gRPC listener.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct TlsArgs {
+    /// PEM certificate chain (leaf first) for the gRPC listener; with --tls-key, gRPC is
+    /// served over TLS only.
+    #[arg(
+        long,
+        visible_alias = "grpc-tls-cert",
+        env = "DROVER_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(
+        long,
+        visible_alias = "grpc-tls-key",
+        env = "DROVER_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The listener's TLS, loaded; `None` without the flags.
+    pub fn load(&self) -> Result<Option<GrpcTls>, TlsError> {
+        GrpcTls::load_pair(self.tls_cert.as_deref(), self.tls_key.as_deref())
     }
 }
 
@@ -94,6 +186,8 @@ mod tests {
             dataplane_token: None,
             master_key: None,
             usage_retention: Some(Duration::ZERO),
+            tls: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         };
         assert_eq!(c.usage_retention(), None);
         c.usage_retention = Some(Duration::from_secs(60));
@@ -109,11 +203,69 @@ mod tests {
             dataplane_token: Some("dp-456".into()),
             master_key: Some("key-789".into()),
             usage_retention: Some(DEFAULT_USAGE_RETENTION),
+            tls: None,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         };
         let s = format!("{c:?}");
         assert!(
             !s.contains("tok-123") && !s.contains("dp-456") && !s.contains("key-789"),
             "{s}"
         );
+    }
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        tls: TlsArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<TlsArgs, String> {
+        use clap::Parser as _;
+        Cli::try_parse_from(std::iter::once("cp").chain(args.iter().copied()))
+            .map(|c| c.tls)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn tls_cert_and_key_go_together() {
+        assert!(
+            parse(&[]).unwrap().load().unwrap().is_none(),
+            "plaintext by default"
+        );
+        let e = parse(&["--tls-cert", "c.pem"]).unwrap_err();
+        assert!(e.contains("--tls-key"), "{e}");
+        let e = parse(&["--tls-key", "k.pem"]).unwrap_err();
+        assert!(e.contains("--tls-cert"), "{e}");
+        let e = GrpcTls::load_pair(Some(Path::new("c.pem")), None).unwrap_err();
+        assert!(e.to_string().contains("give both or neither"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem").display().to_string();
+        let e = parse(&["--tls-cert", &missing, "--tls-key", &missing])
+            .unwrap()
+            .load()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot read the TLS certificate") && e.contains("missing.pem"),
+            "{e}"
+        );
+
+        let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert = dir.path().join("cert.pem");
+        let key = dir.path().join("key.pem");
+        std::fs::write(&cert, issued.cert.pem()).unwrap();
+        std::fs::write(&key, issued.signing_key.serialize_pem()).unwrap();
+        let args = parse(&[
+            "--grpc-tls-cert",
+            &cert.display().to_string(),
+            "--grpc-tls-key",
+            &key.display().to_string(),
+        ])
+        .unwrap();
+        let tls = args.load().unwrap().expect("TLS on");
+        assert_eq!(tls.certificate(), issued.cert.der());
+        assert_eq!(tls.server_config().alpn_protocols, [b"h2".to_vec()]);
+        assert_eq!(format!("{tls:?}"), "GrpcTls");
     }
 }

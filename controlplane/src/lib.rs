@@ -3,6 +3,7 @@
 //! It owns the SQLite store (on its own thread), serves the admin API (`AdminService`), streams
 //! versioned policy snapshots to the data planes (`PolicyService.Watch`) and ingests their usage
 //! exactly once (`UsageService.Report`), with gRPC reflection and health beside them.
+//! gRPC is served in plaintext or, with a [`GrpcTls`] identity, over TLS only.
 //! `ControlPlane::start` runs it inside any tokio runtime; the `drover-controlplane` binary and
 //! `drover serve` are thin wrappers around it.
 
@@ -11,6 +12,7 @@ mod app;
 mod auth;
 mod config;
 mod error;
+mod listener;
 mod policy_service;
 mod prices;
 mod secret_file;
@@ -18,11 +20,16 @@ mod snapshot;
 mod store;
 mod usage_service;
 
-pub use app::{ControlPlane, MAX_MESSAGE_SIZE};
+pub use app::{
+    ControlPlane, HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT, MAX_CONCURRENT_STREAMS,
+    MAX_MESSAGE_SIZE, TCP_KEEPALIVE,
+};
 pub use config::{
-    Config, DEFAULT_USAGE_RETENTION, master_key_file_for, token_file_for, usage_retention_days,
+    Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_USAGE_RETENTION, GrpcTls, TlsArgs, master_key_file_for,
+    token_file_for, usage_retention_days,
 };
 pub use error::{StartError, StopError, StoreError};
+pub use listener::MAX_PENDING_HANDSHAKES;
 pub use prices::TAKEN as DEFAULT_PRICES_TAKEN;
 pub use store::usage::DEDUP_WINDOW as USAGE_DEDUP_WINDOW;
 pub use usage_service::{MAX_USAGE_BATCH, MAX_USAGE_MESSAGE_SIZE};

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use drover_controlplane::{Config, ControlPlane, usage_retention_days};
+use drover_controlplane::{Config, ControlPlane, DEFAULT_HANDSHAKE_TIMEOUT, TlsArgs, usage_retention_days};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -33,6 +33,8 @@ struct Args {
         value_name = "DAYS"
     )]
     usage_retention_days: u32,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[tokio::main]
@@ -49,6 +51,8 @@ async fn main() -> anyhow::Result<()> {
         dataplane_token: secret_from_env("DROVER_DATAPLANE_TOKEN")?,
         master_key: secret_from_env("DROVER_MASTER_KEY")?,
         usage_retention: usage_retention_days(args.usage_retention_days),
+        tls: args.tls.load()?,
+        handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

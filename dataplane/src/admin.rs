@@ -43,6 +43,8 @@ pub struct Metrics {
     pub policy_applied: Counter,
     pub policy_rejected: Counter,
     pub policy_connects: Counter,
+    /// Attempts to open the policy stream that failed (unreachable, TLS, refused).
+    pub policy_connect_failures: Counter,
     /// Usage records handed over by requests (including dropped ones).
     pub usage_records: Counter,
     /// Records the control plane applied.
@@ -183,6 +185,12 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "Policy streams opened.",
         "",
         m.policy_connects.get(),
+    );
+    counter(
+        "drover_policy_connect_failures_total",
+        "Attempts to open the policy stream that failed (unreachable, TLS, refused).",
+        "",
+        m.policy_connect_failures.get(),
     );
     counter(
         "drover_usage_records_total",

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::model::Secret;
+use drover_proto::tls::{CaBundle, TlsError, Trust};
 
 use http::HeaderValue;
 
@@ -107,8 +108,12 @@ impl Default for UsageConfig {
 #[derive(Clone)]
 pub struct Config {
     pub http_addr: SocketAddr,
-    /// Control plane gRPC URL, e.g. `http://127.0.0.1:50051`.
+    /// Control plane gRPC URL, e.g. `http://127.0.0.1:50051`, or `https://cp.internal:50051`
+    /// for TLS.
     pub control_plane: String,
+    /// Which certificates an `https://` control plane may present (policy and usage
+    /// clients): the webpki roots unless a CA bundle is given.
+    pub control_plane_trust: Trust,
     /// Token presented to the control plane.
     pub token: Option<Secret>,
     /// Stable identity reported to the control plane.
@@ -141,6 +146,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("http_addr", &self.http_addr)
             .field("control_plane", &self.control_plane)
+            .field("control_plane_trust", &self.control_plane_trust)
             .field("token", &self.token)
             .field("dataplane_id", &self.dataplane_id)
             .field("last_good", &self.last_good)
@@ -173,6 +179,7 @@ impl Config {
         Config {
             http_addr,
             control_plane: control_plane.into(),
+            control_plane_trust: Trust::WebPki,
             token: None,
             dataplane_id: default_id(),
             last_good: None,
@@ -207,9 +214,13 @@ fn default_id() -> String {
 /// Command-line arguments of `drover-dataplane`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Control plane gRPC URL.
+    /// Control plane gRPC URL; `https://` for TLS.
     #[arg(long, env = "DROVER_CONTROL_PLANE", default_value = "http://127.0.0.1:50051")]
     pub control_plane: String,
+    /// PEM CA bundle that an https:// control plane's certificate must chain to, instead of
+    /// the built-in webpki (Mozilla) roots.
+    #[arg(long, env = "DROVER_CONTROL_PLANE_CA", value_name = "FILE")]
+    pub control_plane_ca: Option<PathBuf>,
     /// Address to serve HTTP on.
     #[arg(long, env = "DROVER_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
@@ -333,6 +344,12 @@ pub enum ConfigError {
         "--cors-origin {0:?} must be `*` or an origin such as https://app.example.com (scheme, host and port only)"
     )]
     CorsOrigin(String),
+    #[error(
+        "--control-plane-ca is for a control plane reached over TLS; --control-plane {0} is not an https:// URL"
+    )]
+    CaWithoutTls(String),
+    #[error("--control-plane-ca: {0}")]
+    Tls(#[from] TlsError),
 }
 
 impl ProxyArgs {
@@ -398,7 +415,15 @@ impl Args {
         if !(self.control_plane.starts_with("http://") || self.control_plane.starts_with("https://")) {
             return Err(ConfigError::ControlPlaneUrl(self.control_plane));
         }
+        let trust = match &self.control_plane_ca {
+            None => Trust::WebPki,
+            Some(_) if !self.control_plane.starts_with("https://") => {
+                return Err(ConfigError::CaWithoutTls(self.control_plane));
+            }
+            Some(path) => Trust::Ca(CaBundle::load(path)?),
+        };
         let mut config = Config::new(self.http, self.control_plane, env);
+        config.control_plane_trust = trust;
         self.proxy.apply(&mut config)?;
         self.usage.apply(&mut config)?;
         if !config.usage.report && config.usage.spool_file.is_some() {
@@ -591,6 +616,46 @@ mod tests {
                 .contains("http:// or https://")
         );
         assert!(parse(&["--http", "nope"]).is_err());
+    }
+
+    #[test]
+    fn a_ca_bundle_needs_an_https_control_plane_and_a_readable_file() {
+        assert!(matches!(parse(&[]).unwrap().control_plane_trust, Trust::WebPki));
+        let c = parse(&["--control-plane", "https://cp.internal:50051"]).unwrap();
+        assert!(
+            matches!(c.control_plane_trust, Trust::WebPki),
+            "webpki roots by default"
+        );
+
+        let e = parse(&["--control-plane-ca", "/etc/drover/ca.pem"]).unwrap_err();
+        assert!(
+            e.contains("--control-plane-ca is for a control plane reached over TLS")
+                && e.contains("http://127.0.0.1:50051 is not an https:// URL"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let e = parse(&[
+            "--control-plane",
+            "https://cp:1",
+            "--control-plane-ca",
+            missing.to_str().unwrap(),
+        ])
+        .unwrap_err();
+        assert!(
+            e.starts_with("--control-plane-ca: cannot read the CA bundle") && e.contains("missing.pem"),
+            "{e}"
+        );
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "not a certificate").unwrap();
+        let e = parse(&[
+            "--control-plane",
+            "https://cp:1",
+            "--control-plane-ca",
+            not_pem.to_str().unwrap(),
+        ])
+        .unwrap_err();
+        assert!(e.contains("holds no certificate"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Everything binds 127.0.0.1:0. Each mutating admin call waits until every running data
-//! plane serves the resulting version, so a test never races the policy stream.
+//! plane serves the resulting version, so a test never races the policy stream. With
+//! [`GatewayBuilder::tls`] the control plane serves gRPC over TLS only, and the data planes
+//! and the admin client reach it at `https://localhost:PORT` with the trust given.
 #![allow(
     clippy::expect_used,
     clippy::panic,
@@ -21,10 +23,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_controlplane::{Config as CpConfig, ControlPlane};
+use drover_controlplane::{Config as CpConfig, ControlPlane, DEFAULT_HANDSHAKE_TIMEOUT, GrpcTls};
 use drover_dataplane::{Config as DpConfig, DataPlane};
 use drover_proto::pb;
 use drover_proto::pb::admin_service_client::AdminServiceClient;
+use drover_proto::tls::{Trust, client_endpoint};
 use tokio_util::sync::CancellationToken;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
@@ -50,12 +53,31 @@ pub type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// Connects an admin client with `token`.
 pub async fn admin_client(addr: SocketAddr, token: &str) -> Admin {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("valid url")
-        .connect()
+    try_admin_client(&format!("http://{addr}"), &Trust::WebPki, token)
         .await
-        .expect("control plane reachable");
-    AdminServiceClient::with_interceptor(channel, Bearer(token.to_owned()))
+        .expect("control plane reachable")
+}
+
+/// Connects an admin client to `url` (`https://` with `trust`), or says why it could not.
+pub async fn try_admin_client(
+    url: &str,
+    trust: &Trust,
+    token: &str,
+) -> Result<Admin, tonic::transport::Error> {
+    let endpoint = client_endpoint(Channel::from_shared(url.to_owned()).expect("valid url"), trust)?;
+    let channel = endpoint.connect().await?;
+    Ok(AdminServiceClient::with_interceptor(
+        channel,
+        Bearer(token.to_owned()),
+    ))
+}
+
+/// TLS for a test control plane: the identity its gRPC listener serves, and what its
+/// clients (data planes, admin) trust.
+#[derive(Clone, Debug)]
+pub struct TestTls {
+    pub identity: GrpcTls,
+    pub trust: Trust,
 }
 
 /// A control plane that can be killed and restarted on the same database and port.
@@ -64,14 +86,20 @@ pub struct TestControlPlane {
     shutdown: CancellationToken,
     db: PathBuf,
     addr: SocketAddr,
+    tls: Option<TestTls>,
 }
 
 impl TestControlPlane {
     pub async fn start(db: &Path) -> Self {
-        Self::start_at(db, "127.0.0.1:0".parse().expect("addr")).await
+        Self::start_at(db, "127.0.0.1:0".parse().expect("addr"), None).await
     }
 
-    async fn start_at(db: &Path, addr: SocketAddr) -> Self {
+    /// Serving gRPC over TLS only.
+    pub async fn start_tls(db: &Path, tls: TestTls) -> Self {
+        Self::start_at(db, "127.0.0.1:0".parse().expect("addr"), Some(tls)).await
+    }
+
+    async fn start_at(db: &Path, addr: SocketAddr, tls: Option<TestTls>) -> Self {
         let shutdown = CancellationToken::new();
         let config = CpConfig {
             db_path: db.to_owned(),
@@ -80,6 +108,8 @@ impl TestControlPlane {
             dataplane_token: Some("test-dataplane-token".to_owned()),
             master_key: None,
             usage_retention: None,
+            tls: tls.as_ref().map(|t| t.identity.clone()),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         };
         let mut last_err = None;
         // The port of a control plane just stopped can take a moment to be free again.
@@ -92,6 +122,7 @@ impl TestControlPlane {
                         shutdown,
                         db: db.to_owned(),
                         addr,
+                        tls,
                     };
                 }
                 Err(e) => {
@@ -107,12 +138,23 @@ impl TestControlPlane {
         self.addr
     }
 
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` when it serves TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match &self.tls {
+            None => format!("http://{}", self.addr),
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+        }
+    }
+
+    /// What its clients trust: the webpki roots for a plaintext control plane (unused).
+    pub fn trust(&self) -> Trust {
+        self.tls.as_ref().map(|t| t.trust.clone()).unwrap_or_default()
     }
 
     pub async fn admin(&self) -> Admin {
-        admin_client(self.addr, ADMIN_TOKEN).await
+        try_admin_client(&self.url(), &self.trust(), ADMIN_TOKEN)
+            .await
+            .expect("control plane reachable")
     }
 
     /// Stops the control plane and waits until it is gone.
@@ -129,7 +171,7 @@ impl TestControlPlane {
     /// Starts it again on the same database and port.
     pub async fn restart(&mut self) {
         assert!(self.cp.is_none(), "kill() first");
-        *self = Self::start_at(&self.db.clone(), self.addr).await;
+        *self = Self::start_at(&self.db.clone(), self.addr, self.tls.clone()).await;
     }
 }
 
@@ -215,9 +257,16 @@ pub fn dataplane_config(control_plane: &str) -> DpConfig {
 pub struct GatewayBuilder {
     dataplanes: usize,
     tweak: Box<dyn Fn(&mut DpConfig) + Send>,
+    tls: Option<TestTls>,
 }
 
 impl GatewayBuilder {
+    /// The control plane serves gRPC over TLS only; data planes trust `tls.trust`.
+    pub fn tls(mut self, tls: TestTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     pub fn dataplanes(mut self, n: usize) -> Self {
         self.dataplanes = n;
         self
@@ -231,10 +280,15 @@ impl GatewayBuilder {
 
     pub async fn start(self) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cp = TestControlPlane::start(&dir.path().join("drover.db")).await;
+        let db = dir.path().join("drover.db");
+        let cp = match self.tls {
+            Some(tls) => TestControlPlane::start_tls(&db, tls).await,
+            None => TestControlPlane::start(&db).await,
+        };
         let mut dps = Vec::new();
         for i in 0..self.dataplanes {
             let mut config = dataplane_config(&cp.url());
+            config.control_plane_trust = cp.trust();
             config.dataplane_id = format!("dp-{i}");
             (self.tweak)(&mut config);
             dps.push(TestDataPlane::start(config).await);
@@ -329,6 +383,7 @@ impl Gateway {
         GatewayBuilder {
             dataplanes: 1,
             tweak: Box::new(|_| {}),
+            tls: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The policy stream client: keeps one `PolicyService.Watch` stream open to the control
 //! plane, applies each snapshot (compile → swap → ACK, or NACK and keep the old one) and
-//! reconnects with jittered exponential backoff. While the control plane is away the data
+//! reconnects with jittered exponential backoff. An `https://` control plane is reached over
+//! TLS, its certificate checked against `Config::control_plane_trust`. While the control plane is away the data
 //! plane keeps serving the last policy it applied.
 
 use std::sync::Arc;
@@ -29,7 +30,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 enum SessionError {
     #[error("invalid control plane URL: {0}")]
     Url(String),
-    #[error("cannot connect: {0}")]
+    #[error("cannot connect: {}", causes(.0))]
     Connect(#[from] tonic::transport::Error),
     #[error("{}", .0.message())]
     Status(#[from] tonic::Status),
@@ -88,6 +89,22 @@ impl Interceptor for Bearer {
     }
 }
 
+/// An error and its sources, `outer: inner`: a transport error alone only says "transport
+/// error", its sources say why (refused, a certificate not trusted, ...).
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 /// Half to all of `d`.
 fn jitter(d: Duration) -> Duration {
     let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(2);
@@ -103,7 +120,13 @@ async fn session(state: &AppState, http_addr: &str, applied_any: &mut bool) -> R
         .http2_keep_alive_interval(Duration::from_secs(15))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
-    let channel: Channel = endpoint.connect().await?;
+    let endpoint = drover_proto::tls::client_endpoint(endpoint, &state.config.control_plane_trust)?;
+    // Counts attempts that never got a stream: unreachable, TLS refused, call refused.
+    let failed = |e: SessionError| {
+        state.metrics.policy_connect_failures.inc();
+        e
+    };
+    let channel: Channel = endpoint.connect().await.map_err(|e| failed(e.into()))?;
     let mut client = PolicyServiceClient::with_interceptor(channel, Bearer::new(state.config.token.as_ref()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -122,7 +145,11 @@ async fn session(state: &AppState, http_addr: &str, applied_any: &mut bool) -> R
         }
     };
     let _ = tx.send(message(0, String::new())).await;
-    let mut inbound = client.watch(ReceiverStream::new(rx)).await?.into_inner();
+    let mut inbound = client
+        .watch(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| failed(e.into()))?
+        .into_inner();
     state.metrics.policy_connects.inc();
     tracing::info!(control_plane = %state.config.control_plane, "policy stream open");
 

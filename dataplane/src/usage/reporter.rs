@@ -17,6 +17,7 @@ use std::time::Duration;
 use drover_proto::model::{self, Secret};
 use drover_proto::pb;
 use drover_proto::pb::usage_service_client::UsageServiceClient;
+use drover_proto::tls::{self, Trust};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -38,6 +39,8 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 pub struct Upstream {
     /// Control plane gRPC URL.
     pub url: String,
+    /// Which certificates an `https://` control plane may present.
+    pub trust: Trust,
     pub token: Option<Secret>,
     pub dataplane_id: String,
     /// `None`: no limit. The transport timers are off only in tests that pause time, where a
@@ -56,6 +59,7 @@ impl Upstream {
     pub fn new(config: &Config) -> Upstream {
         Upstream {
             url: config.control_plane.clone(),
+            trust: config.control_plane_trust.clone(),
             token: config.token.clone(),
             dataplane_id: config.dataplane_id.clone(),
             connect_timeout: Some(Duration::from_secs(5)),
@@ -90,6 +94,8 @@ impl Upstream {
                 .keep_alive_timeout(t)
                 .keep_alive_while_idle(true);
         }
+        let endpoint =
+            tls::client_endpoint(endpoint, &self.trust).map_err(|e| ReporterError::Tls(e.to_string()))?;
         let bearer = Bearer::new(self.token.as_ref());
         Ok(Client::Grpc(
             UsageServiceClient::with_interceptor(endpoint.connect_lazy(), bearer)
@@ -130,6 +136,8 @@ impl Client {
 pub enum ReporterError {
     #[error("invalid control plane URL: {0}")]
     Url(String),
+    #[error("TLS to the control plane: {0}")]
+    Tls(String),
     #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("the usage reporter is already running")]

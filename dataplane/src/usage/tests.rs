@@ -189,6 +189,7 @@ fn config(batch_max: usize, flush: Duration, spool_max: usize, spool_file: Optio
 fn upstream(addr: SocketAddr) -> Upstream {
     Upstream {
         url: format!("http://{addr}"),
+        trust: drover_proto::tls::Trust::WebPki,
         token: Some(Secret::new("dp-secret")),
         dataplane_id: "dp-test".into(),
         connect_timeout: None,

@@ -226,6 +226,8 @@ async fn main() -> anyhow::Result<()> {
         dataplane_token: Some(DATAPLANE_TOKEN.to_owned()),
         master_key: None,
         usage_retention: None,
+        tls: None,
+        handshake_timeout: drover_controlplane::DEFAULT_HANDSHAKE_TIMEOUT,
     };
     let cp = ControlPlane::start(config, shutdown.clone()).await?;
     let url = format!("http://{}", cp.grpc_addr());
