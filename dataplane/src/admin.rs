@@ -66,6 +66,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     /// Connections closed because a request head did not arrive in time.
     pub connections_head_timeout: Counter,
+    /// Connections whose TLS handshake failed.
+    pub connections_tls_failed: Counter,
     /// Keep-alive connections closed after idling for `--idle-timeout`.
     pub connections_idle_closed: Counter,
     /// Requests refused because the buffered request bodies reached their budget.
@@ -239,6 +241,12 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "HTTP connections refused because the connection limit was reached.",
         "",
         m.connections_refused.get(),
+    );
+    counter(
+        "drover_connections_tls_failed_total",
+        "HTTPS connections whose TLS handshake failed.",
+        "",
+        m.connections_tls_failed.get(),
     );
     let _ = writeln!(
         out,

@@ -301,6 +301,12 @@ pub struct ProxyArgs {
     /// repeat or separate with commas. None by default: no CORS headers are sent.
     #[arg(long = "cors-origin", env = "DROVER_CORS_ORIGINS", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// PEM certificate chain: serve the OpenAI and Anthropic APIs over HTTPS (with --tls-key).
+    #[arg(long, env = "DROVER_HTTP_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "DROVER_HTTP_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Whole-request deadline in seconds, across retries.
     #[arg(long, env = "DROVER_REQUEST_TIMEOUT", default_value_t = 600)]
     pub request_timeout: u64,
@@ -350,6 +356,8 @@ pub enum ConfigError {
     CaWithoutTls(String),
     #[error("--control-plane-ca: {0}")]
     Tls(#[from] TlsError),
+    #[error("--tls-cert/--tls-key: {0}")]
+    HttpTls(TlsError),
 }
 
 impl ProxyArgs {
@@ -376,6 +384,11 @@ impl ProxyArgs {
         config.listener.max_connections = self.max_connections;
         config.listener.header_read_timeout = Duration::from_secs(self.header_read_timeout);
         config.listener.idle_timeout = Duration::from_secs(self.idle_timeout);
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            let alpn = [drover_proto::tls::ALPN_H2, drover_proto::tls::ALPN_HTTP1];
+            config.listener.tls =
+                Some(drover_proto::tls::server_config(cert, key, &alpn).map_err(ConfigError::HttpTls)?);
+        }
         config.cors_origins = self
             .cors_origins
             .iter()
@@ -518,6 +531,26 @@ mod tests {
             let e = parse(&[flag, "0"]).unwrap_err();
             assert!(e.contains(&format!("{flag} must be greater than zero")), "{e}");
         }
+    }
+
+    #[test]
+    fn https_needs_a_certificate_and_its_key() {
+        let e = parse(&["--tls-cert", "/nonexistent/cert.pem"]).unwrap_err();
+        assert!(e.contains("--tls-key"), "{e}");
+        let e = parse(&["--tls-key", "/nonexistent/key.pem"]).unwrap_err();
+        assert!(e.contains("--tls-cert"), "{e}");
+        let e = parse(&[
+            "--tls-cert",
+            "/nonexistent/cert.pem",
+            "--tls-key",
+            "/nonexistent/key.pem",
+        ])
+        .unwrap_err();
+        assert!(
+            e.starts_with("--tls-cert/--tls-key:") && e.contains("/nonexistent/cert.pem"),
+            "{e}"
+        );
+        assert!(parse(&[]).unwrap().listener.tls.is_none());
     }
 
     #[test]

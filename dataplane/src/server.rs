@@ -2,6 +2,9 @@
 //! closes connections that are slow to send a request head or idle too long, and shuts down
 //! gracefully (in-flight requests finish, idle connections close).
 //!
+//! With a certificate configured it serves HTTPS only (ALPN `h2` and `http/1.1`); the TLS
+//! handshake counts against the time to send the first request head.
+//!
 //! What a caller can make the listener hold is bounded here: connections
 //! ([`ListenerConfig::max_connections`], refused politely beyond it), the time to send a
 //! request head ([`ListenerConfig::header_read_timeout`], counted from the first byte of the
@@ -50,6 +53,8 @@ pub struct ListenerConfig {
     pub http2_keepalive: Duration,
     /// Most concurrent requests (streams) on one HTTP/2 connection.
     pub http2_max_streams: u32,
+    /// Serve HTTPS with this certificate (ALPN h2 and http/1.1); plain HTTP if `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Default `--max-connections`.
@@ -63,6 +68,7 @@ impl Default for ListenerConfig {
             idle_timeout: Duration::from_secs(75),
             http2_keepalive: Duration::from_secs(30),
             http2_max_streams: 256,
+            tls: None,
         }
     }
 }
@@ -106,6 +112,7 @@ pub async fn serve(
         .keep_alive_timeout(config.http2_keepalive)
         .max_concurrent_streams(config.http2_max_streams);
     let builder = Arc::new(builder);
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let config = Arc::new(config);
     let tracker = TaskTracker::new();
     loop {
@@ -126,7 +133,10 @@ pub async fn serve(
         if open >= config.max_connections {
             metrics.connections.open.fetch_sub(1, Ordering::Relaxed);
             metrics.connections_refused.inc();
-            refuse(tcp, &metrics, &tracker);
+            // Over TLS a plain-text answer would be noise: the connection is just closed.
+            if tls.is_none() {
+                refuse(tcp, &metrics, &tracker);
+            }
             continue;
         }
         metrics.connections_accepted.inc();
@@ -136,14 +146,35 @@ pub async fn serve(
             router: app.clone(),
             watch: watch.clone(),
         };
-        let io = TokioIo::new(WatchedIo {
-            inner: Socket::Plain(tcp),
-            watch: watch.clone(),
-        });
-        let (builder, config, metrics, shutdown) =
-            (builder.clone(), config.clone(), metrics.clone(), shutdown.clone());
+        let (builder, config, metrics, shutdown, tls) = (
+            builder.clone(),
+            config.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+            tls.clone(),
+        );
         tracker.spawn(async move {
             let _open = OpenGuard(metrics.clone());
+            let socket = match tls {
+                None => Socket::Plain(tcp),
+                // The handshake counts against the time to send the first request head.
+                Some(tls) => match tokio::time::timeout(config.header_read_timeout, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => Socket::Tls(Box::new(stream)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        metrics.connections_tls_failed.inc();
+                        return;
+                    }
+                    Err(_) => {
+                        metrics.connections_head_timeout.inc();
+                        return;
+                    }
+                },
+            };
+            let io = TokioIo::new(WatchedIo {
+                inner: socket,
+                watch: watch.clone(),
+            });
             let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(service));
             drive(conn, &watch, &config, &metrics, &shutdown).await;
         });
@@ -355,6 +386,7 @@ impl ConnWatch {
 /// A caller's connection.
 enum Socket {
     Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
 
 /// The connection's socket, telling its watchdog when bytes arrive.
@@ -369,6 +401,7 @@ impl AsyncRead for WatchedIo {
         let before = buf.filled().len();
         let polled = match &mut this.inner {
             Socket::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Socket::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
         };
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.watch.on_read();
@@ -381,6 +414,7 @@ impl AsyncWrite for WatchedIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().inner {
             Socket::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Socket::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -391,24 +425,28 @@ impl AsyncWrite for WatchedIo {
     ) -> Poll<io::Result<usize>> {
         match &mut self.get_mut().inner {
             Socket::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Socket::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match &self.inner {
             Socket::Plain(tcp) => tcp.is_write_vectored(),
+            Socket::Tls(tls) => tls.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().inner {
             Socket::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Socket::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().inner {
             Socket::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Socket::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
     }
 }

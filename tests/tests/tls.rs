@@ -219,3 +219,58 @@ async fn the_admin_api_answers_over_tls_only() {
     .expect("fails promptly");
     assert!(answer.is_err());
 }
+
+#[tokio::test]
+async fn the_data_plane_serves_the_api_over_https_when_given_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::issue(dir.path(), "api");
+    let server = drover_proto::tls::server_config(
+        &pki.cert,
+        &pki.key,
+        &[drover_proto::tls::ALPN_H2, drover_proto::tls::ALPN_HTTP1],
+    )
+    .unwrap();
+    let up = MockProvider::openai().start().await;
+    let gw = Gateway::builder()
+        .configure(move |c| c.listener.tls = Some(server.clone()))
+        .start()
+        .await;
+    gw.provider("up", &up.base_url()).await;
+    gw.route("m", &["up/gpt-4o-mini"]).await;
+    let port = gw.dps[0].addr().port();
+
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&pki.ca).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let resp = client
+        .post(format!("https://localhost:{port}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(drover_tests::chat_body("m", "hello over https", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-drover-provider"], "up");
+    assert_eq!(up.calls(), 1);
+
+    // A client that does not trust the certificate, or speaks plain HTTP, gets nothing.
+    let untrusting = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .build()
+        .unwrap();
+    assert!(
+        untrusting
+            .get(format!("https://localhost:{port}/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
+    let plain = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/healthz"))
+        .send()
+        .await;
+    assert!(plain.is_err() || plain.is_ok_and(|r| r.status() != 200));
+    assert_eq!(up.calls(), 1);
+}
