@@ -534,10 +534,22 @@ async fn routes_fall_back_in_order_or_split_by_weight() {
         start + 1
     );
     let out = cp
-        .run(&["route", "set", "chat", "--target", "a/m=3", "--target", "b/org/m"])
+        .run(&[
+            "route",
+            "set",
+            "chat",
+            "--target",
+            "a/m=3",
+            "--target",
+            "b/org/m",
+            "--retry-after-send",
+        ])
         .await;
     assert_eq!(
-        changed_version(out.ok(), "route chat set, weighted: a/m=3, b/org/m=1"),
+        changed_version(
+            out.ok(),
+            "route chat set, weighted: a/m=3, b/org/m=1 (retry after send)"
+        ),
         start + 2
     );
 
@@ -550,6 +562,7 @@ async fn routes_fall_back_in_order_or_split_by_weight() {
                 {"provider": "b", "model": "org/m", "weight": 1},
             ],
             "cache_ttl_secs": 0,
+            "retry_after_send": true,
         },
         {
             "alias": "fast",
@@ -559,14 +572,15 @@ async fn routes_fall_back_in_order_or_split_by_weight() {
                 {"provider": "b", "model": "m2", "weight": 1},
             ],
             "cache_ttl_secs": 60,
+            "retry_after_send": false,
         },
     ]);
     assert_eq!(cp.list(&["route", "list"]).await, routes);
     assert_eq!(
         cp.run(&["route", "list"]).await.ok(),
-        "ALIAS  STRATEGY  TARGETS           CACHE TTL\n\
-         chat   weighted  a/m=3, b/org/m=1  -\n\
-         fast   fallback  a/m1, b/m2        60s\n"
+        "ALIAS  STRATEGY  TARGETS           CACHE TTL  RETRY AFTER SEND\n\
+         chat   weighted  a/m=3, b/org/m=1  -          yes\n\
+         fast   fallback  a/m1, b/m2        60s        no\n"
     );
 
     // A provider that routes use cannot be removed.

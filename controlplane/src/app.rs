@@ -415,6 +415,7 @@ mod tests {
                     weight: 0,
                 }],
                 cache_ttl_secs: 0,
+                retry_after_send: false,
             }),
         }
     }

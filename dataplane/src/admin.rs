@@ -11,6 +11,7 @@ use http::StatusCode;
 use http::header::CONTENT_TYPE;
 
 use crate::app::AppState;
+use crate::error::FailureKind;
 
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -37,7 +38,7 @@ pub struct Metrics {
     pub responses_4xx: Counter,
     pub responses_5xx: Counter,
     pub upstream_attempts: Counter,
-    pub upstream_failures: Counter,
+    pub upstream_failures: FailureCounters,
     pub retries: Counter,
     pub streams_incomplete: Counter,
     pub policy_applied: Counter,
@@ -74,6 +75,50 @@ pub struct Metrics {
     pub bodies_over_budget: Counter,
     /// Requests whose body did not arrive within `--body-read-timeout`.
     pub bodies_timed_out: Counter,
+}
+
+/// Failed provider attempts, by when and how they failed ([`FailureKind`]).
+#[derive(Debug, Default)]
+pub struct FailureCounters {
+    pub connect: Counter,
+    pub timeout: Counter,
+    pub sent: Counter,
+    pub too_large: Counter,
+    pub redirect: Counter,
+    pub status: Counter,
+}
+
+impl FailureCounters {
+    pub fn count(&self, kind: FailureKind) {
+        self.counter(kind).inc();
+    }
+
+    fn counter(&self, kind: FailureKind) -> &Counter {
+        match kind {
+            FailureKind::Connect => &self.connect,
+            FailureKind::Timeout => &self.timeout,
+            FailureKind::Sent => &self.sent,
+            FailureKind::TooLarge { .. } => &self.too_large,
+            FailureKind::Redirect { .. } => &self.redirect,
+            FailureKind::Status { .. } => &self.status,
+        }
+    }
+
+    /// Every kind with its count, in a fixed order.
+    pub fn by_kind(&self) -> [(&'static str, u64); 6] {
+        [
+            FailureKind::Connect,
+            FailureKind::Timeout,
+            FailureKind::Sent,
+            FailureKind::TooLarge { limit: 0 },
+            FailureKind::Redirect { status: 0 },
+            FailureKind::Status {
+                status: 0,
+                retry_after_secs: None,
+            },
+        ]
+        .map(|kind| (kind.label(), self.counter(kind).get()))
+    }
 }
 
 impl Metrics {
@@ -145,12 +190,6 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "Requests sent to providers.",
         "",
         m.upstream_attempts.get(),
-    );
-    counter(
-        "drover_upstream_failures_total",
-        "Provider attempts that failed.",
-        "",
-        m.upstream_failures.get(),
     );
     counter(
         "drover_retries_total",
@@ -270,6 +309,15 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "# HELP drover_request_body_bytes_buffered Request body bytes held in memory now.\n# TYPE drover_request_body_bytes_buffered gauge\ndrover_request_body_bytes_buffered {}",
         state.bodies.buffered()
     );
+    let _ = writeln!(
+        out,
+        "# HELP drover_upstream_failures_total Provider attempts that failed, by kind: connect (never \
+         sent), timeout, sent (broke after the request was sent), too_large, redirect, status (429 or 5xx).\n\
+         # TYPE drover_upstream_failures_total counter"
+    );
+    for (kind, value) in m.upstream_failures.by_kind() {
+        let _ = writeln!(out, "drover_upstream_failures_total{{kind=\"{kind}\"}} {value}");
+    }
     let version = state.policy.serving().map_or(0, |(_, v)| v);
     let _ = writeln!(
         out,
@@ -286,4 +334,51 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.usage.spooled()
     );
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[tokio::test]
+    async fn upstream_failures_are_counted_by_kind() {
+        let config = Config::new(
+            "127.0.0.1:0".parse().unwrap(),
+            "http://127.0.0.1:1",
+            Arc::new(|_: &str| None),
+        );
+        let state = Arc::new(AppState::new(config));
+        state.metrics.upstream_failures.count(FailureKind::Sent);
+        state.metrics.upstream_failures.count(FailureKind::Sent);
+        state
+            .metrics
+            .upstream_failures
+            .count(FailureKind::Redirect { status: 302 });
+        let response = metrics(State(state)).await;
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("drover_upstream_failures_total"))
+            .collect();
+        assert_eq!(
+            lines[1..],
+            [
+                "# TYPE drover_upstream_failures_total counter",
+                "drover_upstream_failures_total{kind=\"connect\"} 0",
+                "drover_upstream_failures_total{kind=\"timeout\"} 0",
+                "drover_upstream_failures_total{kind=\"sent\"} 2",
+                "drover_upstream_failures_total{kind=\"too_large\"} 0",
+                "drover_upstream_failures_total{kind=\"redirect\"} 1",
+                "drover_upstream_failures_total{kind=\"status\"} 0",
+            ],
+            "{text}"
+        );
+        assert!(lines[0].starts_with("# HELP drover_upstream_failures_total Provider attempts"));
+        assert!(!lines[0].contains("  "), "{}", lines[0]);
+    }
 }

@@ -40,7 +40,12 @@ pub struct ProxyConfig {
     pub retry_min_per_sec: u32,
     /// Largest upstream response body buffered (non-stream).
     pub max_response_bytes: usize,
+    /// Largest single event of an upstream stream; a larger one ends the stream with an error.
+    pub max_event_bytes: NonZeroUsize,
 }
+
+/// Default `--max-event-bytes`: 16 MiB.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 << 20;
 
 impl Default for ProxyConfig {
     fn default() -> Self {
@@ -59,6 +64,7 @@ impl Default for ProxyConfig {
             retry_ratio: 0.2,
             retry_min_per_sec: 10,
             max_response_bytes: 64 << 20,
+            max_event_bytes: NonZeroUsize::new(DEFAULT_MAX_EVENT_BYTES).unwrap_or(NonZeroUsize::MIN),
         }
     }
 }
@@ -310,9 +316,14 @@ pub struct ProxyArgs {
     /// Whole-request deadline in seconds, across retries.
     #[arg(long, env = "DROVER_REQUEST_TIMEOUT", default_value_t = 600)]
     pub request_timeout: u64,
-    /// Per-attempt timeout in seconds until the provider answers; also the longest silence inside a stream.
+    /// Per-attempt timeout in seconds until the provider answers; also the longest silence inside a
+    /// response body or a stream.
     #[arg(long, env = "DROVER_UPSTREAM_TIMEOUT", default_value_t = 300)]
     pub upstream_timeout: u64,
+    /// Largest single event of a provider's stream, in bytes; a larger one ends the stream with an
+    /// `event_too_large` error event.
+    #[arg(long, env = "DROVER_MAX_EVENT_BYTES", default_value_t = DEFAULT_MAX_EVENT_BYTES)]
+    pub max_event_bytes: usize,
     /// Attempts per request (at least one per target of the route).
     #[arg(long, env = "DROVER_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
@@ -378,6 +389,8 @@ impl ProxyArgs {
                 return Err(ConfigError::Zero(name));
             }
         }
+        config.proxy.max_event_bytes =
+            NonZeroUsize::new(self.max_event_bytes).ok_or(ConfigError::Zero("max-event-bytes"))?;
         config.max_body_bytes = self.max_body_bytes;
         config.body_read_timeout = Duration::from_secs(self.body_read_timeout);
         config.max_buffered_body_bytes = self.max_buffered_body_bytes;
@@ -486,6 +499,7 @@ mod tests {
         assert_eq!(c.http_addr.port(), 9000);
         assert_eq!(c.max_body_bytes, 1024);
         assert_eq!(c.proxy.upstream_timeout, Duration::from_secs(7));
+        assert_eq!(c.proxy.max_event_bytes.get(), 16 << 20);
         assert_eq!(c.dataplane_id, "edge-1");
         assert_eq!(c.control_plane, "http://127.0.0.1:50051");
         assert_eq!(c.usage.batch_max.get(), 2000);
@@ -634,6 +648,18 @@ mod tests {
         ] {
             assert!(parse(&flags).unwrap_err().contains(error), "{flags:?}");
         }
+    }
+
+    #[test]
+    fn max_event_bytes_is_set_and_must_be_positive() {
+        let c = parse(&["--max-event-bytes", "4096"]).unwrap();
+        assert_eq!(c.proxy.max_event_bytes.get(), 4096);
+        assert!(
+            parse(&["--max-event-bytes", "0"])
+                .unwrap_err()
+                .contains("--max-event-bytes must be greater than zero")
+        );
+        assert!(parse(&["--max-event-bytes", "-1"]).is_err());
     }
 
     #[test]

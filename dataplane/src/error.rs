@@ -16,13 +16,21 @@ use crate::formats::{anthropic, gemini, openai};
 use crate::providers::Family;
 use crate::proxy::call::ApiFormat;
 
-/// How an attempt on one upstream target failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UpstreamFailure {
-    /// Could not connect or the connection broke before an answer.
+/// When and how an attempt on one upstream target failed. When matters as much as how: a
+/// request that never reached the provider costs nothing to send again; one the provider
+/// received may have been done, and billed, already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Could not connect: the request was never sent.
     Connect,
-    /// No answer within the attempt timeout.
+    /// No answer within the attempt timeout: no response headers, or a body that went silent.
     Timeout,
+    /// The connection broke after the request was sent, while the answer was being read.
+    Sent,
+    /// The answer's body is larger than the limit. Asking again would get the same answer.
+    TooLarge { limit: usize },
+    /// The provider answered with a redirect (3xx), which Drover does not follow.
+    Redirect { status: u16 },
     /// The provider answered with this status (429 or 5xx).
     Status {
         status: u16,
@@ -30,18 +38,90 @@ pub enum UpstreamFailure {
     },
 }
 
-impl UpstreamFailure {
-    /// Whether another attempt (on this or another target) may succeed.
-    pub fn retryable(&self) -> bool {
+impl FailureKind {
+    /// The `kind` label of `drover_upstream_failures_total`.
+    pub fn label(self) -> &'static str {
         match self {
-            UpstreamFailure::Connect | UpstreamFailure::Timeout => true,
-            UpstreamFailure::Status { status, .. } => *status == 429 || *status >= 500,
+            FailureKind::Connect => "connect",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Sent => "sent",
+            FailureKind::TooLarge { .. } => "too_large",
+            FailureKind::Redirect { .. } => "redirect",
+            FailureKind::Status { .. } => "status",
+        }
+    }
+}
+
+/// How an attempt on one upstream target failed, and whether another attempt may be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamFailure {
+    pub kind: FailureKind,
+    /// Whether another attempt (on this or another target) may be made. Decided where the
+    /// failure happened, from what was known there (the route's choice for failures after
+    /// the request was sent).
+    pub retryable: bool,
+}
+
+impl UpstreamFailure {
+    /// Could not connect: always retryable, nothing was sent.
+    pub fn connect() -> Self {
+        UpstreamFailure {
+            kind: FailureKind::Connect,
+            retryable: true,
         }
     }
 
-    /// Whether it counts against the target's circuit breaker (a 429 cools it down instead).
+    /// Timed out waiting for the answer: retryable (failover on timeout is the contract).
+    pub fn timeout() -> Self {
+        UpstreamFailure {
+            kind: FailureKind::Timeout,
+            retryable: true,
+        }
+    }
+
+    /// Broke after the request was sent: retryable only if the route says so.
+    pub fn sent(retry_after_send: bool) -> Self {
+        UpstreamFailure {
+            kind: FailureKind::Sent,
+            retryable: retry_after_send,
+        }
+    }
+
+    /// The answer is over the limit: never retried.
+    pub fn too_large(limit: usize) -> Self {
+        UpstreamFailure {
+            kind: FailureKind::TooLarge { limit },
+            retryable: false,
+        }
+    }
+
+    /// A redirect: never retried (every attempt would be redirected the same way).
+    pub fn redirect(status: u16) -> Self {
+        UpstreamFailure {
+            kind: FailureKind::Redirect { status },
+            retryable: false,
+        }
+    }
+
+    /// An error status: 429 and 5xx are retryable.
+    pub fn status(status: u16, retry_after_secs: Option<u64>) -> Self {
+        UpstreamFailure {
+            kind: FailureKind::Status {
+                status,
+                retry_after_secs,
+            },
+            retryable: status == 429 || status >= 500,
+        }
+    }
+
+    /// Whether it counts against the target's circuit breaker. A 429 cools the target down
+    /// instead; an answer that is too large or a redirect came from a target that is up.
     pub fn trips_breaker(&self) -> bool {
-        !matches!(self, UpstreamFailure::Status { status: 429, .. })
+        match self.kind {
+            FailureKind::Connect | FailureKind::Timeout | FailureKind::Sent => true,
+            FailureKind::Status { status, .. } => status != 429,
+            FailureKind::TooLarge { .. } | FailureKind::Redirect { .. } => false,
+        }
     }
 }
 
@@ -106,15 +186,18 @@ impl ProxyError {
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UnknownModel { .. } | ProxyError::NoSuchPath { .. } => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::Upstream { last, .. } => match last {
-                UpstreamFailure::Connect => StatusCode::BAD_GATEWAY,
-                UpstreamFailure::Timeout => StatusCode::GATEWAY_TIMEOUT,
-                UpstreamFailure::Status { status: 429, .. } => StatusCode::TOO_MANY_REQUESTS,
-                UpstreamFailure::Status {
+            ProxyError::Upstream { last, .. } => match last.kind {
+                FailureKind::Connect
+                | FailureKind::Sent
+                | FailureKind::TooLarge { .. }
+                | FailureKind::Redirect { .. } => StatusCode::BAD_GATEWAY,
+                FailureKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+                FailureKind::Status { status: 429, .. } => StatusCode::TOO_MANY_REQUESTS,
+                FailureKind::Status {
                     status: 503 | 529, ..
                 } => StatusCode::SERVICE_UNAVAILABLE,
-                UpstreamFailure::Status { status: 504, .. } => StatusCode::GATEWAY_TIMEOUT,
-                UpstreamFailure::Status { .. } => StatusCode::BAD_GATEWAY,
+                FailureKind::Status { status: 504, .. } => StatusCode::GATEWAY_TIMEOUT,
+                FailureKind::Status { .. } => StatusCode::BAD_GATEWAY,
             },
             ProxyError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Rejected { status, .. } => *status,
@@ -125,7 +208,11 @@ impl ProxyError {
         match self {
             ProxyError::NotReady | ProxyError::Overloaded => Some(1),
             ProxyError::Upstream {
-                last: UpstreamFailure::Status { retry_after_secs, .. },
+                last:
+                    UpstreamFailure {
+                        kind: FailureKind::Status { retry_after_secs, .. },
+                        ..
+                    },
                 ..
             } => *retry_after_secs,
             ProxyError::NoTarget { retry_after_secs } => *retry_after_secs,
@@ -152,15 +239,17 @@ impl ProxyError {
             ProxyError::BadUpstream { .. } => ("server_error", None, Some("upstream_error")),
             ProxyError::NoSuchPath { .. } => ("invalid_request_error", None, Some("unknown_url")),
             ProxyError::MethodNotAllowed => ("invalid_request_error", None, Some("method_not_allowed")),
-            ProxyError::Upstream {
-                last: UpstreamFailure::Status { status: 429, .. },
-                ..
-            } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
-            ProxyError::Upstream {
-                last: UpstreamFailure::Timeout,
-                ..
-            } => ("server_error", None, Some("upstream_timeout")),
-            ProxyError::Upstream { .. } => ("server_error", None, Some("upstream_error")),
+            ProxyError::Upstream { last, .. } => match last.kind {
+                FailureKind::Status { status: 429, .. } => {
+                    ("rate_limit_error", None, Some("rate_limit_exceeded"))
+                }
+                FailureKind::Timeout => ("server_error", None, Some("upstream_timeout")),
+                FailureKind::TooLarge { .. } => ("server_error", None, Some("upstream_response_too_large")),
+                FailureKind::Redirect { .. } => ("server_error", None, Some("upstream_redirect")),
+                FailureKind::Connect | FailureKind::Sent | FailureKind::Status { .. } => {
+                    ("server_error", None, Some("upstream_error"))
+                }
+            },
             ProxyError::NoTarget { .. } => ("server_error", None, Some("upstream_unavailable")),
             ProxyError::Rejected { .. } => ("invalid_request_error", None, None),
         }
@@ -169,10 +258,23 @@ impl ProxyError {
     fn message(&self) -> String {
         match self {
             ProxyError::Upstream { last, attempts } => {
-                let what = match last {
-                    UpstreamFailure::Connect => "could not connect to the provider".to_owned(),
-                    UpstreamFailure::Timeout => "the provider did not answer in time".to_owned(),
-                    UpstreamFailure::Status { status, .. } => {
+                let what = match last.kind {
+                    FailureKind::Connect => "could not connect to the provider".to_owned(),
+                    FailureKind::Timeout => "the provider did not answer in time".to_owned(),
+                    FailureKind::Sent if last.retryable => {
+                        "the connection to the provider broke after the request was sent".to_owned()
+                    }
+                    FailureKind::Sent => "the connection to the provider broke after the request was \
+                         sent; not retried, since the provider may have processed it"
+                        .to_owned(),
+                    FailureKind::TooLarge { limit } => {
+                        format!("the provider's answer is larger than the limit of {limit} bytes")
+                    }
+                    FailureKind::Redirect { status } => format!(
+                        "the provider answered with a redirect (status {status}), which Drover does \
+                         not follow; check the provider's base URL"
+                    ),
+                    FailureKind::Status { status, .. } => {
                         format!("the provider answered with status {status}")
                     }
                 };
@@ -291,12 +393,10 @@ mod tests {
     #[test]
     fn statuses_follow_the_contract() {
         let up = |status| ProxyError::Upstream {
-            last: UpstreamFailure::Status {
-                status,
-                retry_after_secs: Some(3),
-            },
+            last: UpstreamFailure::status(status, Some(3)),
             attempts: 2,
         };
+        let failed = |last| ProxyError::Upstream { last, attempts: 1 };
         let cases = [
             (ProxyError::TooLarge { limit: 1 }, 413),
             (ProxyError::UnknownModel { model: "x".into() }, 404),
@@ -304,20 +404,11 @@ mod tests {
             (up(500), 502),
             (up(503), 503),
             (up(529), 503),
-            (
-                ProxyError::Upstream {
-                    last: UpstreamFailure::Timeout,
-                    attempts: 1,
-                },
-                504,
-            ),
-            (
-                ProxyError::Upstream {
-                    last: UpstreamFailure::Connect,
-                    attempts: 1,
-                },
-                502,
-            ),
+            (failed(UpstreamFailure::timeout()), 504),
+            (failed(UpstreamFailure::connect()), 502),
+            (failed(UpstreamFailure::sent(false)), 502),
+            (failed(UpstreamFailure::too_large(10)), 502),
+            (failed(UpstreamFailure::redirect(302)), 502),
             (
                 ProxyError::NoTarget {
                     retry_after_secs: None,
@@ -345,36 +436,63 @@ mod tests {
     }
 
     #[test]
-    fn retryable_is_a_property_of_the_failure() {
-        assert!(UpstreamFailure::Connect.retryable());
-        assert!(UpstreamFailure::Timeout.retryable());
+    fn each_kind_of_failure_says_what_happened() {
+        let failed = |last| ProxyError::Upstream { last, attempts: 1 };
+        let cases = [
+            (
+                UpstreamFailure::sent(false),
+                "upstream_error",
+                "broke after the request was sent; not retried",
+            ),
+            (
+                UpstreamFailure::sent(true),
+                "upstream_error",
+                "broke after the request was sent",
+            ),
+            (
+                UpstreamFailure::too_large(64),
+                "upstream_response_too_large",
+                "larger than the limit of 64 bytes",
+            ),
+            (
+                UpstreamFailure::redirect(307),
+                "upstream_redirect",
+                "redirect (status 307), which Drover does not follow",
+            ),
+            (
+                UpstreamFailure::timeout(),
+                "upstream_timeout",
+                "did not answer in time",
+            ),
+        ];
+        for (failure, code, message) in cases {
+            let err = failed(failure);
+            let (_, _, got) = err.openai_parts();
+            assert_eq!(got, Some(code), "{failure:?}");
+            assert!(err.message().contains(message), "{failure:?}: {}", err.message());
+        }
+    }
+
+    #[test]
+    fn retryable_is_decided_where_the_failure_happened() {
+        assert!(UpstreamFailure::connect().retryable);
+        assert!(UpstreamFailure::timeout().retryable);
         assert!(
-            UpstreamFailure::Status {
-                status: 429,
-                retry_after_secs: None
-            }
-            .retryable()
+            !UpstreamFailure::sent(false).retryable,
+            "the provider may have done the work"
         );
+        assert!(UpstreamFailure::sent(true).retryable, "the route said so");
+        assert!(!UpstreamFailure::too_large(1).retryable);
+        assert!(!UpstreamFailure::redirect(301).retryable);
+        assert!(UpstreamFailure::status(429, None).retryable);
+        assert!(UpstreamFailure::status(502, None).retryable);
+        assert!(!UpstreamFailure::status(400, None).retryable);
+        assert!(!UpstreamFailure::status(429, None).trips_breaker());
+        assert!(UpstreamFailure::sent(false).trips_breaker());
         assert!(
-            UpstreamFailure::Status {
-                status: 502,
-                retry_after_secs: None
-            }
-            .retryable()
+            !UpstreamFailure::redirect(302).trips_breaker(),
+            "the target is up"
         );
-        assert!(
-            !UpstreamFailure::Status {
-                status: 400,
-                retry_after_secs: None
-            }
-            .retryable()
-        );
-        assert!(
-            !UpstreamFailure::Status {
-                status: 429,
-                retry_after_secs: None
-            }
-            .trips_breaker()
-        );
+        assert!(!UpstreamFailure::too_large(1).trips_breaker(), "the target is up");
     }
 }

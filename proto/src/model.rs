@@ -483,6 +483,9 @@ pub struct Route {
     pub targets: Vec<Target>,
     /// Response cache TTL; 0: not cached.
     pub cache_ttl_secs: u32,
+    /// Whether an attempt that broke after the request was sent may be retried. Off by
+    /// default: the provider may have done (and billed) the work already.
+    pub retry_after_send: bool,
 }
 
 /// Longest response cache TTL accepted: 30 days.
@@ -544,6 +547,7 @@ impl TryFrom<&pb::Route> for Route {
             strategy,
             targets,
             cache_ttl_secs: r.cache_ttl_secs,
+            retry_after_send: r.retry_after_send,
         })
     }
 }
@@ -563,6 +567,7 @@ impl From<&Route> for pb::Route {
                 })
                 .collect(),
             cache_ttl_secs: r.cache_ttl_secs,
+            retry_after_send: r.retry_after_send,
         }
     }
 }
@@ -870,6 +875,7 @@ mod tests {
                 })
                 .collect(),
             cache_ttl_secs: 0,
+            retry_after_send: false,
         }
     }
 
@@ -895,6 +901,17 @@ mod tests {
         assert!(s.modules.is_enabled(Module::Auth));
         let back = pb::Snapshot::from(&s);
         assert_eq!(Snapshot::try_from(&back).unwrap(), s);
+    }
+
+    #[test]
+    fn retry_after_send_is_off_unless_set_and_round_trips() {
+        let s = Snapshot::try_from(&snapshot()).unwrap();
+        assert!(!s.routes[0].retry_after_send, "off by default");
+        let mut wire = snapshot();
+        wire.routes[0].retry_after_send = true;
+        let s = Snapshot::try_from(&wire).unwrap();
+        assert!(s.routes[0].retry_after_send);
+        assert!(pb::Snapshot::from(&s).routes[0].retry_after_send);
     }
 
     #[test]

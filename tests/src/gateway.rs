@@ -488,6 +488,7 @@ impl Gateway {
                     strategy: strategy as i32,
                     targets,
                     cache_ttl_secs: 0,
+                    retry_after_send: false,
                 }),
             })
             .await
@@ -520,6 +521,7 @@ impl Gateway {
                     strategy: 0,
                     targets,
                     cache_ttl_secs: ttl_secs,
+                    retry_after_send: false,
                 }),
             })
             .await
@@ -528,6 +530,43 @@ impl Gateway {
             .version;
         self.wait_all(v).await;
         v
+    }
+
+    /// Sets any route, as given, and waits until every data plane serves it.
+    pub async fn set_route(&self, route: pb::Route) -> u64 {
+        let v = self
+            .admin
+            .clone()
+            .set_route(pb::SetRouteRequest { route: Some(route) })
+            .await
+            .expect("set route")
+            .into_inner()
+            .version;
+        self.wait_all(v).await;
+        v
+    }
+
+    /// Sets a fallback route that also retries attempts that broke after the request was sent.
+    pub async fn route_retrying_after_send(&self, alias: &str, targets: &[&str]) -> u64 {
+        let targets = targets
+            .iter()
+            .map(|t| {
+                let (provider, model) = t.split_once('/').expect("provider/model");
+                pb::Target {
+                    provider: provider.into(),
+                    model: model.into(),
+                    weight: 1,
+                }
+            })
+            .collect();
+        self.set_route(pb::Route {
+            alias: alias.into(),
+            strategy: pb::RouteStrategy::Fallback as i32,
+            targets,
+            cache_ttl_secs: 0,
+            retry_after_send: true,
+        })
+        .await
     }
 
     /// Sends a request to the first data plane and reads the whole answer.

@@ -65,6 +65,7 @@ fn route(alias: &str, provider: &str) -> pb::SetRouteRequest {
                 weight: 0,
             }],
             cache_ttl_secs: 0,
+            retry_after_send: false,
         }),
     }
 }
@@ -127,6 +128,7 @@ async fn invalid_admin_input_is_refused_and_changes_nothing() {
                     strategy: 0,
                     targets: vec![],
                     cache_ttl_secs: 0,
+                    retry_after_send: false,
                 }),
             })
             .await

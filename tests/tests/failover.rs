@@ -62,12 +62,22 @@ async fn connection_resets_and_refused_connections_fail_over() {
     gw.provider("reset", &resetting.base_url()).await;
     gw.provider("closed", &format!("http://{closed}/v1")).await;
     gw.provider("good", &good.base_url()).await;
-    gw.route("m", &["closed/a", "reset/b", "good/c"]).await;
+    // A reset comes after the provider read the request: failing over is the route's choice.
+    gw.route_retrying_after_send("m", &["closed/a", "reset/b", "good/c"])
+        .await;
 
     let reply = gw.chat("m", "hi").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.header("x-drover-provider"), Some("good"));
     assert!(resetting.calls() >= 1);
+
+    // By default a refused connection still fails over (nothing was sent), a reset does not.
+    gw.route("plain", &["closed/a", "reset/b", "good/c"]).await;
+    let (resets, goods) = (resetting.calls(), good.calls());
+    let reply = gw.chat("plain", "hi").await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(resetting.calls(), resets + 1, "the reset target was tried once");
+    assert_eq!(good.calls(), goods, "and nothing after it");
 
     let direct = gw.chat("closed/a", "hi").await;
     assert_eq!(direct.status, 502);
@@ -250,12 +260,19 @@ async fn a_stream_that_dies_before_its_first_byte_fails_over() {
     let gw = Gateway::builder().start().await;
     gw.provider("dying", &dying.base_url()).await;
     gw.provider("good", &good.base_url()).await;
-    gw.route("m", &["dying/a", "good/b"]).await;
+    gw.route_retrying_after_send("m", &["dying/a", "good/b"]).await;
 
     let reply = gw.chat_stream("m", "hi").await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("x-drover-provider"), Some("good"));
     assert_eq!(reply.events().last().map(String::as_str), Some("[DONE]"));
+
+    // On a route that does not retry after sending, the caller gets the failure instead.
+    gw.route("plain", &["dying/a", "good/b"]).await;
+    dying.push(Fault::Reset);
+    let reply = gw.chat_stream("plain", "hi").await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(good.calls(), 1);
 }
 
 #[tokio::test]

@@ -56,6 +56,11 @@ pub struct SetArgs {
     /// Cache successful answers of this route for SECONDS (0, the default: no cache).
     #[arg(long, value_name = "SECONDS", default_value_t = 0)]
     cache_ttl: u32,
+
+    /// Also retry (and fail over) when the connection broke after the request reached the
+    /// provider. Off by default: the provider may have done, and billed, the work already.
+    #[arg(long)]
+    retry_after_send: bool,
 }
 
 /// A target as given on the command line, with its weight if one was written.
@@ -113,6 +118,7 @@ impl SetArgs {
                 })
                 .collect(),
             cache_ttl_secs: self.cache_ttl,
+            retry_after_send: self.retry_after_send,
         };
         model::Route::try_from(&route)?;
         Ok(route)
@@ -128,6 +134,8 @@ pub struct RouteRow {
     pub targets: Vec<TargetRow>,
     /// Response cache TTL in seconds; 0: not cached.
     pub cache_ttl_secs: u32,
+    /// Whether attempts that broke after the request was sent are retried.
+    pub retry_after_send: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -151,6 +159,7 @@ impl From<pb::Route> for RouteRow {
             alias: r.alias,
             strategy,
             cache_ttl_secs: r.cache_ttl_secs,
+            retry_after_send: r.retry_after_send,
             targets: r
                 .targets
                 .into_iter()
@@ -183,14 +192,21 @@ impl RouteRow {
 }
 
 fn table(rows: &[RouteRow]) -> Table {
-    let mut t = Table::new(["ALIAS", "STRATEGY", "TARGETS", "CACHE TTL"]);
+    let mut t = Table::new(["ALIAS", "STRATEGY", "TARGETS", "CACHE TTL", "RETRY AFTER SEND"]);
     for r in rows {
         let ttl = if r.cache_ttl_secs == 0 {
             "-".to_owned()
         } else {
             format!("{}s", r.cache_ttl_secs)
         };
-        t.row([r.alias.clone(), r.strategy.clone(), r.targets_text(), ttl]);
+        let retry = if r.retry_after_send { "yes" } else { "no" };
+        t.row([
+            r.alias.clone(),
+            r.strategy.clone(),
+            r.targets_text(),
+            ttl,
+            retry.to_owned(),
+        ]);
     }
     t
 }
@@ -209,9 +225,14 @@ pub async fn run(command: RouteCommand, global: &GlobalArgs) -> anyhow::Result<(
                 .map_err(|s| client.error(s))?
                 .into_inner();
             let row = RouteRow::from(response.route.unwrap_or(route));
+            let retry = if row.retry_after_send {
+                " (retry after send)"
+            } else {
+                ""
+            };
             output::print_change(
                 &format!(
-                    "route {} set, {}: {}",
+                    "route {} set, {}: {}{retry}",
                     row.alias,
                     row.strategy,
                     row.targets_text()
@@ -394,6 +415,20 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_send_is_off_unless_asked() {
+        assert!(
+            !set(&["r", "--target", "a/x"])
+                .to_route()
+                .unwrap()
+                .retry_after_send
+        );
+        let route = set(&["r", "--target", "a/x", "--retry-after-send"])
+            .to_route()
+            .unwrap();
+        assert!(route.retry_after_send);
+    }
+
+    #[test]
     fn list_and_remove_parse() {
         assert!(matches!(
             parse(&["drover", "route", "list"]).command,
@@ -409,6 +444,7 @@ mod tests {
     fn list_output() {
         let route = |alias: &str, strategy: pb::RouteStrategy, targets: &[(&str, &str, u32)]| {
             RouteRow::from(pb::Route {
+                retry_after_send: strategy == pb::RouteStrategy::Weighted,
                 alias: alias.into(),
                 strategy: strategy as i32,
                 targets: targets
@@ -436,9 +472,9 @@ mod tests {
         ];
         assert_eq!(
             table(&rows).render(),
-            "ALIAS  STRATEGY  TARGETS                          CACHE TTL\n\
-             fast   fallback  openai/gpt-4o-mini, groq/llama   -\n\
-             chat   weighted  openai/gpt-4o=3, azure/gpt-4o=1  -\n"
+            "ALIAS  STRATEGY  TARGETS                          CACHE TTL  RETRY AFTER SEND\n\
+             fast   fallback  openai/gpt-4o-mini, groq/llama   -          no\n\
+             chat   weighted  openai/gpt-4o=3, azure/gpt-4o=1  -          yes\n"
         );
         let json: serde_json::Value = serde_json::from_str(&output::json(&rows).unwrap()).unwrap();
         assert_eq!(
@@ -451,7 +487,9 @@ mod tests {
                     {"provider": "azure", "model": "gpt-4o", "weight": 1},
                 ],
                 "cache_ttl_secs": 0,
+                "retry_after_send": true,
             })
         );
+        assert_eq!(json[0]["retry_after_send"], false);
     }
 }

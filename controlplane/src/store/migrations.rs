@@ -158,6 +158,11 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE usage;
     ALTER TABLE usage_v5 RENAME TO usage;
     "#,
+    // 6: whether a route retries an attempt that broke after the request was sent.
+    r#"
+    ALTER TABLE routes ADD COLUMN retry_after_send INTEGER NOT NULL DEFAULT 0
+        CHECK (retry_after_send IN (0, 1));
+    "#,
 ];
 
 /// Brings the schema up to date. Fails on a database from a newer build.

@@ -390,6 +390,7 @@ mod tests {
             alias: alias.into(),
             strategy: Strategy::Fallback,
             cache_ttl_secs: 0,
+            retry_after_send: false,
             targets: vec![Target {
                 provider: provider.into(),
                 model: "gpt-4o-mini".into(),
@@ -523,6 +524,10 @@ mod tests {
             ("local", None)
         );
         assert_eq!(snapshot.routes[0].alias, "fast");
+        assert!(
+            !snapshot.routes[0].retry_after_send,
+            "an older route does not retry after sending"
+        );
         let pinned = azure("az", Some("2024-10-21"));
         store.add_provider(pinned.clone(), true).await.unwrap();
         thread.close().await.unwrap();
@@ -601,7 +606,13 @@ mod tests {
         r.targets.reverse();
         r.strategy = Strategy::Fallback;
         store.set_route(r.clone()).await.unwrap();
-        assert_eq!(store.current().routes, vec![r]);
+        assert_eq!(store.current().routes, vec![r.clone()]);
+        r.retry_after_send = true;
+        store.set_route(r.clone()).await.unwrap();
+        thread.close().await.unwrap();
+
+        let (store, thread) = Store::open(&dir.path().join("d.db"), key()).await.unwrap();
+        assert_eq!(store.current().routes, vec![r], "kept across a restart");
         thread.close().await.unwrap();
     }
 

@@ -23,9 +23,15 @@ pub(super) fn set(conn: &Connection, route: &Route) -> Result<(), StoreError> {
         }
     }
     conn.execute(
-        "INSERT INTO routes (alias, strategy, cache_ttl_secs) VALUES (?1, ?2, ?3)
-         ON CONFLICT (alias) DO UPDATE SET strategy = excluded.strategy, cache_ttl_secs = excluded.cache_ttl_secs",
-        params![route.alias, route.strategy.as_str(), route.cache_ttl_secs],
+        "INSERT INTO routes (alias, strategy, cache_ttl_secs, retry_after_send) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (alias) DO UPDATE SET strategy = excluded.strategy,
+             cache_ttl_secs = excluded.cache_ttl_secs, retry_after_send = excluded.retry_after_send",
+        params![
+            route.alias,
+            route.strategy.as_str(),
+            route.cache_ttl_secs,
+            route.retry_after_send
+        ],
     )?;
     conn.execute("DELETE FROM route_targets WHERE alias = ?1", [&route.alias])?;
     let mut insert = conn.prepare_cached(
@@ -65,13 +71,15 @@ pub(super) fn using_provider(conn: &Connection, provider: &str) -> Result<Vec<St
 pub(crate) fn load_all(conn: &Connection) -> Result<Vec<Route>, StoreError> {
     let mut routes = Vec::new();
     let mut index = HashMap::new();
-    let mut stmt =
-        conn.prepare_cached("SELECT alias, strategy, cache_ttl_secs FROM routes ORDER BY alias")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT alias, strategy, cache_ttl_secs, retry_after_send FROM routes ORDER BY alias",
+    )?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let alias: String = row.get(0)?;
         let strategy: String = row.get(1)?;
         let cache_ttl_secs: u32 = row.get(2)?;
+        let retry_after_send: bool = row.get(3)?;
         let strategy =
             Strategy::parse(&strategy).map_err(|e| StoreError::Corrupt(format!("route {alias:?}: {e}")))?;
         index.insert(alias.clone(), routes.len());
@@ -80,6 +88,7 @@ pub(crate) fn load_all(conn: &Connection) -> Result<Vec<Route>, StoreError> {
             strategy,
             targets: Vec::new(),
             cache_ttl_secs,
+            retry_after_send,
         });
     }
     let mut stmt = conn.prepare_cached(

@@ -409,7 +409,7 @@ mod tests {
         let mut events = Vec::new();
         let mut framer = crate::formats::sse::SseFramer::default();
         for piece in sse.chunks(7) {
-            if let Some(whole) = framer.push(Bytes::copy_from_slice(piece)) {
+            if let Some(whole) = framer.push(Bytes::copy_from_slice(piece)).unwrap() {
                 for event in parse_events(&whole) {
                     events.extend(match format {
                         ApiFormat::OpenAi => openai.decode(&event).unwrap(),

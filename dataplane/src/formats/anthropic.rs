@@ -3040,7 +3040,7 @@ data: {"type":"message_stop"}
         let mut decoder = StreamDecoder::new();
         let mut got = Vec::new();
         for chunk in chunks {
-            if let Some(events) = framer.push(Bytes::copy_from_slice(chunk)) {
+            if let Some(events) = framer.push(Bytes::copy_from_slice(chunk)).unwrap() {
                 for event in parse_events(&events) {
                     got.extend(decoder.decode(&event).unwrap());
                 }

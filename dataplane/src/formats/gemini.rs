@@ -1765,7 +1765,7 @@ mod tests {
         let mut decoder = StreamDecoder::new();
         let mut out = Vec::new();
         for part in parts {
-            if let Some(events) = framer.push(Bytes::copy_from_slice(part)) {
+            if let Some(events) = framer.push(Bytes::copy_from_slice(part)).unwrap() {
                 for event in parse_events(&events) {
                     out.extend(decoder.decode(&event).unwrap());
                 }

@@ -1,34 +1,82 @@
 //! Server-sent events: framing, parsing and writing.
 //!
 //! [`SseFramer`] cuts an arbitrary byte stream at event boundaries, so that only whole
-//! events are forwarded and an error event can always be appended cleanly; it also notes
-//! whether the terminal `data: [DONE]` event went by. [`parse_events`] turns whole events
-//! into [`SseEvent`]s for translation; [`write_event`] writes one.
+//! events are forwarded and an error event can always be appended cleanly; it bounds the size
+//! of one event, and examines every byte once however the stream is chunked. [`Terminal`]
+//! tells whether the terminal event went by. [`parse_events`] turns whole events into
+//! [`SseEvent`]s for translation; [`write_event`] writes one.
 
 use bytes::{Bytes, BytesMut};
 
-/// Splits a byte stream into runs of complete SSE events.
-#[derive(Debug, Default)]
+/// Default largest event: 16 MiB.
+pub const DEFAULT_MAX_EVENT: usize = 16 << 20;
+
+/// Splits a byte stream into runs of complete SSE events, each at most `max_event` bytes.
+#[derive(Debug)]
 pub struct SseFramer {
-    /// Bytes after the last event boundary seen.
+    /// Bytes after the last event boundary seen: the start of an unfinished event.
     tail: BytesMut,
+    /// Leading bytes of `tail` already examined (none of them ends a boundary), so that a
+    /// long event is scanned once, not once per chunk.
+    scanned: usize,
+    max_event: usize,
+    /// Bytes examined for boundaries so far (linear in the bytes pushed).
+    examined: u64,
+    /// An event was too large: the stream cannot be framed any further.
+    failed: bool,
 }
 
-/// Index just past the last event boundary (a blank line) in `buf`, if any.
-fn last_boundary(buf: &[u8]) -> Option<usize> {
-    let mut i = buf.len();
-    while i >= 2 {
-        let (a, b) = (buf[i - 2], buf[i - 1]);
-        if b == b'\n' && (a == b'\n' || (a == b'\r' && i >= 4 && buf[i - 3] == b'\n' && buf[i - 4] == b'\r'))
-        {
-            return Some(i);
-        }
-        if b == b'\r' && a == b'\r' {
-            return Some(i);
-        }
-        i -= 1;
+impl Default for SseFramer {
+    fn default() -> Self {
+        SseFramer::new(DEFAULT_MAX_EVENT)
     }
-    None
+}
+
+/// An event longer than the limit. Carries the whole events that came before it in the same push.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a stream event is larger than {limit} bytes")]
+pub struct EventTooLarge {
+    pub limit: usize,
+    /// Complete events before the one that is too large, to be relayed before the error.
+    pub before: Option<Bytes>,
+}
+
+/// Whether `buf[..end]` ends with an event boundary (a blank line: `\n\n`, `\r\n\r\n` or
+/// `\r\r`). Looks at most four bytes back, so a boundary split across chunks is found once
+/// its last byte arrives.
+fn boundary_at(buf: &[u8], end: usize) -> bool {
+    if end < 2 {
+        return false;
+    }
+    match (buf[end - 2], buf[end - 1]) {
+        (b'\n', b'\n') | (b'\r', b'\r') => true,
+        (b'\r', b'\n') => end >= 4 && buf[end - 3] == b'\n' && buf[end - 4] == b'\r',
+        _ => false,
+    }
+}
+
+/// Scans `buf` from `from` (bytes before it were examined already) for event boundaries.
+/// Returns the end of the last one, or the end of the last whole event before one that
+/// grows past `max` (with `Err`). `buf` starts at the start of an event.
+fn scan(buf: &[u8], from: usize, max: usize) -> Result<Option<usize>, Option<usize>> {
+    let mut last = None;
+    let mut event_start = 0;
+    let mut i = from;
+    while let Some(offset) = buf[i..].iter().position(|&b| b == b'\n' || b == b'\r') {
+        let end = i + offset + 1;
+        if end - event_start > max {
+            return Err(last);
+        }
+        if boundary_at(buf, end) {
+            last = Some(end);
+            event_start = end;
+        }
+        i = end;
+    }
+    if buf.len() - event_start > max {
+        return Err(last);
+    }
+    Ok(last)
 }
 
 /// The event that ends a stream successfully, by wire format. Seeing it is what tells a
@@ -67,30 +115,82 @@ impl Terminal {
 }
 
 impl SseFramer {
-    /// Feeds a chunk; returns the complete events it finishes, if any.
-    pub fn push(&mut self, chunk: Bytes) -> Option<Bytes> {
+    /// A framer that refuses events longer than `max_event` bytes (at least 1).
+    pub fn new(max_event: usize) -> Self {
+        SseFramer {
+            tail: BytesMut::new(),
+            scanned: 0,
+            max_event: max_event.max(1),
+            examined: 0,
+            failed: false,
+        }
+    }
+
+    /// Feeds a chunk; returns the complete events it finishes, if any. An event longer than
+    /// the limit is an error, and so is every push after it.
+    pub fn push(&mut self, chunk: Bytes) -> Result<Option<Bytes>, EventTooLarge> {
+        let limit = self.max_event;
+        if self.failed {
+            return Err(EventTooLarge { limit, before: None });
+        }
         if self.tail.is_empty() {
-            match last_boundary(&chunk) {
+            // Nothing held back: cut the chunk itself, without copying its whole events.
+            self.examined += chunk.len() as u64;
+            let found = scan(&chunk, 0, limit);
+            let end = match found {
+                Ok(end) => end,
+                Err(before) => return Err(self.fail(before.map(|end| chunk.slice(..end)))),
+            };
+            return Ok(match end {
                 Some(end) if end == chunk.len() => Some(chunk),
                 Some(end) => {
                     self.tail.extend_from_slice(&chunk[end..]);
+                    self.scanned = self.tail.len();
                     Some(chunk.slice(..end))
                 }
                 None => {
                     self.tail.extend_from_slice(&chunk);
+                    self.scanned = self.tail.len();
                     None
                 }
+            });
+        }
+        self.tail.extend_from_slice(&chunk);
+        self.examined += (self.tail.len() - self.scanned) as u64;
+        let found = scan(&self.tail, self.scanned, limit);
+        self.scanned = self.tail.len();
+        match found {
+            Ok(None) => Ok(None),
+            Ok(Some(end)) => {
+                // The rest was examined already and holds no boundary.
+                self.scanned = self.tail.len() - end;
+                Ok(Some(self.tail.split_to(end).freeze()))
             }
-        } else {
-            self.tail.extend_from_slice(&chunk);
-            let end = last_boundary(&self.tail)?;
-            Some(self.tail.split_to(end).freeze())
+            Err(before) => {
+                let before = before.map(|end| self.tail.split_to(end).freeze());
+                Err(self.fail(before))
+            }
+        }
+    }
+
+    fn fail(&mut self, before: Option<Bytes>) -> EventTooLarge {
+        self.failed = true;
+        self.tail = BytesMut::new();
+        self.scanned = 0;
+        EventTooLarge {
+            limit: self.max_event,
+            before,
         }
     }
 
     /// Bytes of an unfinished event held back.
     pub fn pending(&self) -> usize {
         self.tail.len()
+    }
+
+    /// Bytes examined for event boundaries so far: each byte pushed is examined once.
+    pub fn examined(&self) -> u64 {
+        self.examined
     }
 }
 
@@ -177,11 +277,8 @@ mod tests {
         let mut out = Vec::new();
         let mut done = false;
         for c in chunks {
-            if let Some(events) = framer.push(Bytes::copy_from_slice(c)) {
-                assert!(
-                    last_boundary(&events) == Some(events.len()),
-                    "emitted a partial event"
-                );
+            if let Some(events) = framer.push(Bytes::copy_from_slice(c)).unwrap() {
+                assert!(boundary_at(&events, events.len()), "emitted a partial event");
                 done |= Terminal::OpenAiDone.seen_in(&events);
                 out.extend_from_slice(&events);
             }
@@ -209,6 +306,65 @@ mod tests {
         }
         let bytes: Vec<&[u8]> = STREAM.chunks(1).collect();
         assert_eq!(run(&bytes).0, STREAM);
+    }
+
+    #[test]
+    fn a_long_event_is_examined_once_however_it_is_chunked() {
+        const LINE: usize = 8 << 20;
+        const CHUNK: usize = 64 << 10;
+        let mut framer = SseFramer::default();
+        assert_eq!(framer.push(Bytes::from_static(b"data: ")).unwrap(), None);
+        let chunk = Bytes::from(vec![b'x'; CHUNK]);
+        for _ in 0..LINE / CHUNK {
+            assert_eq!(framer.push(chunk.clone()).unwrap(), None);
+        }
+        // The blank line that ends it, split across chunks as `\r\n\r` + `\n`.
+        assert_eq!(framer.push(Bytes::from_static(b"\r\n\r")).unwrap(), None);
+        let event = framer.push(Bytes::from_static(b"\n")).unwrap().unwrap();
+        assert_eq!(event.len(), 6 + LINE + 4);
+        assert_eq!(framer.pending(), 0);
+        let examined = framer.examined();
+        assert!(
+            examined <= 2 * (LINE as u64),
+            "examined {examined} bytes for an event of {LINE}: scanning is not linear"
+        );
+    }
+
+    #[test]
+    fn an_event_over_the_limit_is_an_error_after_the_events_before_it() {
+        const STREAM: &[u8] = b"data: 1\n\ndata: 22\n\ndata: this one is far too long\n\ndata: 4\n\n";
+        let limit = 12;
+        for i in 0..=STREAM.len() {
+            for j in i..=STREAM.len() {
+                let mut framer = SseFramer::new(limit);
+                let mut out = Vec::new();
+                let mut error = None;
+                for part in [&STREAM[..i], &STREAM[i..j], &STREAM[j..]] {
+                    match framer.push(Bytes::copy_from_slice(part)) {
+                        Ok(events) => out.extend_from_slice(&events.unwrap_or_default()),
+                        Err(e) => {
+                            out.extend_from_slice(&e.before.clone().unwrap_or_default());
+                            error.get_or_insert(e);
+                        }
+                    }
+                }
+                assert_eq!(out, b"data: 1\n\ndata: 22\n\n", "split at {i},{j}");
+                assert_eq!(error.map(|e| e.limit), Some(limit), "split at {i},{j}");
+                assert_eq!(framer.pending(), 0, "nothing is held after the error");
+            }
+        }
+        let mut exact = SseFramer::new(12);
+        assert!(
+            exact
+                .push(Bytes::from_static(b"data: 1234\n\n"))
+                .unwrap()
+                .is_some()
+        );
+        let mut endless = SseFramer::new(1024);
+        let chunk = Bytes::from(vec![b'y'; 100]);
+        let pushed = (0..20).map(|_| endless.push(chunk.clone())).find(Result::is_err);
+        assert!(pushed.is_some(), "an endless line ends at the limit");
+        assert_eq!(endless.pending(), 0, "and what it held is released");
     }
 
     #[test]
@@ -251,7 +407,7 @@ mod tests {
             let mut framer = SseFramer::default();
             let mut got = Vec::new();
             for part in [&STREAM[..i], &STREAM[i..]] {
-                if let Some(events) = framer.push(Bytes::copy_from_slice(part)) {
+                if let Some(events) = framer.push(Bytes::copy_from_slice(part)).unwrap() {
                     got.extend(parse_events(&events));
                 }
             }
@@ -329,7 +485,7 @@ mod tests {
     fn error_event_is_one_whole_event() {
         let e = openai_error_event("upstream stream ended early", "stream_incomplete");
         assert!(e.starts_with(b"data: {"));
-        assert_eq!(last_boundary(&e), Some(e.len()));
+        assert!(boundary_at(&e, e.len()));
         let json: serde_json::Value = serde_json::from_slice(&e[6..e.len() - 2]).unwrap();
         assert_eq!(json["error"]["code"], "stream_incomplete");
     }
@@ -342,9 +498,11 @@ mod crlf_tests {
     #[test]
     fn crlf_framed_events_are_whole() {
         let mut framer = SseFramer::default();
-        let out = framer.push(Bytes::from_static(
-            b"data: {\"a\":1}\r\n\r\ndata: {\"b\":2}\r\n\r\n",
-        ));
+        let out = framer
+            .push(Bytes::from_static(
+                b"data: {\"a\":1}\r\n\r\ndata: {\"b\":2}\r\n\r\n",
+            ))
+            .unwrap();
         assert_eq!(
             out.as_deref(),
             Some(&b"data: {\"a\":1}\r\n\r\ndata: {\"b\":2}\r\n\r\n"[..])

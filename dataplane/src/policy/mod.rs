@@ -42,6 +42,8 @@ pub struct CompiledRoute {
     pub total_weight: u64,
     /// Response cache TTL; `None`: answers of this route are not cached.
     pub cache_ttl: Option<std::time::Duration>,
+    /// Whether an attempt that broke after the request was sent may be retried.
+    pub retry_after_send: bool,
 }
 
 /// Everything a request needs to be decided, for one snapshot version.
@@ -116,6 +118,7 @@ impl Policy {
                     targets,
                     total_weight,
                     cache_ttl,
+                    retry_after_send: r.retry_after_send,
                 },
             );
         }
@@ -248,6 +251,7 @@ mod tests {
                     },
                 ],
                 cache_ttl_secs: 0,
+                retry_after_send: false,
             }],
             prices: vec![],
             modules: vec![],

@@ -1,24 +1,32 @@
 //! Dispatch with failover: try the route's targets until one answers, within one deadline.
 //! Targets that cannot take the call (see `plan`) are left out before the first attempt.
 //!
-//! Retried: connect errors, timeouts, 429 and 5xx, and only before anything reached the
-//! caller (a stream is committed once its first bytes arrived). A 429 cools the target
-//! down until its `retry-after`; failures feed the target's circuit breaker; every retry
+//! Failures are classified by when they happened ([`FailureKind`]). Retried: could-not-connect
+//! errors (nothing was sent), timeouts, 429 and 5xx, and only before anything reached the
+//! caller (a stream is committed once its first bytes arrived). A connection that broke
+//! after the request was sent is retried only on routes that allow it (`retry_after_send`):
+//! the provider may have done, and billed, the work. An answer over the size limit and a
+//! redirect are never retried. A 429 cools the target down until its `retry-after`;
+//! failures feed the target's circuit breaker, once per request and target; every retry
 //! takes a token from the retry budget, and retrying a target already tried waits a
 //! jittered backoff first. Other 4xx answers are the caller's problem and go back as is.
+//!
+//! `--upstream-timeout` bounds each wait of an attempt: for the response headers, and for
+//! each next piece of a body (so a stalled body fails as a timeout); the request deadline
+//! bounds them all.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::app::AppState;
-use crate::error::{ProxyError, UpstreamFailure};
+use crate::error::{FailureKind, ProxyError, UpstreamFailure};
 use crate::formats::ir::Dropped;
 use crate::policy::CompiledTarget;
 use crate::proxy::call::Call;
@@ -58,10 +66,13 @@ enum AttemptError {
 /// Largest upstream error body relayed to the caller.
 const MAX_ERROR_BODY: usize = 1 << 20;
 
+/// Tries `candidates` in order. `retry_after_send`: the route allows retrying an attempt
+/// that broke after the request was sent.
 pub async fn dispatch(
     state: &AppState,
     candidates: &[Arc<CompiledTarget>],
     call: &Call<'_>,
+    retry_after_send: bool,
 ) -> Result<Dispatched, ProxyError> {
     let cfg = &state.config.proxy;
     let deadline = Instant::now() + cfg.request_timeout;
@@ -102,6 +113,9 @@ pub async fn dispatch(
     let max_attempts = cfg.max_attempts.max(u32::try_from(n).unwrap_or(u32::MAX));
     let mut attempts: u32 = 0;
     let mut tried = vec![false; n];
+    // Whether this request's failure on a target was reported to its breaker already: one
+    // request counts once per target, however often it retried it.
+    let mut reported = vec![false; n];
     let mut next = 0usize;
     let mut last: Option<UpstreamFailure> = None;
     state.budget.deposit();
@@ -136,9 +150,9 @@ pub async fn dispatch(
         tried[i] = true;
         attempts += 1;
         state.metrics.upstream_attempts.inc();
-        match attempt(state, target, prepared, deadline).await {
+        match attempt(state, target, prepared, deadline, retry_after_send).await {
             Ok(answer) => {
-                target.health.on_success();
+                target.health.on_success(now_ms());
                 let (target, prepared) = usable.swap_remove(i);
                 return Ok(Dispatched {
                     target,
@@ -154,7 +168,7 @@ pub async fn dispatch(
                 body,
             }) => {
                 // The provider is healthy; the request is not.
-                target.health.on_success();
+                target.health.on_success(now_ms());
                 let translated_from = match prepared.wire {
                     Wire::Translate { provider } => Some(provider),
                     Wire::Passthrough { .. } => None,
@@ -167,25 +181,26 @@ pub async fn dispatch(
                 });
             }
             Err(AttemptError::Failure(failure)) => {
-                state.metrics.upstream_failures.inc();
+                state.metrics.upstream_failures.count(failure.kind);
                 tracing::info!(target = %target.id, ?failure, attempt = attempts, "upstream attempt failed");
                 if failure.trips_breaker() {
-                    target.health.on_failure(permit, now_ms(), &cfg.breaker);
-                } else {
-                    let secs = match failure {
-                        UpstreamFailure::Status {
-                            retry_after_secs: Some(s),
-                            ..
-                        } => Duration::from_secs(s),
-                        _ => cfg.default_cooldown,
-                    };
+                    // A probe always reports; otherwise once per request and target.
+                    if permit == Permit::Probe || !reported[i] {
+                        target.health.on_failure(permit, now_ms(), &cfg.breaker);
+                        reported[i] = true;
+                    }
+                } else if let FailureKind::Status { retry_after_secs, .. } = failure.kind {
+                    let secs = retry_after_secs.map_or(cfg.default_cooldown, Duration::from_secs);
                     target.health.cool_down(now_ms().saturating_add(millis(secs)));
                     if permit == Permit::Probe {
                         // A rate-limited probe still proves the target is up.
-                        target.health.on_success();
+                        target.health.on_success(now_ms());
                     }
+                } else {
+                    // It answered (too much, or elsewhere): the target is up.
+                    target.health.on_success(now_ms());
                 }
-                let retryable = failure.retryable();
+                let retryable = failure.retryable;
                 last = Some(failure);
                 if !retryable || Instant::now() >= deadline {
                     break;
@@ -240,24 +255,37 @@ async fn attempt(
     target: &CompiledTarget,
     prepared: &Prepared<'_>,
     deadline: Instant,
+    retry_after_send: bool,
 ) -> Result<Answer, AttemptError> {
     let cfg = &state.config.proxy;
+    let fail = |failure| Err(AttemptError::Failure(failure));
     let stream = prepared.upstream.stream;
     let req = target
         .provider
         .request(&prepared.upstream, prepared.body.clone())
-        .map_err(|_| AttemptError::Failure(UpstreamFailure::Connect))?;
+        .map_err(|_| AttemptError::Failure(UpstreamFailure::connect()))?;
     let until = (Instant::now() + cfg.upstream_timeout).min(deadline);
     let resp = match tokio::time::timeout_at(until, state.client.request(req)).await {
-        Err(_) => return Err(AttemptError::Failure(UpstreamFailure::Timeout)),
+        Err(_) => return fail(UpstreamFailure::timeout()),
         Ok(Err(e)) => {
             tracing::debug!(target = %target.id, error = %e, "upstream request failed");
-            return Err(AttemptError::Failure(UpstreamFailure::Connect));
+            return fail(if never_sent(&e) {
+                UpstreamFailure::connect()
+            } else {
+                UpstreamFailure::sent(retry_after_send)
+            });
         }
         Ok(Ok(resp)) => resp,
     };
     let status = resp.status();
     let (parts, mut body) = resp.into_parts();
+    if status.is_redirection() {
+        return fail(UpstreamFailure::redirect(status.as_u16()));
+    }
+    let idle = BodyWait {
+        idle: cfg.upstream_timeout,
+        deadline,
+    };
     if status.is_success() {
         let is_sse = parts
             .headers
@@ -266,20 +294,18 @@ async fn attempt(
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
         if stream && is_sse {
             let first = match tokio::time::timeout_at(until, first_data(&mut body)).await {
-                Err(_) => return Err(AttemptError::Failure(UpstreamFailure::Timeout)),
-                Ok(Err(_) | Ok(None)) => return Err(AttemptError::Failure(UpstreamFailure::Connect)),
+                Err(_) => return fail(UpstreamFailure::timeout()),
+                Ok(Err(_) | Ok(None)) => return fail(UpstreamFailure::sent(retry_after_send)),
                 Ok(Ok(Some(first))) => first,
             };
             return Ok(Answer::Stream { first, body });
         }
-        let bytes =
-            match tokio::time::timeout_at(deadline, Limited::new(body, cfg.max_response_bytes).collect())
-                .await
-            {
-                Err(_) => return Err(AttemptError::Failure(UpstreamFailure::Timeout)),
-                Ok(Err(_)) => return Err(AttemptError::Failure(UpstreamFailure::Connect)),
-                Ok(Ok(collected)) => collected.to_bytes(),
-            };
+        let bytes = match read_whole(body, &parts.headers, cfg.max_response_bytes, idle).await {
+            Ok(bytes) => bytes,
+            Err(ReadError::TooLarge) => return fail(UpstreamFailure::too_large(cfg.max_response_bytes)),
+            Err(ReadError::Timeout) => return fail(UpstreamFailure::timeout()),
+            Err(ReadError::Broken) => return fail(UpstreamFailure::sent(retry_after_send)),
+        };
         return Ok(Answer::Buffered {
             status,
             content_type: parts.headers.get(CONTENT_TYPE).cloned(),
@@ -287,20 +313,99 @@ async fn attempt(
         });
     }
     if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-        return Err(AttemptError::Failure(UpstreamFailure::Status {
-            status: status.as_u16(),
-            retry_after_secs: retry_after(&parts.headers),
-        }));
+        return fail(UpstreamFailure::status(
+            status.as_u16(),
+            retry_after(&parts.headers),
+        ));
     }
-    let bytes = match tokio::time::timeout_at(deadline, Limited::new(body, MAX_ERROR_BODY).collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        _ => Bytes::new(),
-    };
+    let bytes = read_whole(body, &parts.headers, MAX_ERROR_BODY, idle)
+        .await
+        .unwrap_or_default();
     Err(AttemptError::Rejected {
         status,
         content_type: parts.headers.get(CONTENT_TYPE).cloned(),
         body: bytes,
     })
+}
+
+/// Whether a client error means the request never left: no connection could be made, or a
+/// pooled connection closed before the request was written.
+fn never_sent(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(hyper_err) = err.downcast_ref::<hyper::Error>() {
+            return hyper_err.is_canceled();
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// How long reading a body may wait.
+#[derive(Debug, Clone, Copy)]
+struct BodyWait {
+    /// For each next piece.
+    idle: Duration,
+    /// For the whole body.
+    deadline: Instant,
+}
+
+/// Why a body could not be read whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadError {
+    /// Longer than the limit (declared or read).
+    TooLarge,
+    /// Silent for longer than the idle timeout, or past the deadline.
+    Timeout,
+    /// The connection broke.
+    Broken,
+}
+
+/// Reads a whole body of at most `limit` bytes. A declared `content-length` over the limit
+/// fails before anything is read; a body that goes silent for `wait.idle` fails as a timeout.
+async fn read_whole(
+    mut body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+    wait: BodyWait,
+) -> Result<Bytes, ReadError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ReadError::TooLarge);
+    }
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    loop {
+        let until = (Instant::now() + wait.idle).min(wait.deadline);
+        let frame = match tokio::time::timeout_at(until, body.frame()).await {
+            Err(_) => return Err(ReadError::Timeout),
+            Ok(None) => break,
+            Ok(Some(Err(_))) => return Err(ReadError::Broken),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        let len = first.as_ref().map_or(0, Bytes::len) + buf.len() + data.len();
+        if len > limit {
+            return Err(ReadError::TooLarge);
+        }
+        // Most bodies come in one piece: keep it without copying.
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            None => buf.extend_from_slice(&data),
+            Some(head) => {
+                buf.reserve(head.len() + data.len());
+                buf.extend_from_slice(&head);
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
 /// The first non-empty data frame of a body; `None` if it ends first.

@@ -24,11 +24,17 @@ pub fn now_ms() -> u64 {
 /// Circuit breaker settings.
 #[derive(Debug, Clone, Copy)]
 pub struct BreakerConfig {
-    /// Consecutive failures that open the breaker.
+    /// Consecutive failed requests that open the breaker. One request counts at most once per
+    /// target, however often it retried that target.
     pub failures: u32,
-    /// How long an open breaker skips the target before one probe is let through.
+    /// How long an open breaker first skips the target before one probe is let through. Each
+    /// time it opens again without having healed, the period doubles, up to
+    /// [`MAX_OPEN_FACTOR`] times this.
     pub open_for: Duration,
 }
+
+/// The longest open period, as a multiple of [`BreakerConfig::open_for`].
+pub const MAX_OPEN_FACTOR: u32 = 10;
 
 /// What a caller may do with a target now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,7 +45,11 @@ pub enum Permit {
     Probe,
 }
 
-/// Health of one target.
+/// Health of one target: an outlier detector in the manner of Envoy's. `failures`
+/// consecutive failed requests open the breaker (eject the target) for `open_for`; after that
+/// one probe request is let through, which closes it or opens it again. Every opening that
+/// follows another without enough healthy time in between doubles the open period (up to
+/// [`MAX_OPEN_FACTOR`] × `open_for`); each `open_for` spent closed forgives one opening.
 #[derive(Debug, Default)]
 pub struct TargetHealth {
     consecutive_failures: AtomicU32,
@@ -49,6 +59,10 @@ pub struct TargetHealth {
     probe_started: AtomicU64,
     /// Provider-asked pause (429 retry-after): no request before this time.
     cooldown_until: AtomicU64,
+    /// Openings not yet forgiven; the next open period is `open_for × 2^ejections`, capped.
+    ejections: AtomicU32,
+    /// When the breaker last closed; 0 while open or before it ever opened.
+    closed_at: AtomicU64,
 }
 
 impl TargetHealth {
@@ -79,23 +93,59 @@ impl TargetHealth {
         None
     }
 
-    pub fn on_success(&self) {
+    /// The target answered: the failure streak ends, and an open breaker closes.
+    pub fn on_success(&self, now: u64) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
         if self.open_until.load(Ordering::Relaxed) != 0 {
+            self.closed_at.store(now, Ordering::Relaxed);
             self.open_until.store(0, Ordering::Release);
             self.probe_started.store(0, Ordering::Release);
         }
     }
 
+    /// A request failed on this target. Call it once per request and target: retries of the
+    /// same request are the same failure (except a probe, which always reports).
     pub fn on_failure(&self, permit: Permit, now: u64, cfg: &BreakerConfig) {
         let failures = self
             .consecutive_failures
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
-        if permit == Permit::Probe || failures >= cfg.failures {
-            self.open_until
-                .store(now.saturating_add(duration_ms(cfg.open_for)), Ordering::Release);
-            self.probe_started.store(0, Ordering::Release);
+        match permit {
+            // The probe failed: open again, for longer.
+            Permit::Probe => {
+                let ejections = self.ejections.load(Ordering::Relaxed);
+                self.ejections
+                    .store(ejections.saturating_add(1), Ordering::Relaxed);
+                self.open_until
+                    .store(now.saturating_add(open_ms(cfg, ejections)), Ordering::Release);
+                self.probe_started.store(0, Ordering::Release);
+            }
+            Permit::Normal if failures >= cfg.failures => {
+                // Healthy time since the breaker last closed forgives earlier openings.
+                let closed_at = self.closed_at.load(Ordering::Relaxed);
+                let healed = if closed_at == 0 {
+                    0
+                } else {
+                    now.saturating_sub(closed_at) / duration_ms(cfg.open_for).max(1)
+                };
+                let ejections =
+                    u32::try_from(u64::from(self.ejections.load(Ordering::Relaxed)).saturating_sub(healed))
+                        .unwrap_or(0);
+                let until = now.saturating_add(open_ms(cfg, ejections));
+                // Only the failure that finds it closed opens it: failures of requests already
+                // in flight do not extend the period.
+                if self
+                    .open_until
+                    .compare_exchange(0, until, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    self.ejections
+                        .store(ejections.saturating_add(1), Ordering::Relaxed);
+                    self.closed_at.store(0, Ordering::Relaxed);
+                    self.probe_started.store(0, Ordering::Release);
+                }
+            }
+            Permit::Normal => {}
         }
     }
 
@@ -116,6 +166,14 @@ impl TargetHealth {
     pub fn is_open(&self) -> bool {
         self.open_until.load(Ordering::Relaxed) != 0
     }
+}
+
+/// The open period after `ejections` earlier unforgiven openings: `open_for × 2^ejections`,
+/// at most `MAX_OPEN_FACTOR × open_for`.
+fn open_ms(cfg: &BreakerConfig, ejections: u32) -> u64 {
+    let base = duration_ms(cfg.open_for);
+    base.saturating_mul(1u64 << ejections.min(16))
+        .min(base.saturating_mul(u64::from(MAX_OPEN_FACTOR)))
 }
 
 fn duration_ms(d: Duration) -> u64 {
@@ -232,7 +290,7 @@ mod tests {
             assert_eq!(h.permit(10, &CFG), Some(Permit::Normal));
             h.on_failure(Permit::Normal, 10, &CFG);
         }
-        h.on_success();
+        h.on_success(10);
         for _ in 0..3 {
             h.on_failure(Permit::Normal, 10, &CFG);
         }
@@ -242,10 +300,95 @@ mod tests {
         assert_eq!(h.permit(1011, &CFG), None, "only one probe at a time");
         h.on_failure(Permit::Probe, 1020, &CFG);
         assert_eq!(h.permit(1500, &CFG), None, "failed probe reopens");
-        assert_eq!(h.permit(2020, &CFG), Some(Permit::Probe));
-        h.on_success();
-        assert_eq!(h.permit(2021, &CFG), Some(Permit::Normal));
+        assert_eq!(
+            h.available_at(1500),
+            Some(3020),
+            "for twice as long: the target did not heal"
+        );
+        assert_eq!(h.permit(3020, &CFG), Some(Permit::Probe));
+        h.on_success(3020);
+        assert_eq!(h.permit(3021, &CFG), Some(Permit::Normal));
         assert!(!h.is_open());
+    }
+
+    /// Fails `n` distinct requests at `now`.
+    fn fail(h: &TargetHealth, n: u32, now: u64) {
+        for _ in 0..n {
+            h.on_failure(Permit::Normal, now, &CFG);
+        }
+    }
+
+    #[test]
+    fn open_periods_double_while_the_target_keeps_failing_and_are_capped() {
+        let h = TargetHealth::default();
+        let mut now = 0;
+        let mut periods = Vec::new();
+        for _ in 0..7 {
+            fail(&h, 3, now);
+            let until = h.available_at(now).unwrap();
+            periods.push(until - now);
+            // The probe gets through, the target answers, and fails again at once.
+            assert_eq!(h.permit(until, &CFG), Some(Permit::Probe));
+            h.on_success(until);
+            now = until;
+        }
+        assert_eq!(periods, [1000, 2000, 4000, 8000, 10_000, 10_000, 10_000]);
+    }
+
+    #[test]
+    fn a_failed_probe_opens_for_longer_too_and_healthy_time_forgives() {
+        let h = TargetHealth::default();
+        fail(&h, 3, 0);
+        assert_eq!(h.available_at(0), Some(1000));
+        assert_eq!(h.permit(1000, &CFG), Some(Permit::Probe));
+        h.on_failure(Permit::Probe, 1000, &CFG);
+        assert_eq!(h.available_at(1000), Some(3000));
+        assert_eq!(h.permit(3000, &CFG), Some(Permit::Probe));
+        h.on_failure(Permit::Probe, 3000, &CFG);
+        assert_eq!(h.available_at(3000), Some(7000), "third opening: 4 × base");
+        assert_eq!(h.permit(7000, &CFG), Some(Permit::Probe));
+        h.on_success(7000);
+
+        // Two base periods of health forgive two of the three openings: the next one is 2 × base.
+        fail(&h, 3, 9000);
+        assert_eq!(h.available_at(9000), Some(11_000));
+        assert_eq!(h.permit(11_000, &CFG), Some(Permit::Probe));
+        h.on_success(11_000);
+
+        // Long health forgives everything: back to the base period.
+        fail(&h, 3, 100_000);
+        assert_eq!(h.available_at(100_000), Some(101_000));
+    }
+
+    #[test]
+    fn failures_while_open_neither_extend_nor_count_as_openings() {
+        let h = TargetHealth::default();
+        fail(&h, 3, 0);
+        fail(&h, 5, 500);
+        assert_eq!(
+            h.available_at(500),
+            Some(1000),
+            "in-flight failures do not extend it"
+        );
+        assert_eq!(h.permit(1000, &CFG), Some(Permit::Probe));
+        h.on_success(1000);
+        fail(&h, 3, 1000);
+        assert_eq!(
+            h.available_at(1000),
+            Some(3000),
+            "second opening, not the seventh"
+        );
+    }
+
+    #[test]
+    fn a_success_ends_the_streak() {
+        let h = TargetHealth::default();
+        fail(&h, 2, 0);
+        h.on_success(0);
+        fail(&h, 2, 0);
+        assert_eq!(h.permit(0, &CFG), Some(Permit::Normal), "no three in a row");
+        fail(&h, 1, 0);
+        assert_eq!(h.permit(0, &CFG), None);
     }
 
     #[test]

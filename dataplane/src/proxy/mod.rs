@@ -216,7 +216,8 @@ async fn handle(
             }
         },
     };
-    let dispatched = failover::dispatch(state, &candidates, &call).await?;
+    let retry_after_send = policy.routes.get(&*model).is_some_and(|r| r.retry_after_send);
+    let dispatched = failover::dispatch(state, &candidates, &call, retry_after_send).await?;
     if let Some(m) = meter.as_mut() {
         m.target(
             &policy,
@@ -361,6 +362,7 @@ fn respond(
         }
         (Answer::Stream { first, body }, wire) => {
             let idle = state.config.proxy.upstream_timeout;
+            let max_event = state.config.proxy.max_event_bytes.get();
             let metrics = state.metrics.clone();
             let Some(meter) = meter.take() else {
                 return Err(ProxyError::BadUpstream {
@@ -382,7 +384,7 @@ fn respond(
                         && matches!(call.ingress, Ingress::ChatCompletions | Ingress::Completions)
                         && call.stream_usage != StreamUsage::Wanted;
                     let transform = relay::Passthrough::new(terminal, format, strip);
-                    let relay = relay::SseRelay::new(first, body, transform, meter, idle, metrics);
+                    let relay = relay::SseRelay::new(first, body, transform, meter, idle, max_event, metrics);
                     match capture {
                         Some(c) => Body::new(relay.capture_into(c)),
                         None => Body::new(relay),
@@ -391,7 +393,7 @@ fn respond(
                 Wire::Translate { provider } => {
                     let include_usage = call.canonical().map(|(r, _)| r.include_usage).unwrap_or(false);
                     let transform = relay::Translate::new(provider, format, include_usage);
-                    let relay = relay::SseRelay::new(first, body, transform, meter, idle, metrics);
+                    let relay = relay::SseRelay::new(first, body, transform, meter, idle, max_event, metrics);
                     match capture {
                         Some(c) => Body::new(relay.capture_into(c)),
                         None => Body::new(relay),

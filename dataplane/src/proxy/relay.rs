@@ -3,8 +3,14 @@
 //! ([`Translate`]).
 //!
 //! A stream that ends, breaks or stalls before its terminal event ends with an error event
-//! in the caller's format, never a quiet success. Dropping the relay (caller gone) drops the
-//! upstream body, which closes the upstream connection.
+//! in the caller's format, never a quiet success: `stream_incomplete` when it ended or broke,
+//! `stream_timeout` when it was silent for the idle timeout, `event_too_large` when one event
+//! grew past the limit. Dropping the relay (caller gone) drops the upstream body, which
+//! closes the upstream connection; so does finishing the stream.
+//!
+//! Each poll does a bounded amount of work (`POLL_BUDGET_BYTES`, `POLL_BUDGET_FRAMES`) and
+//! then yields, even while the upstream has more ready: the caller's connection task must
+//! get to run to notice that the caller left, and then drop the relay.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -255,10 +261,16 @@ const MAX_GATHER_YIELDS: u8 = 64;
 const MAX_IDLE_YIELDS: u8 = 4;
 /// Gathered bytes that go out without waiting for more.
 const MAX_GATHER_BYTES: usize = 64 * 1024;
+/// Upstream bytes read in one poll before yielding.
+const POLL_BUDGET_BYTES: usize = 256 * 1024;
+/// Upstream frames read in one poll before yielding.
+const POLL_BUDGET_FRAMES: u32 = 64;
 
-pub struct SseRelay<T: Transform> {
+/// The relay body. `B` is the upstream body: hyper's `Incoming` in the proxy.
+pub struct SseRelay<T: Transform, B = Incoming> {
     first: Option<Bytes>,
-    upstream: Incoming,
+    /// Dropped (closing the upstream connection) once the stream is finished.
+    upstream: Option<B>,
     framer: SseFramer,
     transform: T,
     /// Finished when the stream ends; dropped unfinished if the caller goes away.
@@ -277,20 +289,22 @@ pub struct SseRelay<T: Transform> {
     metrics: Arc<Metrics>,
 }
 
-impl<T: Transform> SseRelay<T> {
-    /// `first` is the data already read from `upstream` (before the response was committed).
+impl<T: Transform, B> SseRelay<T, B> {
+    /// `first` is the data already read from `upstream` (before the response was committed);
+    /// `idle` the longest silence tolerated; `max_event` the largest event relayed.
     pub fn new(
         first: Bytes,
-        upstream: Incoming,
+        upstream: B,
         transform: T,
         meter: Meter,
         idle: Duration,
+        max_event: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         SseRelay {
             first: Some(first),
-            upstream,
-            framer: SseFramer::default(),
+            upstream: Some(upstream),
+            framer: SseFramer::new(max_event),
             transform,
             meter: Some(meter),
             completed: false,
@@ -309,9 +323,30 @@ impl<T: Transform> SseRelay<T> {
     /// Ends the stream; unless it completed, with an error event after what was read.
     fn finish(&mut self, message: &str, code: &str) {
         self.finished = true;
+        self.upstream = None;
         if self.transform.fail(message, code, &mut self.out) {
             self.metrics.streams_incomplete.inc();
             tracing::warn!(code, "upstream stream ended before its terminal event");
+        }
+    }
+
+    /// Frames upstream bytes and hands whole events to the transform.
+    fn feed(&mut self, data: Bytes) {
+        match self.framer.push(data) {
+            Ok(None) => {}
+            Ok(Some(events)) => self.transform.push(events, &mut self.out),
+            Err(e) => {
+                if let Some(events) = e.before {
+                    self.transform.push(events, &mut self.out);
+                }
+                self.finish(
+                    &format!(
+                        "the provider sent a stream event larger than the limit of {} bytes",
+                        e.limit
+                    ),
+                    "event_too_large",
+                );
+            }
         }
     }
 
@@ -399,34 +434,52 @@ impl<T: Transform> SseRelay<T> {
     }
 }
 
-impl<T: Transform> Body for SseRelay<T> {
+impl<T: Transform, B> Body for SseRelay<T, B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
     type Data = Bytes;
     type Error = Infallible;
 
-    /// Reads whatever the upstream has ready. The upstream connection task hands the body
-    /// over one chunk at a time, so events that arrive back to back are gathered with
-    /// scheduler yields into one frame: the caller gets one write instead of one per event.
-    /// An event that arrives alone goes out after at most `MAX_IDLE_YIELDS` yields (a few
-    /// microseconds).
+    /// Reads whatever the upstream has ready, up to a budget per poll. The upstream
+    /// connection task hands the body over one chunk at a time, so events that arrive back
+    /// to back are gathered with scheduler yields into one frame: the caller gets one write
+    /// instead of one per event. An event that arrives alone goes out after at most
+    /// `MAX_IDLE_YIELDS` yields (a few microseconds).
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = self.get_mut();
-        if let Some(first) = this.first.take()
-            && let Some(events) = this.framer.push(first)
-        {
-            this.transform.push(events, &mut this.out);
+        if let Some(first) = this.first.take() {
+            this.feed(first);
         }
         let mut progressed = false;
+        let mut read = 0usize;
+        let mut frames = 0u32;
         while !this.finished {
-            match Pin::new(&mut this.upstream).poll_frame(cx) {
+            let Some(upstream) = this.upstream.as_mut() else {
+                break;
+            };
+            if read >= POLL_BUDGET_BYTES || frames >= POLL_BUDGET_FRAMES {
+                // Enough for one poll: let the caller's connection run (and notice a caller
+                // that left) before reading on.
+                if progressed {
+                    this.idle_timer.as_mut().reset(Instant::now() + this.idle);
+                }
+                if this.out.is_empty() {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                break;
+            }
+            match Pin::new(upstream).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
+                    frames += 1;
                     if let Ok(data) = frame.into_data() {
                         progressed = true;
-                        if let Some(events) = this.framer.push(data) {
-                            this.transform.push(events, &mut this.out);
-                        }
+                        read += data.len();
+                        this.feed(data);
                     }
                 }
                 Poll::Ready(Some(Err(_))) => {
@@ -438,6 +491,7 @@ impl<T: Transform> Body for SseRelay<T> {
                 Poll::Ready(None) => {
                     if this.transform.end(&mut this.out) {
                         this.finished = true;
+                        this.upstream = None;
                         this.completed = true;
                     } else {
                         this.finish(
@@ -476,5 +530,127 @@ impl<T: Transform> Body for SseRelay<T> {
 
     fn is_end_stream(&self) -> bool {
         self.finished && self.out.is_empty() && self.first.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    use crate::app::AppState;
+    use crate::config::Config;
+
+    /// An upstream that always has its next chunk ready: `chunk` up to `frames` times, then ends.
+    struct AlwaysReady {
+        chunk: Bytes,
+        polled: Arc<AtomicUsize>,
+        frames: usize,
+    }
+
+    impl Body for AlwaysReady {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            let n = self.polled.fetch_add(1, Ordering::SeqCst);
+            Poll::Ready((n < self.frames).then(|| Ok(Frame::data(self.chunk.clone()))))
+        }
+    }
+
+    #[derive(Default)]
+    struct CountWakes(AtomicUsize);
+
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn relay(
+        chunk: &'static [u8],
+        frames: usize,
+        polled: Arc<AtomicUsize>,
+    ) -> SseRelay<Passthrough, AlwaysReady> {
+        let config = Config::new(
+            "127.0.0.1:0".parse().unwrap(),
+            "http://127.0.0.1:1",
+            Arc::new(|_: &str| None),
+        );
+        let state = Arc::new(AppState::new(config));
+        let upstream = AlwaysReady {
+            chunk: Bytes::from_static(chunk),
+            polled,
+            frames,
+        };
+        SseRelay::new(
+            Bytes::from_static(b"data: {\"a\":1}\n\n"),
+            upstream,
+            Passthrough::new(Terminal::OpenAiDone, ApiFormat::OpenAi, false),
+            Meter::new(state.clone(), "/v1/chat/completions", "req-relay-test"),
+            Duration::from_secs(60),
+            1 << 30,
+            state.metrics.clone(),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_endless_line_from_an_always_ready_upstream_yields_every_poll() {
+        const FRAMES: usize = 10_000;
+        let polled = Arc::new(AtomicUsize::new(0));
+        // The first event, then a line that never ends.
+        let mut relay = relay(&[b'x'; 1024], FRAMES, polled.clone());
+        let wakes = Arc::new(CountWakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut sent = Vec::new();
+        for round in 1..=3 {
+            let before = polled.load(Ordering::SeqCst);
+            match Pin::new(&mut relay).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => sent.push(frame.into_data().unwrap()),
+                Poll::Pending => {}
+                Poll::Ready(None) => panic!("the stream ended in round {round}"),
+                Poll::Ready(Some(Err(e))) => match e {},
+            }
+            let read = polled.load(Ordering::SeqCst) - before;
+            assert!(
+                read <= POLL_BUDGET_FRAMES as usize,
+                "round {round}: one poll read {read} frames of an upstream that is always ready"
+            );
+            assert!(read > 0, "round {round}: it reads on");
+        }
+        assert!(
+            wakes.0.load(Ordering::SeqCst) >= 2,
+            "a yielding poll asks to be polled again"
+        );
+        assert_eq!(sent, [Bytes::from_static(b"data: {\"a\":1}\n\n")]);
+    }
+
+    #[tokio::test]
+    async fn events_from_an_always_ready_upstream_go_out_a_budget_at_a_time() {
+        const FRAMES: usize = 10_000;
+        let polled = Arc::new(AtomicUsize::new(0));
+        let mut relay = relay(b"data: {\"b\":2}\n\n", FRAMES, polled.clone());
+        let waker = Waker::from(Arc::new(CountWakes::default()));
+        let mut cx = Context::from_waker(&waker);
+        let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut relay).poll_frame(&mut cx) else {
+            panic!("whole events go out");
+        };
+        let read = polled.load(Ordering::SeqCst);
+        assert!(read <= POLL_BUDGET_FRAMES as usize, "one poll read {read} frames");
+        let events = frame.into_data().unwrap();
+        assert!(
+            events.len() <= POLL_BUDGET_BYTES + 64,
+            "{} bytes in one frame",
+            events.len()
+        );
     }
 }

@@ -3700,7 +3700,7 @@ mod tests {
         let mut decoder = StreamDecoder::new();
         let mut events = Vec::new();
         for piece in pieces {
-            if let Some(whole) = framer.push(Bytes::copy_from_slice(piece)) {
+            if let Some(whole) = framer.push(Bytes::copy_from_slice(piece)).unwrap() {
                 for event in parse_events(&whole) {
                     events.extend(decoder.decode(&event).unwrap());
                 }
