@@ -338,6 +338,27 @@ mod tests {
     }
 
     #[test]
+    fn the_credential_env_allow_list_reaches_the_in_process_data_plane() {
+        let (args, global) = serve_args(&["drover", "serve"]);
+        let o = args.into_options(&global, |_| None).unwrap();
+        let mut config = dataplane_config(o.http, o.grpc, None, &Secret::new("t"));
+        o.proxy.apply(&mut config).unwrap();
+        assert!(config.credential_env_allow.allows("OPENAI_API_KEY"));
+        assert!(!config.credential_env_allow.allows("OLLAMA_TOKEN"));
+
+        let (args, global) = serve_args(&[
+            "drover",
+            "serve",
+            "--credential-env-allow",
+            "*_API_KEY,OLLAMA_TOKEN",
+        ]);
+        let o = args.into_options(&global, |_| None).unwrap();
+        o.proxy.apply(&mut config).unwrap();
+        assert!(config.credential_env_allow.allows("OLLAMA_TOKEN"));
+        assert!(parse_err(&["drover", "serve", "--credential-env-allow"]).contains("--credential-env-allow"));
+    }
+
+    #[test]
     fn db_is_the_global_option_either_side() {
         let (_, global) = serve_args(&["drover", "--db", "x.db", "serve"]);
         assert_eq!(global.db, PathBuf::from("x.db"));

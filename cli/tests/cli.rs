@@ -734,7 +734,7 @@ fn defaults_with(defaults: &Value, model: &str, input: f64, output: f64) -> Valu
 }
 
 #[tokio::test]
-async fn modules_switch_on_and_off() {
+async fn modules_not_implemented_cannot_be_enabled() {
     let cp = TestControlPlane::start().await;
     let modules = cp.list(&["module", "list"]).await;
     let names: Vec<&str> = modules
@@ -744,31 +744,41 @@ async fn modules_switch_on_and_off() {
         .map(|m| m["name"].as_str().expect("a name"))
         .collect();
     assert_eq!(names, ["auth", "rate_limit", "spend_cap", "audit", "redact"]);
-    let audit = |modules: &Value| {
-        modules
-            .as_array()
-            .and_then(|all| all.iter().find(|m| m["name"] == "audit"))
-            .map(|m| m["enabled"].clone())
-    };
-    assert_eq!(audit(&modules), Some(json!(false)));
+    for m in modules.as_array().expect("an array") {
+        assert_eq!(m["enabled"], json!(false), "{m}");
+        assert_eq!(
+            m["available"],
+            json!(false),
+            "none is implemented in this version: {m}"
+        );
+    }
+    let table = cp.run(&["module", "list"]).await;
+    assert!(
+        table
+            .ok()
+            .contains("audit       off    no (not implemented in this version)\n"),
+        "{table}"
+    );
     let start = cp.version().await;
 
-    let out = cp.run(&["module", "enable", "audit"]).await;
-    assert_eq!(changed_version(out.ok(), "module audit enabled"), start + 1);
-    let enabled = cp.list(&["module", "list"]).await;
-    assert_eq!(audit(&enabled), Some(json!(true)));
-    // Only audit changed.
-    let mut expected = modules.clone();
-    if let Some(m) = expected
-        .as_array_mut()
-        .and_then(|all| all.iter_mut().find(|m| m["name"] == "audit"))
-    {
-        m["enabled"] = json!(true);
+    // Switching one on is refused with one line, and changes nothing.
+    for name in ["audit", "auth", "rate-limit", "spend_cap", "redact"] {
+        let out = cp.run(&["module", "enable", name]).await;
+        let module = name.replace('-', "_");
+        assert_eq!(
+            out.error(),
+            format!(
+                "module {module} is not available in this version of Drover: its flag would be recorded \
+                 and distributed but change nothing on the request path, so it cannot be enabled"
+            )
+        );
     }
-    assert_eq!(enabled, expected);
+    assert_eq!(cp.version().await, start);
+    assert_eq!(cp.list(&["module", "list"]).await, modules);
 
+    // Switching one off stays allowed (it is off already: nothing changes).
     let out = cp.run(&["module", "disable", "audit"]).await;
-    assert_eq!(changed_version(out.ok(), "module audit disabled"), start + 2);
+    assert_eq!(changed_version(out.ok(), "module audit disabled"), start);
     assert_eq!(cp.list(&["module", "list"]).await, modules);
 }
 
@@ -780,8 +790,10 @@ async fn status_shows_the_policy_version_and_no_data_planes() {
     assert!(!status["store_id"].as_str().unwrap_or_default().is_empty());
     assert_eq!(status["dataplanes"], json!([]));
 
-    let out = cp.run(&["module", "enable", "redact"]).await;
-    assert_eq!(changed_version(out.ok(), "module redact enabled"), version + 1);
+    let out = cp
+        .run(&["price", "set", "m", "--input", "1", "--output", "2"])
+        .await;
+    assert_eq!(changed_version(out.ok(), "price m set"), version + 1);
     let status = cp.list(&["status"]).await;
     assert_eq!(status["version"], json!(version + 1));
     let text = cp.run(&["status"]).await;
@@ -1238,10 +1250,10 @@ async fn without_a_token_the_cli_reads_the_token_file_beside_the_database() {
     // --db, and DROVER_DB.
     let out = cp
         .drover_without_token()
-        .args(["--db", db, "module", "enable", "audit"])
+        .args(["--db", db, "price", "set", "m", "--input", "1", "--output", "2"])
         .run()
         .await;
-    let version = changed_version(out.ok(), "module audit enabled");
+    let version = changed_version(out.ok(), "price m set");
     let out = cp
         .drover_without_token()
         .env("DROVER_DB", db)
@@ -1284,16 +1296,26 @@ struct ServeProcess {
 
 impl ServeProcess {
     fn start(dir: &Path, http: SocketAddr, grpc: SocketAddr) -> Self {
-        Self::start_with(dir, http, grpc, &[])
+        Self::spawn(dir, http, grpc, &[], &[])
     }
 
     fn start_with(dir: &Path, http: SocketAddr, grpc: SocketAddr, extra: &[&str]) -> Self {
+        Self::spawn(dir, http, grpc, extra, &[])
+    }
+
+    /// Started with these environment variables besides the admin token.
+    fn start_with_env(dir: &Path, http: SocketAddr, grpc: SocketAddr, env: &[(&str, &str)]) -> Self {
+        Self::spawn(dir, http, grpc, &[], env)
+    }
+
+    fn spawn(dir: &Path, http: SocketAddr, grpc: SocketAddr, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let log = dir.join("serve.log");
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_drover"))
             .env_clear()
             .env("DROVER_ADMIN_TOKEN", TOKEN)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .current_dir(dir)
             .args(["serve", "--db"])
             .arg(dir.join("drover.db"))
@@ -1562,4 +1584,100 @@ async fn serve_with_grpc_tls_connects_its_own_data_plane_over_tls() {
         "drover serve exits cleanly, got {status}:\n{}",
         serve.log()
     );
+}
+
+#[tokio::test]
+async fn serve_reports_providers_whose_key_it_may_not_read_in_status() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (http, grpc) = (free_addr(), free_addr());
+    let mut serve = ServeProcess::start_with_env(
+        dir.path(),
+        http,
+        grpc,
+        &[
+            ("OLLAMA_TOKEN", "ollama-secret-value"),
+            ("GOOD_API_KEY", "good-secret-value"),
+        ],
+    );
+    serve.wait_ready(http).await;
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir(&cwd).expect("working directory");
+    let drover = || {
+        Drover::new(&cwd)
+            .env("DROVER_ADMIN_TOKEN", TOKEN)
+            .args(["--server", &format!("http://{grpc}")])
+    };
+    let add = |name: &'static str, var: &'static str| {
+        drover().args([
+            "provider",
+            "add",
+            name,
+            "--kind",
+            "openai-compatible",
+            "--base-url",
+            "http://127.0.0.1:9/v1",
+            "--api-key-env",
+            var,
+        ])
+    };
+
+    // Drover's own settings are refused outright, by the CLI and by the control plane.
+    let out = add("greedy", "DROVER_ADMIN_TOKEN").run().await;
+    assert_eq!(
+        out.error(),
+        "provider \"greedy\"/api_key_env: DROVER_ADMIN_TOKEN is one of Drover's own settings (DROVER_*) \
+         and is never sent to a provider; keep the provider's key in another variable, e.g. OPENAI_API_KEY"
+    );
+
+    // A variable outside the data plane's allow-list (default *_API_KEY) is not read: the policy
+    // is applied, and the provider is reported unavailable.
+    add("good", "GOOD_API_KEY").run().await.ok();
+    let out = add("ollama", "OLLAMA_TOKEN").run().await;
+    let version = changed_version(out.ok(), "provider ollama added");
+    let reason = "environment variable OLLAMA_TOKEN is not allowed by this data plane's \
+                  --credential-env-allow (*_API_KEY)";
+    let deadline = Instant::now() + SERVE_TIMEOUT;
+    let plane = loop {
+        let out = drover().args(["status", "--json"]).run().await;
+        let status = parse_json(out.ok(), &out);
+        let plane = status["dataplanes"][0].clone();
+        if plane["served_version"] == json!(version) {
+            break plane;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the data plane never served {version}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        plane["unavailable_providers"],
+        json!([{"provider": "ollama", "reason": reason}]),
+        "{plane}"
+    );
+    assert_eq!(plane["last_error"], json!(""), "applied, not rejected: {plane}");
+    let out = drover().args(["status"]).run().await;
+    let text = out.ok();
+    assert!(text.contains(&format!("  local  ollama: {reason}\n")), "{text}");
+    assert!(!text.contains("secret-value"), "{text}");
+
+    let response = post_json(
+        http,
+        "/v1/chat/completions",
+        r#"{"model":"ollama/llama3","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await
+    .expect("the data plane answers");
+    assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+    assert!(
+        response.contains(&format!(
+            "provider `ollama` is unavailable on this gateway: {reason}"
+        )),
+        "{response}"
+    );
+    assert!(!response.contains("secret-value"), "{response}");
+
+    serve.assert_running();
+    assert!(serve.terminate().await.success(), "{}", serve.log());
+    assert!(!serve.log().contains("secret-value"), "{}", serve.log());
 }

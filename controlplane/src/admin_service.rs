@@ -9,7 +9,8 @@
 use std::sync::Arc;
 
 use drover_proto::model::{
-    InvalidPolicy, Module, Price, Provider, Route, validate_model_name, validate_provider_name,
+    InvalidPolicy, MAX_PRICE_KEY_LEN, Module, Price, Provider, Route, validate_model_name, validate_name,
+    validate_provider_name,
 };
 use drover_proto::pb;
 use tonic::{Request, Response, Status};
@@ -155,7 +156,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::RemovePriceRequest>,
     ) -> Result<Response<pb::ChangeResponse>, Status> {
         let model = request.into_inner().model;
-        validate_model_name("model", &model).map_err(invalid)?;
+        validate_name("model", &model, MAX_PRICE_KEY_LEN).map_err(invalid)?;
         let version = self.store.remove_price(model.clone()).await?;
         tracing::info!(model = %model, version, "price removed");
         Ok(Response::new(pb::ChangeResponse { version }))
@@ -176,6 +177,14 @@ impl pb::admin_service_server::AdminService for AdminApi {
     ) -> Result<Response<pb::ModuleResponse>, Status> {
         let request = request.into_inner();
         let module = Module::parse(&request.name).map_err(invalid)?;
+        if request.enabled && !module.is_available() {
+            return Err(StoreError::FailedPrecondition(format!(
+                "module {} is not available in this version of Drover: its flag would be recorded and \
+                 distributed but change nothing on the request path, so it cannot be enabled",
+                module.as_str()
+            ))
+            .into());
+        }
         let version = self.store.set_module(module, request.enabled).await?;
         tracing::info!(
             module = module.as_str(),
@@ -187,6 +196,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             module: Some(pb::Module {
                 name: module.as_str().to_owned(),
                 enabled: request.enabled,
+                available: module.is_available(),
             }),
             version,
         }))

@@ -37,6 +37,10 @@ use crate::usage_service::{MAX_USAGE_MESSAGE_SIZE, UsageApi, run_retention};
 /// Largest gRPC message either way. Snapshots carry the whole policy (100k keys must fit);
 /// tonic's default of 4 MiB is far too small for that.
 pub const MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
+/// Largest admin request or data plane policy-stream message accepted: far beyond any valid
+/// one (a route has at most 64 targets, a key 8 KiB), so that a huge one is refused before it
+/// costs much memory, yet room enough that an oversized route gets a clear validation error.
+pub const MAX_REQUEST_SIZE: usize = 16 * 1024 * 1024;
 /// HTTP/2 pings on idle connections, so a vanished data plane is noticed.
 pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a ping may go unanswered before the connection is closed.
@@ -254,10 +258,10 @@ async fn router(
 ) -> Result<Router, StartError> {
     let dataplanes = Arc::new(DataPlanes::default());
     let admin = AdminServiceServer::new(AdminApi::new(store.clone(), dataplanes.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_decoding_message_size(MAX_REQUEST_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let policy = PolicyServiceServer::new(PolicyApi::new(store.clone(), dataplanes, stop.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_decoding_message_size(MAX_REQUEST_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let usage = UsageServiceServer::new(UsageApi::new(store.clone()))
         .max_decoding_message_size(MAX_USAGE_MESSAGE_SIZE)
@@ -427,6 +431,19 @@ mod tests {
         }
     }
 
+    /// A custom price: a change that bumps the policy version.
+    fn set_price(model: &str, input_per_mtok: f64) -> pb::SetPriceRequest {
+        pb::SetPriceRequest {
+            price: Some(pb::Price {
+                model: model.into(),
+                input_per_mtok,
+                output_per_mtok: 1.0,
+                cached_input_per_mtok: None,
+                source: String::new(),
+            }),
+        }
+    }
+
     /// A data plane's end of a policy stream.
     struct Watcher {
         tx: mpsc::Sender<pb::WatchRequest>,
@@ -457,6 +474,7 @@ mod tests {
                 response_version: 0,
                 error: String::new(),
                 http_addr: "127.0.0.1:8080".into(),
+                unavailable_providers: vec![],
             })
             .await
             .unwrap();
@@ -603,15 +621,32 @@ mod tests {
                 .any(|p| p.model == "gpt-4o-mini" && p.source == "default")
         );
 
-        let module = client
+        // No module is implemented in this version: switching one on is refused and changes
+        // nothing; switching one off is allowed.
+        let err = client
             .set_module(authed(set_module("rate-limit", true), ADMIN))
             .await
-            .unwrap();
-        let module = module.into_inner();
+            .unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition);
         assert_eq!(
-            (module.module.unwrap().name.as_str(), module.version),
-            ("rate_limit", 6)
+            err.message(),
+            "module rate_limit is not available in this version of Drover: its flag would be recorded \
+             and distributed but change nothing on the request path, so it cannot be enabled"
         );
+        let module = client
+            .set_module(authed(set_module("rate-limit", false), ADMIN))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            module.module.unwrap(),
+            pb::Module {
+                name: "rate_limit".into(),
+                enabled: false,
+                available: false,
+            }
+        );
+        assert_eq!(module.version, 5, "it was off already");
         let modules = client
             .list_modules(authed(pb::ListModulesRequest {}, ADMIN))
             .await
@@ -620,11 +655,16 @@ mod tests {
             .into_inner()
             .modules
             .into_iter()
-            .map(|m| (m.name, m.enabled))
+            .map(|m| (m.name, m.enabled, m.available))
             .collect();
         assert_eq!(modules.len(), 5);
-        assert!(modules.contains(&("rate_limit".into(), true)));
-        assert!(modules.contains(&("auth".into(), false)));
+        assert!(modules.contains(&("rate_limit".into(), false, false)));
+        assert!(modules.contains(&("auth".into(), false, false)));
+        let changed = client
+            .set_price(authed(set_price("other-model", 2.0), ADMIN))
+            .await
+            .unwrap();
+        assert_eq!(changed.into_inner().version, 6);
 
         // Removing a provider a route uses is refused, naming the route.
         let err = client
@@ -874,6 +914,125 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn route_targets_cannot_steer_provider_urls_and_drover_settings_are_no_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+        let mut client = admin(&cp).await;
+        let mut az = add_provider("az");
+        az.kind = pb::ProviderKind::Azure as i32;
+        az.base_url = "https://res.openai.azure.com".into();
+        client.add_provider(authed(az, ADMIN)).await.unwrap();
+        let mut vllm = add_provider("vllm");
+        vllm.kind = pb::ProviderKind::OpenaiCompatible as i32;
+        client.add_provider(authed(vllm.clone(), ADMIN)).await.unwrap();
+        let route = |alias: &str, provider: &str, model: &str| {
+            let mut r = set_route(alias, provider);
+            if let Some(route) = r.route.as_mut() {
+                route.targets[0].model = model.into();
+            }
+            authed(r, ADMIN)
+        };
+        // Body-only kinds take ids with '/' and ':'.
+        client
+            .set_route(route("llama", "vllm", "meta-llama/Llama-3-70b"))
+            .await
+            .unwrap();
+        client
+            .set_route(route("tagged", "vllm", "llama3:8b"))
+            .await
+            .unwrap();
+        let before = version(&mut client).await;
+
+        for model in ["../../../x?evil=1", "dep#frag", "a/b", "\u{fc}", ".."] {
+            let err = client.set_route(route("evil", "az", model)).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument, "{model:?}");
+            assert!(
+                err.message().starts_with("route \"evil\"/targets[0]/model: ")
+                    && err.message().contains("cannot be used with provider kind azure")
+                    && err.message().ends_with("(provider \"az\")"),
+                "{model:?}: {}",
+                err.message()
+            );
+        }
+        let huge = "x".repeat(200_000);
+        let err = client.set_route(route(&huge, "vllm", "m")).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().len() < 300, "{} bytes", err.message().len());
+
+        // Replacing a provider by one of a kind that cannot carry its routes' models is refused.
+        let mut as_azure = vllm;
+        as_azure.kind = pb::ProviderKind::Azure as i32;
+        as_azure.replace = true;
+        let err = client.add_provider(authed(as_azure, ADMIN)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(
+            err.message().starts_with(
+                "provider \"vllm\"/kind: route \"llama\" targets this provider with a model it cannot carry: \
+                 \"meta-llama/Llama-3-70b\" cannot be used with provider kind azure"
+            ),
+            "{}",
+            err.message()
+        );
+
+        // Drover's own settings are never a credential reference.
+        for var in [
+            "DROVER_ADMIN_TOKEN",
+            "DROVER_MASTER_KEY",
+            "drover_dataplane_token",
+        ] {
+            let mut greedy = add_provider("greedy");
+            greedy.credential = Some(pb::add_provider_request::Credential::ApiKeyEnv(var.into()));
+            let err = client.add_provider(authed(greedy, ADMIN)).await.unwrap_err();
+            assert_eq!(err.code(), Code::InvalidArgument);
+            assert!(
+                err.message().starts_with(&format!(
+                    "provider \"greedy\"/api_key_env: {var} is one of Drover's own settings (DROVER_*)"
+                )),
+                "{}",
+                err.message()
+            );
+        }
+        assert_eq!(version(&mut client).await, before, "nothing changed");
+        stop(cp, shutdown).await;
+    }
+
+    #[tokio::test]
+    async fn status_shows_the_providers_a_data_plane_cannot_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+        let mut client = admin(&cp).await;
+        let watcher = Watcher::open(&cp, DATAPLANE, "dp-1", None).await;
+        let report = |version: u64, error: &str, unavailable: &[(&str, &str)]| pb::WatchRequest {
+            dataplane_id: "dp-1".into(),
+            response_version: version,
+            error: error.into(),
+            unavailable_providers: unavailable
+                .iter()
+                .map(|(p, r)| pb::UnavailableProvider {
+                    provider: (*p).into(),
+                    reason: (*r).into(),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let reason = "environment variable GROQ_API_KEY is not set on this data plane";
+        watcher.tx.send(report(1, "", &[("groq", reason)])).await.unwrap();
+        let dp = await_dataplane(&mut client, "dp-1", |d| !d.unavailable_providers.is_empty()).await;
+        assert_eq!(
+            dp.unavailable_providers,
+            [pb::UnavailableProvider {
+                provider: "groq".into(),
+                reason: reason.into(),
+            }]
+        );
+        assert_eq!((dp.served_version, dp.last_error.as_str()), (1, ""));
+        // Every message describes the snapshot served now; a later one without any clears it.
+        watcher.tx.send(report(1, "", &[])).await.unwrap();
+        await_dataplane(&mut client, "dp-1", |d| d.unavailable_providers.is_empty()).await;
+        stop(cp, shutdown).await;
+    }
+
+    #[tokio::test]
     async fn a_missing_or_wrong_token_is_unauthenticated_and_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (cp, shutdown) = start(config(dir.path(), loopback())).await;
@@ -920,7 +1079,7 @@ mod tests {
         assert_eq!(first.modules.len(), 5);
 
         client
-            .set_module(authed(set_module("auth", true), ADMIN))
+            .set_price(authed(set_price("my-model", 3.0), ADMIN))
             .await
             .unwrap();
         let second = watcher.next().await;
@@ -928,7 +1087,12 @@ mod tests {
             (second.store_id.as_str(), second.version),
             (first.store_id.as_str(), 2)
         );
-        assert!(second.modules.iter().any(|m| m.name == "auth" && m.enabled));
+        assert!(
+            second
+                .prices
+                .iter()
+                .any(|p| p.model == "my-model" && p.input_per_mtok == 3.0)
+        );
 
         // ACK, then NACK, then ACK again: Status shows each.
         watcher.answer(2, "").await;
@@ -951,7 +1115,7 @@ mod tests {
         );
 
         client
-            .set_module(authed(set_module("auth", false), ADMIN))
+            .set_price(authed(set_price("my-model", 4.0), ADMIN))
             .await
             .unwrap();
         assert_eq!(watcher.next().await.version, 4);
@@ -971,7 +1135,7 @@ mod tests {
         let (cp, shutdown) = start(config(dir.path(), loopback())).await;
         let mut client = admin(&cp).await;
         client
-            .set_module(authed(set_module("audit", true), ADMIN))
+            .set_price(authed(set_price("my-model", 3.0), ADMIN))
             .await
             .unwrap();
         let status = client
@@ -994,7 +1158,7 @@ mod tests {
         assert_eq!(foreign.next().await.version, 2);
 
         client
-            .set_module(authed(set_module("audit", false), ADMIN))
+            .set_price(authed(set_price("my-model", 4.0), ADMIN))
             .await
             .unwrap();
         // Streams are ordered: had version 2 been sent, it would arrive before 3.
@@ -1036,7 +1200,7 @@ mod tests {
         let addr = cp.grpc_addr();
         let mut client = admin(&cp).await;
         client
-            .set_module(authed(set_module("spend_cap", true), ADMIN))
+            .set_price(authed(set_price("my-model", 3.0), ADMIN))
             .await
             .unwrap();
         let status = client

@@ -42,6 +42,13 @@ pub enum StoreError {
     /// The store thread has stopped (the control plane is shutting down).
     #[error("the store is closed")]
     Closed,
+    /// The database file could not be created.
+    #[error("{}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl From<StoreError> for tonic::Status {
@@ -60,7 +67,10 @@ impl From<StoreError> for tonic::Status {
                 tracing::error!(error = %msg, "credential encryption failed");
                 tonic::Status::internal("stored credentials cannot be used; check the master key")
             }
-            StoreError::Sqlite(_) | StoreError::Corrupt(_) | StoreError::TooNew { .. } => {
+            StoreError::Sqlite(_)
+            | StoreError::Corrupt(_)
+            | StoreError::TooNew { .. }
+            | StoreError::File { .. } => {
                 tracing::error!(error = %e, "store failure");
                 tonic::Status::internal("internal store error")
             }

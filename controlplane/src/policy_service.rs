@@ -203,6 +203,8 @@ struct Entry {
     last_error: String,
     rejected_version: u64,
     last_seen_unix_ms: i64,
+    /// Providers of the snapshot it serves that it cannot use, as it last reported them.
+    unavailable: Vec<model::UnavailableProvider>,
     /// The stream that currently represents it, if connected. A newer stream replaces an
     /// older one, so the older one ending does not mark the data plane disconnected.
     stream: Option<u64>,
@@ -232,6 +234,7 @@ impl DataPlanes {
             0
         };
         entry.last_seen_unix_ms = now_unix_ms();
+        entry.unavailable = model::UnavailableProvider::from_wire(&hello.unavailable_providers);
         stream
     }
 
@@ -244,6 +247,14 @@ impl DataPlanes {
         entry.last_seen_unix_ms = now_unix_ms();
         if !msg.http_addr.is_empty() {
             entry.http_addr.clone_from(&msg.http_addr);
+        }
+        // Every message describes the snapshot served now (a NACKed one changes nothing).
+        let unavailable = model::UnavailableProvider::from_wire(&msg.unavailable_providers);
+        if unavailable != entry.unavailable {
+            for u in unavailable.iter().filter(|u| !entry.unavailable.contains(u)) {
+                tracing::warn!(dataplane = %id, provider = %u.provider, reason = %u.reason, "provider unavailable on a data plane");
+            }
+            entry.unavailable = unavailable;
         }
         if msg.response_version == 0 {
             return;
@@ -286,6 +297,7 @@ impl DataPlanes {
                 last_error: e.last_error.clone(),
                 rejected_version: e.rejected_version,
                 last_seen_unix_ms: e.last_seen_unix_ms,
+                unavailable_providers: e.unavailable.iter().map(Into::into).collect(),
             })
             .collect();
         drop(registry);
@@ -380,6 +392,33 @@ mod tests {
         assert!(planes.list()[1].connected);
         planes.disconnect("dp-b", second);
         assert!(!planes.list()[1].connected);
+    }
+
+    #[test]
+    fn unavailable_providers_follow_every_message_and_are_bounded() {
+        let planes = DataPlanes::default();
+        let with = |response_version: u64, n: usize| pb::WatchRequest {
+            dataplane_id: "dp".into(),
+            response_version,
+            unavailable_providers: (0..n)
+                .map(|i| pb::UnavailableProvider {
+                    provider: format!("p{i}"),
+                    reason: "r".repeat(10_000),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        planes.connect(&with(0, 1), None, "s1");
+        assert_eq!(planes.list()[0].unavailable_providers.len(), 1);
+        planes.record("dp", &with(2, 100_000));
+        let list = &planes.list()[0].unavailable_providers;
+        assert_eq!(list.len(), model::MAX_UNAVAILABLE_REPORTED);
+        assert!(
+            list.iter()
+                .all(|u| u.reason.len() <= model::MAX_UNAVAILABLE_REASON_LEN)
+        );
+        planes.record("dp", &with(3, 0));
+        assert!(planes.list()[0].unavailable_providers.is_empty());
     }
 
     #[test]

@@ -328,6 +328,17 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         "# HELP drover_breakers_open Targets whose circuit breaker is open.\n# TYPE drover_breakers_open gauge\ndrover_breakers_open {}",
         state.health.open_count()
     );
+    state.health.settle();
+    let (route_targets, direct_targets) = state.health.len();
+    let _ = writeln!(
+        out,
+        "# HELP drover_target_health_entries Targets whose health (breaker, cool-down) is remembered: route targets, and direct provider/model names (bounded).\n# TYPE drover_target_health_entries gauge\ndrover_target_health_entries{{kind=\"route\"}} {route_targets}\ndrover_target_health_entries{{kind=\"direct\"}} {direct_targets}"
+    );
+    let unavailable = state.policy.load().map_or(0, |p| p.unavailable.len());
+    let _ = writeln!(
+        out,
+        "# HELP drover_providers_unavailable Providers of the serving policy this data plane cannot use (e.g. credential not resolvable).\n# TYPE drover_providers_unavailable gauge\ndrover_providers_unavailable {unavailable}"
+    );
     let _ = writeln!(
         out,
         "# HELP drover_usage_spool_records Usage records not yet acknowledged by the control plane.\n# TYPE drover_usage_spool_records gauge\ndrover_usage_spool_records {}",

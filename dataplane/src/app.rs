@@ -219,7 +219,12 @@ async fn load_last_good(state: &Arc<AppState>) {
     };
     let read = tokio::task::spawn_blocking(move || last_good::read(&path)).await;
     match read {
-        Ok(Ok(Some(snapshot))) => match Policy::compile(&snapshot, &state.config.env, &state.health) {
+        Ok(Ok(Some(snapshot))) => match Policy::compile(
+            &snapshot,
+            &state.config.env,
+            &state.config.credential_env_allow,
+            &state.health,
+        ) {
             Ok(policy) => {
                 tracing::info!(
                     version = policy.version,

@@ -14,6 +14,7 @@ use drover_proto::tls::{CaBundle, TlsError, Trust};
 use http::HeaderValue;
 
 use crate::providers::EnvLookup;
+use crate::providers::credential::{DEFAULT_CREDENTIAL_ENV_ALLOW, EnvAllowList};
 use crate::proxy::body::BodyLimits;
 use crate::proxy::health::BreakerConfig;
 use crate::server::{DEFAULT_MAX_CONNECTIONS, ListenerConfig};
@@ -145,6 +146,8 @@ pub struct Config {
     pub local_usage: Option<LocalUsage>,
     /// Resolves `env:VAR` credentials.
     pub env: EnvLookup,
+    /// The variables `env:VAR` credentials may name; others (and `DROVER_*`) are never read.
+    pub credential_env_allow: EnvAllowList,
 }
 
 impl std::fmt::Debug for Config {
@@ -164,6 +167,7 @@ impl std::fmt::Debug for Config {
             .field("proxy", &self.proxy)
             .field("usage", &self.usage)
             .field("local_usage", &self.local_usage.is_some())
+            .field("credential_env_allow", &self.credential_env_allow.to_string())
             .finish_non_exhaustive()
     }
 }
@@ -199,6 +203,7 @@ impl Config {
             usage: UsageConfig::default(),
             local_usage: None,
             env,
+            credential_env_allow: EnvAllowList::default(),
         }
     }
 }
@@ -334,6 +339,16 @@ pub struct ProxyArgs {
     /// the control plane, so its ledger and `drover usage` get nothing from this data plane.
     #[arg(long, env = "DROVER_USAGE_REPORTING", value_enum, default_value_t = Switch::On)]
     pub usage_reporting: Switch,
+    /// Environment variables a provider's `--api-key-env` may name, comma-separated; `*` matches
+    /// any run of characters. Others are never read (their providers are reported unavailable),
+    /// nor are `DROVER_*` variables, whatever this list says. Empty: none.
+    #[arg(
+        long,
+        env = "DROVER_CREDENTIAL_ENV_ALLOW",
+        default_value = DEFAULT_CREDENTIAL_ENV_ALLOW,
+        value_name = "PATTERNS"
+    )]
+    pub credential_env_allow: String,
 }
 
 /// A feature flag's value on the command line.
@@ -369,6 +384,8 @@ pub enum ConfigError {
     Tls(#[from] TlsError),
     #[error("--tls-cert/--tls-key: {0}")]
     HttpTls(TlsError),
+    #[error("--credential-env-allow: {0}")]
+    CredentialEnvAllow(#[from] crate::providers::credential::BadPattern),
 }
 
 impl ProxyArgs {
@@ -413,6 +430,7 @@ impl ProxyArgs {
         config.proxy.upstream_timeout = Duration::from_secs(self.upstream_timeout);
         config.proxy.max_attempts = self.max_attempts;
         config.usage.report = self.usage_reporting == Switch::On;
+        config.credential_env_allow = EnvAllowList::parse(&self.credential_env_allow)?;
         Ok(())
     }
 }
@@ -507,6 +525,7 @@ mod tests {
         assert_eq!(c.usage.spool_max.get(), 100_000);
         assert!(c.usage.spool_file.is_none());
         assert!(c.usage.report);
+        assert_eq!(c.credential_env_allow, EnvAllowList::default());
         assert_eq!(c.listener.max_connections, 10_000);
         assert_eq!(c.listener.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.listener.idle_timeout, Duration::from_secs(75));
@@ -596,6 +615,21 @@ mod tests {
             let e = parse(&["--cors-origin", bad]).unwrap_err();
             assert!(e.contains("--cors-origin"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn the_credential_env_allow_list_is_a_flag() {
+        let c = parse(&["--credential-env-allow", "*_API_KEY,OLLAMA_TOKEN"]).unwrap();
+        assert!(c.credential_env_allow.allows("OLLAMA_TOKEN"));
+        assert!(c.credential_env_allow.allows("GROQ_API_KEY"));
+        assert!(!c.credential_env_allow.allows("HOME"));
+        let none = parse(&["--credential-env-allow", ""]).unwrap();
+        assert!(!none.credential_env_allow.allows("OPENAI_API_KEY"));
+        let e = parse(&["--credential-env-allow", "OPENAI-KEY"]).unwrap_err();
+        assert!(
+            e.contains("--credential-env-allow") && e.contains("OPENAI-KEY"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -161,6 +161,10 @@ pub enum ProxyError {
     /// Every target is skipped (breaker open or cooling down).
     #[error("no upstream target is available")]
     NoTarget { retry_after_secs: Option<u64> },
+    /// Every target needs a provider this data plane cannot use (e.g. its credential cannot be
+    /// resolved here). `reason` never contains a credential.
+    #[error("provider `{provider}` is unavailable on this gateway: {reason}")]
+    ProviderUnavailable { provider: String, reason: String },
     /// The provider refused the request (a 4xx other than 429): its answer goes to the caller as is.
     /// `translated_from` names the provider's format when it differs from the caller's.
     #[error("upstream rejected the request with status {status}")]
@@ -199,7 +203,9 @@ impl ProxyError {
                 FailureKind::Status { status: 504, .. } => StatusCode::GATEWAY_TIMEOUT,
                 FailureKind::Status { .. } => StatusCode::BAD_GATEWAY,
             },
-            ProxyError::NoTarget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoTarget { .. } | ProxyError::ProviderUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Rejected { status, .. } => *status,
         }
     }
@@ -251,6 +257,7 @@ impl ProxyError {
                 }
             },
             ProxyError::NoTarget { .. } => ("server_error", None, Some("upstream_unavailable")),
+            ProxyError::ProviderUnavailable { .. } => ("server_error", None, Some("provider_unavailable")),
             ProxyError::Rejected { .. } => ("invalid_request_error", None, None),
         }
     }
@@ -286,6 +293,10 @@ impl ProxyError {
 
     /// Anthropic's error `type` for this error.
     fn anthropic_kind(&self) -> &'static str {
+        if matches!(self, ProxyError::ProviderUnavailable { .. }) {
+            // A configuration problem, not an overload.
+            return "api_error";
+        }
         match self.status().as_u16() {
             400 | 405 | 408 | 415 => "invalid_request_error",
             401 => "authentication_error",
@@ -318,9 +329,11 @@ impl ProxyError {
                     (other.status(), body).into_response()
                 }
                 ApiFormat::Anthropic => {
-                    // Anthropic callers know overload as 529.
+                    // Anthropic callers know overload as 529; an unusable provider is no overload.
                     let status = match other.status() {
-                        StatusCode::SERVICE_UNAVAILABLE => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                            if !matches!(other, ProxyError::ProviderUnavailable { .. }) =>
+                        {
                             StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
                         }
                         s => s,
@@ -433,6 +446,13 @@ mod tests {
             529,
             "Anthropic callers see overload as 529"
         );
+        let unavailable = || ProxyError::ProviderUnavailable {
+            provider: "groq".into(),
+            reason: "environment variable GROQ_API_KEY is not set on this data plane".into(),
+        };
+        for format in [ApiFormat::OpenAi, ApiFormat::Anthropic] {
+            assert_eq!(unavailable().into_response(format).status(), 503, "{format:?}");
+        }
     }
 
     #[test]

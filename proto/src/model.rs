@@ -4,7 +4,7 @@
 //! it. The same rules serve the admin API (invalid input is refused before anything is
 //! written) and the data plane (an invalid snapshot is NACKed).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use url::Url;
@@ -37,8 +37,23 @@ impl InvalidPolicy {
     }
 }
 
-/// Longest name (provider, alias, model) accepted.
+/// Longest provider name accepted, bytes.
+pub const MAX_PROVIDER_NAME_LEN: usize = 64;
+/// Longest alias or model name accepted, bytes (route aliases, target models, the model part of a
+/// price key, data plane ids).
 pub const MAX_NAME_LEN: usize = 256;
+/// Longest `model` a caller may send, bytes: a direct `provider/model` name at its longest.
+pub const MAX_REQUEST_MODEL_LEN: usize = MAX_PROVIDER_NAME_LEN + 1 + MAX_NAME_LEN;
+/// Longest price key accepted, bytes (`provider/model` at its longest).
+pub const MAX_PRICE_KEY_LEN: usize = MAX_REQUEST_MODEL_LEN;
+/// Longest environment variable name accepted as a credential reference, bytes.
+pub const MAX_ENV_VAR_LEN: usize = 128;
+/// Longest provider base URL accepted, bytes.
+pub const MAX_BASE_URL_LEN: usize = 2048;
+/// Longest stored API key accepted, bytes.
+pub const MAX_API_KEY_LEN: usize = 8192;
+/// Most targets a route may have.
+pub const MAX_TARGETS: usize = 64;
 /// Largest price accepted, USD per million tokens.
 pub const MAX_PRICE_PER_MTOK: f64 = 1_000_000.0;
 /// Largest target weight accepted.
@@ -47,6 +62,36 @@ pub const MAX_WEIGHT: u32 = 1_000_000;
 pub const DEFAULT_AZURE_API_VERSION: &str = "2024-10-21";
 /// Longest Azure OpenAI `api-version` accepted.
 pub const MAX_API_VERSION_LEN: usize = 64;
+/// Environment variables with this prefix (any case) are Drover's own settings, tokens and keys
+/// among them: never a provider credential, whatever a data plane's allow-list says.
+pub const RESERVED_ENV_PREFIX: &str = "DROVER_";
+/// Characters of a value an error message quotes at most; the rest is summarised by its size.
+pub const MAX_QUOTED_CHARS: usize = 64;
+
+/// `value` quoted (Rust string escapes, as `{:?}` prints it) for an error message, cut after
+/// [`MAX_QUOTED_CHARS`] characters so that huge input is never echoed back whole.
+pub fn quoted(value: &str) -> String {
+    let cut = head(value, MAX_QUOTED_CHARS);
+    if cut.len() == value.len() {
+        format!("{value:?}")
+    } else {
+        format!("{cut:?}... ({} bytes)", value.len())
+    }
+}
+
+/// The first `max_chars` characters of `value`.
+fn head(value: &str, max_chars: usize) -> &str {
+    value
+        .char_indices()
+        .nth(max_chars)
+        .map_or(value, |(cut, _)| &value[..cut])
+}
+
+/// Whether `var` is one of Drover's own settings ([`RESERVED_ENV_PREFIX`], any case).
+pub fn is_reserved_env_var(var: &str) -> bool {
+    var.get(..RESERVED_ENV_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_ENV_PREFIX))
+}
 
 /// The wire protocol a provider speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,7 +129,8 @@ impl ProviderKind {
             InvalidPolicy::new(
                 "kind",
                 format!(
-                    "unknown provider kind {name:?}; expected one of {}",
+                    "unknown provider kind {}; expected one of {}",
+                    quoted(name),
                     Self::ALL.map(ProviderKind::as_str).join(", ")
                 ),
             )
@@ -186,6 +232,12 @@ impl Credential {
                 if key.is_empty() {
                     return Err(InvalidPolicy::new("api_key", "must not be empty"));
                 }
+                if key.len() > MAX_API_KEY_LEN {
+                    return Err(InvalidPolicy::new(
+                        "api_key",
+                        format!("longer than {MAX_API_KEY_LEN} bytes"),
+                    ));
+                }
                 if key.chars().any(|c| c.is_control()) {
                     return Err(InvalidPolicy::new(
                         "api_key",
@@ -199,9 +251,10 @@ impl Credential {
     }
 }
 
-fn validate_env_var(var: &str) -> Result<(), InvalidPolicy> {
+/// Checks an environment variable name: 1-128 of letters, digits and `_`, not starting with a digit.
+pub fn validate_env_var(var: &str) -> Result<(), InvalidPolicy> {
     let ok = !var.is_empty()
-        && var.len() <= MAX_NAME_LEN
+        && var.len() <= MAX_ENV_VAR_LEN
         && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !var.starts_with(|c: char| c.is_ascii_digit());
     if ok {
@@ -210,10 +263,29 @@ fn validate_env_var(var: &str) -> Result<(), InvalidPolicy> {
         Err(InvalidPolicy::new(
             "api_key_env",
             format!(
-                "{var:?} is not an environment variable name (letters, digits and _, not starting with a digit)"
+                "{} is not an environment variable name (1-{MAX_ENV_VAR_LEN} of letters, digits and _, \
+                 not starting with a digit)",
+                quoted(var)
             ),
         ))
     }
+}
+
+/// Checks that `var` may be named as a provider credential at all: a valid name, and not one of
+/// Drover's own settings (`DROVER_*`), which a provider must never be handed. The admin API
+/// refuses such references; data planes refuse to resolve them whatever they are told.
+pub fn validate_credential_env(var: &str) -> Result<(), InvalidPolicy> {
+    validate_env_var(var)?;
+    if is_reserved_env_var(var) {
+        return Err(InvalidPolicy::new(
+            "api_key_env",
+            format!(
+                "{var} is one of Drover's own settings ({RESERVED_ENV_PREFIX}*) and is never sent to a \
+                 provider; keep the provider's key in another variable, e.g. OPENAI_API_KEY"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// An upstream provider.
@@ -234,7 +306,7 @@ pub fn validate_provider_name(name: &str) -> Result<(), InvalidPolicy> {
     if name.is_empty() {
         return Err(InvalidPolicy::new("name", "provider name must not be empty"));
     }
-    let ok = name.len() <= 64
+    let ok = name.len() <= MAX_PROVIDER_NAME_LEN
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
@@ -244,7 +316,10 @@ pub fn validate_provider_name(name: &str) -> Result<(), InvalidPolicy> {
     } else {
         Err(InvalidPolicy::new(
             "name",
-            format!("provider name {name:?} must be 1-64 of a-z, 0-9, '-' and '_', starting with a letter"),
+            format!(
+                "provider name {} must be 1-{MAX_PROVIDER_NAME_LEN} of a-z, 0-9, '-' and '_', starting with a letter",
+                quoted(name)
+            ),
         ))
     }
 }
@@ -263,7 +338,8 @@ pub fn validate_api_version(version: &str) -> Result<(), InvalidPolicy> {
         Err(InvalidPolicy::new(
             "api_version",
             format!(
-                "{version:?} must be 1-{MAX_API_VERSION_LEN} of A-Z, a-z, 0-9, '.' and '-', e.g. {DEFAULT_AZURE_API_VERSION}"
+                "{} must be 1-{MAX_API_VERSION_LEN} of A-Z, a-z, 0-9, '.' and '-', e.g. {DEFAULT_AZURE_API_VERSION}",
+                quoted(version)
             ),
         ))
     }
@@ -286,29 +362,82 @@ fn api_version_from_wire(kind: ProviderKind, raw: &str) -> Result<Option<String>
 
 /// Checks a model name or alias: non-empty, at most 256 bytes, no whitespace or control characters.
 pub fn validate_model_name(field: &str, name: &str) -> Result<(), InvalidPolicy> {
+    validate_name(field, name, MAX_NAME_LEN)
+}
+
+/// Checks a name of at most `max_len` bytes: non-empty, no whitespace or control characters.
+pub fn validate_name(field: &str, name: &str, max_len: usize) -> Result<(), InvalidPolicy> {
     if name.is_empty() {
         return Err(InvalidPolicy::new(field, "must not be empty"));
     }
-    if name.len() > MAX_NAME_LEN {
+    if name.len() > max_len {
         return Err(InvalidPolicy::new(
             field,
-            format!("longer than {MAX_NAME_LEN} bytes"),
+            format!("{} is longer than {max_len} bytes", quoted(name)),
         ));
     }
     if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(InvalidPolicy::new(
             field,
-            format!("{name:?} must not contain whitespace or control characters"),
+            format!(
+                "{} must not contain whitespace or control characters",
+                quoted(name)
+            ),
         ));
     }
     Ok(())
 }
 
-/// Parses and checks a provider base URL: http or https, a host, no credentials, query or fragment.
-/// The trailing slash is removed so that paths can be appended.
+/// Whether a provider of `kind` puts the model into the request URL's path (Azure OpenAI: the
+/// deployment; Gemini: `models/{model}:generateContent`) rather than only into the JSON body.
+pub fn model_in_path(kind: ProviderKind) -> bool {
+    matches!(kind, ProviderKind::Azure | ProviderKind::Gemini)
+}
+
+/// Whether `model` is exactly one safe URL path segment: 1-256 of `A-Z a-z 0-9 . _ -`, and not
+/// `.` or `..`. Nothing in it is special in a path or a query, so it needs no escaping.
+pub fn is_path_segment_model(model: &str) -> bool {
+    !model.is_empty()
+        && model.len() <= MAX_NAME_LEN
+        && model != "."
+        && model != ".."
+        && model
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Checks that `model` can be sent to a provider of `kind`: a model name (see
+/// [`validate_model_name`]) and, for kinds that put the model into the URL path (see
+/// [`model_in_path`]), exactly one safe path segment (see [`is_path_segment_model`]), so that a
+/// model name can never change the path, the method or the query the provider receives. Kinds that
+/// carry the model only in the JSON body take any model name.
+pub fn validate_target_model(kind: ProviderKind, field: &str, model: &str) -> Result<(), InvalidPolicy> {
+    validate_model_name(field, model)?;
+    if model_in_path(kind) && !is_path_segment_model(model) {
+        return Err(InvalidPolicy::new(
+            field,
+            format!(
+                "{} cannot be used with provider kind {kind}: the model goes into the request URL, so \
+                 it must be 1-{MAX_NAME_LEN} of A-Z, a-z, 0-9, '.', '_' and '-' (and not \".\" or \"..\")",
+                quoted(model)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses and checks a provider base URL: at most 2 KiB, http or https, a host, no credentials,
+/// query or fragment. The trailing slash is removed so that paths can be appended.
 pub fn parse_base_url(raw: &str) -> Result<Url, InvalidPolicy> {
     let field = "base_url";
-    let url = Url::parse(raw).map_err(|e| InvalidPolicy::new(field, format!("{raw:?} is not a URL: {e}")))?;
+    if raw.len() > MAX_BASE_URL_LEN {
+        return Err(InvalidPolicy::new(
+            field,
+            format!("{} is longer than {MAX_BASE_URL_LEN} bytes", quoted(raw)),
+        ));
+    }
+    let url = Url::parse(raw)
+        .map_err(|e| InvalidPolicy::new(field, format!("{} is not a URL: {e}", quoted(raw))))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(InvalidPolicy::new(
             field,
@@ -337,7 +466,7 @@ impl TryFrom<&pb::Provider> for Provider {
     type Error = InvalidPolicy;
 
     fn try_from(p: &pb::Provider) -> Result<Self, InvalidPolicy> {
-        let within = format!("provider {:?}", p.name);
+        let within = format!("provider {}", quoted(&p.name));
         validate_provider_name(&p.name).map_err(|e| e.within(&within))?;
         let kind = ProviderKind::from_wire(p.kind).map_err(|e| e.within(&within))?;
         let base_url = parse_base_url(&p.base_url).map_err(|e| e.within(&within))?;
@@ -368,13 +497,19 @@ impl TryFrom<&pb::AddProviderRequest> for Provider {
             }
             pb::add_provider_request::Credential::ApiKey(k) => pb::provider::Credential::ApiKey(k.clone()),
         });
-        Provider::try_from(&pb::Provider {
+        let provider = Provider::try_from(&pb::Provider {
             name: r.name.clone(),
             kind: r.kind,
             base_url: r.base_url.clone(),
             credential,
             api_version: r.api_version.clone(),
-        })
+        })?;
+        // Stricter than a snapshot: a new reference to Drover's own settings is refused outright
+        // (a data plane given one from an older store refuses to resolve it instead).
+        if let Credential::Env(var) = &provider.credential {
+            validate_credential_env(var).map_err(|e| e.within(&format!("provider {}", quoted(&r.name))))?;
+        }
+        Ok(provider)
     }
 }
 
@@ -428,7 +563,10 @@ impl Strategy {
             "weighted" => Ok(Strategy::Weighted),
             other => Err(InvalidPolicy::new(
                 "strategy",
-                format!("unknown strategy {other:?}; expected fallback or weighted"),
+                format!(
+                    "unknown strategy {}; expected fallback or weighted",
+                    quoted(other)
+                ),
             )),
         }
     }
@@ -456,7 +594,7 @@ impl Target {
         let Some((provider, model)) = spec.split_once('/') else {
             return Err(InvalidPolicy::new(
                 "target",
-                format!("{spec:?} must be PROVIDER/MODEL"),
+                format!("{} must be PROVIDER/MODEL", quoted(spec)),
             ));
         };
         validate_provider_name(provider).map_err(|e| InvalidPolicy::new("target", e.reason))?;
@@ -495,8 +633,15 @@ impl TryFrom<&pb::Route> for Route {
     type Error = InvalidPolicy;
 
     fn try_from(r: &pb::Route) -> Result<Self, InvalidPolicy> {
-        let within = format!("route {:?}", r.alias);
+        let within = format!("route {}", quoted(&r.alias));
         validate_model_name("alias", &r.alias).map_err(|e| e.within(&within))?;
+        if r.targets.len() > MAX_TARGETS {
+            return Err(InvalidPolicy::new(
+                "targets",
+                format!("at most {MAX_TARGETS} targets (got {})", r.targets.len()),
+            )
+            .within(&within));
+        }
         let strategy = match pb::RouteStrategy::try_from(r.strategy) {
             Ok(pb::RouteStrategy::Unspecified | pb::RouteStrategy::Fallback) => Strategy::Fallback,
             Ok(pb::RouteStrategy::Weighted) => Strategy::Weighted,
@@ -601,33 +746,38 @@ fn validate_price(field: &str, value: f64) -> Result<(), InvalidPolicy> {
 /// Checks a price key: a model name, or `provider/model` where the part before the first `/`
 /// is a valid provider name (the data plane looks up `provider/model` first, then `model`).
 pub fn validate_price_key(key: &str) -> Result<(), InvalidPolicy> {
-    validate_model_name("model", key)?;
-    if let Some((provider, model)) = key.split_once('/') {
-        if validate_provider_name(provider).is_err() {
-            return Err(InvalidPolicy::new(
-                "model",
-                format!(
-                    "{key:?}: before the '/', a price key names a provider (1-64 of a-z, 0-9, '-' and '_', \
-                     starting with a letter); to price a model whose name has a '/', prefix it with its \
-                     provider, e.g. vllm/{key}"
-                ),
-            ));
+    validate_name("model", key, MAX_PRICE_KEY_LEN)?;
+    match key.split_once('/') {
+        Some((provider, model)) => {
+            if validate_provider_name(provider).is_err() {
+                return Err(InvalidPolicy::new(
+                    "model",
+                    format!(
+                        "{}: before the '/', a price key names a provider (1-64 of a-z, 0-9, '-' and '_', \
+                         starting with a letter); to price a model whose name has a '/', prefix it with its \
+                         provider, e.g. vllm/{}",
+                        quoted(key),
+                        head(key, MAX_QUOTED_CHARS)
+                    ),
+                ));
+            }
+            if model.is_empty() {
+                return Err(InvalidPolicy::new(
+                    "model",
+                    format!("{}: a model name must follow the '/'", quoted(key)),
+                ));
+            }
+            validate_model_name("model", model)
         }
-        if model.is_empty() {
-            return Err(InvalidPolicy::new(
-                "model",
-                format!("{key:?}: a model name must follow the '/'"),
-            ));
-        }
+        None => validate_model_name("model", key),
     }
-    Ok(())
 }
 
 impl TryFrom<&pb::Price> for Price {
     type Error = InvalidPolicy;
 
     fn try_from(p: &pb::Price) -> Result<Self, InvalidPolicy> {
-        let within = format!("price {:?}", p.model);
+        let within = format!("price {}", quoted(&p.model));
         validate_price_key(&p.model).map_err(|e| e.within(&within))?;
         validate_price("input", p.input_per_mtok).map_err(|e| e.within(&within))?;
         validate_price("output", p.output_per_mtok).map_err(|e| e.within(&within))?;
@@ -654,6 +804,11 @@ impl From<&Price> for pb::Price {
         }
     }
 }
+
+/// The modules this version implements on the request path: the one list the admin API, the CLI
+/// and the data plane consult. A module that is not here is recorded and distributed like any
+/// other flag but changes nothing, so the admin API refuses to switch it on. Empty for now.
+pub const AVAILABLE_MODULES: &[Module] = &[];
 
 /// A gateway module that can be switched on at runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -694,11 +849,18 @@ impl Module {
                 InvalidPolicy::new(
                     "module",
                     format!(
-                        "unknown module {name:?}; expected one of {}",
+                        "unknown module {}; expected one of {}",
+                        quoted(name),
                         Self::ALL.map(Module::as_str).join(", ")
                     ),
                 )
             })
+    }
+
+    /// Whether this version implements the module on the request path (it is in
+    /// [`AVAILABLE_MODULES`]). Only an available module can be switched on.
+    pub fn is_available(self) -> bool {
+        AVAILABLE_MODULES.contains(&self)
     }
 
     fn bit(self) -> u8 {
@@ -730,6 +892,7 @@ impl Modules {
             .map(|m| pb::Module {
                 name: m.as_str().to_owned(),
                 enabled: self.is_enabled(m),
+                available: m.is_available(),
             })
             .collect()
     }
@@ -744,6 +907,55 @@ impl Modules {
         }
         set
     }
+}
+
+/// Most unavailable providers a data plane's report is kept with (the rest are dropped).
+pub const MAX_UNAVAILABLE_REPORTED: usize = 256;
+/// Longest reason kept for an unavailable provider, bytes.
+pub const MAX_UNAVAILABLE_REASON_LEN: usize = 512;
+
+/// A provider of the serving snapshot that a data plane cannot send requests to, and why (for
+/// operators; never the credential itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnavailableProvider {
+    pub provider: String,
+    pub reason: String,
+}
+
+impl UnavailableProvider {
+    /// A data plane's report from the wire, bounded: at most [`MAX_UNAVAILABLE_REPORTED`]
+    /// entries, names cut to [`MAX_PROVIDER_NAME_LEN`] and reasons to
+    /// [`MAX_UNAVAILABLE_REASON_LEN`] bytes, control characters replaced by spaces.
+    pub fn from_wire(list: &[pb::UnavailableProvider]) -> Vec<Self> {
+        list.iter()
+            .take(MAX_UNAVAILABLE_REPORTED)
+            .map(|u| UnavailableProvider {
+                provider: printable_prefix(&u.provider, MAX_PROVIDER_NAME_LEN),
+                reason: printable_prefix(&u.reason, MAX_UNAVAILABLE_REASON_LEN),
+            })
+            .collect()
+    }
+}
+
+impl From<&UnavailableProvider> for pb::UnavailableProvider {
+    fn from(u: &UnavailableProvider) -> Self {
+        pb::UnavailableProvider {
+            provider: u.provider.clone(),
+            reason: u.reason.clone(),
+        }
+    }
+}
+
+/// At most `max_bytes` of `s`, cut on a character boundary, control characters as spaces.
+fn printable_prefix(s: &str, max_bytes: usize) -> String {
+    let mut end = s.len().min(max_bytes);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end]
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// A complete, validated policy snapshot: every route names a provider that exists, names are unique.
@@ -769,11 +981,11 @@ impl TryFrom<&pb::Snapshot> for Snapshot {
             .iter()
             .map(Provider::try_from)
             .collect::<Result<Vec<_>, _>>()?;
-        let mut names = HashSet::new();
+        let mut kinds = HashMap::with_capacity(providers.len());
         for p in &providers {
-            if !names.insert(p.name.as_str()) {
+            if kinds.insert(p.name.as_str(), p.kind).is_some() {
                 return Err(InvalidPolicy::new(
-                    format!("provider {:?}", p.name),
+                    format!("provider {}", quoted(&p.name)),
                     "defined twice",
                 ));
             }
@@ -787,17 +999,23 @@ impl TryFrom<&pb::Snapshot> for Snapshot {
         for r in &routes {
             if !aliases.insert(r.alias.as_str()) {
                 return Err(InvalidPolicy::new(
-                    format!("route {:?}", r.alias),
+                    format!("route {}", quoted(&r.alias)),
                     "defined twice",
                 ));
             }
-            for t in &r.targets {
-                if !names.contains(t.provider.as_str()) {
+            for (i, t) in r.targets.iter().enumerate() {
+                let Some(kind) = kinds.get(t.provider.as_str()) else {
                     return Err(InvalidPolicy::new(
-                        format!("route {:?}", r.alias),
-                        format!("target {} names unknown provider {:?}", t.id(), t.provider),
+                        format!("route {}", quoted(&r.alias)),
+                        format!(
+                            "target {} names unknown provider {:?}",
+                            quoted(&t.id()),
+                            t.provider
+                        ),
                     ));
-                }
+                };
+                validate_target_model(*kind, "model", &t.model)
+                    .map_err(|e| e.within(&format!("route {}/targets[{i}]", quoted(&r.alias))))?;
             }
         }
         let prices = s
@@ -809,7 +1027,7 @@ impl TryFrom<&pb::Snapshot> for Snapshot {
         for p in &prices {
             if !models.insert(p.model.as_str()) {
                 return Err(InvalidPolicy::new(
-                    format!("price {:?}", p.model),
+                    format!("price {}", quoted(&p.model)),
                     "defined twice",
                 ));
             }
@@ -889,6 +1107,7 @@ mod tests {
             modules: vec![pb::Module {
                 name: "auth".into(),
                 enabled: true,
+                available: false,
             }],
         }
     }
@@ -928,6 +1147,7 @@ mod tests {
         s.modules.push(pb::Module {
             name: "telepathy".into(),
             enabled: true,
+            available: true,
         });
         let s = Snapshot::try_from(&s).unwrap();
         for m in Module::ALL {
@@ -1143,6 +1363,219 @@ mod tests {
         assert!(Target::parse("no-slash").is_err());
         assert!(Target::parse("Bad/x").is_err());
         assert!(Target::parse("ok/").is_err());
+    }
+
+    #[test]
+    fn quoting_cuts_huge_input() {
+        assert_eq!(quoted("gpt"), "\"gpt\"");
+        assert_eq!(quoted("a\nb"), "\"a\\nb\"");
+        let exact = "x".repeat(MAX_QUOTED_CHARS);
+        assert_eq!(quoted(&exact), format!("{exact:?}"));
+        let huge = "é".repeat(100_000);
+        let q = quoted(&huge);
+        assert!(q.len() < 200, "{q}");
+        assert!(q.ends_with("... (200000 bytes)"), "{q}");
+    }
+
+    /// Every limit: the longest value passes, one byte more is refused, and the error quotes at
+    /// most a short prefix of what it refused.
+    #[test]
+    fn every_limit_holds_and_errors_stay_short() {
+        let longest = |n: usize| "a".repeat(n);
+        let over = |n: usize| "a".repeat(n + 1);
+        let short = |e: InvalidPolicy| {
+            let text = e.to_string();
+            assert!(text.len() < 400, "{} bytes: {text}", text.len());
+            text
+        };
+        // Provider names: 64.
+        assert_eq!(validate_provider_name(&longest(MAX_PROVIDER_NAME_LEN)), Ok(()));
+        short(validate_provider_name(&over(MAX_PROVIDER_NAME_LEN)).unwrap_err());
+        // Aliases and models: 256.
+        assert_eq!(validate_model_name("model", &longest(MAX_NAME_LEN)), Ok(()));
+        let text = short(validate_model_name("model", &over(100_000)).unwrap_err());
+        assert!(text.contains("longer than 256 bytes"), "{text}");
+        let mut r = pb::Route {
+            alias: longest(MAX_NAME_LEN),
+            strategy: 0,
+            targets: vec![pb::Target {
+                provider: "p".into(),
+                model: longest(MAX_NAME_LEN),
+                weight: 1,
+            }],
+            cache_ttl_secs: 0,
+            retry_after_send: false,
+        };
+        assert!(Route::try_from(&r).is_ok());
+        r.alias = over(50_000);
+        short(Route::try_from(&r).unwrap_err());
+        r.alias = "a".into();
+        r.targets[0].model = over(MAX_NAME_LEN);
+        short(Route::try_from(&r).unwrap_err());
+        // Targets per route: 64.
+        r.targets = (0..MAX_TARGETS)
+            .map(|i| pb::Target {
+                provider: "p".into(),
+                model: format!("m{i}"),
+                weight: 1,
+            })
+            .collect();
+        assert!(Route::try_from(&r).is_ok());
+        r.targets.push(pb::Target {
+            provider: "p".into(),
+            model: "one-more".into(),
+            weight: 1,
+        });
+        let text = short(Route::try_from(&r).unwrap_err());
+        assert_eq!(text, "route \"a\"/targets: at most 64 targets (got 65)");
+        // Env var names: 128.
+        assert_eq!(validate_env_var(&longest(MAX_ENV_VAR_LEN)), Ok(()));
+        short(validate_env_var(&over(MAX_ENV_VAR_LEN)).unwrap_err());
+        // Base URLs: 2 KiB.
+        let url = |len: usize| {
+            format!(
+                "https://h.example/{}",
+                "p".repeat(len - "https://h.example/".len())
+            )
+        };
+        assert!(parse_base_url(&url(MAX_BASE_URL_LEN)).is_ok());
+        let text = short(parse_base_url(&url(MAX_BASE_URL_LEN + 1)).unwrap_err());
+        assert!(text.contains("longer than 2048 bytes"), "{text}");
+        // API keys: 8 KiB.
+        let mut p = provider("p");
+        p.credential = Some(pb::provider::Credential::ApiKey(longest(MAX_API_KEY_LEN)));
+        assert!(Provider::try_from(&p).is_ok());
+        p.credential = Some(pb::provider::Credential::ApiKey(over(MAX_API_KEY_LEN)));
+        let text = short(Provider::try_from(&p).unwrap_err());
+        assert!(!text.contains("aaaa"), "a key is never echoed: {text}");
+        // api-version: 64.
+        assert!(validate_api_version(&"1".repeat(MAX_API_VERSION_LEN)).is_ok());
+        short(validate_api_version(&"1".repeat(100_000)).unwrap_err());
+        // Price keys: a model of 256, or provider/model of 64 + 1 + 256.
+        let key = format!("{}/{}", longest(MAX_PROVIDER_NAME_LEN), longest(MAX_NAME_LEN));
+        assert_eq!(validate_price_key(&key), Ok(()));
+        assert_eq!(key.len(), MAX_PRICE_KEY_LEN);
+        short(validate_price_key(&format!("{key}a")).unwrap_err());
+        short(validate_price_key(&over(MAX_NAME_LEN)).unwrap_err());
+        short(validate_price_key(&format!("p/{}", over(MAX_NAME_LEN))).unwrap_err());
+        short(validate_price_key(&format!("{}/m", over(100_000))).unwrap_err());
+        // Other messages that quote their input.
+        short(Target::parse(&over(100_000)).unwrap_err());
+        short(Module::parse(&over(100_000)).unwrap_err());
+        short(ProviderKind::parse(&over(100_000)).unwrap_err());
+        short(Strategy::parse(&over(100_000)).unwrap_err());
+    }
+
+    #[test]
+    fn target_models_must_not_steer_the_url_of_kinds_that_put_them_in_it() {
+        let hostile = [
+            "../../../x?evil=1",
+            "dep#frag",
+            "gemini-pro:streamGenerateContent?alt=sse&key=x",
+            "\u{fc}",
+            "a/b",
+            "%2e%2e",
+            "..",
+            ".",
+            "a\\b",
+        ];
+        for kind in ProviderKind::ALL {
+            for model in hostile {
+                let result = validate_target_model(kind, "model", model);
+                assert_eq!(result.is_ok(), !model_in_path(kind), "{kind} {model:?}");
+            }
+            for model in ["gpt-4o-mini", "gemini-2.5-flash", "my_deployment.v2"] {
+                assert_eq!(
+                    validate_target_model(kind, "model", model),
+                    Ok(()),
+                    "{kind} {model}"
+                );
+            }
+            for model in ["a b", "a\u{0}", ""] {
+                assert!(
+                    validate_target_model(kind, "model", model).is_err(),
+                    "{kind} {model:?}"
+                );
+            }
+        }
+        assert!(model_in_path(ProviderKind::Azure) && model_in_path(ProviderKind::Gemini));
+        // Body-only kinds keep ids with '/' and ':'.
+        assert_eq!(
+            validate_target_model(ProviderKind::OpenAiCompatible, "model", "meta-llama/Llama-3-70b"),
+            Ok(())
+        );
+        assert_eq!(
+            validate_target_model(ProviderKind::OpenAiCompatible, "model", "llama3:8b"),
+            Ok(())
+        );
+        let err = validate_target_model(ProviderKind::Gemini, "model", "m:x").unwrap_err();
+        assert!(err.reason.contains("provider kind gemini"), "{err}");
+
+        // A snapshot whose route would steer an azure or gemini URL is refused.
+        let mut s = snapshot();
+        s.providers.push(azure("az", ""));
+        s.routes.push(route("evil", &[("az", "../../x?evil=1")]));
+        let err = Snapshot::try_from(&s).unwrap_err();
+        assert_eq!(err.field, "route \"evil\"/targets[0]/model", "{err}");
+    }
+
+    #[test]
+    fn drover_settings_are_never_credential_references_on_the_admin_api() {
+        let request = |var: &str| pb::AddProviderRequest {
+            name: "p".into(),
+            kind: pb::ProviderKind::Openai as i32,
+            base_url: "https://x.example/v1".into(),
+            credential: Some(pb::add_provider_request::Credential::ApiKeyEnv(var.into())),
+            replace: false,
+            api_version: String::new(),
+        };
+        for var in [
+            "DROVER_ADMIN_TOKEN",
+            "DROVER_MASTER_KEY",
+            "drover_dataplane_token",
+            "Drover_X",
+        ] {
+            let err = Provider::try_from(&request(var)).unwrap_err();
+            assert_eq!(err.field, "provider \"p\"/api_key_env", "{var}");
+            assert!(
+                err.reason.contains("one of Drover's own settings (DROVER_*)"),
+                "{err}"
+            );
+        }
+        assert!(Provider::try_from(&request("OPENAI_API_KEY")).is_ok());
+        assert!(Provider::try_from(&request("DROVERX_API_KEY")).is_ok());
+        // In a snapshot (an older store may hold one) it is left to the data plane to refuse.
+        let mut p = provider("p");
+        p.credential = Some(pb::provider::Credential::ApiKeyEnv("DROVER_ADMIN_TOKEN".into()));
+        assert!(Provider::try_from(&p).is_ok());
+    }
+
+    #[test]
+    fn modules_not_implemented_are_unavailable() {
+        for m in Module::ALL {
+            assert_eq!(m.is_available(), AVAILABLE_MODULES.contains(&m));
+        }
+        let wire = Modules::default().to_wire();
+        assert_eq!(wire.len(), Module::ALL.len());
+        assert!(
+            wire.iter()
+                .all(|m| m.available == Module::parse(&m.name).unwrap().is_available())
+        );
+    }
+
+    #[test]
+    fn unavailable_provider_reports_are_bounded() {
+        let long = pb::UnavailableProvider {
+            provider: "p".repeat(1000),
+            reason: format!("{}\n{}", "r".repeat(100), "é".repeat(1000)),
+        };
+        let list = UnavailableProvider::from_wire(&vec![long; MAX_UNAVAILABLE_REPORTED + 10]);
+        assert_eq!(list.len(), MAX_UNAVAILABLE_REPORTED);
+        assert_eq!(list[0].provider.len(), MAX_PROVIDER_NAME_LEN);
+        assert!(list[0].reason.len() <= MAX_UNAVAILABLE_REASON_LEN);
+        assert!(!list[0].reason.contains('\n'));
+        let back = pb::UnavailableProvider::from(&list[0]);
+        assert_eq!(back.reason, list[0].reason);
     }
 
     #[test]

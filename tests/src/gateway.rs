@@ -244,7 +244,7 @@ impl Drop for TestDataPlane {
 /// Test defaults for a data plane: short timeouts so failure tests finish quickly.
 pub fn dataplane_config(control_plane: &str) -> DpConfig {
     let env: drover_dataplane::providers::EnvLookup =
-        Arc::new(|var: &str| (var == "TEST_PROVIDER_KEY").then(|| "sk-test-provider-key".to_owned()));
+        Arc::new(|var: &str| (var == "TEST_PROVIDER_API_KEY").then(|| "sk-test-provider-key".to_owned()));
     let mut c = DpConfig::new("127.0.0.1:0".parse().expect("addr"), control_plane, env);
     c.token = Some(drover_proto::model::Secret::new("test-dataplane-token"));
     c.proxy.upstream_timeout = Duration::from_secs(5);
@@ -411,7 +411,7 @@ impl Gateway {
         }
     }
 
-    /// Adds an OpenAI-compatible provider (credential: env `TEST_PROVIDER_KEY`).
+    /// Adds an OpenAI-compatible provider (credential: env `TEST_PROVIDER_API_KEY`).
     pub async fn provider(&self, name: &str, base_url: &str) -> u64 {
         let v = self
             .admin
@@ -421,7 +421,7 @@ impl Gateway {
                 kind: pb::ProviderKind::OpenaiCompatible as i32,
                 base_url: base_url.into(),
                 credential: Some(pb::add_provider_request::Credential::ApiKeyEnv(
-                    "TEST_PROVIDER_KEY".into(),
+                    "TEST_PROVIDER_API_KEY".into(),
                 )),
                 replace: true,
                 api_version: String::new(),
@@ -434,7 +434,7 @@ impl Gateway {
         v
     }
 
-    /// Adds a provider of any kind (credential: env `TEST_PROVIDER_KEY`).
+    /// Adds a provider of any kind (credential: env `TEST_PROVIDER_API_KEY`).
     pub async fn provider_kind(&self, name: &str, kind: pb::ProviderKind, base_url: &str) -> u64 {
         let v = self
             .admin
@@ -444,7 +444,7 @@ impl Gateway {
                 kind: kind as i32,
                 base_url: base_url.into(),
                 credential: Some(pb::add_provider_request::Credential::ApiKeyEnv(
-                    "TEST_PROVIDER_KEY".into(),
+                    "TEST_PROVIDER_API_KEY".into(),
                 )),
                 replace: true,
                 api_version: String::new(),

@@ -209,7 +209,7 @@ async fn a_bad_or_missing_token_is_unauthenticated_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn module_flags_reach_the_data_plane_and_stored_keys_never_come_back() {
+async fn unavailable_modules_cannot_be_switched_on_and_stored_keys_never_come_back() {
     let up = MockProvider::openai().start().await;
     let gw = Gateway::builder().start().await;
     let mut a = gw.admin.clone();
@@ -245,33 +245,47 @@ async fn module_flags_reach_the_data_plane_and_stored_keys_never_come_back() {
         Some("Bearer sk-stored-secret")
     );
 
-    let v = a
+    // No module is implemented yet: switching one on is refused and changes nothing; switching
+    // one off is allowed.
+    let before = gw.version().await;
+    let err = a
         .set_module(pb::SetModuleRequest {
             name: "audit".into(),
             enabled: true,
         })
         .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message()
+            .starts_with("module audit is not available in this version of Drover"),
+        "{}",
+        err.message()
+    );
+    let off = a
+        .set_module(pb::SetModuleRequest {
+            name: "audit".into(),
+            enabled: false,
+        })
+        .await
         .unwrap()
         .into_inner();
     assert_eq!(
-        v.module.unwrap(),
+        off.module.unwrap(),
         pb::Module {
             name: "audit".into(),
-            enabled: true
+            enabled: false,
+            available: false,
         }
     );
-    gw.wait_all(v.version).await;
+    assert_eq!(off.version, before, "already off: nothing changed");
+    assert_eq!(gw.version().await, before);
     let modules = a
         .list_modules(pb::ListModulesRequest {})
         .await
         .unwrap()
         .into_inner()
         .modules;
-    let on: Vec<_> = modules
-        .iter()
-        .filter(|m| m.enabled)
-        .map(|m| m.name.as_str())
-        .collect();
-    assert_eq!(on, ["audit"]);
+    assert!(modules.iter().all(|m| !m.enabled && !m.available), "{modules:?}");
     assert_eq!(modules.len(), 5);
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use drover_proto::pb;
 use drover_tests::gateway::{TestDataPlane, dataplane_config};
 use drover_tests::{Gateway, MockProvider};
+use tokio::sync::mpsc;
 
 #[tokio::test]
 async fn a_route_change_reaches_a_running_data_plane_without_restart() {
@@ -104,83 +105,154 @@ async fn control_plane_restart_keeps_traffic_flowing_and_the_data_plane_reconnec
     assert_eq!(dp.served_version, after);
 }
 
+/// A control plane that sends the snapshots a test hands it, and hands back what the data plane
+/// answers: for snapshots the admin API could never produce.
+struct ScriptedControlPlane {
+    snapshots: std::sync::Mutex<Option<mpsc::Receiver<pb::Snapshot>>>,
+    answers: mpsc::Sender<pb::WatchRequest>,
+}
+
+type SnapshotStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<pb::Snapshot, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::policy_service_server::PolicyService for ScriptedControlPlane {
+    type WatchStream = SnapshotStream;
+
+    async fn watch(
+        &self,
+        request: tonic::Request<tonic::Streaming<pb::WatchRequest>>,
+    ) -> Result<tonic::Response<SnapshotStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let answers = self.answers.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = inbound.message().await {
+                let _ = answers.send(msg).await;
+            }
+        });
+        let snapshots = self.snapshots.lock().unwrap().take().expect("one stream");
+        let stream =
+            futures_util::stream::unfold(
+                snapshots,
+                |mut rx| async move { rx.recv().await.map(|s| (Ok(s), rx)) },
+            );
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+}
+
+fn snapshot(version: u64, up: &MockProvider, route: (&str, &str, &str)) -> pb::Snapshot {
+    pb::Snapshot {
+        store_id: "scripted".into(),
+        version,
+        providers: vec![pb::Provider {
+            name: "up".into(),
+            kind: pb::ProviderKind::Openai as i32,
+            base_url: up.base_url(),
+            credential: None,
+            api_version: String::new(),
+        }],
+        routes: vec![pb::Route {
+            alias: route.0.into(),
+            strategy: 0,
+            targets: vec![pb::Target {
+                provider: route.1.into(),
+                model: route.2.into(),
+                weight: 1,
+            }],
+            cache_ttl_secs: 0,
+            retry_after_send: false,
+        }],
+        prices: vec![],
+        modules: vec![],
+    }
+}
+
 #[tokio::test]
 async fn a_rejected_snapshot_leaves_the_old_policy_serving() {
     let up = MockProvider::openai().start().await;
-    let gw = Gateway::builder().start().await;
-    gw.provider("up", &up.base_url()).await;
-    let good = gw.route("m", &["up/one"]).await;
-
-    // The data plane cannot resolve this credential, so it NACKs the snapshot.
-    let bad = gw
-        .admin
-        .clone()
-        .add_provider(pb::AddProviderRequest {
-            name: "broken".into(),
-            kind: pb::ProviderKind::Openai as i32,
-            base_url: "https://api.example.com/v1".into(),
-            credential: Some(pb::add_provider_request::Credential::ApiKeyEnv(
-                "NOT_SET_ON_THE_DATA_PLANE".into(),
-            )),
-            replace: false,
-            api_version: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
-    assert!(bad > good);
-
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let dp = loop {
-        let status = gw
-            .admin
-            .clone()
-            .status(pb::StatusRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        let dp = status.dataplanes.into_iter().find(|d| d.id == "dp-0").unwrap();
-        if dp.rejected_version == bad {
-            break dp;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no NACK recorded: {dp:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let (snapshots, rx) = mpsc::channel(4);
+    let (answers, mut answered) = mpsc::channel(16);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = ScriptedControlPlane {
+        snapshots: std::sync::Mutex::new(Some(rx)),
+        answers,
     };
-    assert_eq!(dp.served_version, good);
-    assert!(
-        dp.last_error.contains("NOT_SET_ON_THE_DATA_PLANE is not set"),
-        "{}",
-        dp.last_error
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::policy_service_server::PolicyServiceServer::new(service))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
-    assert_eq!(gw.dps[0].version(), Some(good));
-    assert_eq!(
-        gw.chat("m", "x").await.json()["model"],
-        "one",
-        "old policy still serves"
-    );
+    let dp = TestDataPlane::start(dataplane_config(&format!("http://{addr}"))).await;
+    let mut next_answer = async || {
+        tokio::time::timeout(Duration::from_secs(10), answered.recv())
+            .await
+            .expect("the data plane answers")
+            .expect("stream open")
+    };
+    let hello = next_answer().await;
+    assert_eq!(hello.response_version, 0);
 
-    let metrics = gw.send("GET", "/metrics", "").await.text();
-    assert!(metrics.contains("drover_policy_rejected_total 1"), "{metrics}");
-
-    // Fixing the cause lets the next snapshot through.
-    let v = gw
-        .admin
-        .clone()
-        .remove_provider(pb::RemoveProviderRequest {
-            name: "broken".into(),
-        })
+    snapshots
+        .send(snapshot(1, &up, ("m", "up", "one")))
         .await
         .unwrap();
-    gw.wait_all(v.into_inner().version).await;
-    let status = gw
-        .admin
-        .clone()
-        .status(pb::StatusRequest {})
+    let ack = next_answer().await;
+    assert_eq!(
+        (ack.response_version, ack.error.as_str(), ack.version),
+        (1, "", 1)
+    );
+
+    // A snapshot that is not valid policy (a route to a provider it does not define) is NACKed
+    // with why, and the old one keeps serving.
+    snapshots
+        .send(snapshot(2, &up, ("m", "ghost", "two")))
+        .await
+        .unwrap();
+    let nack = next_answer().await;
+    assert_eq!((nack.response_version, nack.version), (2, 1));
+    assert!(
+        nack.error.contains("unknown provider \"ghost\""),
+        "{}",
+        nack.error
+    );
+    assert_eq!(dp.version(), Some(1));
+    let body = drover_tests::chat_body("m", "x", false);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let post = |body: String| {
+        let request = http::Request::post(format!("{}/v1/chat/completions", dp.url()))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        client.request(request)
+    };
+    let reply = post(body.clone()).await.unwrap();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(up.last_json().unwrap()["model"], "one", "old policy still serves");
+    let metrics = client
+        .get(format!("{}/metrics", dp.url()).parse().unwrap())
+        .await
+        .unwrap();
+    let metrics = http_body_util::BodyExt::collect(metrics.into_body())
         .await
         .unwrap()
-        .into_inner();
-    assert!(status.dataplanes[0].last_error.is_empty());
+        .to_bytes();
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("drover_policy_rejected_total 1"), "{metrics}");
+
+    // The next valid snapshot goes through.
+    snapshots
+        .send(snapshot(3, &up, ("m", "up", "three")))
+        .await
+        .unwrap();
+    let ack = next_answer().await;
+    assert_eq!(
+        (ack.response_version, ack.error.as_str(), ack.version),
+        (3, "", 3)
+    );
+    assert_eq!(post(body).await.unwrap().status(), 200);
+    assert_eq!(up.last_json().unwrap()["model"], "three");
 }
 
 #[tokio::test]

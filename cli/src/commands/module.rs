@@ -1,5 +1,6 @@
 //! `drover module`: the gateway modules (auth, rate_limit, spend_cap, audit, redact), switched
-//! on and off at runtime.
+//! on and off at runtime. Only a module this version implements (`available`) can be switched
+//! on; the control plane refuses the others, and that refusal is printed as the one error line.
 
 use clap::Subcommand;
 use drover_proto::model::Module;
@@ -12,9 +13,10 @@ use crate::output::{self, Table};
 
 #[derive(Debug, Subcommand)]
 pub enum ModuleCommand {
-    /// List the gateway modules and whether each is on.
+    /// List the gateway modules, whether each is on, and whether this version implements it.
     List(ListArgs),
-    /// Switch a module on: auth, rate_limit, spend_cap, audit or redact.
+    /// Switch a module on: auth, rate_limit, spend_cap, audit or redact (only one this version
+    /// implements; see `module list`).
     Enable {
         /// Module name.
         #[arg(value_parser = parse_module)]
@@ -37,6 +39,8 @@ fn parse_module(raw: &str) -> Result<Module, String> {
 pub struct ModuleRow {
     pub name: String,
     pub enabled: bool,
+    /// Whether this version implements it (only then can it be switched on).
+    pub available: bool,
 }
 
 impl From<pb::Module> for ModuleRow {
@@ -44,14 +48,23 @@ impl From<pb::Module> for ModuleRow {
         ModuleRow {
             name: m.name,
             enabled: m.enabled,
+            available: m.available,
         }
     }
 }
 
 fn table(rows: &[ModuleRow]) -> Table {
-    let mut t = Table::new(["MODULE", "STATE"]);
+    let mut t = Table::new(["MODULE", "STATE", "AVAILABLE"]);
     for r in rows {
-        t.row([r.name.clone(), if r.enabled { "on" } else { "off" }.to_owned()]);
+        t.row([
+            r.name.clone(),
+            if r.enabled { "on" } else { "off" }.to_owned(),
+            if r.available {
+                "yes".to_owned()
+            } else {
+                "no (not implemented in this version)".to_owned()
+            },
+        ]);
     }
     t
 }
@@ -133,15 +146,25 @@ mod tests {
                 ModuleRow::from(pb::Module {
                     name: m.as_str().into(),
                     enabled: m == Module::Auth,
+                    available: m == Module::Audit,
                 })
             })
             .collect();
         assert_eq!(
             table(&rows).render(),
-            "MODULE      STATE\nauth        on\nrate_limit  off\nspend_cap   off\naudit       off\nredact      off\n"
+            "MODULE      STATE  AVAILABLE\n\
+             auth        on     no (not implemented in this version)\n\
+             rate_limit  off    no (not implemented in this version)\n\
+             spend_cap   off    no (not implemented in this version)\n\
+             audit       off    yes\n\
+             redact      off    no (not implemented in this version)\n"
         );
         let json: serde_json::Value = serde_json::from_str(&output::json(&rows).unwrap()).unwrap();
-        assert_eq!(json[0], serde_json::json!({"name": "auth", "enabled": true}));
+        assert_eq!(
+            json[0],
+            serde_json::json!({"name": "auth", "enabled": true, "available": false})
+        );
+        assert_eq!(json[3]["available"], true);
         assert_eq!(json.as_array().unwrap().len(), 5);
     }
 }

@@ -59,6 +59,8 @@ pub struct AddArgs {
 #[group(multiple = false)]
 pub struct CredentialArgs {
     /// Environment variable of the data planes that holds the API key (the key never leaves them).
+    /// Data planes read only variables their --credential-env-allow matches (default *_API_KEY),
+    /// and never DROVER_* (refused here too).
     #[arg(long, value_name = "VAR")]
     api_key_env: Option<String>,
 

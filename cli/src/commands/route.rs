@@ -80,7 +80,9 @@ fn parse_target(spec: &str) -> Result<WeightedTarget, String> {
             }
             _ => {
                 return Err(format!(
-                    "weight {weight:?} in {spec:?} must be a whole number from 1 to {MAX_WEIGHT}"
+                    "weight {} in {} must be a whole number from 1 to {MAX_WEIGHT}",
+                    model::quoted(weight),
+                    model::quoted(spec)
                 ));
             }
         },

@@ -1,4 +1,5 @@
-//! `drover status`: the policy version, and each data plane with the version it serves.
+//! `drover status`: the policy version, and each data plane with the version it serves and the
+//! providers of that version it cannot use.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -41,6 +42,16 @@ pub struct DataPlaneRow {
     pub rejected_version: u64,
     /// Unix time in milliseconds of the last message from it.
     pub last_seen_unix_ms: i64,
+    /// Providers of the version it serves that it cannot use (requests to them get a 503).
+    pub unavailable_providers: Vec<UnavailableRow>,
+}
+
+/// A provider a data plane cannot use, in `status --json`.
+#[derive(Debug, Serialize)]
+pub struct UnavailableRow {
+    pub provider: String,
+    /// Why, as the data plane reported it (never the credential).
+    pub reason: String,
 }
 
 impl From<pb::StatusResponse> for StatusView {
@@ -60,6 +71,14 @@ impl From<pb::StatusResponse> for StatusView {
                     last_error: d.last_error,
                     rejected_version: d.rejected_version,
                     last_seen_unix_ms: d.last_seen_unix_ms,
+                    unavailable_providers: d
+                        .unavailable_providers
+                        .into_iter()
+                        .map(|u| UnavailableRow {
+                            provider: u.provider,
+                            reason: u.reason,
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -89,6 +108,7 @@ impl StatusView {
             "SERVES",
             "CONNECTED",
             "LAST SEEN",
+            "UNAVAILABLE",
             "LAST ERROR",
         ]);
         for d in &self.dataplanes {
@@ -112,11 +132,36 @@ impl StatusView {
                 serves,
                 if d.connected { "yes" } else { "no" }.to_owned(),
                 ago(d.last_seen_unix_ms, now_ms),
+                if d.unavailable_providers.is_empty() {
+                    "-".to_owned()
+                } else {
+                    d.unavailable_providers
+                        .iter()
+                        .map(|u| u.provider.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
                 error,
             ]);
         }
         out.push('\n');
         out.push_str(&t.render());
+        let unavailable: Vec<_> = self
+            .dataplanes
+            .iter()
+            .flat_map(|d| d.unavailable_providers.iter().map(move |u| (d, u)))
+            .collect();
+        if !unavailable.is_empty() {
+            out.push_str("\nunavailable providers (requests to them get 503):\n");
+            for (d, u) in unavailable {
+                out.push_str(&format!(
+                    "  {}  {}: {}\n",
+                    output::printable(&d.id),
+                    output::printable(&u.provider),
+                    output::printable(&u.reason)
+                ));
+            }
+        }
         out
     }
 }
@@ -179,6 +224,7 @@ mod tests {
                     last_error: String::new(),
                     rejected_version: 0,
                     last_seen_unix_ms: NOW - 3_000,
+                    unavailable_providers: vec![],
                 },
                 pb::DataPlaneStatus {
                     id: "dp-b".into(),
@@ -189,6 +235,16 @@ mod tests {
                     last_error: "route \"x\": bad\nthing".into(),
                     rejected_version: 7,
                     last_seen_unix_ms: NOW - 7_200_000,
+                    unavailable_providers: vec![
+                        pb::UnavailableProvider {
+                            provider: "groq".into(),
+                            reason: "environment variable GROQ_API_KEY is not set on this data plane".into(),
+                        },
+                        pb::UnavailableProvider {
+                            provider: "local".into(),
+                            reason: "environment variable HOME is not allowed".into(),
+                        },
+                    ],
                 },
             ],
         })
@@ -214,9 +270,13 @@ mod tests {
              store id        st-1\n\
              data planes     2 (1 connected)\n\
              \n\
-             ID    HTTP ADDR       SERVES       CONNECTED  LAST SEEN  LAST ERROR\n\
-             dp-a  127.0.0.1:8080  7 (current)  yes        3s ago     -\n\
-             dp-b  -               6 (behind)   no         2h ago     version 7 rejected: route \"x\": bad thing\n"
+             ID    HTTP ADDR       SERVES       CONNECTED  LAST SEEN  UNAVAILABLE  LAST ERROR\n\
+             dp-a  127.0.0.1:8080  7 (current)  yes        3s ago     -            -\n\
+             dp-b  -               6 (behind)   no         2h ago     groq,local   version 7 rejected: route \"x\": bad thing\n\
+             \n\
+             unavailable providers (requests to them get 503):\n  \
+             dp-b  groq: environment variable GROQ_API_KEY is not set on this data plane\n  \
+             dp-b  local: environment variable HOME is not allowed\n"
         );
         let empty = StatusView::from(pb::StatusResponse {
             version: 1,
@@ -245,7 +305,15 @@ mod tests {
                 "last_error": "",
                 "rejected_version": 0,
                 "last_seen_unix_ms": NOW - 3_000,
+                "unavailable_providers": [],
             })
+        );
+        assert_eq!(
+            json["dataplanes"][1]["unavailable_providers"],
+            serde_json::json!([
+                {"provider": "groq", "reason": "environment variable GROQ_API_KEY is not set on this data plane"},
+                {"provider": "local", "reason": "environment variable HOME is not allowed"},
+            ])
         );
     }
 

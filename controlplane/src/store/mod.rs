@@ -324,7 +324,42 @@ fn run(
     tracing::debug!("store closed");
 }
 
+/// Creates the database file readable and writable by its owner only (0600), like the token
+/// and key files beside it, unless it exists already (then it is left as it is, with a warning
+/// if others can read it). SQLite creates the `-wal` and `-shm` files with the database file's
+/// mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                if let Ok(meta) = std::fs::metadata(path)
+                    && meta.is_file()
+                    && meta.permissions().mode() & 0o077 != 0
+                {
+                    tracing::warn!(path = %path.display(), "the database is readable by other users (it holds provider keys, encrypted, and usage); chmod 600 it");
+                }
+            }
+            Ok(())
+        }
+        Err(source) => Err(StoreError::File {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
 fn open_db(path: &Path, key: &MasterKey) -> Result<Db, StoreError> {
+    create_private(path)?;
     let mut conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
@@ -409,6 +444,34 @@ mod tests {
 
     fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn the_database_and_its_wal_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("drover.db");
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        store
+            .add_provider(
+                provider("openai", Credential::Env("OPENAI_API_KEY".into())),
+                false,
+            )
+            .await
+            .unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        for file in ["drover.db", "drover.db-wal", "drover.db-shm"] {
+            let path = dir.path().join(file);
+            assert!(path.exists(), "{file} exists while the store is open");
+            assert_eq!(mode(&path), 0o600, "{file}");
+        }
+        thread.close().await.unwrap();
+        // An existing file is opened as it is.
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let (_, thread) = Store::open(&db, key()).await.unwrap();
+        assert_eq!(mode(&db), 0o640);
+        thread.close().await.unwrap();
     }
 
     #[tokio::test]

@@ -5,7 +5,9 @@
 //! both. Decrypted keys leave this file only inside a snapshot. `api_version` (Azure OpenAI's
 //! `api-version`) is NULL when the provider sets none.
 
-use drover_proto::model::{Credential, Provider, ProviderKind, Secret, parse_base_url, validate_api_version};
+use drover_proto::model::{
+    Credential, InvalidPolicy, Provider, ProviderKind, Secret, parse_base_url, quoted, validate_api_version,
+};
 use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::crypto::Cipher;
@@ -28,6 +30,17 @@ pub(super) fn upsert(
             "provider {:?} (use replace to overwrite it)",
             provider.name
         )));
+    }
+    // A replacement of another kind must still be able to carry its routes' models.
+    if let Some((alias, reason)) = super::routes::first_unfit_target(conn, &provider.name, provider.kind)? {
+        return Err(InvalidPolicy::new(
+            format!("provider {:?}/kind", provider.name),
+            format!(
+                "route {} targets this provider with a model it cannot carry: {reason}; change the route first",
+                quoted(&alias)
+            ),
+        )
+        .into());
     }
     let (env, enc) = match &provider.credential {
         Credential::None => (None, None),
@@ -69,6 +82,17 @@ pub(super) fn exists(conn: &Connection, name: &str) -> Result<bool, StoreError> 
         .query_row("SELECT 1 FROM providers WHERE name = ?1", [name], |_| Ok(()))
         .optional()?
         .is_some())
+}
+
+/// The kind of provider `name`, if it exists.
+pub(super) fn kind(conn: &Connection, name: &str) -> Result<Option<ProviderKind>, StoreError> {
+    let kind: Option<String> = conn
+        .query_row("SELECT kind FROM providers WHERE name = ?1", [name], |row| {
+            row.get(0)
+        })
+        .optional()?;
+    kind.map(|k| ProviderKind::parse(&k).map_err(|e| StoreError::Corrupt(format!("provider {name:?}: {e}"))))
+        .transpose()
 }
 
 /// Every provider, by name, with its key decrypted.

@@ -5,22 +5,32 @@
 
 use std::collections::HashMap;
 
-use drover_proto::model::{InvalidPolicy, Route, Strategy, Target};
+use drover_proto::model::{
+    InvalidPolicy, ProviderKind, Route, Strategy, Target, quoted, validate_target_model,
+};
 use rusqlite::{Connection, params};
 
 use super::providers;
 use crate::error::StoreError;
 
-/// Creates or replaces `route`. A target naming an unknown provider is invalid input.
+/// Creates or replaces `route`. A target naming an unknown provider, or a model its provider's
+/// kind cannot carry (see `model::validate_target_model`), is invalid input.
 pub(super) fn set(conn: &Connection, route: &Route) -> Result<(), StoreError> {
     for (i, target) in route.targets.iter().enumerate() {
-        if !providers::exists(conn, &target.provider)? {
+        let at = || format!("route {}/targets[{i}]", quoted(&route.alias));
+        let Some(kind) = providers::kind(conn, &target.provider)? else {
             return Err(InvalidPolicy::new(
-                format!("route {:?}/targets[{i}]/provider", route.alias),
+                format!("{}/provider", at()),
                 format!("unknown provider {:?}; add it first", target.provider),
             )
             .into());
-        }
+        };
+        validate_target_model(kind, "model", &target.model).map_err(|e| {
+            InvalidPolicy::new(
+                format!("{}/{}", at(), e.field),
+                format!("{} (provider {:?})", e.reason, target.provider),
+            )
+        })?;
     }
     conn.execute(
         "INSERT INTO routes (alias, strategy, cache_ttl_secs, retry_after_send) VALUES (?1, ?2, ?3, ?4)
@@ -55,6 +65,26 @@ pub(super) fn remove(conn: &Connection, alias: &str) -> Result<(), StoreError> {
         0 => Err(StoreError::NotFound(format!("route {alias:?}"))),
         _ => Ok(()),
     }
+}
+
+/// The first route with a target on `provider` whose model a provider of `kind` cannot carry:
+/// its alias and why. What replacing the provider with one of that kind would break.
+pub(super) fn first_unfit_target(
+    conn: &Connection,
+    provider: &str,
+    kind: ProviderKind,
+) -> Result<Option<(String, String)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT alias, model FROM route_targets WHERE provider = ?1 ORDER BY alias, position",
+    )?;
+    let mut rows = stmt.query([provider])?;
+    while let Some(row) = rows.next()? {
+        let model: String = row.get(1)?;
+        if let Err(e) = validate_target_model(kind, "model", &model) {
+            return Ok(Some((row.get(0)?, e.reason)));
+        }
+    }
+    Ok(None)
 }
 
 /// Aliases of the routes with a target on `provider`, sorted.

@@ -1,8 +1,9 @@
 //! The policy stream client: keeps one `PolicyService.Watch` stream open to the control
 //! plane, applies each snapshot (compile → swap → ACK, or NACK and keep the old one) and
 //! reconnects with jittered exponential backoff. An `https://` control plane is reached over
-//! TLS, its certificate checked against `Config::control_plane_trust`. While the control plane is away the data
-//! plane keeps serving the last policy it applied.
+//! TLS, its certificate checked against `Config::control_plane_trust`. While the control plane
+//! is away the data plane keeps serving the last policy it applied. Every message it sends
+//! lists the providers of the serving policy it cannot use, so `drover status` can show them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,8 +134,13 @@ async fn session(state: &AppState, http_addr: &str, applied_any: &mut bool) -> R
 
     let (tx, rx) = mpsc::channel::<pb::WatchRequest>(8);
     let id = state.config.dataplane_id.clone();
+    // Every message describes the policy served now, unavailable providers included.
     let message = |response_version: u64, error: String| {
-        let (store_id, version) = state.policy.serving().unwrap_or_default();
+        let serving = state.policy.load();
+        let (store_id, version) = serving
+            .as_ref()
+            .map(|p| (p.store_id.clone(), p.version))
+            .unwrap_or_default();
         pb::WatchRequest {
             dataplane_id: id.clone(),
             store_id,
@@ -142,6 +148,10 @@ async fn session(state: &AppState, http_addr: &str, applied_any: &mut bool) -> R
             response_version,
             error,
             http_addr: http_addr.to_owned(),
+            unavailable_providers: serving
+                .iter()
+                .flat_map(|p| p.unavailable.iter().map(Into::into))
+                .collect(),
         }
     };
     let _ = tx.send(message(0, String::new())).await;
@@ -155,13 +165,21 @@ async fn session(state: &AppState, http_addr: &str, applied_any: &mut bool) -> R
 
     while let Some(snapshot) = inbound.message().await? {
         let version = snapshot.version;
-        match Policy::compile(&snapshot, &state.config.env, &state.health) {
+        match Policy::compile(
+            &snapshot,
+            &state.config.env,
+            &state.config.credential_env_allow,
+            &state.health,
+        ) {
             Ok(policy) => {
                 let policy = Arc::new(policy);
                 state.policy.store(policy.clone());
                 state.metrics.policy_applied.inc();
                 *applied_any = true;
                 tracing::info!(version, "policy applied");
+                for u in &policy.unavailable {
+                    tracing::warn!(version, provider = %u.provider, reason = %u.reason, "provider unavailable on this data plane");
+                }
                 let _ = tx.send(message(version, String::new())).await;
                 if let Some(path) = state.config.last_good.clone() {
                     let saved =

@@ -5,18 +5,26 @@
 //! store. State that must outlive a swap (circuit breakers) lives in [`crate::proxy::health`],
 //! keyed by target id, and is carried into each new policy here. Owns no I/O: the stream
 //! client is in `client`, the last-good file in `last_good`.
+//!
+//! Only what makes the whole snapshot unusable fails a compile (and is NACKed): invalid policy.
+//! A provider this data plane cannot use (its credential cannot be resolved here) is compiled as
+//! unavailable and listed in [`Policy::unavailable`]: requests that need it get a 503 naming it,
+//! failover skips it, and everything else is served.
 
 pub mod client;
 pub mod last_good;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
-use drover_proto::model::{self, InvalidPolicy, Modules, Strategy};
+use drover_proto::model::{
+    self, InvalidPolicy, Modules, Strategy, UnavailableProvider, validate_target_model,
+};
 use drover_proto::pb;
 
+use crate::providers::credential::EnvAllowList;
 use crate::providers::{EnvLookup, ProviderRt};
 use crate::proxy::health::{HealthRegistry, TargetHealth};
 
@@ -52,6 +60,8 @@ pub struct Policy {
     pub store_id: String,
     pub version: u64,
     pub providers: HashMap<String, Arc<ProviderRt>>,
+    /// Providers this data plane cannot use, with why, sorted by name.
+    pub unavailable: Vec<UnavailableProvider>,
     pub routes: HashMap<String, CompiledRoute>,
     pub modules: Modules,
     /// Prices by `provider/model` (a per-provider override) or `model`.
@@ -69,17 +79,28 @@ fn json_string(s: &str) -> Bytes {
 }
 
 impl Policy {
-    /// Validates and indexes a snapshot. Never touches the serving policy.
+    /// Validates and indexes a snapshot, resolving `env:VAR` credentials through `env` for the
+    /// variables `allow` lets through. Never touches the serving policy.
     pub fn compile(
         snapshot: &pb::Snapshot,
         env: &EnvLookup,
+        allow: &EnvAllowList,
         health: &HealthRegistry,
     ) -> Result<Self, InvalidPolicy> {
         let valid = model::Snapshot::try_from(snapshot)?;
         let mut providers = HashMap::with_capacity(valid.providers.len());
+        let mut unavailable = Vec::new();
         for p in &valid.providers {
-            providers.insert(p.name.clone(), Arc::new(ProviderRt::compile(p, env)?));
+            let rt = ProviderRt::compile(p, env, allow);
+            if let Some(reason) = &rt.unavailable {
+                unavailable.push(UnavailableProvider {
+                    provider: p.name.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            providers.insert(p.name.clone(), Arc::new(rt));
         }
+        unavailable.sort_by(|a, b| a.provider.cmp(&b.provider));
         let mut routes = HashMap::with_capacity(valid.routes.len());
         let mut listed: Vec<(String, String)> = Vec::new();
         for r in &valid.routes {
@@ -87,13 +108,13 @@ impl Policy {
             for t in &r.targets {
                 let provider = providers.get(&t.provider).cloned().ok_or_else(|| {
                     InvalidPolicy::new(
-                        format!("route {:?}", r.alias),
+                        format!("route {}", model::quoted(&r.alias)),
                         format!("unknown provider {:?}", t.provider),
                     )
                 })?;
                 let id = t.id();
                 targets.push(Arc::new(CompiledTarget {
-                    health: health.get(&id),
+                    health: health.configured(&id),
                     id,
                     provider,
                     model_json: json_string(&t.model),
@@ -122,7 +143,11 @@ impl Policy {
                 },
             );
         }
-        health.retain_providers(|name| providers.contains_key(name));
+        let ids: HashSet<&str> = routes
+            .values()
+            .flat_map(|r| r.targets.iter().map(|t| t.id.as_str()))
+            .collect();
+        health.retain(|id| ids.contains(id), |name| providers.contains_key(name));
         listed.sort();
         listed.dedup_by(|a, b| a.0 == b.0);
         let data: Vec<_> = listed
@@ -149,6 +174,7 @@ impl Policy {
             store_id: valid.store_id,
             version: valid.version,
             providers,
+            unavailable,
             routes,
             modules: valid.modules,
             prices: valid
@@ -172,21 +198,32 @@ impl Policy {
             .or_else(|| self.prices.get(model))
     }
 
-    /// A direct `provider/model` target, built for one request.
-    pub fn direct_target(&self, name: &str, health: &HealthRegistry) -> Option<Arc<CompiledTarget>> {
-        let (provider, model) = name.split_once('/')?;
+    /// A direct `provider/model` target, built for one request: `Ok(None)` when `name` names
+    /// no provider of this policy, an error when the model cannot be sent to that provider
+    /// (see [`model::validate_target_model`]: it would change the URL the provider receives).
+    pub fn direct_target(
+        &self,
+        name: &str,
+        health: &HealthRegistry,
+    ) -> Result<Option<Arc<CompiledTarget>>, InvalidPolicy> {
+        let Some((provider, model)) = name.split_once('/') else {
+            return Ok(None);
+        };
         if model.is_empty() {
-            return None;
+            return Ok(None);
         }
-        let provider = self.providers.get(provider)?.clone();
-        Some(Arc::new(CompiledTarget {
+        let Some(provider) = self.providers.get(provider) else {
+            return Ok(None);
+        };
+        validate_target_model(provider.kind, "model", model)?;
+        Ok(Some(Arc::new(CompiledTarget {
             id: name.to_owned(),
-            health: health.get(name),
-            provider,
+            health: health.direct(name),
+            provider: provider.clone(),
             model_json: json_string(model),
             model: model.to_owned(),
             weight: 1,
-        }))
+        })))
     }
 }
 
@@ -221,7 +258,7 @@ mod tests {
     use super::*;
 
     fn env() -> EnvLookup {
-        Arc::new(|var: &str| (var == "KEY_SET").then(|| "sk-test".to_owned()))
+        Arc::new(|var: &str| (var == "KEY_SET_API_KEY").then(|| "sk-test".to_owned()))
     }
 
     fn snapshot(env_var: &str) -> pb::Snapshot {
@@ -258,10 +295,15 @@ mod tests {
         }
     }
 
+    fn compile(snapshot: &pb::Snapshot, health: &HealthRegistry) -> Result<Policy, InvalidPolicy> {
+        Policy::compile(snapshot, &env(), &EnvAllowList::default(), health)
+    }
+
     #[test]
     fn compiles_routes_models_and_credentials() {
         let health = HealthRegistry::default();
-        let p = Policy::compile(&snapshot("KEY_SET"), &env(), &health).unwrap();
+        let p = compile(&snapshot("KEY_SET_API_KEY"), &health).unwrap();
+        assert!(p.unavailable.is_empty());
         let route = &p.routes["fast"];
         assert_eq!(route.targets[0].model, "big", "weighted targets sorted by weight");
         assert_eq!(route.total_weight, 10);
@@ -291,21 +333,117 @@ mod tests {
     #[test]
     fn health_state_survives_recompiles() {
         let health = HealthRegistry::default();
-        let a = Policy::compile(&snapshot("KEY_SET"), &env(), &health).unwrap();
-        let b = Policy::compile(&snapshot("KEY_SET"), &env(), &health).unwrap();
+        let a = compile(&snapshot("KEY_SET_API_KEY"), &health).unwrap();
+        let b = compile(&snapshot("KEY_SET_API_KEY"), &health).unwrap();
         assert!(Arc::ptr_eq(
             &a.routes["fast"].targets[0].health,
             &b.routes["fast"].targets[0].health
         ));
-        let direct = b.direct_target("up/big", &health).unwrap();
+        let direct = b.direct_target("up/big", &health).unwrap().unwrap();
         assert!(Arc::ptr_eq(&direct.health, &b.routes["fast"].targets[0].health));
-        assert!(b.direct_target("nope/big", &health).is_none());
-        assert!(b.direct_target("up/", &health).is_none());
+        assert!(b.direct_target("nope/big", &health).unwrap().is_none());
+        assert!(b.direct_target("up/", &health).unwrap().is_none());
+        assert!(b.direct_target("no-slash", &health).unwrap().is_none());
     }
 
     #[test]
-    fn unresolvable_credential_is_rejected() {
-        let err = Policy::compile(&snapshot("KEY_MISSING"), &env(), &HealthRegistry::default()).unwrap_err();
-        assert!(err.to_string().contains("KEY_MISSING is not set"), "{err}");
+    fn an_unresolvable_credential_marks_its_provider_unavailable_and_the_rest_compiles() {
+        let mut s = snapshot("KEY_MISSING_API_KEY");
+        s.providers.push(pb::Provider {
+            name: "good".into(),
+            kind: pb::ProviderKind::Openai as i32,
+            base_url: "http://127.0.0.1:9/v1".into(),
+            credential: Some(pb::provider::Credential::ApiKeyEnv("KEY_SET_API_KEY".into())),
+            api_version: String::new(),
+        });
+        s.providers.push(pb::Provider {
+            name: "greedy".into(),
+            kind: pb::ProviderKind::Openai as i32,
+            base_url: "http://127.0.0.1:9/v1".into(),
+            credential: Some(pb::provider::Credential::ApiKeyEnv("DROVER_ADMIN_TOKEN".into())),
+            api_version: String::new(),
+        });
+        let p = compile(&s, &HealthRegistry::default()).unwrap();
+        assert_eq!(p.version, 7);
+        let reasons: Vec<(&str, &str)> = p
+            .unavailable
+            .iter()
+            .map(|u| (u.provider.as_str(), u.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (
+                    "greedy",
+                    "environment variable DROVER_ADMIN_TOKEN is one of Drover's own settings (DROVER_*) and is never sent to a provider"
+                ),
+                (
+                    "up",
+                    "environment variable KEY_MISSING_API_KEY is not set on this data plane"
+                ),
+            ]
+        );
+        assert!(p.providers["good"].unavailable.is_none());
+        assert!(p.providers["up"].unavailable.is_some());
+        assert_eq!(
+            p.routes["fast"].targets.len(),
+            2,
+            "its routes are kept; failover skips it"
+        );
+    }
+
+    #[test]
+    fn a_route_target_that_would_steer_the_url_is_refused() {
+        for (kind, model, ok) in [
+            (pb::ProviderKind::Azure, "my-deployment", true),
+            (pb::ProviderKind::Azure, "../../x?evil=1", false),
+            (pb::ProviderKind::Azure, "dep#frag", false),
+            (pb::ProviderKind::Gemini, "gemini-2.5-flash", true),
+            (
+                pb::ProviderKind::Gemini,
+                "gemini-pro:streamGenerateContent",
+                false,
+            ),
+            (pb::ProviderKind::Gemini, "..", false),
+            (pb::ProviderKind::OpenaiCompatible, "meta-llama/Llama-3-70b", true),
+            (pb::ProviderKind::OpenaiCompatible, "llama3:8b", true),
+            (pb::ProviderKind::OpenaiCompatible, "a\u{0}b", false),
+        ] {
+            let mut s = snapshot("KEY_SET_API_KEY");
+            s.providers[0].kind = kind as i32;
+            s.routes[0].targets[0].model = model.into();
+            let compiled = compile(&s, &HealthRegistry::default());
+            assert_eq!(compiled.is_ok(), ok, "{kind:?} {model:?}: {:?}", compiled.err());
+            if let Err(e) = compiled {
+                assert!(e.field.starts_with("route \"fast\"/targets[0]"), "{e}");
+            }
+        }
+    }
+
+    #[test]
+    fn direct_names_that_would_steer_the_url_are_refused() {
+        let mut s = snapshot("KEY_SET_API_KEY");
+        s.providers[0].kind = pb::ProviderKind::Gemini as i32;
+        s.routes.clear();
+        let health = HealthRegistry::default();
+        let p = compile(&s, &health).unwrap();
+        assert_eq!(
+            p.direct_target("up/gemini-2.5-flash", &health)
+                .unwrap()
+                .unwrap()
+                .model,
+            "gemini-2.5-flash"
+        );
+        for bad in [
+            "up/m:streamGenerateContent?alt=sse",
+            "up/a/b",
+            "up/..",
+            "up/\u{fc}",
+            "up/a b",
+        ] {
+            let err = p.direct_target(bad, &health).unwrap_err();
+            assert_eq!(err.field, "model", "{bad}");
+        }
+        assert_eq!(health.len(), (0, 0), "nothing remembered for refused names");
     }
 }

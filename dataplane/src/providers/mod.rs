@@ -1,16 +1,23 @@
 //! Upstream providers: the compiled form of a provider (URLs, auth header), the upstream
 //! request each kind expects, and the shared HTTP client that reaches them. What is
-//! specific to a kind (URL shapes, auth headers) lives in its own file.
+//! specific to a kind (URL shapes, auth headers) lives in its own file; resolving credentials
+//! in `credential`.
+//!
+//! Callers never steer the upstream URL: kinds that carry the model in the JSON body only go to
+//! fixed paths without a query, and kinds that put it in the path (Azure, Gemini) take only a
+//! model that is exactly one safe path segment (`model::is_path_segment_model`), checked again
+//! here whatever was checked before.
 
 pub mod anthropic;
 pub mod azure;
+pub mod credential;
 pub mod gemini;
 pub mod openai;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use drover_proto::model::{Credential, InvalidPolicy, Provider, ProviderKind};
+use drover_proto::model::{Provider, ProviderKind, is_path_segment_model};
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use http_body_util::Full;
@@ -65,6 +72,9 @@ pub struct ProviderRt {
     pub name: String,
     pub kind: ProviderKind,
     pub family: Family,
+    /// Why this data plane cannot send requests to it (e.g. its credential cannot be resolved
+    /// here); `None` when it can. Never contains the credential.
+    pub unavailable: Option<String>,
     /// Base URL without a trailing slash.
     base: String,
     /// The auth header this kind uses, its value marked sensitive.
@@ -80,6 +90,8 @@ pub struct ProviderRt {
 pub enum BuildError {
     #[error("operation not offered by this provider kind")]
     Unsupported,
+    #[error("the model cannot be put into this provider's URL")]
+    Model,
     #[error("invalid upstream URL")]
     Url(#[from] http::uri::InvalidUri),
     #[error("invalid upstream request")]
@@ -87,45 +99,44 @@ pub enum BuildError {
 }
 
 impl ProviderRt {
-    /// Compiles a provider; fails if its credential cannot be resolved on this data plane.
-    pub fn compile(p: &Provider, env: &EnvLookup) -> Result<Self, InvalidPolicy> {
-        let at = |reason: String| InvalidPolicy::new(format!("provider {:?}", p.name), reason);
-        let key = match &p.credential {
-            Credential::None => None,
-            Credential::Key(k) => Some(k.expose().to_owned()),
-            Credential::Env(var) => Some(env(var).filter(|v| !v.is_empty()).ok_or_else(|| {
-                at(format!(
-                    "environment variable {var} is not set on this data plane"
-                ))
-            })?),
-        };
-        let auth = key
-            .map(|k| {
-                let (name, value) = match p.kind {
-                    ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => openai::auth(&k),
-                    ProviderKind::Azure => azure::auth(&k),
-                    ProviderKind::Anthropic => anthropic::auth(&k),
-                    ProviderKind::Gemini => gemini::auth(&k),
-                };
-                let mut v = HeaderValue::try_from(value)
-                    .map_err(|_| at("the API key contains characters not allowed in a header".to_owned()))?;
-                v.set_sensitive(true);
-                Ok::<_, InvalidPolicy>((name, v))
-            })
-            .transpose()?;
-        let base = p.base_url.as_str().trim_end_matches('/').to_owned();
+    /// Compiles a provider. Never fails: a provider whose credential cannot be resolved on
+    /// this data plane (or whose URLs cannot be built) is compiled as unavailable, with why.
+    pub fn compile(p: &Provider, env: &EnvLookup, allow: &credential::EnvAllowList) -> Self {
         let mut rt = ProviderRt {
             name: p.name.clone(),
             kind: p.kind,
             family: Family::of(p.kind),
-            base,
-            auth,
+            unavailable: None,
+            base: p.base_url.as_str().trim_end_matches('/').to_owned(),
+            auth: None,
             api_version: p
                 .api_version
                 .clone()
                 .unwrap_or_else(|| drover_proto::model::DEFAULT_AZURE_API_VERSION.to_owned()),
             fixed: Vec::new(),
         };
+        match credential::resolve(&p.credential, env, allow) {
+            Ok(None) => {}
+            Ok(Some(key)) => {
+                let (name, value) = match p.kind {
+                    ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => openai::auth(&key),
+                    ProviderKind::Azure => azure::auth(&key),
+                    ProviderKind::Anthropic => anthropic::auth(&key),
+                    ProviderKind::Gemini => gemini::auth(&key),
+                };
+                match HeaderValue::try_from(value) {
+                    Ok(mut v) => {
+                        v.set_sensitive(true);
+                        rt.auth = Some((name, v));
+                    }
+                    Err(_) => {
+                        rt.unavailable =
+                            Some("its API key contains characters not allowed in a header".to_owned());
+                    }
+                }
+            }
+            Err(reason) => rt.unavailable = Some(reason),
+        }
         for op in [
             Op::Chat,
             Op::Completions,
@@ -137,10 +148,13 @@ impl ProviderRt {
             match rt.build_url(op, "", false) {
                 Ok(Some(uri)) => rt.fixed.push((op, uri)),
                 Ok(None) | Err(BuildError::Unsupported) => {}
-                Err(e) => return Err(at(format!("base URL is not usable: {e}"))),
+                Err(e) => {
+                    rt.unavailable
+                        .get_or_insert_with(|| format!("its base URL is not usable: {e}"));
+                }
             }
         }
-        Ok(rt)
+        rt
     }
 
     /// `Some(uri)` for a URL that does not depend on the model; `None` for one that does.
@@ -148,18 +162,13 @@ impl ProviderRt {
         let path = match self.kind {
             ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => openai::path(op).map(str::to_owned),
             ProviderKind::Anthropic => anthropic::path(op).map(str::to_owned),
-            ProviderKind::Azure => {
-                if model.is_empty() {
-                    return Ok(None);
-                }
-                azure::path(op, model, &self.api_version)
+            ProviderKind::Azure | ProviderKind::Gemini if model.is_empty() => return Ok(None),
+            // The model goes into the path: exactly one segment that needs no escaping, or nothing.
+            ProviderKind::Azure | ProviderKind::Gemini if !is_path_segment_model(model) => {
+                return Err(BuildError::Model);
             }
-            ProviderKind::Gemini => {
-                if model.is_empty() {
-                    return Ok(None);
-                }
-                gemini::path(op, model, stream)
-            }
+            ProviderKind::Azure => azure::path(op, model, &self.api_version),
+            ProviderKind::Gemini => gemini::path(op, model, stream),
         }
         .ok_or(BuildError::Unsupported)?;
         Ok(Some(Uri::try_from(format!("{}{path}", self.base))?))
@@ -245,17 +254,25 @@ pub fn http_client(connect_timeout: Duration) -> HttpClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use drover_proto::model::Secret;
+    use drover_proto::model::{Credential, Secret};
 
-    fn provider(kind: ProviderKind, base: &str) -> ProviderRt {
+    fn provider_with(kind: ProviderKind, base: &str, credential: Credential) -> ProviderRt {
         let p = Provider {
             name: "p".into(),
             kind,
             base_url: drover_proto::model::parse_base_url(base).unwrap(),
-            credential: Credential::Key(Secret::new("k-1")),
+            credential,
             api_version: None,
         };
-        ProviderRt::compile(&p, &(std::sync::Arc::new(|_: &str| None) as EnvLookup)).unwrap()
+        let env: EnvLookup =
+            std::sync::Arc::new(|var: &str| (var == "SET_API_KEY").then(|| "k-env".to_owned()));
+        ProviderRt::compile(&p, &env, &credential::EnvAllowList::default())
+    }
+
+    fn provider(kind: ProviderKind, base: &str) -> ProviderRt {
+        let p = provider_with(kind, base, Credential::Key(Secret::new("k-1")));
+        assert_eq!(p.unavailable, None);
+        p
     }
 
     fn rid() -> HeaderValue {
@@ -369,5 +386,111 @@ mod tests {
         let azure = provider(ProviderKind::Azure, "https://res.openai.azure.com");
         assert!(!azure.offers(Op::Responses));
         assert!(azure.offers(Op::Embeddings));
+    }
+
+    #[test]
+    fn a_model_never_changes_the_path_method_or_query() {
+        let id = rid();
+        let hostile = [
+            "../../../x?evil=1",
+            "dep#frag",
+            "gemini-pro:streamGenerateContent?alt=sse&key=x",
+            "\u{fc}",
+            "a/b",
+            "%2e%2e",
+            "..",
+            ".",
+            "x y",
+            "x\ny",
+        ];
+        // Kinds with the model in the body: always their fixed path, never a query.
+        for (kind, base, op, path) in [
+            (
+                ProviderKind::OpenAi,
+                "https://o.example/v1",
+                Op::Chat,
+                "/v1/chat/completions",
+            ),
+            (
+                ProviderKind::OpenAiCompatible,
+                "https://c.example/v1",
+                Op::Embeddings,
+                "/v1/embeddings",
+            ),
+            (
+                ProviderKind::Anthropic,
+                "https://a.example/v1",
+                Op::Messages,
+                "/v1/messages",
+            ),
+        ] {
+            let p = provider(kind, base);
+            for model in hostile {
+                let req = p.request(&up(op, model, true, &id), Bytes::new()).unwrap();
+                assert_eq!(req.uri().path(), path, "{kind} {model:?}");
+                assert_eq!(req.uri().query(), None, "{kind} {model:?}");
+            }
+        }
+        // Kinds with the model in the path: refused, whatever the operation.
+        for (kind, base, op) in [
+            (ProviderKind::Azure, "https://res.openai.azure.com", Op::Chat),
+            (
+                ProviderKind::Azure,
+                "https://res.openai.azure.com",
+                Op::Embeddings,
+            ),
+            (ProviderKind::Gemini, "https://g.example/v1beta", Op::Generate),
+        ] {
+            let p = provider(kind, base);
+            for model in hostile {
+                for stream in [false, true] {
+                    assert!(
+                        matches!(
+                            p.request(&up(op, model, stream, &id), Bytes::new()),
+                            Err(BuildError::Model)
+                        ),
+                        "{kind} {model:?}"
+                    );
+                }
+            }
+            let ok = p
+                .request(&up(op, "Model_1.5-x", false, &id), Bytes::new())
+                .unwrap();
+            assert!(ok.uri().path().contains("/Model_1.5-x"), "{}", ok.uri());
+        }
+    }
+
+    #[test]
+    fn an_unresolvable_credential_makes_the_provider_unavailable_not_invalid() {
+        let env = |var: &str| Credential::Env(var.to_owned());
+        let ok = provider_with(ProviderKind::OpenAi, "https://o.example/v1", env("SET_API_KEY"));
+        assert_eq!(ok.unavailable, None);
+        let id = rid();
+        let req = ok.request(&up(Op::Chat, "m", false, &id), Bytes::new()).unwrap();
+        assert_eq!(req.headers()["authorization"], "Bearer k-env");
+        for (credential, want) in [
+            (
+                env("UNSET_API_KEY"),
+                "environment variable UNSET_API_KEY is not set on this data plane",
+            ),
+            (
+                env("HOME"),
+                "HOME is not allowed by this data plane's --credential-env-allow (*_API_KEY)",
+            ),
+            (
+                env("DROVER_ADMIN_TOKEN"),
+                "DROVER_ADMIN_TOKEN is one of Drover's own settings",
+            ),
+            (
+                Credential::Key(Secret::new("bad\u{7f}key")),
+                "its API key contains characters not allowed in a header",
+            ),
+        ] {
+            let p = provider_with(ProviderKind::Anthropic, "https://a.example/v1", credential);
+            let reason = p.unavailable.clone().unwrap();
+            assert!(reason.contains(want), "{reason}");
+            assert!(!reason.contains("bad\u{7f}key"));
+            assert!(p.auth.is_none());
+        }
     }
 }

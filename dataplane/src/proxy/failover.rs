@@ -1,5 +1,6 @@
 //! Dispatch with failover: try the route's targets until one answers, within one deadline.
-//! Targets that cannot take the call (see `plan`) are left out before the first attempt.
+//! Targets that cannot take the call (see `plan`) or whose provider this data plane cannot use
+//! (`ProviderRt::unavailable`) are left out before the first attempt.
 //!
 //! Failures are classified by when they happened ([`FailureKind`]). Retried: could-not-connect
 //! errors (nothing was sent), timeouts, 429 and 5xx, and only before anything reached the
@@ -79,7 +80,14 @@ pub async fn dispatch(
     // Prepare every target up front; those that cannot take the call drop out here.
     let mut usable: Vec<(Arc<CompiledTarget>, Prepared<'_>)> = Vec::with_capacity(candidates.len());
     let mut skipped: Option<Skip> = None;
+    // The first provider this data plane cannot use, if every usable target is missing.
+    let mut unavailable: Option<(&str, &str)> = None;
     for target in candidates {
+        if let Some(reason) = &target.provider.unavailable {
+            tracing::debug!(target = %target.id, reason, "target skipped: provider unavailable");
+            unavailable.get_or_insert((&target.provider.name, reason));
+            continue;
+        }
         match plan::prepare(call, target) {
             Ok(prepared) => usable.push((target.clone(), prepared)),
             Err(skip) => {
@@ -97,13 +105,17 @@ pub async fn dispatch(
         }
     }
     if usable.is_empty() {
-        return Err(match skipped {
-            Some(Skip::Invalid(e)) => ProxyError::BadRequest(e),
-            Some(Skip::Strict(dropped)) => ProxyError::Untranslatable {
+        return Err(match (skipped, unavailable) {
+            (Some(Skip::Invalid(e)), _) => ProxyError::BadRequest(e),
+            (Some(Skip::Strict(dropped)), _) => ProxyError::Untranslatable {
                 features: dropped.names().to_vec(),
             },
-            Some(Skip::Unsupported(message)) => ProxyError::Unsupported { message },
-            None => ProxyError::NoTarget {
+            (_, Some((provider, reason))) => ProxyError::ProviderUnavailable {
+                provider: provider.to_owned(),
+                reason: reason.to_owned(),
+            },
+            (Some(Skip::Unsupported(message)), None) => ProxyError::Unsupported { message },
+            (None, None) => ProxyError::NoTarget {
                 retry_after_secs: None,
             },
         });

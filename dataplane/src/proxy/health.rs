@@ -2,8 +2,10 @@
 //!
 //! All lock-free: atomics only. Health is keyed by the stable target id (`provider/model`)
 //! in a [`HealthRegistry`] that lives beside the policy, so a policy swap keeps what was
-//! learnt about a target. The registry map is touched when a policy is compiled and for
-//! direct `provider/model` requests; route targets hold their `Arc` directly.
+//! learnt about a target. Route targets (chosen by operators) are kept exactly as long as a
+//! policy names them and hold their `Arc` directly. Direct `provider/model` names are chosen by
+//! callers, so their health lives in a bounded cache ([`MAX_DIRECT_TARGETS`] entries, least
+//! recently used out first): unique names cannot grow memory.
 
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -11,6 +13,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use moka::sync::Cache;
 
 /// Milliseconds on a monotonic clock (since first use), never 0.
 pub fn now_ms() -> u64 {
@@ -180,30 +183,86 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Health of every target seen, by id. Outlives policy swaps.
-#[derive(Debug, Default)]
+/// Most direct (`provider/model` named by callers) targets whose health is remembered.
+pub const MAX_DIRECT_TARGETS: u64 = 1024;
+
+/// Health of every target, by id. Outlives policy swaps.
+#[derive(Debug)]
 pub struct HealthRegistry {
-    targets: DashMap<String, Arc<TargetHealth>>,
+    /// Targets of the routes of the serving policy (and the one being compiled).
+    configured: DashMap<String, Arc<TargetHealth>>,
+    /// Direct targets, bounded.
+    direct: Cache<String, Arc<TargetHealth>>,
+}
+
+impl Default for HealthRegistry {
+    fn default() -> Self {
+        Self::with_direct_capacity(MAX_DIRECT_TARGETS)
+    }
 }
 
 impl HealthRegistry {
-    /// The health of a target, created on first use.
-    pub fn get(&self, id: &str) -> Arc<TargetHealth> {
-        if let Some(h) = self.targets.get(id) {
-            return h.clone();
+    /// A registry that remembers the health of at most `direct` direct targets.
+    pub fn with_direct_capacity(direct: u64) -> Self {
+        HealthRegistry {
+            configured: DashMap::new(),
+            direct: Cache::new(direct),
         }
-        self.targets.entry(id.to_owned()).or_default().clone()
     }
 
-    /// Forgets targets whose provider is gone.
-    pub fn retain_providers(&self, keep: impl Fn(&str) -> bool) {
-        self.targets
-            .retain(|id, _| keep(id.split_once('/').map_or(id.as_str(), |(p, _)| p)));
+    /// The health of a route target, created on first use (or taken over from the direct
+    /// target of the same id). Called when a policy is compiled.
+    pub fn configured(&self, id: &str) -> Arc<TargetHealth> {
+        if let Some(h) = self.configured.get(id) {
+            return h.clone();
+        }
+        let taken = self.direct.remove(id);
+        self.configured
+            .entry(id.to_owned())
+            .or_insert_with(|| taken.unwrap_or_default())
+            .clone()
+    }
+
+    /// The health of a direct target: the route target's of the same id if there is one, else
+    /// one from the bounded cache (a fresh one for a name evicted or never cached).
+    pub fn direct(&self, id: &str) -> Arc<TargetHealth> {
+        if let Some(h) = self.configured.get(id) {
+            return h.clone();
+        }
+        self.direct.get_with_by_ref(id, Arc::default)
+    }
+
+    /// Keeps the route targets `keep` accepts and the direct targets whose provider
+    /// `keep_provider` accepts; forgets the rest. Called once a policy is compiled.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool, keep_provider: impl Fn(&str) -> bool) {
+        self.configured.retain(|id, _| keep(id));
+        let provider = |id: &str| id.split_once('/').map_or(id, |(p, _)| p).to_owned();
+        let gone: Vec<Arc<String>> = self
+            .direct
+            .iter()
+            .filter(|(id, _)| !keep_provider(&provider(id)))
+            .map(|(id, _)| id)
+            .collect();
+        for id in gone {
+            self.direct.invalidate(id.as_str());
+        }
+    }
+
+    /// Targets remembered: route targets, and direct targets (approximately: the cache settles
+    /// its count in the background; call [`HealthRegistry::settle`] first for an exact one).
+    pub fn len(&self) -> (usize, u64) {
+        (self.configured.len(), self.direct.entry_count())
+    }
+
+    /// Applies the cache's pending evictions now.
+    pub fn settle(&self) {
+        self.direct.run_pending_tasks();
     }
 
     /// Number of targets whose breaker is open now.
     pub fn open_count(&self) -> usize {
-        self.targets.iter().filter(|h| h.is_open()).count()
+        let direct = self.direct.iter().filter(|(_, h)| h.is_open()).count();
+        self.configured.iter().filter(|h| h.is_open()).count() + direct
     }
 }
 
@@ -412,12 +471,42 @@ mod tests {
     }
 
     #[test]
-    fn registry_shares_state_by_id_and_forgets_removed_providers() {
+    fn registry_shares_state_by_id_and_forgets_removed_targets() {
         let r = HealthRegistry::default();
-        assert!(Arc::ptr_eq(&r.get("a/m"), &r.get("a/m")));
-        let b = r.get("b/m");
-        r.retain_providers(|p| p == "a");
-        assert!(!Arc::ptr_eq(&b, &r.get("b/m")));
+        assert!(Arc::ptr_eq(&r.configured("a/m"), &r.configured("a/m")));
+        assert!(
+            Arc::ptr_eq(&r.configured("a/m"), &r.direct("a/m")),
+            "direct use shares the route's"
+        );
+        let b = r.configured("b/m");
+        let b_direct = r.direct("b/x");
+        let a_direct = r.direct("a/x");
+        assert!(Arc::ptr_eq(&a_direct, &r.direct("a/x")));
+        r.retain(|id| id == "a/m", |p| p == "a");
+        assert!(
+            !Arc::ptr_eq(&b, &r.configured("b/m")),
+            "removed route targets are forgotten"
+        );
+        assert!(
+            !Arc::ptr_eq(&b_direct, &r.direct("b/x")),
+            "so are direct targets of removed providers"
+        );
+        assert!(Arc::ptr_eq(&a_direct, &r.direct("a/x")));
+        // A direct target that becomes a route target keeps what was learnt about it.
+        assert!(Arc::ptr_eq(&a_direct, &r.configured("a/x")));
+    }
+
+    #[test]
+    fn direct_targets_are_bounded() {
+        let r = HealthRegistry::with_direct_capacity(16);
+        for i in 0..1000 {
+            let h = r.direct(&format!("p/model-{i}"));
+            h.cool_down(5);
+        }
+        r.settle();
+        let (configured, direct) = r.len();
+        assert_eq!(configured, 0);
+        assert!(direct <= 16, "{direct} direct targets kept");
     }
 
     #[test]

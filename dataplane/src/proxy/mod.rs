@@ -162,6 +162,7 @@ async fn handle(
     let (body, _held) = body::read(&parts.headers, body, state.config.body_limits(), &state.bodies).await?;
     let parsed = ShallowBody::parse(&body)?;
     let model = parsed.model()?;
+    router::check_requested(&model)?;
     let stream = parsed.stream()?;
     if stream && !ingress.can_stream() {
         return Err(BodyError {
@@ -177,10 +178,22 @@ async fn handle(
     if let Some(m) = meter.as_mut() {
         m.route(&model, policy.version, stream, body.len());
     }
-    let candidates =
-        router::candidates(&policy, &model, &state.health).ok_or_else(|| ProxyError::UnknownModel {
-            model: model.chars().take(256).collect(),
-        })?;
+    let candidates = match router::candidates(&policy, &model, &state.health) {
+        Ok(Some(candidates)) => candidates,
+        Ok(None) => {
+            return Err(ProxyError::UnknownModel {
+                model: model.chars().take(256).collect(),
+            });
+        }
+        // A direct name whose model would change the URL the provider receives.
+        Err(invalid) => {
+            return Err(BodyError {
+                message: invalid.reason,
+                param: Some("model"),
+            }
+            .into());
+        }
+    };
     let call = Call::new(
         ingress,
         &body,

@@ -1,15 +1,42 @@
 //! Route resolution: the public model name a caller asked for → the targets to try, in order.
+//!
+//! A requested name is at most [`MAX_REQUEST_MODEL_LEN`] bytes without control characters
+//! (else 400, before any lookup); a direct `provider/model` name must suit its provider's kind
+//! (see `model::validate_target_model`), so a caller can never steer the upstream URL.
 
 use std::sync::Arc;
 
-use drover_proto::model::Strategy;
+use drover_proto::model::{InvalidPolicy, MAX_REQUEST_MODEL_LEN, Strategy};
+
+use crate::formats::openai::BodyError;
 
 use crate::policy::{CompiledTarget, Policy};
 use crate::proxy::health::HealthRegistry;
 
+/// Refuses a requested model name that no alias or direct name can be: longer than
+/// [`MAX_REQUEST_MODEL_LEN`] bytes, or with control characters.
+pub fn check_requested(model: &str) -> Result<(), BodyError> {
+    let why = if model.len() > MAX_REQUEST_MODEL_LEN {
+        format!("model must be at most {MAX_REQUEST_MODEL_LEN} bytes")
+    } else if model.chars().any(char::is_control) {
+        "model must not contain control characters".to_owned()
+    } else {
+        return Ok(());
+    };
+    Err(BodyError {
+        message: why,
+        param: Some("model"),
+    })
+}
+
 /// Targets for `model`, in the order to try them; `None` if the name is neither an alias
-/// nor a `provider/model` of a known provider. Aliases win over direct names.
-pub fn candidates(policy: &Policy, model: &str, health: &HealthRegistry) -> Option<Vec<Arc<CompiledTarget>>> {
+/// nor a `provider/model` of a known provider. Aliases win over direct names. A direct name
+/// whose model cannot be sent to its provider is an error (see [`Policy::direct_target`]).
+pub fn candidates(
+    policy: &Policy,
+    model: &str,
+    health: &HealthRegistry,
+) -> Result<Option<Vec<Arc<CompiledTarget>>>, InvalidPolicy> {
     if let Some(route) = policy.routes.get(model) {
         let mut targets = route.targets.clone();
         if route.strategy == Strategy::Weighted && targets.len() > 1 {
@@ -18,9 +45,9 @@ pub fn candidates(policy: &Policy, model: &str, health: &HealthRegistry) -> Opti
             let picked = targets.remove(first);
             targets.insert(0, picked);
         }
-        return Some(targets);
+        return Ok(Some(targets));
     }
-    policy.direct_target(model, health).map(|t| vec![t])
+    Ok(policy.direct_target(model, health)?.map(|t| vec![t]))
 }
 
 /// Index of the target that `roll` lands on, with probability proportional to weight.
@@ -89,7 +116,8 @@ mod tests {
             modules: vec![],
         };
         let env: crate::providers::EnvLookup = Arc::new(|_: &str| None);
-        (Policy::compile(&snap, &env, &health).unwrap(), health)
+        let allow = crate::providers::credential::EnvAllowList::default();
+        (Policy::compile(&snap, &env, &allow, &health).unwrap(), health)
     }
 
     fn models(v: &[Arc<CompiledTarget>]) -> Vec<&str> {
@@ -99,15 +127,40 @@ mod tests {
     #[test]
     fn fallback_keeps_order_and_direct_names_resolve() {
         let (p, h) = policy();
-        assert_eq!(models(&candidates(&p, "f", &h).unwrap()), ["x", "y"]);
-        assert_eq!(models(&candidates(&p, "p/anything", &h).unwrap()), ["anything"]);
+        assert_eq!(models(&candidates(&p, "f", &h).unwrap().unwrap()), ["x", "y"]);
         assert_eq!(
-            models(&candidates(&p, "p/shadowed", &h).unwrap()),
+            models(&candidates(&p, "p/anything", &h).unwrap().unwrap()),
+            ["anything"]
+        );
+        assert_eq!(
+            models(&candidates(&p, "p/shadowed", &h).unwrap().unwrap()),
             ["real"],
             "alias wins"
         );
-        assert!(candidates(&p, "nope", &h).is_none());
-        assert!(candidates(&p, "q/model", &h).is_none());
+        assert!(candidates(&p, "nope", &h).unwrap().is_none());
+        assert!(candidates(&p, "q/model", &h).unwrap().is_none());
+        // Kinds with the model in the body take any model name; the name itself is checked.
+        assert_eq!(
+            models(&candidates(&p, "p/a/b?c#d", &h).unwrap().unwrap()),
+            ["a/b?c#d"]
+        );
+        assert_eq!(candidates(&p, "p/a\u{7}", &h).unwrap_err().field, "model");
+    }
+
+    #[test]
+    fn requested_names_are_bounded() {
+        assert!(check_requested(&"m".repeat(MAX_REQUEST_MODEL_LEN)).is_ok());
+        assert!(check_requested("openai/gpt-4o ü").is_ok());
+        for bad in [
+            "a\nb".to_owned(),
+            "\u{0}".to_owned(),
+            "x\u{9b}".to_owned(),
+            "m".repeat(MAX_REQUEST_MODEL_LEN + 1),
+        ] {
+            let err = check_requested(&bad).unwrap_err();
+            assert_eq!(err.param, Some("model"));
+            assert!(!err.message.contains(&bad), "the name is not echoed");
+        }
     }
 
     #[test]

@@ -1,2 +1,584 @@
 //! Hostile admin input and policies: names that try to steer the upstream URL, credential
 //! references that reach for secrets, snapshots that must not freeze a data plane.
+
+use std::sync::Arc;
+
+use drover_dataplane::providers::EnvLookup;
+use drover_proto::model::{MAX_TARGETS, is_path_segment_model};
+use drover_proto::pb;
+use drover_tests::gateway::Reply;
+use drover_tests::{Gateway, MockProvider, chat_body};
+use tonic::Code;
+
+/// Names a caller may put after `provider/` to steer the upstream: paths, queries, fragments,
+/// method suffixes, escapes, raw bytes, whitespace and control characters.
+const HOSTILE: &[&str] = &[
+    "../../../x?evil=1",
+    "dep#frag",
+    "gemini-pro:streamGenerateContent?alt=sse&key=x",
+    "ü",
+    "a/b",
+    "%2e%2e%2fx",
+    "..",
+    ".",
+    "x\\y",
+    "m?",
+    "m;x=1",
+    "a b",
+    "a\nb",
+    "a\u{0}b",
+    "\u{7f}",
+];
+
+/// Names every kind must carry as they are (a safe path segment for the kinds that put the
+/// model in the URL).
+const SAFE: &[&str] = &["gpt-4o-mini", "Model_1.5-x"];
+
+/// What a provider of one kind must receive for a model name.
+struct Kind {
+    kind: pb::ProviderKind,
+    mock: fn() -> drover_tests::mock::MockBuilder,
+    /// The path and query the upstream must see for an accepted `model`.
+    expect: fn(&str) -> (String, Option<String>),
+    /// Whether the JSON body carries the model (checked to be exactly the name).
+    model_in_body: bool,
+    /// Whether the model goes into the URL path (so it must be one safe segment).
+    in_path: bool,
+}
+
+const KINDS: &[Kind] = &[
+    Kind {
+        kind: pb::ProviderKind::Openai,
+        mock: MockProvider::openai,
+        expect: |_| ("/v1/chat/completions".into(), None),
+        model_in_body: true,
+        in_path: false,
+    },
+    Kind {
+        kind: pb::ProviderKind::OpenaiCompatible,
+        mock: MockProvider::openai,
+        expect: |_| ("/v1/chat/completions".into(), None),
+        model_in_body: true,
+        in_path: false,
+    },
+    Kind {
+        kind: pb::ProviderKind::Anthropic,
+        mock: MockProvider::anthropic,
+        expect: |_| ("/v1/messages".into(), None),
+        model_in_body: true,
+        in_path: false,
+    },
+    Kind {
+        kind: pb::ProviderKind::Azure,
+        mock: MockProvider::azure,
+        expect: |m| {
+            (
+                format!("/openai/deployments/{m}/chat/completions"),
+                Some("api-version=2024-10-21".into()),
+            )
+        },
+        model_in_body: false,
+        in_path: true,
+    },
+    Kind {
+        kind: pb::ProviderKind::Gemini,
+        mock: MockProvider::gemini,
+        expect: |m| (format!("/v1beta/models/{m}:generateContent"), None),
+        model_in_body: false,
+        in_path: true,
+    },
+];
+
+/// A 400 about `model` in the caller's format, that does not echo a long name back.
+fn assert_model_refused(reply: &Reply, anthropic: bool, what: &str) {
+    assert_eq!(reply.status, 400, "{what}: {}", reply.text());
+    let body = reply.json();
+    if anthropic {
+        assert_eq!(body["type"], "error", "{what}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{what}: {body}");
+    } else {
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{what}: {body}");
+        assert_eq!(body["error"]["param"], "model", "{what}: {body}");
+    }
+    assert!(reply.body.len() < 1024, "{what}: {} bytes", reply.body.len());
+}
+
+async fn message(gw: &Gateway, model: &str) -> Reply {
+    let body = serde_json::json!({
+        "model": model,
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "hi"}],
+    });
+    gw.send_to(
+        &gw.url(),
+        "POST",
+        "/v1/messages",
+        &[("anthropic-version", "2023-06-01")],
+        body.to_string(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn callers_never_steer_the_upstream_url_whatever_the_provider_kind() {
+    let gw = Gateway::builder().start().await;
+    let mut mocks = Vec::new();
+    for (i, k) in KINDS.iter().enumerate() {
+        let up = (k.mock)().start().await;
+        gw.provider_kind(&format!("p{i}"), k.kind, &up.base_url()).await;
+        mocks.push(up);
+    }
+    let long = "x".repeat(10_000);
+    for (i, k) in KINDS.iter().enumerate() {
+        let up = &mocks[i];
+        let in_path = k.in_path;
+        for name in HOSTILE.iter().chain(SAFE).copied().chain([long.as_str()]) {
+            let direct = format!("p{i}/{name}");
+            let what = format!("{:?} {name:?}", k.kind);
+            let refused = name.chars().any(|c| c.is_whitespace() || c.is_control())
+                || name.len() > 256
+                || (in_path && !is_path_segment_model(name));
+            for anthropic in [false, true] {
+                up.clear_requests();
+                let reply = if anthropic {
+                    message(&gw, &direct).await
+                } else {
+                    gw.chat(&direct, "hi").await
+                };
+                let what = format!(
+                    "{what} via {}",
+                    if anthropic {
+                        "/v1/messages"
+                    } else {
+                        "/v1/chat/completions"
+                    }
+                );
+                if refused {
+                    assert_model_refused(&reply, anthropic, &what);
+                    assert_eq!(up.calls(), 0, "{what}: refused names never go upstream");
+                    continue;
+                }
+                let sent = up.requests();
+                assert_eq!(sent.len(), 1, "{what}: {}", reply.text());
+                let (path, query) = (k.expect)(name);
+                assert_eq!((&sent[0].path, &sent[0].query), (&path, &query), "{what}");
+                if k.model_in_body {
+                    assert_eq!(sent[0].json().unwrap()["model"], *name, "{what}");
+                }
+            }
+        }
+    }
+
+    // The same names are refused as route targets of the kinds that put the model in the URL,
+    // with a message that does not echo huge input.
+    let mut admin = gw.admin.clone();
+    let before = gw.version().await;
+    for (i, k) in KINDS.iter().enumerate() {
+        for name in HOSTILE.iter().copied().chain([long.as_str()]) {
+            let result = admin
+                .set_route(pb::SetRouteRequest {
+                    route: Some(pb::Route {
+                        alias: "steer".into(),
+                        strategy: 0,
+                        targets: vec![pb::Target {
+                            provider: format!("p{i}"),
+                            model: name.into(),
+                            weight: 1,
+                        }],
+                        cache_ttl_secs: 0,
+                        retry_after_send: false,
+                    }),
+                })
+                .await;
+            let path_kind = k.in_path;
+            let bad_anywhere = name.chars().any(|c| c.is_whitespace() || c.is_control()) || name.len() > 256;
+            if path_kind || bad_anywhere {
+                let err = result.expect_err(name);
+                assert_eq!(err.code(), Code::InvalidArgument, "{:?} {name:?}", k.kind);
+                assert!(err.message().len() < 400, "{} bytes", err.message().len());
+            } else {
+                // Body-only kinds carry any other name in the JSON body; undo it.
+                result.unwrap();
+                admin
+                    .remove_route(pb::RemoveRouteRequest {
+                        alias: "steer".into(),
+                    })
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let after = gw.version().await;
+    gw.wait_all(after).await;
+    assert!(after >= before);
+    let routes = admin
+        .list_routes(pb::ListRoutesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(routes.routes.is_empty());
+}
+
+/// The resident set of this process, bytes (nextest runs each test in a process of its own).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Targets whose health the data plane remembers (`drover_target_health_entries`, route and
+/// direct together).
+async fn health_entries(gw: &Gateway) -> u64 {
+    let metrics = gw.send("GET", "/metrics", "").await.text();
+    let counts: Vec<u64> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("drover_target_health_entries{"))
+        .filter_map(|l| l.split_once("} "))
+        .map(|(_, v)| v.parse().unwrap())
+        .collect();
+    assert_eq!(counts.len(), 2, "route and direct gauges in:\n{metrics}");
+    counts.iter().sum()
+}
+
+/// Sends `n` chat requests with unique direct names `p/{prefix}{i}`, 32 at a time, and returns
+/// how many got each status.
+async fn unique_names(
+    gw: &Gateway,
+    up: &MockProvider,
+    prefix: &str,
+    from: usize,
+    n: usize,
+) -> (usize, usize) {
+    let (mut ok, mut refused) = (0, 0);
+    for batch in (from..from + n).collect::<Vec<_>>().chunks(32) {
+        let replies = futures_util::future::join_all(batch.iter().map(|i| {
+            gw.send(
+                "POST",
+                "/v1/chat/completions",
+                chat_body(&format!("p/{prefix}{i}"), "x", false),
+            )
+        }))
+        .await;
+        for reply in replies {
+            match reply.status.as_u16() {
+                200 => ok += 1,
+                400 => refused += 1,
+                other => panic!("unexpected {other}: {}", reply.text()),
+            }
+        }
+        // The mock remembers every request; forget them so that only the gateway is measured.
+        up.clear_requests();
+    }
+    (ok, refused)
+}
+
+/// A gateway whose data plane keeps no usage for the control plane (so the ledger's page cache
+/// does not grow in this process either), with provider `p`.
+async fn lean_gateway(up: &MockProvider) -> Gateway {
+    let gw = Gateway::builder()
+        .configure(|c| c.usage.report = false)
+        .start()
+        .await;
+    gw.provider("p", &up.base_url()).await;
+    gw
+}
+
+const MIB: u64 = 1 << 20;
+
+#[tokio::test]
+async fn unique_direct_names_hold_bounded_state() {
+    let up = MockProvider::openai().start().await;
+    let gw = lean_gateway(&up).await;
+    let name = "m".repeat(240);
+    // Warm up: pools, buffers, and the bounded health cache filled.
+    assert_eq!(unique_names(&gw, &up, &name, 0, 2_000).await, (2_000, 0));
+    let before = rss_bytes();
+    assert_eq!(unique_names(&gw, &up, &name, 2_000, 10_000).await, (10_000, 0));
+    let grown = rss_bytes().saturating_sub(before);
+    let entries = health_entries(&gw).await;
+    assert!(
+        entries <= drover_dataplane::proxy::health::MAX_DIRECT_TARGETS,
+        "{entries} targets remembered"
+    );
+    assert!(
+        grown < 8 * MIB,
+        "10,000 unique names grew RSS by {} KiB",
+        grown / 1024
+    );
+}
+
+#[tokio::test]
+async fn unique_long_direct_names_are_refused_and_hold_nothing() {
+    let up = MockProvider::openai().start().await;
+    let gw = lean_gateway(&up).await;
+    let name = "m".repeat(10 * 1024);
+    assert_eq!(unique_names(&gw, &up, &name, 0, 1_000).await, (0, 1_000));
+    let before = rss_bytes();
+    assert_eq!(unique_names(&gw, &up, &name, 1_000, 10_000).await, (0, 10_000));
+    let grown = rss_bytes().saturating_sub(before);
+    assert_eq!(up.calls(), 0);
+    assert_eq!(health_entries(&gw).await, 0);
+    assert!(
+        grown < 8 * MIB,
+        "10,000 unique names grew RSS by {} KiB",
+        grown / 1024
+    );
+}
+
+/// The environment the data plane resolves `env:VAR` references in: the harness's key, one of
+/// Drover's own secrets, and a secret that is not meant for any provider.
+fn environment() -> EnvLookup {
+    Arc::new(|var: &str| match var {
+        "TEST_PROVIDER_API_KEY" => Some("sk-test-provider-key".to_owned()),
+        "DROVER_ADMIN_TOKEN" => Some("test-admin-token".to_owned()),
+        "SSH_AUTH_SECRET" => Some("ssh-secret-value".to_owned()),
+        _ => None,
+    })
+}
+
+async fn add_provider(gw: &Gateway, name: &str, base_url: &str, env: &str) -> Result<u64, tonic::Status> {
+    gw.admin
+        .clone()
+        .add_provider(pb::AddProviderRequest {
+            name: name.into(),
+            kind: pb::ProviderKind::OpenaiCompatible as i32,
+            base_url: base_url.into(),
+            credential: Some(pb::add_provider_request::Credential::ApiKeyEnv(env.into())),
+            replace: true,
+            api_version: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().version)
+}
+
+async fn unavailable(gw: &Gateway) -> Vec<(String, String)> {
+    let status = gw
+        .admin
+        .clone()
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    status.dataplanes[0]
+        .unavailable_providers
+        .iter()
+        .map(|u| (u.provider.clone(), u.reason.clone()))
+        .collect()
+}
+
+/// Polls Status until the data plane reports `want` as its unavailable providers.
+async fn await_unavailable(gw: &Gateway, want: &[(&str, &str)]) {
+    let want: Vec<(String, String)> = want.iter().map(|(p, r)| ((*p).into(), (*r).into())).collect();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = unavailable(gw).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "status shows {got:?}, want {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn credential_references_cannot_reach_drover_secrets_or_unlisted_variables() {
+    let up = MockProvider::openai().start().await;
+    let gw = Gateway::builder()
+        .configure(|c| c.env = environment())
+        .start()
+        .await;
+    let before = gw.version().await;
+
+    // The admin API refuses Drover's own settings outright.
+    let err = add_provider(&gw, "thief", &up.base_url(), "DROVER_ADMIN_TOKEN")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains("DROVER_ADMIN_TOKEN is one of Drover's own settings"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(gw.version().await, before);
+
+    // A variable outside the data plane's allow-list (default *_API_KEY) is never read: the
+    // provider is unavailable, and nothing is sent to its URL.
+    let v = add_provider(&gw, "thief", &up.base_url(), "SSH_AUTH_SECRET")
+        .await
+        .unwrap();
+    gw.wait_all(v).await;
+    let reason = "environment variable SSH_AUTH_SECRET is not allowed by this data plane's --credential-env-allow (*_API_KEY)";
+    await_unavailable(&gw, &[("thief", reason)]).await;
+    let reply = gw.chat("thief/m", "hi").await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.json()["error"]["code"], "provider_unavailable");
+    assert_eq!(
+        reply.json()["error"]["message"],
+        format!("provider `thief` is unavailable on this gateway: {reason}")
+    );
+    assert!(!reply.text().contains("ssh-secret-value"));
+    assert_eq!(up.calls(), 0);
+}
+
+#[tokio::test]
+async fn the_credential_allow_list_is_the_data_planes_to_set() {
+    let up = MockProvider::openai().start().await;
+    let gw = Gateway::builder()
+        .configure(|c| {
+            c.env = environment();
+            c.credential_env_allow =
+                drover_dataplane::providers::credential::EnvAllowList::parse("SSH_AUTH_SECRET").unwrap();
+        })
+        .start()
+        .await;
+    let v = add_provider(&gw, "listed", &up.base_url(), "SSH_AUTH_SECRET")
+        .await
+        .unwrap();
+    gw.wait_all(v).await;
+    let v = add_provider(&gw, "unlisted", &up.base_url(), "TEST_PROVIDER_API_KEY")
+        .await
+        .unwrap();
+    gw.wait_all(v).await;
+    await_unavailable(
+        &gw,
+        &[(
+            "unlisted",
+            "environment variable TEST_PROVIDER_API_KEY is not allowed by this data plane's \
+             --credential-env-allow (SSH_AUTH_SECRET)",
+        )],
+    )
+    .await;
+    assert_eq!(gw.chat("listed/m", "hi").await.status, 200);
+    assert_eq!(
+        up.last_request().unwrap().header("authorization"),
+        Some("Bearer ssh-secret-value")
+    );
+    assert_eq!(gw.chat("unlisted/m", "hi").await.status, 503);
+    assert_eq!(up.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_provider_whose_key_cannot_be_resolved_does_not_freeze_the_policy() {
+    let good = MockProvider::openai().start().await;
+    let bad = MockProvider::openai().start().await;
+    let gw = Gateway::builder().start().await;
+    gw.provider("good", &good.base_url()).await;
+
+    // The snapshot with an unresolvable provider is applied (the harness waits for the data
+    // plane to serve its version), not NACKed.
+    let v = add_provider(&gw, "bad", &bad.base_url(), "MISSING_API_KEY")
+        .await
+        .unwrap();
+    gw.wait_all(v).await;
+    let reason = "environment variable MISSING_API_KEY is not set on this data plane";
+    await_unavailable(&gw, &[("bad", reason)]).await;
+    let status = gw
+        .admin
+        .clone()
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.dataplanes[0].last_error, "");
+    assert_eq!(status.dataplanes[0].served_version, v);
+
+    // Later updates keep flowing.
+    gw.route("both", &["bad/m", "good/m"]).await;
+    gw.route("only-bad", &["bad/m"]).await;
+
+    // Other providers work; failover skips the unavailable one; requests that need it get a
+    // 503 naming it, in the caller's format.
+    assert_eq!(gw.chat("good/m", "hi").await.status, 200);
+    let reply = gw.chat("both", "hi").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-drover-provider"), Some("good"));
+    let message = format!("provider `bad` is unavailable on this gateway: {reason}");
+    for model in ["bad/m", "only-bad"] {
+        let reply = gw.chat(model, "hi").await;
+        assert_eq!(reply.status, 503, "{model}: {}", reply.text());
+        assert_eq!(reply.json()["error"]["message"], message, "{model}");
+        let reply = gw.message(model, "hi", false).await;
+        assert_eq!(reply.status, 503, "{model}: {}", reply.text());
+        assert_eq!(reply.json()["type"], "error");
+        assert_eq!(reply.json()["error"]["message"], message, "{model}");
+    }
+    assert_eq!(bad.calls(), 0);
+
+    // Once its key is resolvable, it is back.
+    let v = add_provider(&gw, "bad", &bad.base_url(), "TEST_PROVIDER_API_KEY")
+        .await
+        .unwrap();
+    gw.wait_all(v).await;
+    await_unavailable(&gw, &[]).await;
+    assert_eq!(gw.chat("only-bad", "hi").await.status, 200);
+    assert_eq!(bad.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_huge_route_is_refused_with_a_short_message() {
+    let up = MockProvider::openai().start().await;
+    let gw = Gateway::builder().start().await;
+    gw.provider("p", &up.base_url()).await;
+    let before = gw.version().await;
+    let target = |i: usize| pb::Target {
+        provider: "p".into(),
+        model: format!("m{i}"),
+        weight: 1,
+    };
+    let mut admin = gw.admin.clone();
+    let route = |targets: Vec<pb::Target>| pb::SetRouteRequest {
+        route: Some(pb::Route {
+            alias: "huge".into(),
+            strategy: 0,
+            targets,
+            cache_ttl_secs: 0,
+            retry_after_send: false,
+        }),
+    };
+    let err = admin
+        .set_route(route((0..100_000).map(target).collect()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "route \"huge\"/targets: at most 64 targets (got 100000)"
+    );
+    let err = admin
+        .set_route(route(vec![pb::Target {
+            model: "m".repeat(1 << 20),
+            ..target(0)
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().len() < 300, "{} bytes", err.message().len());
+    // Beyond any valid request, it is not even decoded.
+    let err = admin
+        .set_route(route(vec![pb::Target {
+            model: "m".repeat(20 << 20),
+            ..target(0)
+        }]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::OutOfRange, "{}", err.message());
+    assert_eq!(gw.version().await, before, "nothing changed");
+    // The longest route accepted is served.
+    let v = admin
+        .set_route(route((0..MAX_TARGETS).map(target).collect()))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    gw.wait_all(v).await;
+    assert_eq!(gw.chat("huge", "hi").await.status, 200);
+}
