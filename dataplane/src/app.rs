@@ -9,7 +9,6 @@ use axum::Router;
 use axum::handler::Handler;
 use axum::routing::{MethodRouter, get, post};
 use http::{HeaderValue, Method};
-use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -147,9 +146,7 @@ impl DataPlane {
     /// server has finished its in-flight requests, so their records are reported too.
     pub async fn start(config: Config, shutdown: CancellationToken) -> Result<DataPlane, StartError> {
         let addr = config.http_addr;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let listener = server::bind(addr).map_err(|source| StartError::Bind { addr, source })?;
         let http_addr = listener
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;

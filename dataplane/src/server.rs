@@ -95,6 +95,22 @@ pub struct Connections {
     refusing: AtomicUsize,
 }
 
+/// Connections the kernel may queue before they are accepted (it caps this at
+/// `net.core.somaxconn`): a burst of callers waits in the queue instead of being dropped.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the listening socket, with a deeper accept queue than the default.
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves `app` on `listener` until `shutdown`, then waits for open connections to finish.
 pub async fn serve(
     listener: TcpListener,

@@ -6,6 +6,10 @@
 //! no length is declared), and a request that would take the total over the budget is
 //! refused with a 503 and `retry-after` instead. The reservation is released when the
 //! request's [`BodyPermit`] is dropped, at the end of the request path.
+//!
+//! The last eighth of the budget is kept for bodies of at most [`SMALL_BODY`] bytes (most
+//! chat requests), so that a few huge uploads that stall cannot shut every caller out until
+//! their read timeout.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -28,6 +32,9 @@ pub struct BodyLimits {
     /// Longest time to receive a whole body (408 beyond it).
     pub read_timeout: Duration,
 }
+
+/// Bodies up to this size may use the whole budget; larger ones only seven eighths of it.
+pub const SMALL_BODY: usize = 1 << 20;
 
 /// Request-body bytes held in memory by every request together, and their bound.
 #[derive(Debug)]
@@ -71,7 +78,11 @@ impl BodyPermit<'_> {
         if more == 0 {
             return Ok(());
         }
-        let max = self.budget.max;
+        let max = if total > SMALL_BODY {
+            self.budget.max - self.budget.max / 8
+        } else {
+            self.budget.max
+        };
         self.budget
             .held
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |held| {
@@ -225,6 +236,28 @@ mod tests {
                 "{refused:?}"
             );
         }
+    }
+
+    #[test]
+    fn large_bodies_leave_the_last_eighth_to_small_ones() {
+        let budget = BodyBudget::new(16 * SMALL_BODY);
+        let mut large = budget.permit();
+        large.reserve(14 * SMALL_BODY).unwrap();
+        let mut larger = budget.permit();
+        assert!(
+            matches!(larger.reserve(SMALL_BODY + 1), Err(ProxyError::Overloaded)),
+            "large bodies stop at seven eighths"
+        );
+        let mut small = budget.permit();
+        small.reserve(SMALL_BODY).unwrap();
+        small.reserve(2 * SMALL_BODY).unwrap_err();
+        let mut other = budget.permit();
+        other.reserve(SMALL_BODY).unwrap();
+        assert_eq!(
+            budget.buffered(),
+            16 * SMALL_BODY,
+            "small bodies may fill the budget"
+        );
     }
 
     #[test]
