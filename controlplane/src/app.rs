@@ -475,6 +475,7 @@ mod tests {
                 error: String::new(),
                 http_addr: "127.0.0.1:8080".into(),
                 unavailable_providers: vec![],
+                unusable_targets: vec![],
             })
             .await
             .unwrap();

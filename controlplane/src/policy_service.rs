@@ -205,6 +205,8 @@ struct Entry {
     last_seen_unix_ms: i64,
     /// Providers of the snapshot it serves that it cannot use, as it last reported them.
     unavailable: Vec<model::UnavailableProvider>,
+    /// Route targets of the snapshot it serves that it cannot use, as it last reported them.
+    unusable: Vec<model::UnusableTarget>,
     /// The stream that currently represents it, if connected. A newer stream replaces an
     /// older one, so the older one ending does not mark the data plane disconnected.
     stream: Option<u64>,
@@ -235,6 +237,7 @@ impl DataPlanes {
         };
         entry.last_seen_unix_ms = now_unix_ms();
         entry.unavailable = model::UnavailableProvider::from_wire(&hello.unavailable_providers);
+        entry.unusable = model::UnusableTarget::from_wire(&hello.unusable_targets);
         stream
     }
 
@@ -255,6 +258,13 @@ impl DataPlanes {
                 tracing::warn!(dataplane = %id, provider = %u.provider, reason = %u.reason, "provider unavailable on a data plane");
             }
             entry.unavailable = unavailable;
+        }
+        let unusable = model::UnusableTarget::from_wire(&msg.unusable_targets);
+        if unusable != entry.unusable {
+            for u in unusable.iter().filter(|u| !entry.unusable.contains(u)) {
+                tracing::warn!(dataplane = %id, route = %u.route, target = %u.target, reason = %u.reason, "route target unusable on a data plane");
+            }
+            entry.unusable = unusable;
         }
         if msg.response_version == 0 {
             return;
@@ -298,6 +308,7 @@ impl DataPlanes {
                 rejected_version: e.rejected_version,
                 last_seen_unix_ms: e.last_seen_unix_ms,
                 unavailable_providers: e.unavailable.iter().map(Into::into).collect(),
+                unusable_targets: e.unusable.iter().map(Into::into).collect(),
             })
             .collect();
         drop(registry);
@@ -419,6 +430,34 @@ mod tests {
         );
         planes.record("dp", &with(3, 0));
         assert!(planes.list()[0].unavailable_providers.is_empty());
+    }
+
+    #[test]
+    fn unusable_targets_follow_every_message_and_are_bounded() {
+        let planes = DataPlanes::default();
+        let with = |response_version: u64, n: usize| pb::WatchRequest {
+            dataplane_id: "dp".into(),
+            response_version,
+            unusable_targets: (0..n)
+                .map(|i| pb::UnusableTarget {
+                    route: format!("r{i}"),
+                    target: format!("az/team/m{i}"),
+                    reason: "r".repeat(10_000),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        planes.connect(&with(0, 1), None, "s1");
+        assert_eq!(planes.list()[0].unusable_targets[0].target, "az/team/m0");
+        planes.record("dp", &with(2, 100_000));
+        let list = &planes.list()[0].unusable_targets;
+        assert_eq!(list.len(), model::MAX_UNAVAILABLE_REPORTED);
+        assert!(
+            list.iter()
+                .all(|u| u.reason.len() <= model::MAX_UNAVAILABLE_REASON_LEN)
+        );
+        planes.record("dp", &with(3, 0));
+        assert!(planes.list()[0].unusable_targets.is_empty());
     }
 
     #[test]

@@ -165,6 +165,10 @@ pub enum ProxyError {
     /// resolved here). `reason` never contains a credential.
     #[error("provider `{provider}` is unavailable on this gateway: {reason}")]
     ProviderUnavailable { provider: String, reason: String },
+    /// Every target is unusable here (see `CompiledTarget::unusable`: its model cannot go to its
+    /// provider's kind, as a route stored by an older version may hold).
+    #[error("route target `{target}` cannot be used: {reason}")]
+    TargetUnusable { target: String, reason: String },
     /// The provider refused the request (a 4xx other than 429): its answer goes to the caller as is.
     /// `translated_from` names the provider's format when it differs from the caller's.
     #[error("upstream rejected the request with status {status}")]
@@ -203,9 +207,9 @@ impl ProxyError {
                 FailureKind::Status { status: 504, .. } => StatusCode::GATEWAY_TIMEOUT,
                 FailureKind::Status { .. } => StatusCode::BAD_GATEWAY,
             },
-            ProxyError::NoTarget { .. } | ProxyError::ProviderUnavailable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoTarget { .. }
+            | ProxyError::ProviderUnavailable { .. }
+            | ProxyError::TargetUnusable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Rejected { status, .. } => *status,
         }
     }
@@ -258,6 +262,7 @@ impl ProxyError {
             },
             ProxyError::NoTarget { .. } => ("server_error", None, Some("upstream_unavailable")),
             ProxyError::ProviderUnavailable { .. } => ("server_error", None, Some("provider_unavailable")),
+            ProxyError::TargetUnusable { .. } => ("server_error", None, Some("target_unusable")),
             ProxyError::Rejected { .. } => ("invalid_request_error", None, None),
         }
     }
@@ -291,9 +296,17 @@ impl ProxyError {
         }
     }
 
+    /// Whether the policy, not load, makes the request fail here (a 503 that is no overload).
+    fn is_misconfigured(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ProviderUnavailable { .. } | ProxyError::TargetUnusable { .. }
+        )
+    }
+
     /// Anthropic's error `type` for this error.
     fn anthropic_kind(&self) -> &'static str {
-        if matches!(self, ProxyError::ProviderUnavailable { .. }) {
+        if self.is_misconfigured() {
             // A configuration problem, not an overload.
             return "api_error";
         }
@@ -331,9 +344,7 @@ impl ProxyError {
                 ApiFormat::Anthropic => {
                     // Anthropic callers know overload as 529; an unusable provider is no overload.
                     let status = match other.status() {
-                        StatusCode::SERVICE_UNAVAILABLE
-                            if !matches!(other, ProxyError::ProviderUnavailable { .. }) =>
-                        {
+                        StatusCode::SERVICE_UNAVAILABLE if !other.is_misconfigured() => {
                             StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE)
                         }
                         s => s,
@@ -450,8 +461,13 @@ mod tests {
             provider: "groq".into(),
             reason: "environment variable GROQ_API_KEY is not set on this data plane".into(),
         };
+        let unusable = || ProxyError::TargetUnusable {
+            target: "az/team/gpt-4o".into(),
+            reason: "\"team/gpt-4o\" cannot be used with provider kind azure".into(),
+        };
         for format in [ApiFormat::OpenAi, ApiFormat::Anthropic] {
             assert_eq!(unavailable().into_response(format).status(), 503, "{format:?}");
+            assert_eq!(unusable().into_response(format).status(), 503, "{format:?}");
         }
     }
 

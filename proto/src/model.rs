@@ -2,9 +2,11 @@
 //!
 //! Every `TryFrom<pb::…>` here validates, so code that holds a `model` value never re-checks
 //! it. The same rules serve the admin API (invalid input is refused before anything is
-//! written) and the data plane (an invalid snapshot is NACKed).
+//! written) and the data plane (an invalid snapshot is NACKed), except for a target model its
+//! provider's kind cannot carry: the admin API refuses it, a data plane only leaves that target
+//! unusable (see [`Snapshot`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 
 use url::Url;
@@ -946,6 +948,45 @@ impl From<&UnavailableProvider> for pb::UnavailableProvider {
     }
 }
 
+/// A route target of the serving snapshot that a data plane can never send requests to, and
+/// why: its model cannot go to its provider's kind (see [`validate_target_model`]), as a store
+/// written by an older version may hold. The admin API refuses such targets; a data plane
+/// given one reports it instead of rejecting the whole snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnusableTarget {
+    /// The route's alias.
+    pub route: String,
+    /// `provider/model`.
+    pub target: String,
+    pub reason: String,
+}
+
+impl UnusableTarget {
+    /// A data plane's report from the wire, bounded like [`UnavailableProvider::from_wire`]:
+    /// at most [`MAX_UNAVAILABLE_REPORTED`] entries, routes cut to [`MAX_NAME_LEN`], targets to
+    /// [`MAX_REQUEST_MODEL_LEN`] and reasons to [`MAX_UNAVAILABLE_REASON_LEN`] bytes.
+    pub fn from_wire(list: &[pb::UnusableTarget]) -> Vec<Self> {
+        list.iter()
+            .take(MAX_UNAVAILABLE_REPORTED)
+            .map(|u| UnusableTarget {
+                route: printable_prefix(&u.route, MAX_NAME_LEN),
+                target: printable_prefix(&u.target, MAX_REQUEST_MODEL_LEN),
+                reason: printable_prefix(&u.reason, MAX_UNAVAILABLE_REASON_LEN),
+            })
+            .collect()
+    }
+}
+
+impl From<&UnusableTarget> for pb::UnusableTarget {
+    fn from(u: &UnusableTarget) -> Self {
+        pb::UnusableTarget {
+            route: u.route.clone(),
+            target: u.target.clone(),
+            reason: u.reason.clone(),
+        }
+    }
+}
+
 /// At most `max_bytes` of `s`, cut on a character boundary, control characters as spaces.
 fn printable_prefix(s: &str, max_bytes: usize) -> String {
     let mut end = s.len().min(max_bytes);
@@ -959,6 +1000,11 @@ fn printable_prefix(s: &str, max_bytes: usize) -> String {
 }
 
 /// A complete, validated policy snapshot: every route names a provider that exists, names are unique.
+///
+/// Whether each target's model suits its provider's kind is not part of it: the admin API
+/// refuses such targets when they are written (see [`validate_target_model`]), but a store
+/// written by an older version may hold one, and one such target must not make every later
+/// snapshot invalid. A data plane checks it per target and leaves an unfit one unusable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {
     pub store_id: String,
@@ -981,9 +1027,9 @@ impl TryFrom<&pb::Snapshot> for Snapshot {
             .iter()
             .map(Provider::try_from)
             .collect::<Result<Vec<_>, _>>()?;
-        let mut kinds = HashMap::with_capacity(providers.len());
+        let mut names = HashSet::with_capacity(providers.len());
         for p in &providers {
-            if kinds.insert(p.name.as_str(), p.kind).is_some() {
+            if !names.insert(p.name.as_str()) {
                 return Err(InvalidPolicy::new(
                     format!("provider {}", quoted(&p.name)),
                     "defined twice",
@@ -1003,8 +1049,8 @@ impl TryFrom<&pb::Snapshot> for Snapshot {
                     "defined twice",
                 ));
             }
-            for (i, t) in r.targets.iter().enumerate() {
-                let Some(kind) = kinds.get(t.provider.as_str()) else {
+            for t in &r.targets {
+                if !names.contains(t.provider.as_str()) {
                     return Err(InvalidPolicy::new(
                         format!("route {}", quoted(&r.alias)),
                         format!(
@@ -1013,9 +1059,7 @@ impl TryFrom<&pb::Snapshot> for Snapshot {
                             t.provider
                         ),
                     ));
-                };
-                validate_target_model(*kind, "model", &t.model)
-                    .map_err(|e| e.within(&format!("route {}/targets[{i}]", quoted(&r.alias))))?;
+                }
             }
         }
         let prices = s
@@ -1511,12 +1555,18 @@ mod tests {
         let err = validate_target_model(ProviderKind::Gemini, "model", "m:x").unwrap_err();
         assert!(err.reason.contains("provider kind gemini"), "{err}");
 
-        // A snapshot whose route would steer an azure or gemini URL is refused.
+        // In a snapshot such a target (a store written by an older version may hold one) is
+        // left for the data plane to refuse per target: the rest of the snapshot stays usable.
         let mut s = snapshot();
         s.providers.push(azure("az", ""));
         s.routes.push(route("evil", &[("az", "../../x?evil=1")]));
+        let valid = Snapshot::try_from(&s).unwrap();
+        let evil = valid.routes.iter().find(|r| r.alias == "evil").unwrap();
+        assert_eq!(evil.targets[0].model, "../../x?evil=1");
+        // The rules every target model must meet still hold there.
+        s.routes.push(route("worse", &[("az", "a b")]));
         let err = Snapshot::try_from(&s).unwrap_err();
-        assert_eq!(err.field, "route \"evil\"/targets[0]/model", "{err}");
+        assert_eq!(err.field, "route \"worse\"/targets[0]/model", "{err}");
     }
 
     #[test]
@@ -1561,6 +1611,22 @@ mod tests {
             wire.iter()
                 .all(|m| m.available == Module::parse(&m.name).unwrap().is_available())
         );
+    }
+
+    #[test]
+    fn unusable_target_reports_are_bounded() {
+        let long = pb::UnusableTarget {
+            route: "r".repeat(10_000),
+            target: format!("p/{}", "m\n".repeat(10_000)),
+            reason: "é".repeat(10_000),
+        };
+        let list = UnusableTarget::from_wire(&vec![long; MAX_UNAVAILABLE_REPORTED + 1]);
+        assert_eq!(list.len(), MAX_UNAVAILABLE_REPORTED);
+        assert_eq!(list[0].route.len(), MAX_NAME_LEN);
+        assert_eq!(list[0].target.len(), MAX_REQUEST_MODEL_LEN);
+        assert!(!list[0].target.contains('\n'));
+        assert!(list[0].reason.len() <= MAX_UNAVAILABLE_REASON_LEN);
+        assert_eq!(pb::UnusableTarget::from(&list[0]).target, list[0].target);
     }
 
     #[test]

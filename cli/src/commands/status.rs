@@ -1,5 +1,5 @@
 //! `drover status`: the policy version, and each data plane with the version it serves and the
-//! providers of that version it cannot use.
+//! providers and route targets of that version it cannot use.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -44,6 +44,19 @@ pub struct DataPlaneRow {
     pub last_seen_unix_ms: i64,
     /// Providers of the version it serves that it cannot use (requests to them get a 503).
     pub unavailable_providers: Vec<UnavailableRow>,
+    /// Route targets of the version it serves that it never sends (failover skips them; a
+    /// request with no other target gets a 503).
+    pub unusable_targets: Vec<UnusableRow>,
+}
+
+/// A route target a data plane cannot use, in `status --json`.
+#[derive(Debug, Serialize)]
+pub struct UnusableRow {
+    pub route: String,
+    /// `provider/model`.
+    pub target: String,
+    /// Why, as the data plane reported it.
+    pub reason: String,
 }
 
 /// A provider a data plane cannot use, in `status --json`.
@@ -76,6 +89,15 @@ impl From<pb::StatusResponse> for StatusView {
                         .into_iter()
                         .map(|u| UnavailableRow {
                             provider: u.provider,
+                            reason: u.reason,
+                        })
+                        .collect(),
+                    unusable_targets: d
+                        .unusable_targets
+                        .into_iter()
+                        .map(|u| UnusableRow {
+                            route: u.route,
+                            target: u.target,
                             reason: u.reason,
                         })
                         .collect(),
@@ -162,6 +184,23 @@ impl StatusView {
                 ));
             }
         }
+        let unusable: Vec<_> = self
+            .dataplanes
+            .iter()
+            .flat_map(|d| d.unusable_targets.iter().map(move |u| (d, u)))
+            .collect();
+        if !unusable.is_empty() {
+            out.push_str("\nunusable route targets (never sent; change or remove the route):\n");
+            for (d, u) in unusable {
+                out.push_str(&format!(
+                    "  {}  {} -> {}: {}\n",
+                    output::printable(&d.id),
+                    output::printable(&u.route),
+                    output::printable(&u.target),
+                    output::printable(&u.reason)
+                ));
+            }
+        }
         out
     }
 }
@@ -225,6 +264,11 @@ mod tests {
                     rejected_version: 0,
                     last_seen_unix_ms: NOW - 3_000,
                     unavailable_providers: vec![],
+                    unusable_targets: vec![pb::UnusableTarget {
+                        route: "legacy".into(),
+                        target: "az/team/gpt-4o".into(),
+                        reason: "\"team/gpt-4o\" cannot be used with provider kind azure".into(),
+                    }],
                 },
                 pb::DataPlaneStatus {
                     id: "dp-b".into(),
@@ -245,6 +289,7 @@ mod tests {
                             reason: "environment variable HOME is not allowed".into(),
                         },
                     ],
+                    unusable_targets: vec![],
                 },
             ],
         })
@@ -276,7 +321,10 @@ mod tests {
              \n\
              unavailable providers (requests to them get 503):\n  \
              dp-b  groq: environment variable GROQ_API_KEY is not set on this data plane\n  \
-             dp-b  local: environment variable HOME is not allowed\n"
+             dp-b  local: environment variable HOME is not allowed\n\
+             \n\
+             unusable route targets (never sent; change or remove the route):\n  \
+             dp-a  legacy -> az/team/gpt-4o: \"team/gpt-4o\" cannot be used with provider kind azure\n"
         );
         let empty = StatusView::from(pb::StatusResponse {
             version: 1,
@@ -306,8 +354,14 @@ mod tests {
                 "rejected_version": 0,
                 "last_seen_unix_ms": NOW - 3_000,
                 "unavailable_providers": [],
+                "unusable_targets": [{
+                    "route": "legacy",
+                    "target": "az/team/gpt-4o",
+                    "reason": "\"team/gpt-4o\" cannot be used with provider kind azure",
+                }],
             })
         );
+        assert_eq!(json["dataplanes"][1]["unusable_targets"], serde_json::json!([]));
         assert_eq!(
             json["dataplanes"][1]["unavailable_providers"],
             serde_json::json!([

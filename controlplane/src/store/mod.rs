@@ -778,6 +778,55 @@ mod tests {
         thread.close().await.unwrap();
     }
 
+    #[tokio::test]
+    async fn a_stored_target_the_rules_now_refuse_still_builds_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("d.db");
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        store.add_provider(azure("az", None), false).await.unwrap();
+        thread.close().await.unwrap();
+        // As an older version could write it: an Azure deployment with a '/'.
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "INSERT INTO routes (alias, strategy) VALUES ('legacy', 'fallback');
+             INSERT INTO route_targets (alias, position, provider, model, weight)
+             VALUES ('legacy', 0, 'az', 'team/gpt-4o', 1);",
+        )
+        .unwrap();
+        drop(conn);
+
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        let legacy = store.current().routes[0].clone();
+        assert_eq!(legacy.targets[0].model, "team/gpt-4o");
+        pb_snapshot_is_valid(&store.current());
+        // Changes go on; the same provider can be replaced (a key rotation), but not by a kind
+        // change, nor can the route be written again as it is.
+        let v = store.current().version;
+        assert_eq!(
+            store
+                .add_provider(azure("az", Some("2024-10-21")), true)
+                .await
+                .unwrap(),
+            v + 1
+        );
+        pb_snapshot_is_valid(&store.current());
+        let gemini = Provider {
+            kind: ProviderKind::Gemini,
+            ..azure("az", None)
+        };
+        let err = store.add_provider(gemini, true).await.unwrap_err();
+        assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+        let err = store.set_route(legacy).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot be used with provider kind azure"),
+            "{err}"
+        );
+        store.remove_route("legacy".into()).await.unwrap();
+        assert!(store.current().routes.is_empty());
+        thread.close().await.unwrap();
+    }
+
     fn pb_snapshot_is_valid(snapshot: &Snapshot) {
         let wire = drover_proto::pb::Snapshot::from(snapshot);
         assert_eq!(&Snapshot::try_from(&wire).unwrap(), snapshot);

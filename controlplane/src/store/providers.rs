@@ -31,8 +31,13 @@ pub(super) fn upsert(
             provider.name
         )));
     }
-    // A replacement of another kind must still be able to carry its routes' models.
-    if let Some((alias, reason)) = super::routes::first_unfit_target(conn, &provider.name, provider.kind)? {
+    // A replacement of another kind must still be able to carry its routes' models. One of the
+    // same kind changes nothing for them (a target stored by an older version that the rules
+    // now refuse does not block, say, a key rotation).
+    let kind_changes = kind(conn, &provider.name)?.is_some_and(|old| old != provider.kind);
+    if kind_changes
+        && let Some((alias, reason)) = super::routes::first_unfit_target(conn, &provider.name, provider.kind)?
+    {
         return Err(InvalidPolicy::new(
             format!("provider {:?}/kind", provider.name),
             format!(

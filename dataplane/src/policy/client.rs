@@ -3,7 +3,8 @@
 //! reconnects with jittered exponential backoff. An `https://` control plane is reached over
 //! TLS, its certificate checked against `Config::control_plane_trust`. While the control plane
 //! is away the data plane keeps serving the last policy it applied. Every message it sends
-//! lists the providers of the serving policy it cannot use, so `drover status` can show them.
+//! lists the providers and route targets of the serving policy it cannot use, so `drover
+//! status` can show them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,7 +135,7 @@ async fn session(state: &AppState, http_addr: &str, applied_any: &mut bool) -> R
 
     let (tx, rx) = mpsc::channel::<pb::WatchRequest>(8);
     let id = state.config.dataplane_id.clone();
-    // Every message describes the policy served now, unavailable providers included.
+    // Every message describes the policy served now, what it cannot use included.
     let message = |response_version: u64, error: String| {
         let serving = state.policy.load();
         let (store_id, version) = serving
@@ -151,6 +152,10 @@ async fn session(state: &AppState, http_addr: &str, applied_any: &mut bool) -> R
             unavailable_providers: serving
                 .iter()
                 .flat_map(|p| p.unavailable.iter().map(Into::into))
+                .collect(),
+            unusable_targets: serving
+                .iter()
+                .flat_map(|p| p.unusable_targets.iter().map(Into::into))
                 .collect(),
         }
     };
@@ -179,6 +184,9 @@ async fn session(state: &AppState, http_addr: &str, applied_any: &mut bool) -> R
                 tracing::info!(version, "policy applied");
                 for u in &policy.unavailable {
                     tracing::warn!(version, provider = %u.provider, reason = %u.reason, "provider unavailable on this data plane");
+                }
+                for u in &policy.unusable_targets {
+                    tracing::warn!(version, route = %u.route, target = %u.target, reason = %u.reason, "route target unusable on this data plane");
                 }
                 let _ = tx.send(message(version, String::new())).await;
                 if let Some(path) = state.config.last_good.clone() {

@@ -9,7 +9,10 @@
 //! Only what makes the whole snapshot unusable fails a compile (and is NACKed): invalid policy.
 //! A provider this data plane cannot use (its credential cannot be resolved here) is compiled as
 //! unavailable and listed in [`Policy::unavailable`]: requests that need it get a 503 naming it,
-//! failover skips it, and everything else is served.
+//! failover skips it, and everything else is served. Likewise a route target whose model its
+//! provider's kind cannot carry (see `model::validate_target_model`; a store written by an
+//! older version may hold one) is compiled as unusable, listed in [`Policy::unusable_targets`],
+//! and never sent.
 
 pub mod client;
 pub mod last_good;
@@ -20,7 +23,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use drover_proto::model::{
-    self, InvalidPolicy, Modules, Strategy, UnavailableProvider, validate_target_model,
+    self, InvalidPolicy, Modules, Strategy, UnavailableProvider, UnusableTarget, validate_target_model,
 };
 use drover_proto::pb;
 
@@ -40,6 +43,9 @@ pub struct CompiledTarget {
     pub model_json: Bytes,
     pub weight: u32,
     pub health: Arc<TargetHealth>,
+    /// Why this target is never sent (its model cannot go to its provider's kind); `None` when
+    /// it can be. Failover skips it like a target on an unavailable provider.
+    pub unusable: Option<String>,
 }
 
 #[derive(Debug)]
@@ -62,6 +68,8 @@ pub struct Policy {
     pub providers: HashMap<String, Arc<ProviderRt>>,
     /// Providers this data plane cannot use, with why, sorted by name.
     pub unavailable: Vec<UnavailableProvider>,
+    /// Route targets this data plane never sends, with why, sorted by route and target.
+    pub unusable_targets: Vec<UnusableTarget>,
     pub routes: HashMap<String, CompiledRoute>,
     pub modules: Modules,
     /// Prices by `provider/model` (a per-provider override) or `model`.
@@ -103,6 +111,7 @@ impl Policy {
         unavailable.sort_by(|a, b| a.provider.cmp(&b.provider));
         let mut routes = HashMap::with_capacity(valid.routes.len());
         let mut listed: Vec<(String, String)> = Vec::new();
+        let mut unusable_targets = Vec::new();
         for r in &valid.routes {
             let mut targets = Vec::with_capacity(r.targets.len());
             for t in &r.targets {
@@ -113,6 +122,16 @@ impl Policy {
                     )
                 })?;
                 let id = t.id();
+                let unusable = validate_target_model(provider.kind, "model", &t.model)
+                    .err()
+                    .map(|e| e.reason);
+                if let Some(reason) = &unusable {
+                    unusable_targets.push(UnusableTarget {
+                        route: r.alias.clone(),
+                        target: id.clone(),
+                        reason: reason.clone(),
+                    });
+                }
                 targets.push(Arc::new(CompiledTarget {
                     health: health.configured(&id),
                     id,
@@ -120,6 +139,7 @@ impl Policy {
                     model_json: json_string(&t.model),
                     model: t.model.clone(),
                     weight: t.weight,
+                    unusable,
                 }));
             }
             if r.strategy == Strategy::Weighted {
@@ -127,7 +147,8 @@ impl Policy {
             }
             let total_weight = targets.iter().map(|t| u64::from(t.weight)).sum();
             listed.push((r.alias.clone(), "drover".to_owned()));
-            for t in &targets {
+            // A target that is never sent cannot be asked for by its direct name either.
+            for t in targets.iter().filter(|t| t.unusable.is_none()) {
                 listed.push((t.id.clone(), t.provider.name.clone()));
             }
             let cache_ttl =
@@ -148,6 +169,7 @@ impl Policy {
             .flat_map(|r| r.targets.iter().map(|t| t.id.as_str()))
             .collect();
         health.retain(|id| ids.contains(id), |name| providers.contains_key(name));
+        unusable_targets.sort_by(|a, b| (&a.route, &a.target).cmp(&(&b.route, &b.target)));
         listed.sort();
         listed.dedup_by(|a, b| a.0 == b.0);
         let data: Vec<_> = listed
@@ -175,6 +197,7 @@ impl Policy {
             version: valid.version,
             providers,
             unavailable,
+            unusable_targets,
             routes,
             modules: valid.modules,
             prices: valid
@@ -223,6 +246,7 @@ impl Policy {
             model_json: json_string(model),
             model: model.to_owned(),
             weight: 1,
+            unusable: None,
         })))
     }
 }
@@ -393,11 +417,12 @@ mod tests {
     }
 
     #[test]
-    fn a_route_target_that_would_steer_the_url_is_refused() {
-        for (kind, model, ok) in [
+    fn a_route_target_that_would_steer_the_url_is_unusable_and_the_rest_compiles() {
+        for (kind, model, usable) in [
             (pb::ProviderKind::Azure, "my-deployment", true),
             (pb::ProviderKind::Azure, "../../x?evil=1", false),
             (pb::ProviderKind::Azure, "dep#frag", false),
+            (pb::ProviderKind::Azure, "team/gpt-4o", false),
             (pb::ProviderKind::Gemini, "gemini-2.5-flash", true),
             (
                 pb::ProviderKind::Gemini,
@@ -407,17 +432,43 @@ mod tests {
             (pb::ProviderKind::Gemini, "..", false),
             (pb::ProviderKind::OpenaiCompatible, "meta-llama/Llama-3-70b", true),
             (pb::ProviderKind::OpenaiCompatible, "llama3:8b", true),
-            (pb::ProviderKind::OpenaiCompatible, "a\u{0}b", false),
         ] {
             let mut s = snapshot("KEY_SET_API_KEY");
             s.providers[0].kind = kind as i32;
             s.routes[0].targets[0].model = model.into();
-            let compiled = compile(&s, &HealthRegistry::default());
-            assert_eq!(compiled.is_ok(), ok, "{kind:?} {model:?}: {:?}", compiled.err());
-            if let Err(e) = compiled {
-                assert!(e.field.starts_with("route \"fast\"/targets[0]"), "{e}");
+            let p = compile(&s, &HealthRegistry::default()).unwrap();
+            let route = &p.routes["fast"];
+            let target = route.targets.iter().find(|t| t.model == model).unwrap();
+            let other = route.targets.iter().find(|t| t.model == "big").unwrap();
+            assert!(other.unusable.is_none(), "{kind:?} {model:?}");
+            let models: serde_json::Value = serde_json::from_slice(&p.models_body).unwrap();
+            let listed = models["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["id"] == format!("up/{model}"));
+            assert_eq!(listed, usable, "{kind:?} {model:?}: listed as a direct name");
+            if usable {
+                assert!(target.unusable.is_none(), "{kind:?} {model:?}");
+                assert!(p.unusable_targets.is_empty());
+                continue;
             }
+            let reason = target.unusable.clone().unwrap();
+            assert!(reason.contains("goes into the request URL"), "{reason}");
+            assert_eq!(
+                p.unusable_targets,
+                [UnusableTarget {
+                    route: "fast".into(),
+                    target: format!("up/{model}"),
+                    reason,
+                }]
+            );
         }
+        // A model no provider may be sent is invalid policy still.
+        let mut s = snapshot("KEY_SET_API_KEY");
+        s.routes[0].targets[0].model = "a\u{0}b".into();
+        let err = compile(&s, &HealthRegistry::default()).unwrap_err();
+        assert!(err.field.starts_with("route \"fast\"/targets[0]"), "{err}");
     }
 
     #[test]

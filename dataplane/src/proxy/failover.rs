@@ -1,6 +1,7 @@
 //! Dispatch with failover: try the route's targets until one answers, within one deadline.
-//! Targets that cannot take the call (see `plan`) or whose provider this data plane cannot use
-//! (`ProviderRt::unavailable`) are left out before the first attempt.
+//! Targets that cannot take the call (see `plan`), whose provider this data plane cannot use
+//! (`ProviderRt::unavailable`) or that are never sent (`CompiledTarget::unusable`) are left out
+//! before the first attempt.
 //!
 //! Failures are classified by when they happened ([`FailureKind`]). Retried: could-not-connect
 //! errors (nothing was sent), timeouts, 429 and 5xx, and only before anything reached the
@@ -80,12 +81,23 @@ pub async fn dispatch(
     // Prepare every target up front; those that cannot take the call drop out here.
     let mut usable: Vec<(Arc<CompiledTarget>, Prepared<'_>)> = Vec::with_capacity(candidates.len());
     let mut skipped: Option<Skip> = None;
-    // The first provider this data plane cannot use, if every usable target is missing.
-    let mut unavailable: Option<(&str, &str)> = None;
+    // Why the first target this data plane cannot use was left out, for when none is usable.
+    let mut unavailable: Option<ProxyError> = None;
     for target in candidates {
         if let Some(reason) = &target.provider.unavailable {
             tracing::debug!(target = %target.id, reason, "target skipped: provider unavailable");
-            unavailable.get_or_insert((&target.provider.name, reason));
+            unavailable.get_or_insert_with(|| ProxyError::ProviderUnavailable {
+                provider: target.provider.name.clone(),
+                reason: reason.clone(),
+            });
+            continue;
+        }
+        if let Some(reason) = &target.unusable {
+            tracing::debug!(target = %target.id, reason, "target skipped: unusable");
+            unavailable.get_or_insert_with(|| ProxyError::TargetUnusable {
+                target: target.id.clone(),
+                reason: reason.clone(),
+            });
             continue;
         }
         match plan::prepare(call, target) {
@@ -110,10 +122,7 @@ pub async fn dispatch(
             (Some(Skip::Strict(dropped)), _) => ProxyError::Untranslatable {
                 features: dropped.names().to_vec(),
             },
-            (_, Some((provider, reason))) => ProxyError::ProviderUnavailable {
-                provider: provider.to_owned(),
-                reason: reason.to_owned(),
-            },
+            (_, Some(unavailable)) => unavailable,
             (Some(Skip::Unsupported(message)), None) => ProxyError::Unsupported { message },
             (None, None) => ProxyError::NoTarget {
                 retry_after_secs: None,

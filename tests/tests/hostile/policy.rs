@@ -582,3 +582,120 @@ async fn a_huge_route_is_refused_with_a_short_message() {
     gw.wait_all(v).await;
     assert_eq!(gw.chat("huge", "hi").await.status, 200);
 }
+
+/// A route target an older version stored, whose model the rules now refuse for its
+/// provider's kind (an Azure deployment or Gemini model with a `/`), must not make every
+/// snapshot invalid: the data plane leaves that target unusable, reports it, and serves the
+/// rest, and later changes keep reaching it.
+#[tokio::test]
+async fn a_stored_target_the_rules_now_refuse_does_not_freeze_the_policy() {
+    let az = MockProvider::azure().start().await;
+    let mut gw = Gateway::builder().start().await;
+    gw.provider_kind("az", pb::ProviderKind::Azure, &az.base_url())
+        .await;
+    gw.route("good", &["az/dep"]).await;
+
+    // Rows as an older version wrote them, straight into the database.
+    gw.cp.kill().await;
+    let conn = rusqlite::Connection::open(gw.dir.path().join("drover.db")).unwrap();
+    conn.execute_batch(
+        "INSERT INTO routes (alias, strategy) VALUES ('legacy', 'fallback'), ('mixed', 'fallback');
+         INSERT INTO route_targets (alias, position, provider, model, weight) VALUES
+             ('legacy', 0, 'az', 'team/gpt-4o', 1),
+             ('mixed', 0, 'az', 'team/gpt-4o', 1),
+             ('mixed', 1, 'az', 'dep', 1);",
+    )
+    .unwrap();
+    drop(conn);
+    gw.cp.restart().await;
+    gw.admin = gw.cp.admin().await;
+
+    // The next change is applied (a NACK would leave the data plane at the old version).
+    let v = gw.route("after", &["az/dep-2"]).await;
+    let why = "\"team/gpt-4o\" cannot be used with provider kind azure: the model goes into the \
+               request URL, so it must be 1-256 of A-Z, a-z, 0-9, '.', '_' and '-' (and not \".\" or \"..\")";
+    let status = gw
+        .admin
+        .clone()
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let dp = &status.dataplanes[0];
+    assert_eq!((dp.served_version, dp.last_error.as_str()), (v, ""));
+    // It reports the targets it never sends.
+    let reported: Vec<_> = dp
+        .unusable_targets
+        .iter()
+        .map(|u| (u.route.as_str(), u.target.as_str(), u.reason.as_str()))
+        .collect();
+    assert_eq!(
+        reported,
+        [
+            ("legacy", "az/team/gpt-4o", why),
+            ("mixed", "az/team/gpt-4o", why)
+        ]
+    );
+    assert!(
+        gw.send("GET", "/metrics", "")
+            .await
+            .text()
+            .contains("drover_route_targets_unusable 2")
+    );
+
+    // Everything else is served; failover skips the target; a route with no other gets a 503
+    // that says why, in the caller's format, and nothing reaches the provider's URL.
+    az.clear_requests();
+    for alias in ["good", "after", "mixed"] {
+        assert_eq!(gw.chat(alias, "hi").await.status, 200, "{alias}");
+    }
+    let paths: Vec<_> = az.requests().iter().map(|r| r.path.clone()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/openai/deployments/dep/chat/completions",
+            "/openai/deployments/dep-2/chat/completions",
+            "/openai/deployments/dep/chat/completions",
+        ]
+    );
+    let message = format!("route target `az/team/gpt-4o` cannot be used: {why}");
+    let reply = gw.chat("legacy", "hi").await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.json()["error"]["code"], "target_unusable");
+    assert_eq!(reply.json()["error"]["message"], message);
+    let reply = gw.message("legacy", "hi", false).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.json()["error"]["type"], "api_error");
+    assert_eq!(reply.json()["error"]["message"], message);
+    assert_eq!(gw.chat("az/team/gpt-4o", "hi").await.status, 400);
+    assert_eq!(az.calls(), 3);
+
+    // The admin API still lists it (so it can be fixed), refuses to write it again, and once
+    // it is changed the report is empty.
+    let mut admin = gw.admin.clone();
+    let routes = admin
+        .list_routes(pb::ListRoutesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .routes;
+    let legacy = routes.into_iter().find(|r| r.alias == "legacy").unwrap();
+    let err = admin
+        .set_route(pb::SetRouteRequest { route: Some(legacy) })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains(why), "{}", err.message());
+    gw.route("legacy", &["az/dep"]).await;
+    let v = gw.route("mixed", &["az/dep"]).await;
+    let status = gw
+        .admin
+        .clone()
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.dataplanes[0].served_version, v);
+    assert!(status.dataplanes[0].unusable_targets.is_empty());
+    assert_eq!(gw.chat("legacy", "hi").await.status, 200);
+}
