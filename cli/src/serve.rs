@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use drover_controlplane::{ControlPlane, DEFAULT_HANDSHAKE_TIMEOUT, GrpcTls, usage_retention_days};
+use drover_controlplane::{ControlPlane, DEFAULT_HANDSHAKE_TIMEOUT, GrpcTls, TlsArgs, usage_retention_days};
 use drover_dataplane::DataPlane;
 use drover_proto::model::Secret;
 use drover_proto::tls::Trust;
@@ -47,24 +47,8 @@ pub struct ServeArgs {
     )]
     pub grpc: SocketAddr,
 
-    /// PEM certificate chain (leaf first) for the gRPC listener; with --grpc-tls-key, the admin
-    /// API and the policy stream are served over TLS only.
-    #[arg(
-        long,
-        env = "DROVER_GRPC_TLS_CERT",
-        value_name = "FILE",
-        requires = "grpc_tls_key"
-    )]
-    pub grpc_tls_cert: Option<PathBuf>,
-
-    /// PEM private key of --grpc-tls-cert.
-    #[arg(
-        long,
-        env = "DROVER_GRPC_TLS_KEY",
-        value_name = "FILE",
-        requires = "grpc_tls_cert"
-    )]
-    pub grpc_tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub grpc_tls: TlsArgs,
 
     /// Days raw usage records are kept before they are compacted into daily totals (which are
     /// kept forever); 0 keeps raw records forever.
@@ -105,8 +89,7 @@ impl ServeArgs {
         env: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Options> {
         let secret = |v: Option<String>| v.filter(|s| !s.trim().is_empty()).map(Secret::new);
-        let grpc_tls = GrpcTls::load_pair(self.grpc_tls_cert.as_deref(), self.grpc_tls_key.as_deref())
-            .context("--grpc-tls-cert/--grpc-tls-key")?;
+        let grpc_tls = self.grpc_tls.load().context("--grpc-tls-cert/--grpc-tls-key")?;
         Ok(Options {
             db: global.db.clone(),
             http: self.http,

@@ -1288,10 +1288,30 @@ async fn without_a_token_the_cli_reads_the_token_file_beside_the_database() {
 // `drover serve`
 // ---------------------------------------------------------------------------------------------
 
+/// Polls `drover status --json` until its first data plane serves `version` or newer, and
+/// returns that status.
+async fn wait_served(drover: &dyn Fn() -> Drover, version: u64) -> Value {
+    let deadline = Instant::now() + SERVE_TIMEOUT;
+    loop {
+        let out = drover().args(["status", "--json"]).run().await;
+        let status = parse_json(out.ok(), &out);
+        if status["dataplanes"][0]["served_version"].as_u64() >= Some(version) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the data plane never served {version}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// `drover serve` as a child process, killed if the test ends before it stops.
 struct ServeProcess {
     child: Child,
     log: PathBuf,
+    /// Its directory: the database and the log.
+    dir: PathBuf,
 }
 
 impl ServeProcess {
@@ -1326,7 +1346,24 @@ impl ServeProcess {
             .stderr(file)
             .spawn()
             .expect("drover serve starts");
-        ServeProcess { child, log }
+        ServeProcess {
+            child,
+            log,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// `drover` invocations with the admin token against `server`, each run from the same
+    /// directory of their own (made here), beside the database.
+    fn cli(&self, server: &str) -> impl Fn() -> Drover + use<> {
+        let cwd = self.dir.join("cwd");
+        std::fs::create_dir_all(&cwd).expect("working directory");
+        let server = server.to_owned();
+        move || {
+            Drover::new(&cwd)
+                .env("DROVER_ADMIN_TOKEN", TOKEN)
+                .args(["--server", &server])
+        }
     }
 
     fn log(&self) -> String {
@@ -1358,6 +1395,16 @@ impl ServeProcess {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Sends SIGTERM and checks that it exits cleanly.
+    async fn stop(&mut self) {
+        let status = self.terminate().await;
+        assert!(
+            status.success(),
+            "drover serve exits cleanly on SIGTERM, got {status}:\n{}",
+            self.log()
+        );
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -1441,13 +1488,7 @@ async fn serve_runs_both_planes_until_sigterm() {
     let mut serve = ServeProcess::start(dir.path(), http, grpc);
     serve.wait_ready(http).await;
 
-    let cwd = dir.path().join("cwd");
-    std::fs::create_dir(&cwd).expect("working directory");
-    let drover = || {
-        Drover::new(&cwd)
-            .env("DROVER_ADMIN_TOKEN", TOKEN)
-            .args(["--server", &format!("http://{grpc}")])
-    };
+    let drover = serve.cli(&format!("http://{grpc}"));
     let out = drover().args(["provider", "list", "--json"]).run().await;
     assert_eq!(parse_json(out.ok(), &out), json!([]));
     let out = drover()
@@ -1468,24 +1509,13 @@ async fn serve_runs_both_planes_until_sigterm() {
 
     // The in-process data plane is connected; it serves the new version once the policy
     // stream has delivered it.
-    let deadline = Instant::now() + SERVE_TIMEOUT;
-    loop {
-        let out = drover().args(["status", "--json"]).run().await;
-        let status = parse_json(out.ok(), &out);
-        assert_eq!(status["version"], json!(version));
-        let planes = status["dataplanes"].as_array().cloned().unwrap_or_default();
-        assert_eq!(planes.len(), 1, "{status}");
-        assert_eq!(planes[0]["id"], json!("local"));
-        assert_eq!(planes[0]["connected"], json!(true));
-        if planes[0]["served_version"] == json!(version) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the data plane never served {version}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let status = wait_served(&drover, version).await;
+    assert_eq!(status["version"], json!(version));
+    let planes = status["dataplanes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(planes.len(), 1, "{status}");
+    assert_eq!(planes[0]["id"], json!("local"));
+    assert_eq!(planes[0]["connected"], json!(true));
+    assert_eq!(planes[0]["served_version"], json!(version));
 
     // A request through the in-process data plane is metered and its record reaches the
     // ledger. The provider is unreachable, so the request fails (502), and is billed as failed.
@@ -1500,19 +1530,8 @@ async fn serve_runs_both_planes_until_sigterm() {
         .and_then(|s| s.rsplit_once("policy version "))
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or_else(|| panic!("a policy version in {out}"));
+    wait_served(&drover, version).await;
     let deadline = Instant::now() + SERVE_TIMEOUT;
-    loop {
-        let out = drover().args(["status", "--json"]).run().await;
-        let status = parse_json(out.ok(), &out);
-        if status["dataplanes"][0]["served_version"].as_u64() >= Some(version) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the data plane never served {version}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let response = post_json(
         http,
         "/v1/chat/completions",
@@ -1537,12 +1556,7 @@ async fn serve_runs_both_planes_until_sigterm() {
     }
 
     serve.assert_running();
-    let status = serve.terminate().await;
-    assert!(
-        status.success(),
-        "drover serve exits cleanly on SIGTERM, got {status}:\n{}",
-        serve.log()
-    );
+    serve.stop().await;
 }
 
 #[tokio::test]
@@ -1560,13 +1574,10 @@ async fn serve_with_grpc_tls_connects_its_own_data_plane_over_tls() {
     // Ready means the in-process data plane applied a snapshot streamed over TLS.
     serve.wait_ready(http).await;
 
-    let cwd = dir.path().join("cwd");
-    std::fs::create_dir(&cwd).expect("working directory");
     let server = format!("https://{grpc}");
-    let out = Drover::new(&cwd)
-        .env("DROVER_ADMIN_TOKEN", TOKEN)
+    let out = serve.cli(&server)()
         .env("DROVER_CA", &pki.ca.display().to_string())
-        .args(["--server", &server, "status", "--json"])
+        .args(["status", "--json"])
         .run()
         .await;
     let status = parse_json(out.ok(), &out);
@@ -1578,12 +1589,7 @@ async fn serve_with_grpc_tls_connects_its_own_data_plane_over_tls() {
         serve.log()
     );
 
-    let status = serve.terminate().await;
-    assert!(
-        status.success(),
-        "drover serve exits cleanly, got {status}:\n{}",
-        serve.log()
-    );
+    serve.stop().await;
 }
 
 #[tokio::test]
@@ -1600,13 +1606,7 @@ async fn serve_reports_providers_whose_key_it_may_not_read_in_status() {
         ],
     );
     serve.wait_ready(http).await;
-    let cwd = dir.path().join("cwd");
-    std::fs::create_dir(&cwd).expect("working directory");
-    let drover = || {
-        Drover::new(&cwd)
-            .env("DROVER_ADMIN_TOKEN", TOKEN)
-            .args(["--server", &format!("http://{grpc}")])
-    };
+    let drover = serve.cli(&format!("http://{grpc}"));
     let add = |name: &'static str, var: &'static str| {
         drover().args([
             "provider",
@@ -1636,20 +1636,8 @@ async fn serve_reports_providers_whose_key_it_may_not_read_in_status() {
     let version = changed_version(out.ok(), "provider ollama added");
     let reason = "environment variable OLLAMA_TOKEN is not allowed by this data plane's \
                   --credential-env-allow (*_API_KEY)";
-    let deadline = Instant::now() + SERVE_TIMEOUT;
-    let plane = loop {
-        let out = drover().args(["status", "--json"]).run().await;
-        let status = parse_json(out.ok(), &out);
-        let plane = status["dataplanes"][0].clone();
-        if plane["served_version"] == json!(version) {
-            break plane;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the data plane never served {version}: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let plane = wait_served(&drover, version).await["dataplanes"][0].clone();
+    assert_eq!(plane["served_version"], json!(version), "{plane}");
     assert_eq!(
         plane["unavailable_providers"],
         json!([{"provider": "ollama", "reason": reason}]),
@@ -1678,6 +1666,6 @@ async fn serve_reports_providers_whose_key_it_may_not_read_in_status() {
     assert!(!response.contains("secret-value"), "{response}");
 
     serve.assert_running();
-    assert!(serve.terminate().await.success(), "{}", serve.log());
+    serve.stop().await;
     assert!(!serve.log().contains("secret-value"), "{}", serve.log());
 }

@@ -117,34 +117,54 @@ impl fmt::Debug for GrpcTls {
     }
 }
 
-/// `drover-controlplane`'s TLS options for the gRPC listener.
+/// TLS options for the gRPC listener: a PEM certificate chain and its key, given together.
+///
+/// Declared once, with the names `drover serve` gives them (`--grpc-tls-cert`,
+/// `--grpc-tls-key`, env `DROVER_GRPC_TLS_CERT`/`_KEY`: there `--tls-cert` is the HTTP
+/// listener's). `drover-controlplane`, whose only listener is gRPC, renames them with
+/// [`TlsArgs::standalone`].
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TlsArgs {
-    /// PEM certificate chain (leaf first) for the gRPC listener; with --tls-key, gRPC is
-    /// served over TLS only.
+    /// PEM certificate chain (leaf first) for the gRPC listener; with its key, the admin API and
+    /// the policy stream are served over TLS only.
     #[arg(
         long,
-        visible_alias = "grpc-tls-cert",
-        env = "DROVER_TLS_CERT",
+        env = "DROVER_GRPC_TLS_CERT",
         value_name = "FILE",
-        requires = "tls_key"
+        requires = "grpc_tls_key"
     )]
-    pub tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// PEM private key of the gRPC listener's certificate.
     #[arg(
         long,
-        visible_alias = "grpc-tls-key",
-        env = "DROVER_TLS_KEY",
+        env = "DROVER_GRPC_TLS_KEY",
         value_name = "FILE",
-        requires = "tls_cert"
+        requires = "grpc_tls_cert"
     )]
-    pub tls_key: Option<PathBuf>,
+    pub grpc_tls_key: Option<PathBuf>,
 }
 
 impl TlsArgs {
+    /// `command` (which flattens these options) with `drover-controlplane`'s names for them:
+    /// `--tls-cert`/`--tls-key`, env `DROVER_TLS_CERT`/`DROVER_TLS_KEY`, the `--grpc-` names
+    /// kept as aliases.
+    pub fn standalone(command: clap::Command) -> clap::Command {
+        command
+            .mut_arg("grpc_tls_cert", |a| {
+                a.long("tls-cert")
+                    .visible_alias("grpc-tls-cert")
+                    .env("DROVER_TLS_CERT")
+            })
+            .mut_arg("grpc_tls_key", |a| {
+                a.long("tls-key")
+                    .visible_alias("grpc-tls-key")
+                    .env("DROVER_TLS_KEY")
+            })
+    }
+
     /// The listener's TLS, loaded; `None` without the flags.
     pub fn load(&self) -> Result<Option<GrpcTls>, TlsError> {
-        GrpcTls::load_pair(self.tls_cert.as_deref(), self.tls_key.as_deref())
+        GrpcTls::load_pair(self.grpc_tls_cert.as_deref(), self.grpc_tls_key.as_deref())
     }
 }
 
@@ -219,9 +239,12 @@ mod tests {
         tls: TlsArgs,
     }
 
+    /// Parsed under `drover-controlplane`'s names.
     fn parse(args: &[&str]) -> Result<TlsArgs, String> {
-        use clap::Parser as _;
-        Cli::try_parse_from(std::iter::once("cp").chain(args.iter().copied()))
+        use clap::{CommandFactory as _, FromArgMatches as _};
+        TlsArgs::standalone(Cli::command())
+            .try_get_matches_from(std::iter::once("cp").chain(args.iter().copied()))
+            .and_then(|m| Cli::from_arg_matches(&m))
             .map(|c| c.tls)
             .map_err(|e| e.to_string())
     }

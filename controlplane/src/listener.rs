@@ -26,6 +26,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::Stream;
+use tokio_util::either::Either;
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 
 /// Most TLS handshakes in progress at once.
@@ -98,7 +99,7 @@ impl Stream for Incoming {
                 remote_addr: tcp.peer_addr().ok(),
             };
             let Some(acceptor) = &this.tls else {
-                return Poll::Ready(Some(Ok(Conn::new(Io::Plain(tcp), info, deadline))));
+                return Poll::Ready(Some(Ok(Conn::new(Either::Left(tcp), info, deadline))));
             };
             let acceptor = acceptor.clone();
             this.handshakes.spawn(async move {
@@ -107,7 +108,7 @@ impl Stream for Incoming {
                     .map_err(|_| {
                         io::Error::new(io::ErrorKind::TimedOut, "no TLS handshake within the deadline")
                     })??;
-                Ok(Conn::new(Io::Tls(Box::new(tls)), info, deadline))
+                Ok(Conn::new(Either::Right(Box::new(tls)), info, deadline))
             });
         }
     }
@@ -126,10 +127,8 @@ fn is_per_connection(e: &io::Error) -> bool {
     )
 }
 
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
+/// A connection's socket: plain TCP, or TLS over it.
+type Io = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// One accepted connection. Until the HTTP/2 preface has been read, a read that would wait
 /// past the deadline fails with `TimedOut`, which makes the server drop the connection.
@@ -152,10 +151,7 @@ impl Conn {
     }
 
     fn poll_read_io(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match &mut self.io {
-            Io::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -204,10 +200,7 @@ impl AsyncRead for Conn {
 
 impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
-            Io::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -215,30 +208,18 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
-            Io::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
-        }
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.io {
-            Io::Plain(tcp) => tcp.is_write_vectored(),
-            Io::Tls(tls) => tls.is_write_vectored(),
-        }
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

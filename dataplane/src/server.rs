@@ -32,6 +32,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
@@ -172,10 +173,10 @@ pub async fn serve(
         tracker.spawn(async move {
             let _open = OpenGuard(metrics.clone());
             let socket = match tls {
-                None => Socket::Plain(tcp),
+                None => Either::Left(tcp),
                 // The handshake counts against the time to send the first request head.
                 Some(tls) => match tokio::time::timeout(config.header_read_timeout, tls.accept(tcp)).await {
-                    Ok(Ok(stream)) => Socket::Tls(Box::new(stream)),
+                    Ok(Ok(stream)) => Either::Right(Box::new(stream)),
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "TLS handshake failed");
                         metrics.connections_tls_failed.inc();
@@ -399,11 +400,8 @@ impl ConnWatch {
     }
 }
 
-/// A caller's connection.
-enum Socket {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
+/// A caller's connection: plain TCP, or TLS over it.
+type Socket = Either<TcpStream, Box<tokio_rustls::server::TlsStream<TcpStream>>>;
 
 /// The connection's socket, telling its watchdog when bytes arrive.
 struct WatchedIo {
@@ -415,10 +413,7 @@ impl AsyncRead for WatchedIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let polled = match &mut this.inner {
-            Socket::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Socket::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
-        };
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
             this.watch.on_read();
         }
@@ -428,10 +423,7 @@ impl AsyncRead for WatchedIo {
 
 impl AsyncWrite for WatchedIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().inner {
-            Socket::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
-            Socket::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -439,31 +431,19 @@ impl AsyncWrite for WatchedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().inner {
-            Socket::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Socket::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
-        }
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.inner {
-            Socket::Plain(tcp) => tcp.is_write_vectored(),
-            Socket::Tls(tls) => tls.is_write_vectored(),
-        }
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().inner {
-            Socket::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Socket::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().inner {
-            Socket::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Socket::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -408,6 +408,26 @@ pub fn is_path_segment_model(model: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
+/// Model names that are valid for kinds that carry the model in the JSON body, but would change
+/// the path, the query or the method a provider receives if put into its URL path unchecked:
+/// traversal, a query, a fragment, a Gemini method suffix, escapes, separators and non-ASCII.
+/// None is a safe path segment (see [`is_path_segment_model`]); every layer that keeps models
+/// out of URLs is tested against them.
+pub const URL_STEERING_MODELS: &[&str] = &[
+    "../../../x?evil=1",
+    "dep#frag",
+    "gemini-pro:streamGenerateContent?alt=sse&key=x",
+    "\u{fc}",
+    "a/b",
+    "%2e%2e",
+    "%2e%2e%2fx",
+    "..",
+    ".",
+    "a\\b",
+    "m?",
+    "m;x=1",
+];
+
 /// Checks that `model` can be sent to a provider of `kind`: a model name (see
 /// [`validate_model_name`]) and, for kinds that put the model into the URL path (see
 /// [`model_in_path`]), exactly one safe path segment (see [`is_path_segment_model`]), so that a
@@ -1512,19 +1532,9 @@ mod tests {
 
     #[test]
     fn target_models_must_not_steer_the_url_of_kinds_that_put_them_in_it() {
-        let hostile = [
-            "../../../x?evil=1",
-            "dep#frag",
-            "gemini-pro:streamGenerateContent?alt=sse&key=x",
-            "\u{fc}",
-            "a/b",
-            "%2e%2e",
-            "..",
-            ".",
-            "a\\b",
-        ];
         for kind in ProviderKind::ALL {
-            for model in hostile {
+            for &model in URL_STEERING_MODELS {
+                assert!(!is_path_segment_model(model), "{model:?}");
                 let result = validate_target_model(kind, "model", model);
                 assert_eq!(result.is_ok(), !model_in_path(kind), "{kind} {model:?}");
             }

@@ -72,6 +72,49 @@ pub async fn try_admin_client(
     ))
 }
 
+/// The control plane's `Status`: its version and the data planes it knows.
+pub async fn status(admin: &Admin) -> pb::StatusResponse {
+    admin
+        .clone()
+        .status(pb::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner()
+}
+
+/// The value of metric `name` (with its labels, e.g. `x_total{kind="a"}`) in `/metrics` text.
+pub fn metric(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in metrics:\n{metrics}"))
+}
+
+/// This process's resident memory, bytes (nextest runs each test in a process of its own).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib * 1024
+}
+
+/// `provider/model` specs as route targets of weight 1.
+pub fn targets(specs: &[&str]) -> Vec<pb::Target> {
+    specs.iter().map(|t| weighted_target(t, 1)).collect()
+}
+
+fn weighted_target(spec: &str, weight: u32) -> pb::Target {
+    let (provider, model) = spec.split_once('/').expect("provider/model");
+    pb::Target {
+        provider: provider.into(),
+        model: model.into(),
+        weight,
+    }
+}
+
 /// TLS for a test control plane: the identity its gRPC listener serves, and what its
 /// clients (data planes, admin) trust.
 #[derive(Clone, Debug)]
@@ -392,14 +435,13 @@ impl Gateway {
         self.dps[0].url()
     }
 
+    /// The control plane's `Status`.
+    pub async fn status(&self) -> pb::StatusResponse {
+        status(&self.admin).await
+    }
+
     pub async fn version(&self) -> u64 {
-        self.admin
-            .clone()
-            .status(pb::StatusRequest {})
-            .await
-            .expect("status")
-            .into_inner()
-            .version
+        self.status().await.version
     }
 
     /// Waits until every running data plane serves `version` or newer.
@@ -411,125 +453,69 @@ impl Gateway {
         }
     }
 
-    /// Adds an OpenAI-compatible provider (credential: env `TEST_PROVIDER_API_KEY`).
-    pub async fn provider(&self, name: &str, base_url: &str) -> u64 {
-        let v = self
-            .admin
-            .clone()
-            .add_provider(pb::AddProviderRequest {
-                name: name.into(),
-                kind: pb::ProviderKind::OpenaiCompatible as i32,
-                base_url: base_url.into(),
-                credential: Some(pb::add_provider_request::Credential::ApiKeyEnv(
-                    "TEST_PROVIDER_API_KEY".into(),
-                )),
-                replace: true,
-                api_version: String::new(),
-            })
-            .await
-            .expect("add provider")
-            .into_inner()
-            .version;
-        self.wait_all(v).await;
-        v
-    }
-
-    /// Adds a provider of any kind (credential: env `TEST_PROVIDER_API_KEY`).
-    pub async fn provider_kind(&self, name: &str, kind: pb::ProviderKind, base_url: &str) -> u64 {
-        let v = self
-            .admin
+    /// Adds (or replaces) a provider whose credential is env `env`, without waiting for the
+    /// data planes: the admin API's answer, refusals included.
+    pub async fn try_provider(
+        &self,
+        name: &str,
+        kind: pb::ProviderKind,
+        base_url: &str,
+        env: &str,
+    ) -> Result<u64, tonic::Status> {
+        self.admin
             .clone()
             .add_provider(pb::AddProviderRequest {
                 name: name.into(),
                 kind: kind as i32,
                 base_url: base_url.into(),
-                credential: Some(pb::add_provider_request::Credential::ApiKeyEnv(
-                    "TEST_PROVIDER_API_KEY".into(),
-                )),
+                credential: Some(pb::add_provider_request::Credential::ApiKeyEnv(env.into())),
                 replace: true,
                 api_version: String::new(),
             })
             .await
-            .expect("add provider")
-            .into_inner()
-            .version;
+            .map(|r| r.into_inner().version)
+    }
+
+    /// Adds an OpenAI-compatible provider (credential: env `TEST_PROVIDER_API_KEY`).
+    pub async fn provider(&self, name: &str, base_url: &str) -> u64 {
+        self.provider_kind(name, pb::ProviderKind::OpenaiCompatible, base_url)
+            .await
+    }
+
+    /// Adds a provider of any kind (credential: env `TEST_PROVIDER_API_KEY`).
+    pub async fn provider_kind(&self, name: &str, kind: pb::ProviderKind, base_url: &str) -> u64 {
+        let v = self
+            .try_provider(name, kind, base_url, "TEST_PROVIDER_API_KEY")
+            .await
+            .expect("add provider");
         self.wait_all(v).await;
         v
     }
 
     /// Sets a fallback route.
     pub async fn route(&self, alias: &str, targets: &[&str]) -> u64 {
-        self.route_with(
-            alias,
-            pb::RouteStrategy::Fallback,
-            &targets.iter().map(|t| (*t, 1)).collect::<Vec<_>>(),
-        )
-        .await
+        self.set_route(route(alias, targets)).await
     }
 
     pub async fn route_with(&self, alias: &str, strategy: pb::RouteStrategy, targets: &[(&str, u32)]) -> u64 {
-        let targets = targets
-            .iter()
-            .map(|(t, weight)| {
-                let (provider, model) = t.split_once('/').expect("provider/model");
-                pb::Target {
-                    provider: provider.into(),
-                    model: model.into(),
-                    weight: *weight,
-                }
-            })
-            .collect();
-        let v = self
-            .admin
-            .clone()
-            .set_route(pb::SetRouteRequest {
-                route: Some(pb::Route {
-                    alias: alias.into(),
-                    strategy: strategy as i32,
-                    targets,
-                    cache_ttl_secs: 0,
-                    retry_after_send: false,
-                }),
-            })
-            .await
-            .expect("set route")
-            .into_inner()
-            .version;
-        self.wait_all(v).await;
-        v
+        self.set_route(pb::Route {
+            strategy: strategy as i32,
+            targets: targets
+                .iter()
+                .map(|(t, weight)| weighted_target(t, *weight))
+                .collect(),
+            ..route(alias, &[])
+        })
+        .await
     }
 
     /// Sets a fallback route whose answers are cached for `ttl_secs`.
     pub async fn route_cached(&self, alias: &str, targets: &[&str], ttl_secs: u32) -> u64 {
-        let targets = targets
-            .iter()
-            .map(|t| {
-                let (provider, model) = t.split_once('/').expect("provider/model");
-                pb::Target {
-                    provider: provider.into(),
-                    model: model.into(),
-                    weight: 1,
-                }
-            })
-            .collect();
-        let v = self
-            .admin
-            .clone()
-            .set_route(pb::SetRouteRequest {
-                route: Some(pb::Route {
-                    alias: alias.into(),
-                    strategy: 0,
-                    targets,
-                    cache_ttl_secs: ttl_secs,
-                    retry_after_send: false,
-                }),
-            })
-            .await
-            .expect("set route")
-            .into_inner()
-            .version;
-        self.wait_all(v).await;
-        v
+        self.set_route(pb::Route {
+            cache_ttl_secs: ttl_secs,
+            ..route(alias, targets)
+        })
+        .await
     }
 
     /// Sets any route, as given, and waits until every data plane serves it.
@@ -548,25 +534,69 @@ impl Gateway {
 
     /// Sets a fallback route that also retries attempts that broke after the request was sent.
     pub async fn route_retrying_after_send(&self, alias: &str, targets: &[&str]) -> u64 {
-        let targets = targets
-            .iter()
-            .map(|t| {
-                let (provider, model) = t.split_once('/').expect("provider/model");
-                pb::Target {
-                    provider: provider.into(),
-                    model: model.into(),
-                    weight: 1,
-                }
-            })
-            .collect();
         self.set_route(pb::Route {
-            alias: alias.into(),
-            strategy: pb::RouteStrategy::Fallback as i32,
-            targets,
-            cache_ttl_secs: 0,
             retry_after_send: true,
+            ..route(alias, targets)
         })
         .await
+    }
+
+    /// Removes a route and waits until every data plane serves the change.
+    pub async fn remove_route(&self, alias: &str) -> u64 {
+        let v = self
+            .admin
+            .clone()
+            .remove_route(pb::RemoveRouteRequest { alias: alias.into() })
+            .await
+            .expect("remove route")
+            .into_inner()
+            .version;
+        self.wait_all(v).await;
+        v
+    }
+
+    /// The ledger's total over all usage.
+    pub async fn usage_total(&self) -> pb::UsageRow {
+        self.admin
+            .clone()
+            .query_usage(pb::UsageQuery::default())
+            .await
+            .expect("query usage")
+            .into_inner()
+            .total
+            .unwrap_or_default()
+    }
+
+    /// Waits until the ledger holds at least `requests` requests, and returns its total.
+    pub async fn wait_for_usage(&self, requests: u64) -> pb::UsageRow {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let t = self.usage_total().await;
+            if t.requests >= requests {
+                return t;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "ledger has {} of {requests} requests",
+                t.requests
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// `/metrics` of the first data plane.
+    pub async fn metrics(&self) -> String {
+        self.metrics_at(&self.url()).await
+    }
+
+    /// `/metrics` of the data plane at `base`.
+    pub async fn metrics_at(&self, base: &str) -> String {
+        self.send_to(base, "GET", "/metrics", &[], "").await.text()
+    }
+
+    /// The value of metric `name` on the first data plane (see [`metric`]).
+    pub async fn metric(&self, name: &str) -> u64 {
+        metric(&self.metrics().await, name)
     }
 
     /// Sends a request to the first data plane and reads the whole answer.
@@ -631,6 +661,17 @@ impl Gateway {
     pub async fn chat_stream(&self, model: &str, content: &str) -> Reply {
         self.send("POST", "/v1/chat/completions", chat_body(model, content, true))
             .await
+    }
+}
+
+/// A fallback route to `targets` (`provider/model`), not cached, not retried after sending.
+pub fn route(alias: &str, targets: &[&str]) -> pb::Route {
+    pb::Route {
+        alias: alias.into(),
+        strategy: pb::RouteStrategy::Fallback as i32,
+        targets: self::targets(targets),
+        cache_ttl_secs: 0,
+        retry_after_send: false,
     }
 }
 

@@ -77,23 +77,8 @@ async fn a_repeated_request_is_answered_from_the_cache() {
     assert_eq!(up.calls(), 2);
 
     // Hits are metered at cost 0, with the saving recorded.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let total = loop {
-        let t = gw
-            .admin
-            .clone()
-            .query_usage(pb::UsageQuery::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .total
-            .unwrap();
-        if t.requests == 3 {
-            break t;
-        }
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let total = gw.wait_for_usage(3).await;
+    assert_eq!(total.requests, 3);
     assert_eq!(total.cache_hits, 1);
     assert!(total.saved_nano_usd > 0);
     let usage = first.json()["usage"].clone();

@@ -215,7 +215,7 @@ async fn circuit_breaker_skips_a_dead_target_and_probes_it_later() {
     );
     assert_eq!(good.calls(), 10);
 
-    let metrics = gw.send("GET", "/metrics", "").await.text();
+    let metrics = gw.metrics().await;
     assert!(metrics.contains("drover_breakers_open 1"), "{metrics}");
 
     // After the open period one probe goes through; the target recovered, so it is used again.
@@ -249,7 +249,7 @@ async fn a_stream_cut_midway_ends_with_an_error_event_not_done() {
     );
     assert_eq!(up.calls(), 1, "no retry once bytes reached the caller");
 
-    let metrics = gw.send("GET", "/metrics", "").await.text();
+    let metrics = gw.metrics().await;
     assert!(metrics.contains("drover_streams_incomplete_total 1"), "{metrics}");
 }
 

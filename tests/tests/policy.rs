@@ -26,15 +26,7 @@ async fn a_route_change_reaches_a_running_data_plane_without_restart() {
     assert_eq!(reply.header("x-drover-provider"), Some("b"));
     assert_eq!(reply.json()["model"], "two");
 
-    let v = gw
-        .admin
-        .clone()
-        .remove_route(pb::RemoveRouteRequest { alias: "m".into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
-    gw.wait_all(v).await;
+    gw.remove_route("m").await;
     assert_eq!(gw.chat("m", "x").await.status, 404);
 }
 
@@ -89,13 +81,7 @@ async fn control_plane_restart_keeps_traffic_flowing_and_the_data_plane_reconnec
     assert!(after > before);
     assert_eq!(gw.chat("m", "x").await.json()["model"], "two");
 
-    let status = gw
-        .admin
-        .clone()
-        .status(pb::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = gw.status().await;
     let dp = status
         .dataplanes
         .iter()
@@ -286,13 +272,7 @@ async fn two_data_planes_on_one_control_plane_both_follow_changes() {
             .await;
         assert_eq!(reply.json()["model"], "two");
     }
-    let status = gw
-        .admin
-        .clone()
-        .status(pb::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = gw.status().await;
     let mut ids: Vec<_> = status
         .dataplanes
         .iter()

@@ -258,24 +258,9 @@ async fn responses_api_is_relayed_and_its_streams_are_checked_and_metered() {
     let names: Vec<String> = reply.named_events().into_iter().map(|(n, _)| n).collect();
     assert_eq!(names, ["response.created", "error"], "{}", reply.text());
 
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let t = gw
-            .admin
-            .clone()
-            .query_usage(drover_proto::pb::UsageQuery::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .total
-            .unwrap();
-        if t.requests == 3 {
-            // 11 + 5 from the provider; the cut stream is estimated from its 44-byte request (11).
-            assert_eq!((t.input_tokens, t.output_tokens), (11 + 5 + 11, 2 + 1), "{t:?}");
-            assert_eq!(t.failed, 1);
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{t:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let t = gw.wait_for_usage(3).await;
+    assert_eq!(t.requests, 3, "{t:?}");
+    // 11 + 5 from the provider; the cut stream is estimated from its 44-byte request (11).
+    assert_eq!((t.input_tokens, t.output_tokens), (11 + 5 + 11, 2 + 1), "{t:?}");
+    assert_eq!(t.failed, 1);
 }

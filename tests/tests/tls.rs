@@ -11,7 +11,7 @@ use drover_controlplane::GrpcTls;
 use drover_proto::pb;
 use drover_proto::tls::{CaBundle, Trust};
 use drover_tests::gateway::{
-    ADMIN_TOKEN, TestControlPlane, TestDataPlane, TestTls, dataplane_config, try_admin_client,
+    ADMIN_TOKEN, TestControlPlane, TestDataPlane, TestTls, dataplane_config, metric, status, try_admin_client,
 };
 use drover_tests::{Gateway, MockProvider};
 
@@ -64,22 +64,9 @@ fn fast_usage(c: &mut drover_dataplane::Config) {
     c.usage.flush_interval = Duration::from_millis(20);
 }
 
-async fn status(admin: &drover_tests::gateway::Admin) -> pb::StatusResponse {
-    admin
-        .clone()
-        .status(pb::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 /// The value of a counter on a data plane's `/metrics`.
 async fn counter(gw: &Gateway, dp: &TestDataPlane, name: &str) -> u64 {
-    let metrics = gw.send_to(&dp.url(), "GET", "/metrics", &[], "").await.text();
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    metric(&gw.metrics_at(&dp.url()).await, name)
 }
 
 #[tokio::test]
@@ -104,28 +91,8 @@ async fn a_data_plane_gets_its_policy_and_reports_usage_over_tls() {
     assert_eq!(up.calls(), 1);
 
     // The usage record travels the usage client's own TLS connection to the ledger.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let total = gw
-            .admin
-            .clone()
-            .query_usage(pb::UsageQuery::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .total
-            .unwrap_or_default();
-        if total.requests == 1 {
-            break;
-        }
-        assert_eq!(total.requests, 0);
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the usage record never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let status = status(&gw.admin).await;
+    assert_eq!(gw.wait_for_usage(1).await.requests, 1);
+    let status = gw.status().await;
     assert_eq!(status.dataplanes.len(), 1, "{status:?}");
     assert!(status.dataplanes[0].connected, "{status:?}");
 }
@@ -164,7 +131,7 @@ async fn a_data_plane_that_does_not_trust_the_certificate_gets_no_policy() {
             assert_eq!(counter(&gw, &dp, never).await, 0, "{id}: {never}");
         }
         assert!(
-            status(&gw.admin).await.dataplanes.is_empty(),
+            gw.status().await.dataplanes.is_empty(),
             "{id}: the control plane never saw it"
         );
     }

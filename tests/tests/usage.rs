@@ -14,34 +14,6 @@ fn fast_usage(c: &mut drover_dataplane::Config) {
     c.usage.flush_interval = Duration::from_millis(20);
 }
 
-async fn total(gw: &Gateway) -> pb::UsageRow {
-    gw.admin
-        .clone()
-        .query_usage(pb::UsageQuery::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .total
-        .unwrap_or_default()
-}
-
-/// Waits until the ledger holds `requests` requests.
-async fn wait_for_requests(gw: &Gateway, requests: u64) -> pb::UsageRow {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let t = total(gw).await;
-        if t.requests >= requests {
-            return t;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ledger has {} of {requests} requests",
-            t.requests
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 async fn set_price(gw: &Gateway, model: &str, input: f64, output: f64) {
     let v = gw
         .admin
@@ -104,7 +76,7 @@ async fn non_stream_answers_carry_their_cost_and_are_recorded() {
         format!("{}.{:09}", nano / 1_000_000_000, nano % 1_000_000_000)
     );
 
-    let t = wait_for_requests(&gw, 1).await;
+    let t = gw.wait_for_usage(1).await;
     assert_eq!(
         (t.input_tokens, t.output_tokens, t.cost_nano_usd, t.unpriced),
         (input, output, nano as i64, 0)
@@ -113,9 +85,9 @@ async fn non_stream_answers_carry_their_cost_and_are_recorded() {
     // A model without a price is flagged, never silently free.
     let reply = gw.chat("up/free", "hello").await;
     assert_eq!(reply.header("x-drover-cost-usd"), None);
-    let t = wait_for_requests(&gw, 2).await;
+    let t = gw.wait_for_usage(2).await;
     assert_eq!(t.unpriced, 1);
-    let metrics = gw.send("GET", "/metrics", "").await.text();
+    let metrics = gw.metrics().await;
     assert!(metrics.contains("drover_unpriced_requests_total 1"), "{metrics}");
 }
 
@@ -142,7 +114,7 @@ async fn streams_are_billed_with_the_providers_counts_and_the_usage_chunk_stays_
                       "messages": [{"role": "user", "content": "count the tokens please"}]});
     let reply = gw.send("POST", "/v1/chat/completions", body.to_string()).await;
     let (input, output) = seen_usage(&reply, true);
-    let t = wait_for_requests(&gw, 2).await;
+    let t = gw.wait_for_usage(2).await;
     assert_eq!((t.input_tokens, t.output_tokens), (2 * input, 2 * output));
     assert!(t.cost_nano_usd > 0);
     assert_eq!(t.failed, 0);
@@ -179,7 +151,7 @@ async fn an_abandoned_stream_is_billed_for_what_was_produced() {
     }
     drop(stream);
 
-    let t = wait_for_requests(&gw, 1).await;
+    let t = gw.wait_for_usage(1).await;
     assert_eq!(t.failed, 1, "an abandoned stream did not complete");
     assert!(
         t.input_tokens > 0 && t.output_tokens > 0,
@@ -223,10 +195,10 @@ async fn usage_survives_a_control_plane_restart_exactly_once() {
     }
     gw.cp.restart().await;
     gw.admin = gw.cp.admin().await;
-    let t = wait_for_requests(&gw, sent).await;
+    let t = gw.wait_for_usage(sent).await;
     // Let any resend arrive, then check nothing was counted twice.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let t2 = total(&gw).await;
+    let t2 = gw.usage_total().await;
     assert_eq!(t2, t, "stable after resends");
     assert_eq!(t.requests, sent);
     assert_eq!((t.input_tokens, t.output_tokens), expected);
@@ -270,9 +242,9 @@ async fn the_spool_file_keeps_usage_across_a_data_plane_restart() {
     fast_usage(&mut config);
     config.usage.spool_file = Some(spool.clone());
     let _dp = TestDataPlane::start(config).await;
-    let t = wait_for_requests(&gw, 5).await;
+    let t = gw.wait_for_usage(5).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(total(&gw).await, t);
+    assert_eq!(gw.usage_total().await, t);
     assert_eq!(
         (t.requests, t.input_tokens, t.output_tokens),
         (5, expected.0, expected.1)
@@ -297,7 +269,7 @@ async fn requests_that_reuse_a_request_id_are_each_billed() {
             .await;
         assert_eq!(reply.header("x-request-id"), Some("same-id"), "echoed as sent");
     }
-    let t = wait_for_requests(&gw, 3).await;
+    let t = gw.wait_for_usage(3).await;
     assert_eq!(t.requests, 3);
 }
 
@@ -328,15 +300,15 @@ async fn with_usage_reporting_off_requests_are_metered_but_nothing_reaches_the_l
         // Still metered: the caller sees the cost.
         assert!(reply.header("x-drover-cost-usd").is_some());
     }
-    let metrics = gw.send_to(&quiet.url(), "GET", "/metrics", &[], "").await.text();
+    let metrics = gw.metrics_at(&quiet.url()).await;
     assert!(metrics.contains("drover_usage_records_total 3"), "{metrics}");
     assert!(metrics.contains("drover_usage_dropped_total 0"), "{metrics}");
 
     // A request through the reporting data plane reaches the ledger; the three before it never do.
     assert_eq!(gw.chat("m", "reported").await.status, 200);
-    let t = wait_for_requests(&gw, 1).await;
+    let t = gw.wait_for_usage(1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(total(&gw).await.requests, 1, "{t:?}");
+    assert_eq!(gw.usage_total().await.requests, 1, "{t:?}");
 }
 
 /// Prices model `m` and returns the policy version that carries the price.

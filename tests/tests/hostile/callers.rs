@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
+use drover_tests::gateway::rss_bytes;
 use drover_tests::{Gateway, MockProvider, chat_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -89,25 +90,6 @@ fn body_json(response: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {response}"))
 }
 
-/// This process's resident memory (nextest runs each test in a process of its own).
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
-async fn metric(gw: &Gateway, line_prefix: &str) -> u64 {
-    let text = gw.send("GET", "/metrics", "").await.text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {line_prefix} in metrics:\n{text}"))
-}
-
 #[tokio::test]
 async fn silent_and_slowloris_connections_are_closed_after_the_header_timeout() {
     let (gw, up) = gateway_with(|c| c.listener.header_read_timeout = Duration::from_millis(500)).await;
@@ -158,7 +140,11 @@ async fn silent_and_slowloris_connections_are_closed_after_the_header_timeout() 
         let got = closed_within(&mut conn, left).await;
         assert!(got.is_some(), "a connection dribbling headers is closed");
     }
-    assert!(metric(&gw, "drover_connections_closed_total{reason=\"header_timeout\"}").await >= 100);
+    assert!(
+        gw.metric("drover_connections_closed_total{reason=\"header_timeout\"}")
+            .await
+            >= 100
+    );
     assert_eq!(up.calls(), 0);
     // And the gateway still serves.
     assert_eq!(gw.chat("m", "hi").await.status, 200);
@@ -200,7 +186,11 @@ async fn idle_keep_alive_connections_are_closed_but_busy_ones_are_not() {
     busy.write_all(request.as_bytes()).await.unwrap();
     let response = read_response(&mut busy).await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(metric(&gw, "drover_connections_closed_total{reason=\"idle\"}").await >= 1);
+    assert!(
+        gw.metric("drover_connections_closed_total{reason=\"idle\"}")
+            .await
+            >= 1
+    );
 }
 
 #[tokio::test]
@@ -238,7 +228,7 @@ async fn connections_over_the_cap_are_refused_with_a_503_and_the_cap_frees_up() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(metric(&gw, "drover_connections_refused_total").await >= 1);
+    assert!(gw.metric("drover_connections_refused_total").await >= 1);
 }
 
 #[tokio::test]
@@ -255,7 +245,8 @@ async fn a_stalled_body_gets_a_408_and_reaches_no_provider() {
     assert_eq!(err["error"]["code"], "request_timeout");
     assert_eq!(up.calls(), 0);
     assert_eq!(
-        metric(&gw, "drover_request_bodies_refused_total{reason=\"timeout\"}").await,
+        gw.metric("drover_request_bodies_refused_total{reason=\"timeout\"}")
+            .await,
         1
     );
 }
@@ -288,7 +279,7 @@ async fn buffered_bodies_are_bounded_by_a_global_budget_and_memory_comes_back() 
         held.push(conn);
     }
     let deadline = Instant::now() + PATIENCE;
-    while metric(&gw, "drover_request_body_bytes_buffered").await < 3 * BODY as u64 {
+    while gw.metric("drover_request_body_bytes_buffered").await < 3 * BODY as u64 {
         assert!(Instant::now() < deadline, "the held uploads are counted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -311,11 +302,12 @@ async fn buffered_bodies_are_bounded_by_a_global_budget_and_memory_comes_back() 
         held.push(conn);
     }
     assert_eq!(
-        metric(&gw, "drover_request_body_bytes_buffered").await,
+        gw.metric("drover_request_body_bytes_buffered").await,
         3 * BODY as u64
     );
     assert_eq!(
-        metric(&gw, "drover_request_bodies_refused_total{reason=\"budget\"}").await,
+        gw.metric("drover_request_bodies_refused_total{reason=\"budget\"}")
+            .await,
         12
     );
     // The last eighth is kept for small bodies: ordinary requests are still served.
@@ -325,7 +317,7 @@ async fn buffered_bodies_are_bounded_by_a_global_budget_and_memory_comes_back() 
     // The callers go away: the reservations are released and memory comes back.
     drop(conns);
     let deadline = Instant::now() + PATIENCE;
-    while metric(&gw, "drover_request_body_bytes_buffered").await > 0 {
+    while gw.metric("drover_request_body_bytes_buffered").await > 0 {
         assert!(
             Instant::now() < deadline,
             "reservations are released when callers leave"
@@ -364,7 +356,7 @@ async fn a_body_without_a_declared_length_is_counted_as_it_arrives() {
     holder.write_all(&chunk).await.unwrap();
     holder.write_all(b"\r\n").await.unwrap();
     let deadline = Instant::now() + PATIENCE;
-    while metric(&gw, "drover_request_body_bytes_buffered").await < 900 * 1024 {
+    while gw.metric("drover_request_body_bytes_buffered").await < 900 * 1024 {
         assert!(Instant::now() < deadline, "the chunk is counted once read");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -377,7 +369,11 @@ async fn a_body_without_a_declared_length_is_counted_as_it_arrives() {
     // Small ones still do.
     assert_eq!(gw.chat("m", "hi").await.status, 200);
     assert_eq!(up.calls(), 1);
-    assert!(metric(&gw, "drover_request_bodies_refused_total{reason=\"budget\"}").await >= 1);
+    assert!(
+        gw.metric("drover_request_bodies_refused_total{reason=\"budget\"}")
+            .await
+            >= 1
+    );
 }
 
 #[tokio::test]
@@ -505,7 +501,11 @@ async fn http2_callers_are_served_through_the_bounded_listener() {
     assert_eq!(up.calls(), 3);
     // Idle past the timeout: the gateway closes the connection, and the client reconnects.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    assert!(metric(&gw, "drover_connections_closed_total{reason=\"idle\"}").await >= 1);
+    assert!(
+        gw.metric("drover_connections_closed_total{reason=\"idle\"}")
+            .await
+            >= 1
+    );
     let req = http::Request::post(format!("{}/v1/chat/completions", gw.url()))
         .header("content-type", "application/json")
         .body(http_body_util::Full::new(Bytes::from(chat_body(

@@ -4,31 +4,20 @@
 use std::sync::Arc;
 
 use drover_dataplane::providers::EnvLookup;
-use drover_proto::model::{MAX_TARGETS, is_path_segment_model};
+use drover_proto::model::{MAX_TARGETS, URL_STEERING_MODELS, is_path_segment_model};
 use drover_proto::pb;
-use drover_tests::gateway::Reply;
+use drover_tests::gateway::{Reply, metric, route, rss_bytes};
 use drover_tests::{Gateway, MockProvider, chat_body};
 use tonic::Code;
 
 /// Names a caller may put after `provider/` to steer the upstream: paths, queries, fragments,
-/// method suffixes, escapes, raw bytes, whitespace and control characters.
-const HOSTILE: &[&str] = &[
-    "../../../x?evil=1",
-    "dep#frag",
-    "gemini-pro:streamGenerateContent?alt=sse&key=x",
-    "ü",
-    "a/b",
-    "%2e%2e%2fx",
-    "..",
-    ".",
-    "x\\y",
-    "m?",
-    "m;x=1",
-    "a b",
-    "a\nb",
-    "a\u{0}b",
-    "\u{7f}",
-];
+/// method suffixes, escapes, raw bytes (`URL_STEERING_MODELS`), whitespace and control characters.
+fn hostile<'a>() -> impl Iterator<Item = &'a str> {
+    URL_STEERING_MODELS
+        .iter()
+        .copied()
+        .chain(["a b", "a\nb", "a\u{0}b", "\u{7f}"])
+}
 
 /// Names every kind must carry as they are (a safe path segment for the kinds that put the
 /// model in the URL).
@@ -103,22 +92,6 @@ fn assert_model_refused(reply: &Reply, anthropic: bool, what: &str) {
     assert!(reply.body.len() < 1024, "{what}: {} bytes", reply.body.len());
 }
 
-async fn message(gw: &Gateway, model: &str) -> Reply {
-    let body = serde_json::json!({
-        "model": model,
-        "max_tokens": 16,
-        "messages": [{"role": "user", "content": "hi"}],
-    });
-    gw.send_to(
-        &gw.url(),
-        "POST",
-        "/v1/messages",
-        &[("anthropic-version", "2023-06-01")],
-        body.to_string(),
-    )
-    .await
-}
-
 #[tokio::test]
 async fn callers_never_steer_the_upstream_url_whatever_the_provider_kind() {
     let gw = Gateway::builder().start().await;
@@ -132,7 +105,7 @@ async fn callers_never_steer_the_upstream_url_whatever_the_provider_kind() {
     for (i, k) in KINDS.iter().enumerate() {
         let up = &mocks[i];
         let in_path = k.in_path;
-        for name in HOSTILE.iter().chain(SAFE).copied().chain([long.as_str()]) {
+        for name in hostile().chain(SAFE.iter().copied()).chain([long.as_str()]) {
             let direct = format!("p{i}/{name}");
             let what = format!("{:?} {name:?}", k.kind);
             let refused = name.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -141,7 +114,7 @@ async fn callers_never_steer_the_upstream_url_whatever_the_provider_kind() {
             for anthropic in [false, true] {
                 up.clear_requests();
                 let reply = if anthropic {
-                    message(&gw, &direct).await
+                    gw.message(&direct, "hi", false).await
                 } else {
                     gw.chat(&direct, "hi").await
                 };
@@ -174,19 +147,16 @@ async fn callers_never_steer_the_upstream_url_whatever_the_provider_kind() {
     let mut admin = gw.admin.clone();
     let before = gw.version().await;
     for (i, k) in KINDS.iter().enumerate() {
-        for name in HOSTILE.iter().copied().chain([long.as_str()]) {
+        for name in hostile().chain([long.as_str()]) {
             let result = admin
                 .set_route(pb::SetRouteRequest {
                     route: Some(pb::Route {
-                        alias: "steer".into(),
-                        strategy: 0,
                         targets: vec![pb::Target {
                             provider: format!("p{i}"),
                             model: name.into(),
                             weight: 1,
                         }],
-                        cache_ttl_secs: 0,
-                        retry_after_send: false,
+                        ..route("steer", &[])
                     }),
                 })
                 .await;
@@ -219,30 +189,12 @@ async fn callers_never_steer_the_upstream_url_whatever_the_provider_kind() {
     assert!(routes.routes.is_empty());
 }
 
-/// The resident set of this process, bytes (nextest runs each test in a process of its own).
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap();
-    kb * 1024
-}
-
 /// Targets whose health the data plane remembers (`drover_target_health_entries`, route and
 /// direct together).
 async fn health_entries(gw: &Gateway) -> u64 {
-    let metrics = gw.send("GET", "/metrics", "").await.text();
-    let counts: Vec<u64> = metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix("drover_target_health_entries{"))
-        .filter_map(|l| l.split_once("} "))
-        .map(|(_, v)| v.parse().unwrap())
-        .collect();
-    assert_eq!(counts.len(), 2, "route and direct gauges in:\n{metrics}");
-    counts.iter().sum()
+    let metrics = gw.metrics().await;
+    metric(&metrics, "drover_target_health_entries{kind=\"route\"}")
+        + metric(&metrics, "drover_target_health_entries{kind=\"direct\"}")
 }
 
 /// Sends `n` chat requests with unique direct names `p/{prefix}{i}`, 32 at a time, and returns
@@ -341,30 +293,14 @@ fn environment() -> EnvLookup {
     })
 }
 
+/// Adds an OpenAI-compatible provider whose credential is env `env`, as the admin API answers.
 async fn add_provider(gw: &Gateway, name: &str, base_url: &str, env: &str) -> Result<u64, tonic::Status> {
-    gw.admin
-        .clone()
-        .add_provider(pb::AddProviderRequest {
-            name: name.into(),
-            kind: pb::ProviderKind::OpenaiCompatible as i32,
-            base_url: base_url.into(),
-            credential: Some(pb::add_provider_request::Credential::ApiKeyEnv(env.into())),
-            replace: true,
-            api_version: String::new(),
-        })
+    gw.try_provider(name, pb::ProviderKind::OpenaiCompatible, base_url, env)
         .await
-        .map(|r| r.into_inner().version)
 }
 
 async fn unavailable(gw: &Gateway) -> Vec<(String, String)> {
-    let status = gw
-        .admin
-        .clone()
-        .status(pb::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    status.dataplanes[0]
+    gw.status().await.dataplanes[0]
         .unavailable_providers
         .iter()
         .map(|u| (u.provider.clone(), u.reason.clone()))
@@ -481,13 +417,7 @@ async fn a_provider_whose_key_cannot_be_resolved_does_not_freeze_the_policy() {
     gw.wait_all(v).await;
     let reason = "environment variable MISSING_API_KEY is not set on this data plane";
     await_unavailable(&gw, &[("bad", reason)]).await;
-    let status = gw
-        .admin
-        .clone()
-        .status(pb::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = gw.status().await;
     assert_eq!(status.dataplanes[0].last_error, "");
     assert_eq!(status.dataplanes[0].served_version, v);
 
@@ -535,17 +465,14 @@ async fn a_huge_route_is_refused_with_a_short_message() {
         weight: 1,
     };
     let mut admin = gw.admin.clone();
-    let route = |targets: Vec<pb::Target>| pb::SetRouteRequest {
+    let huge = |targets: Vec<pb::Target>| pb::SetRouteRequest {
         route: Some(pb::Route {
-            alias: "huge".into(),
-            strategy: 0,
             targets,
-            cache_ttl_secs: 0,
-            retry_after_send: false,
+            ..route("huge", &[])
         }),
     };
     let err = admin
-        .set_route(route((0..100_000).map(target).collect()))
+        .set_route(huge((0..100_000).map(target).collect()))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -554,7 +481,7 @@ async fn a_huge_route_is_refused_with_a_short_message() {
         "route \"huge\"/targets: at most 64 targets (got 100000)"
     );
     let err = admin
-        .set_route(route(vec![pb::Target {
+        .set_route(huge(vec![pb::Target {
             model: "m".repeat(1 << 20),
             ..target(0)
         }]))
@@ -564,7 +491,7 @@ async fn a_huge_route_is_refused_with_a_short_message() {
     assert!(err.message().len() < 300, "{} bytes", err.message().len());
     // Beyond any valid request, it is not even decoded.
     let err = admin
-        .set_route(route(vec![pb::Target {
+        .set_route(huge(vec![pb::Target {
             model: "m".repeat(20 << 20),
             ..target(0)
         }]))
@@ -574,7 +501,7 @@ async fn a_huge_route_is_refused_with_a_short_message() {
     assert_eq!(gw.version().await, before, "nothing changed");
     // The longest route accepted is served.
     let v = admin
-        .set_route(route((0..MAX_TARGETS).map(target).collect()))
+        .set_route(huge((0..MAX_TARGETS).map(target).collect()))
         .await
         .unwrap()
         .into_inner()
@@ -614,13 +541,7 @@ async fn a_stored_target_the_rules_now_refuse_does_not_freeze_the_policy() {
     let v = gw.route("after", &["az/dep-2"]).await;
     let why = "\"team/gpt-4o\" cannot be used with provider kind azure: the model goes into the \
                request URL, so it must be 1-256 of A-Z, a-z, 0-9, '.', '_' and '-' (and not \".\" or \"..\")";
-    let status = gw
-        .admin
-        .clone()
-        .status(pb::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = gw.status().await;
     let dp = &status.dataplanes[0];
     assert_eq!((dp.served_version, dp.last_error.as_str()), (v, ""));
     // It reports the targets it never sends.
@@ -636,12 +557,7 @@ async fn a_stored_target_the_rules_now_refuse_does_not_freeze_the_policy() {
             ("mixed", "az/team/gpt-4o", why)
         ]
     );
-    assert!(
-        gw.send("GET", "/metrics", "")
-            .await
-            .text()
-            .contains("drover_route_targets_unusable 2")
-    );
+    assert_eq!(gw.metric("drover_route_targets_unusable").await, 2);
 
     // Everything else is served; failover skips the target; a route with no other gets a 503
     // that says why, in the caller's format, and nothing reaches the provider's URL.
@@ -688,13 +604,7 @@ async fn a_stored_target_the_rules_now_refuse_does_not_freeze_the_policy() {
     assert!(err.message().contains(why), "{}", err.message());
     gw.route("legacy", &["az/dep"]).await;
     let v = gw.route("mixed", &["az/dep"]).await;
-    let status = gw
-        .admin
-        .clone()
-        .status(pb::StatusRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let status = gw.status().await;
     assert_eq!(status.dataplanes[0].served_version, v);
     assert!(status.dataplanes[0].unusable_targets.is_empty());
     assert_eq!(gw.chat("legacy", "hi").await.status, 200);

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use drover_tests::gateway::metric;
 use drover_tests::{Fault, Gateway, MockProvider, Reply, chat_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -203,18 +204,11 @@ async fn answer(stream: &mut TcpStream, play: Play, written: &AtomicU64) -> std:
     }
 }
 
-async fn metrics(gw: &Gateway) -> String {
-    gw.send("GET", "/metrics", "").await.text()
-}
-
 fn failures(metrics: &str, kind: &str) -> u64 {
-    let prefix = format!("drover_upstream_failures_total{{kind=\"{kind}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str()))
-        .unwrap_or_else(|| panic!("no {prefix} in\n{metrics}"))
-        .parse()
-        .unwrap()
+    metric(
+        metrics,
+        &format!("drover_upstream_failures_total{{kind=\"{kind}\"}}"),
+    )
 }
 
 fn error_message(reply: &Reply) -> String {
@@ -240,7 +234,7 @@ async fn a_reset_after_the_request_was_sent_is_not_retried() {
     );
     assert_eq!(resetting.requests(), 1, "the provider received the request once");
     assert_eq!(backup.calls(), 0, "nor was it sent anywhere else");
-    assert_eq!(failures(&metrics(&gw).await, "sent"), 1);
+    assert_eq!(failures(&gw.metrics().await, "sent"), 1);
 }
 
 #[tokio::test]
@@ -261,7 +255,7 @@ async fn a_route_that_allows_it_retries_after_a_reset() {
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.header("x-drover-provider"), Some("backup"));
     assert_eq!(resetting.requests(), 4);
-    assert_eq!(failures(&metrics(&gw).await, "sent"), 4);
+    assert_eq!(failures(&gw.metrics().await, "sent"), 4);
 }
 
 #[tokio::test]
@@ -305,7 +299,7 @@ async fn a_response_over_the_limit_is_fetched_once() {
         chunked.written.load(Ordering::SeqCst) < 32 << 20,
         "the gateway stopped reading past the limit"
     );
-    assert_eq!(failures(&metrics(&gw).await, "too_large"), 3);
+    assert_eq!(failures(&gw.metrics().await, "too_large"), 3);
 }
 
 #[tokio::test]
@@ -336,7 +330,7 @@ async fn a_redirect_becomes_a_502_that_says_so() {
 
     let reply = gw.chat_stream("moved/a", "hi").await;
     assert_eq!(reply.status, 502, "streams too: {}", reply.text());
-    assert_eq!(failures(&metrics(&gw).await, "redirect"), 2);
+    assert_eq!(failures(&gw.metrics().await, "redirect"), 2);
 }
 
 #[tokio::test]
@@ -361,7 +355,7 @@ async fn a_stalled_body_obeys_the_upstream_timeout() {
         .expect("the stalled body was abandoned after --upstream-timeout");
     assert_eq!(reply.status, 504, "{}", reply.text());
     assert_eq!(reply.json()["error"]["code"], "upstream_timeout");
-    assert_eq!(failures(&metrics(&gw).await, "timeout"), stalling.requests());
+    assert_eq!(failures(&gw.metrics().await, "timeout"), stalling.requests());
 }
 
 /// Streams a chat request to a gateway with a short idle timeout and the given upstream.
@@ -401,7 +395,7 @@ async fn a_stalled_stream_ends_with_stream_timeout() {
     );
     assert_eq!(last_error_code(&reply), "stream_timeout");
     assert_eq!(up.requests(), 1);
-    assert!(metrics(&gw).await.contains("drover_streams_incomplete_total 1"));
+    assert!(gw.metrics().await.contains("drover_streams_incomplete_total 1"));
 }
 
 #[tokio::test]
@@ -415,7 +409,7 @@ async fn a_broken_stream_ends_with_stream_incomplete() {
     assert_eq!(reply.events().len(), 3, "{:?}", reply.events());
     assert_eq!(last_error_code(&reply), "stream_incomplete");
     assert_eq!(up.requests(), 1);
-    assert!(metrics(&gw).await.contains("drover_streams_incomplete_total 1"));
+    assert!(gw.metrics().await.contains("drover_streams_incomplete_total 1"));
 }
 
 #[tokio::test]
@@ -438,7 +432,7 @@ async fn an_event_over_the_limit_ends_the_stream_with_event_too_large() {
     assert!(!reply.text().contains("zzzz"), "the event was not relayed");
     assert!(!reply.text().contains("after"), "nothing after it was relayed");
     assert_eq!(up.requests(), 1);
-    assert!(metrics(&gw).await.contains("drover_streams_incomplete_total 1"));
+    assert!(gw.metrics().await.contains("drover_streams_incomplete_total 1"));
     // The gateway let go of the upstream connection.
     for _ in 0..500 {
         if up.closed.load(Ordering::SeqCst) {
@@ -524,7 +518,7 @@ async fn a_caller_that_leaves_an_endless_line_closes_the_upstream() {
         tokio::time::sleep(Duration::from_millis(10)).await;
         waited += 1;
     }
-    let metrics = metrics(&gw).await;
+    let metrics = gw.metrics().await;
     assert!(
         metrics.contains("drover_streams_incomplete_total 0"),
         "the stream was dropped with its caller, not ended by the event limit:\n{metrics}"
@@ -569,7 +563,7 @@ async fn failing_requests_open_the_breaker_only_when_distinct_requests_keep_fail
         calls,
         "the sixth request did not reach the upstream"
     );
-    let metrics = metrics(&gw).await;
+    let metrics = gw.metrics().await;
     assert!(metrics.contains("drover_breakers_open 1"), "{metrics}");
     assert_eq!(failures(&metrics, "status"), calls);
 }
