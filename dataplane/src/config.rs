@@ -15,7 +15,7 @@ use http::HeaderValue;
 
 use crate::providers::EnvLookup;
 use crate::providers::credential::{DEFAULT_CREDENTIAL_ENV_ALLOW, EnvAllowList};
-use crate::proxy::body::BodyLimits;
+use crate::proxy::body::{BodyLimits, budget_for, room_for};
 use crate::proxy::health::BreakerConfig;
 use crate::server::{DEFAULT_MAX_CONNECTIONS, ListenerConfig};
 
@@ -370,6 +370,16 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("--{0} must be at most {1}")]
     TooLarge(&'static str, usize),
+    #[error(
+        "--max-buffered-body-bytes {budget} has no room for one body of --max-body-bytes {body} \
+         (bodies over 1 MiB may fill seven eighths of it), so such requests would get 503 forever; \
+         raise it to at least {needed} or lower --max-body-bytes"
+    )]
+    BudgetBelowBody {
+        budget: usize,
+        body: usize,
+        needed: usize,
+    },
     #[error("--usage-spool keeps records for the control plane; it needs --usage-reporting on")]
     SpoolWithoutReporting,
     #[error(
@@ -408,6 +418,15 @@ impl ProxyArgs {
         }
         config.proxy.max_event_bytes =
             NonZeroUsize::new(self.max_event_bytes).ok_or(ConfigError::Zero("max-event-bytes"))?;
+        // A body the size limit lets through must be able to fit in the budget, or it is
+        // refused as "busy, retry" however often it is retried.
+        if self.max_body_bytes > room_for(self.max_buffered_body_bytes, self.max_body_bytes) {
+            return Err(ConfigError::BudgetBelowBody {
+                budget: self.max_buffered_body_bytes,
+                body: self.max_body_bytes,
+                needed: budget_for(self.max_body_bytes),
+            });
+        }
         config.max_body_bytes = self.max_body_bytes;
         config.body_read_timeout = Duration::from_secs(self.body_read_timeout);
         config.max_buffered_body_bytes = self.max_buffered_body_bytes;
@@ -547,6 +566,8 @@ mod tests {
             "4",
             "--max-buffered-body-bytes",
             "1000",
+            "--max-body-bytes",
+            "1000",
         ])
         .unwrap();
         assert_eq!(c.listener.max_connections, 50);
@@ -564,6 +585,29 @@ mod tests {
             let e = parse(&[flag, "0"]).unwrap_err();
             assert!(e.contains(&format!("{flag} must be greater than zero")), "{e}");
         }
+    }
+
+    #[test]
+    fn the_body_budget_has_room_for_the_largest_body() {
+        // 32 MiB bodies (the default) may fill seven eighths of the budget.
+        let needed = 38_347_922;
+        assert!(needed - needed / 8 >= 32 << 20 && (needed - 1) - (needed - 1) / 8 < 32 << 20);
+        let c = parse(&["--max-buffered-body-bytes", &needed.to_string()]).unwrap();
+        assert_eq!(c.max_buffered_body_bytes, needed);
+        let e = parse(&["--max-buffered-body-bytes", &(needed - 1).to_string()]).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "raise it to at least {needed} or lower --max-body-bytes"
+            )),
+            "{e}"
+        );
+        // Small bodies may fill all of it.
+        assert!(parse(&["--max-buffered-body-bytes", "4096", "--max-body-bytes", "4096"]).is_ok());
+        let e = parse(&["--max-buffered-body-bytes", "4095", "--max-body-bytes", "4096"]).unwrap_err();
+        assert!(
+            e.contains("has no room for one body of --max-body-bytes 4096"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -15,8 +15,8 @@
 use std::convert::Infallible;
 use std::io;
 use std::pin::{Pin, pin};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -81,13 +81,18 @@ const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// How long a connection closed for idleness may take to finish closing.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// The answer to a connection over the cap.
-const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\n\
-retry-after: 1\r\n\
-connection: close\r\n\
-content-length: 137\r\n\r\n\
-{\"error\":{\"message\":\"the gateway has too many open connections; retry shortly\",\"type\":\"server_error\",\"param\":null,\"code\":\"overloaded\"}}";
+/// The body of the answer to a connection over the cap.
+const REFUSAL_BODY: &str = r#"{"error":{"message":"the gateway has too many open connections; retry shortly","type":"server_error","param":null,"code":"overloaded"}}"#;
+
+/// The answer to a connection over the cap, its `content-length` counted from its body.
+static REFUSAL: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{REFUSAL_BODY}",
+        REFUSAL_BODY.len()
+    )
+    .into_bytes()
+});
 
 /// Connections open now, and refusals being written.
 #[derive(Debug, Default)]
@@ -294,7 +299,7 @@ fn refuse(mut tcp: TcpStream, metrics: &Arc<Metrics>, tracker: &TaskTracker) {
     let metrics = metrics.clone();
     tracker.spawn(async move {
         let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-            tcp.write_all(REFUSAL).await?;
+            tcp.write_all(&REFUSAL).await?;
             tcp.shutdown().await?;
             // Read what the caller sent before closing, so that closing does not reset the
             // connection before the caller read the answer.

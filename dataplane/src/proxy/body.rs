@@ -36,6 +36,22 @@ pub struct BodyLimits {
 /// Bodies up to this size may use the whole budget; larger ones only seven eighths of it.
 pub const SMALL_BODY: usize = 1 << 20;
 
+/// The part of a budget of `max` bytes that a body of `len` bytes may fill: all of it for a
+/// body of at most [`SMALL_BODY`] bytes, seven eighths for a larger one.
+pub fn room_for(max: usize, len: usize) -> usize {
+    if len > SMALL_BODY { max - max / 8 } else { max }
+}
+
+/// The smallest budget with room for a body of `len` bytes (see [`room_for`]).
+pub fn budget_for(len: usize) -> usize {
+    if len > SMALL_BODY {
+        // `b - b / 8` grows by 7 every 8 steps of `b`: the first `b` where it reaches `len`.
+        len.saturating_add((len - 1) / 7)
+    } else {
+        len
+    }
+}
+
 /// Request-body bytes held in memory by every request together, and their bound.
 #[derive(Debug)]
 pub struct BodyBudget {
@@ -78,11 +94,7 @@ impl BodyPermit<'_> {
         if more == 0 {
             return Ok(());
         }
-        let max = if total > SMALL_BODY {
-            self.budget.max - self.budget.max / 8
-        } else {
-            self.budget.max
-        };
+        let max = room_for(self.budget.max, total);
         self.budget
             .held
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |held| {
@@ -198,6 +210,22 @@ pub async fn read<'b>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budget_for_is_the_smallest_budget_with_room_for_a_body() {
+        for len in
+            (0..64)
+                .chain(SMALL_BODY - 8..SMALL_BODY + 64)
+                .chain([32 << 20, (32 << 20) + 1, usize::MAX / 2])
+        {
+            let b = budget_for(len);
+            assert!(room_for(b, len) >= len, "{len}: {b}");
+            assert!(
+                b == 0 || room_for(b - 1, len) < len,
+                "{len}: {b} is not the smallest"
+            );
+        }
+    }
     use http::HeaderValue;
 
     fn headers(content_type: Option<&'static str>) -> HeaderMap {

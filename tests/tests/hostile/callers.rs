@@ -214,6 +214,18 @@ async fn connections_over_the_cap_are_refused_with_a_503_and_the_cap_frees_up() 
         "{refused}"
     );
     assert_eq!(body_json(&refused)["error"]["code"], "overloaded");
+    // A well-formed answer: exactly the body its content-length declares, so an HTTP client
+    // reads the 503 instead of failing on a truncated message.
+    let (head, body) = refused.split_once("\r\n\r\n").unwrap();
+    let declared = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .unwrap();
+    assert_eq!(declared, body.len().to_string(), "{refused}");
 
     drop(held);
     let deadline = Instant::now() + PATIENCE;
