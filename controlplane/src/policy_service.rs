@@ -406,7 +406,7 @@ mod tests {
     }
 
     #[test]
-    fn unavailable_providers_follow_every_message_and_are_bounded() {
+    fn what_a_data_plane_cannot_use_follows_every_message_and_is_bounded() {
         let planes = DataPlanes::default();
         let with = |response_version: u64, n: usize| pb::WatchRequest {
             dataplane_id: "dp".into(),
@@ -417,27 +417,6 @@ mod tests {
                     reason: "r".repeat(10_000),
                 })
                 .collect(),
-            ..Default::default()
-        };
-        planes.connect(&with(0, 1), None, "s1");
-        assert_eq!(planes.list()[0].unavailable_providers.len(), 1);
-        planes.record("dp", &with(2, 100_000));
-        let list = &planes.list()[0].unavailable_providers;
-        assert_eq!(list.len(), model::MAX_UNAVAILABLE_REPORTED);
-        assert!(
-            list.iter()
-                .all(|u| u.reason.len() <= model::MAX_UNAVAILABLE_REASON_LEN)
-        );
-        planes.record("dp", &with(3, 0));
-        assert!(planes.list()[0].unavailable_providers.is_empty());
-    }
-
-    #[test]
-    fn unusable_targets_follow_every_message_and_are_bounded() {
-        let planes = DataPlanes::default();
-        let with = |response_version: u64, n: usize| pb::WatchRequest {
-            dataplane_id: "dp".into(),
-            response_version,
             unusable_targets: (0..n)
                 .map(|i| pb::UnusableTarget {
                     route: format!("r{i}"),
@@ -448,16 +427,26 @@ mod tests {
             ..Default::default()
         };
         planes.connect(&with(0, 1), None, "s1");
-        assert_eq!(planes.list()[0].unusable_targets[0].target, "az/team/m0");
+        let dp = &planes.list()[0];
+        assert_eq!(dp.unavailable_providers[0].provider, "p0");
+        assert_eq!(dp.unusable_targets[0].target, "az/team/m0");
         planes.record("dp", &with(2, 100_000));
-        let list = &planes.list()[0].unusable_targets;
-        assert_eq!(list.len(), model::MAX_UNAVAILABLE_REPORTED);
+        let dp = &planes.list()[0];
+        assert_eq!(dp.unavailable_providers.len(), model::MAX_UNAVAILABLE_REPORTED);
+        assert_eq!(dp.unusable_targets.len(), model::MAX_UNAVAILABLE_REPORTED);
+        let reasons = dp
+            .unavailable_providers
+            .iter()
+            .map(|u| &u.reason)
+            .chain(dp.unusable_targets.iter().map(|u| &u.reason));
         assert!(
-            list.iter()
-                .all(|u| u.reason.len() <= model::MAX_UNAVAILABLE_REASON_LEN)
+            reasons
+                .into_iter()
+                .all(|r| r.len() <= model::MAX_UNAVAILABLE_REASON_LEN)
         );
         planes.record("dp", &with(3, 0));
-        assert!(planes.list()[0].unusable_targets.is_empty());
+        let dp = &planes.list()[0];
+        assert!(dp.unavailable_providers.is_empty() && dp.unusable_targets.is_empty());
     }
 
     #[test]

@@ -168,40 +168,37 @@ impl StatusView {
         }
         out.push('\n');
         out.push_str(&t.render());
-        let unavailable: Vec<_> = self
-            .dataplanes
-            .iter()
-            .flat_map(|d| d.unavailable_providers.iter().map(move |u| (d, u)))
-            .collect();
-        if !unavailable.is_empty() {
-            out.push_str("\nunavailable providers (requests to them get 503):\n");
-            for (d, u) in unavailable {
-                out.push_str(&format!(
-                    "  {}  {}: {}\n",
-                    output::printable(&d.id),
-                    output::printable(&u.provider),
-                    output::printable(&u.reason)
-                ));
-            }
-        }
-        let unusable: Vec<_> = self
-            .dataplanes
-            .iter()
-            .flat_map(|d| d.unusable_targets.iter().map(move |u| (d, u)))
-            .collect();
-        if !unusable.is_empty() {
-            out.push_str("\nunusable route targets (never sent; change or remove the route):\n");
-            for (d, u) in unusable {
-                out.push_str(&format!(
-                    "  {}  {} -> {}: {}\n",
-                    output::printable(&d.id),
-                    output::printable(&u.route),
-                    output::printable(&u.target),
-                    output::printable(&u.reason)
-                ));
-            }
-        }
+        section(
+            &mut out,
+            "unavailable providers (requests to them get 503)",
+            self.dataplanes.iter().flat_map(|d| {
+                d.unavailable_providers
+                    .iter()
+                    .map(move |u| format!("{}  {}: {}", d.id, u.provider, u.reason))
+            }),
+        );
+        section(
+            &mut out,
+            "unusable route targets (never sent; change or remove the route)",
+            self.dataplanes.iter().flat_map(|d| {
+                d.unusable_targets
+                    .iter()
+                    .map(move |u| format!("{}  {} -> {}: {}", d.id, u.route, u.target, u.reason))
+            }),
+        );
         out
+    }
+}
+
+/// Appends `title` and one indented, printable line per entry, unless there are none.
+fn section(out: &mut String, title: &str, lines: impl Iterator<Item = String>) {
+    let mut lines = lines.peekable();
+    if lines.peek().is_none() {
+        return;
+    }
+    out.push_str(&format!("\n{title}:\n"));
+    for line in lines {
+        out.push_str(&format!("  {}\n", output::printable(&line)));
     }
 }
 
