@@ -83,7 +83,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             .into_inner()
             .route
             .ok_or_else(|| invalid(InvalidPolicy::new("route", "is required")))?;
-        let route = Route::try_from(&wire).map_err(invalid)?;
+        let route = Route::from_admin(&wire).map_err(invalid)?;
         let answer = pb::Route::from(&route);
         let version = self.store.set_route(route).await?;
         tracing::info!(alias = %answer.alias, version, "route saved");

@@ -651,19 +651,29 @@ pub struct Route {
 /// Longest response cache TTL accepted: 30 days.
 pub const MAX_CACHE_TTL_SECS: u32 = 30 * 24 * 3600;
 
+impl Route {
+    /// A route as the admin API takes it: the rules every snapshot keeps, plus the limits on
+    /// new input (at most [`MAX_TARGETS`] targets, checked before anything else). A route
+    /// stored before such a limit existed still compiles on data planes: a snapshot is
+    /// refused only for what makes it unusable.
+    pub fn from_admin(r: &pb::Route) -> Result<Self, InvalidPolicy> {
+        if r.targets.len() > MAX_TARGETS {
+            return Err(InvalidPolicy::new(
+                "targets",
+                format!("at most {MAX_TARGETS} targets (got {})", r.targets.len()),
+            )
+            .within(&format!("route {}", quoted(&r.alias))));
+        }
+        Route::try_from(r)
+    }
+}
+
 impl TryFrom<&pb::Route> for Route {
     type Error = InvalidPolicy;
 
     fn try_from(r: &pb::Route) -> Result<Self, InvalidPolicy> {
         let within = format!("route {}", quoted(&r.alias));
         validate_model_name("alias", &r.alias).map_err(|e| e.within(&within))?;
-        if r.targets.len() > MAX_TARGETS {
-            return Err(InvalidPolicy::new(
-                "targets",
-                format!("at most {MAX_TARGETS} targets (got {})", r.targets.len()),
-            )
-            .within(&within));
-        }
         let strategy = match pb::RouteStrategy::try_from(r.strategy) {
             Ok(pb::RouteStrategy::Unspecified | pb::RouteStrategy::Fallback) => Strategy::Fallback,
             Ok(pb::RouteStrategy::Weighted) => Strategy::Weighted,
@@ -1484,14 +1494,18 @@ mod tests {
                 weight: 1,
             })
             .collect();
-        assert!(Route::try_from(&r).is_ok());
+        assert!(Route::from_admin(&r).is_ok());
         r.targets.push(pb::Target {
             provider: "p".into(),
             model: "one-more".into(),
             weight: 1,
         });
-        let text = short(Route::try_from(&r).unwrap_err());
+        let text = short(Route::from_admin(&r).unwrap_err());
         assert_eq!(text, "route \"a\"/targets: at most 64 targets (got 65)");
+        assert!(
+            Route::try_from(&r).is_ok(),
+            "a stored route over the admin limit still compiles in a snapshot"
+        );
         // Env var names: 128.
         assert_eq!(validate_env_var(&longest(MAX_ENV_VAR_LEN)), Ok(()));
         short(validate_env_var(&over(MAX_ENV_VAR_LEN)).unwrap_err());

@@ -122,7 +122,7 @@ impl SetArgs {
             cache_ttl_secs: self.cache_ttl,
             retry_after_send: self.retry_after_send,
         };
-        model::Route::try_from(&route)?;
+        model::Route::from_admin(&route)?;
         Ok(route)
     }
 }
