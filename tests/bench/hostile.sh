@@ -45,55 +45,12 @@ case $PROFILE in
   *) printf '[hostile] error: HOSTILE_PROFILE is release or dev, not %s\n' "$PROFILE" >&2; exit 1 ;;
 esac
 
-log() { printf '[hostile] %s\n' "$*" >&2; }
-die() { printf '[hostile] error: %s\n' "$*" >&2; exit 1; }
-
-# ---- processes we start, stopped on any exit --------------------------------------------------------------
-TMP=$(mktemp -d -t drover-hostile.XXXXXX)
-PIDS=()
-cleanup() {
-  local pid
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    kill -TERM "${PIDS[i]}" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+LOG_TAG=hostile
+TMP_NAME=drover-hostile
+# shellcheck source=tests/bench/lib.sh
+source "$ROOT/tests/bench/lib.sh"
 
 command -v curl >/dev/null || die "curl is needed (apt-get install curl)"
-
-free_port() {
-  if command -v python3 >/dev/null; then
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-    return
-  fi
-  local port
-  for _ in $(seq 200); do
-    port=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
-  done
-  die "no free port found"
-}
-
-# Polls until `curl ARGS...` answers with HTTP 200, or fails after $1 seconds. Stops early if process $2 died.
-wait_200() {
-  local timeout=$1 pid=$2
-  shift 2
-  local deadline=$((SECONDS + timeout)) code
-  while ((SECONDS < deadline)); do
-    kill -0 "$pid" 2>/dev/null || return 1
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true)
-    [[ $code == 200 ]] && return 0
-    sleep 0.2
-  done
-  return 1
-}
 
 # ---- open files -------------------------------------------------------------------------------------------
 # The gateway lowers --max-connections to half its open-file limit, and drover-hostile holds as many

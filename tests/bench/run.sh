@@ -45,30 +45,13 @@ OUT=${BENCH_OUT:-$ROOT/bench-results/latest.md}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 ADMIN_TOKEN=bench-token
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { printf '[bench] error: %s\n' "$*" >&2; exit 1; }
+LOG_TAG=bench
+TMP_NAME=drover-bench
+# shellcheck source=tests/bench/lib.sh
+source "$ROOT/tests/bench/lib.sh"
+chmod 755 "$TMP" # nginx workers drop root and must reach their files here
 wants() { [[ " $TARGETS " == *" $1 "* ]]; }
 wants_drover() { wants drover || wants drover-anthropic || wants drover-cached || wants drover-no-usage; }
-
-# ---- processes we start, stopped on any exit --------------------------------------------------------------
-TMP=$(mktemp -d -t drover-bench.XXXXXX)
-chmod 755 "$TMP" # nginx workers drop root and must reach their files here
-PIDS=()
-cleanup() {
-  local pid
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-    pid=${PIDS[i]}
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # ---- tools ------------------------------------------------------------------------------------------------
 NGINX=$(command -v nginx || true)
@@ -88,33 +71,6 @@ if ((${#missing[@]})); then
   fi
   NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 fi
-
-free_port() {
-  if command -v python3 >/dev/null; then
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-    return
-  fi
-  local port
-  for _ in $(seq 200); do
-    port=$((20000 + RANDOM % 40000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
-  done
-  die "no free port found"
-}
-
-# Polls until `curl ARGS...` answers with HTTP 200, or fails after $1 seconds. Stops early if process $2 died.
-wait_200() {
-  local timeout=$1 pid=$2
-  shift 2
-  local deadline=$((SECONDS + timeout)) code
-  while ((SECONDS < deadline)); do
-    kill -0 "$pid" 2>/dev/null || return 1
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true)
-    [[ $code == 200 ]] && return 0
-    sleep 0.2
-  done
-  return 1
-}
 
 # ---- build ------------------------------------------------------------------------------------------------
 bins=(--bin drover-mock)
