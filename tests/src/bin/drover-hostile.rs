@@ -528,6 +528,14 @@ fn probes_line(probes: &Tally) -> String {
     )
 }
 
+/// The check that other requests were served while a scenario ran.
+fn probes_check(probes: &Tally) -> Check {
+    check(
+        probes.get("200") == probes.total() && probes.total() > 0,
+        probes_line(probes),
+    )
+}
+
 // ---- the report ---------------------------------------------------------------------------
 
 /// One line of the report.
@@ -731,10 +739,7 @@ impl Bench {
                     a.slow_connections + a.silent_connections
                 ),
             ),
-            check(
-                probes.get("200") == probes.total() && probes.total() > 0,
-                probes_line(&probes),
-            ),
+            probes_check(&probes),
         ];
         self.finish(name, idle, outcome, checks).await
     }
@@ -796,10 +801,7 @@ impl Bench {
                     held.closed.len()
                 ),
             ),
-            check(
-                probes.get("200") == probes.total() && probes.total() > 0,
-                probes_line(&probes),
-            ),
+            probes_check(&probes),
         ];
         self.finish(name, idle, outcome, checks).await
     }
