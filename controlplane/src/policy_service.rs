@@ -24,6 +24,8 @@ use crate::store::Store;
 
 /// Longest NACK message kept, in bytes.
 const MAX_ERROR_LEN: usize = 1024;
+/// Longest HTTP address kept for a data plane (informational), in bytes.
+const MAX_HTTP_ADDR_LEN: usize = 256;
 /// Disconnected data planes remembered for Status, beyond which the longest-unseen are forgotten.
 const MAX_REMEMBERED: usize = 1024;
 /// Snapshots buffered per stream; the `watch` channel coalesces anything beyond.
@@ -228,7 +230,7 @@ impl DataPlanes {
         let entry = registry.planes.entry(hello.dataplane_id.clone()).or_default();
         entry.stream = Some(stream);
         entry.peer = peer.map(|p| p.to_string()).unwrap_or_default();
-        entry.http_addr = hello.http_addr.clone();
+        entry.http_addr = truncate(&hello.http_addr, MAX_HTTP_ADDR_LEN).to_owned();
         // What it serves now, if it is a snapshot of this store.
         entry.served_version = if hello.store_id == store_id {
             hello.version
@@ -249,7 +251,7 @@ impl DataPlanes {
         };
         entry.last_seen_unix_ms = now_unix_ms();
         if !msg.http_addr.is_empty() {
-            entry.http_addr.clone_from(&msg.http_addr);
+            entry.http_addr = truncate(&msg.http_addr, MAX_HTTP_ADDR_LEN).to_owned();
         }
         // Every message describes the snapshot served now (a NACKed one changes nothing).
         let unavailable = model::UnavailableProvider::from_wire(&msg.unavailable_providers);
@@ -447,6 +449,15 @@ mod tests {
         planes.record("dp", &with(3, 0));
         let dp = &planes.list()[0];
         assert!(dp.unavailable_providers.is_empty() && dp.unusable_targets.is_empty());
+        // The address it reports is informational, and bounded too.
+        let huge = pb::WatchRequest {
+            http_addr: "9".repeat(1 << 20),
+            ..with(4, 0)
+        };
+        planes.record("dp", &huge);
+        assert_eq!(planes.list()[0].http_addr.len(), MAX_HTTP_ADDR_LEN);
+        planes.connect(&huge, None, "s1");
+        assert_eq!(planes.list()[0].http_addr.len(), MAX_HTTP_ADDR_LEN);
     }
 
     #[test]
