@@ -854,13 +854,10 @@ impl Bench {
                 BodyEnd::Failed(e) => early.add(e),
             }
         }
-        // Bodies over 1 MiB may use seven eighths of the budget; the rest is kept for small ones.
-        let large_budget = if a.body_mib > 1 {
-            a.body_budget_mib - a.body_budget_mib / 8
-        } else {
-            a.body_budget_mib
-        };
-        let fit = (large_budget / a.body_mib as u64) as usize;
+        // The gateway's own rule: large bodies leave part of the budget to small ones.
+        let body_bytes = a.body_mib << 20;
+        let budget = usize::try_from(a.body_budget_mib << 20).unwrap_or(usize::MAX);
+        let fit = drover_dataplane::proxy::body::room_for(budget, body_bytes) / body_bytes.max(1);
         let held = sent.get("held");
         let outcome = format!(
             "answered before the body was sent: {early} ({}); sent to the last byte but one: {sent}; \
