@@ -46,7 +46,7 @@ pub struct ProxyConfig {
 }
 
 /// Default `--max-event-bytes`: 16 MiB.
-pub const DEFAULT_MAX_EVENT_BYTES: usize = 16 << 20;
+pub const DEFAULT_MAX_EVENT_BYTES: usize = crate::formats::sse::DEFAULT_MAX_EVENT;
 
 impl Default for ProxyConfig {
     fn default() -> Self {

@@ -38,7 +38,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use crate::admin::Metrics;
-use crate::proxy::health::now_ms;
+use crate::proxy::health::{duration_ms, now_ms};
 
 /// Connection limits and timeouts of the HTTP listener.
 #[derive(Debug, Clone)]
@@ -224,7 +224,7 @@ async fn drive(
         let wake = match (closing, watch.deadline(config)) {
             (Some(until), _) => until,
             (None, Some(deadline)) => deadline,
-            (None, None) => now.saturating_add(millis(check_every)),
+            (None, None) => now.saturating_add(duration_ms(check_every)),
         };
         let sleep = tokio::time::sleep(Duration::from_millis(wake.saturating_sub(now)));
         tokio::select! {
@@ -252,7 +252,7 @@ async fn drive(
                     Some(Expired::Idle) => {
                         metrics.connections_idle_closed.inc();
                         conn.as_mut().graceful_shutdown();
-                        closing = Some(now.saturating_add(millis(CLOSE_GRACE)));
+                        closing = Some(now.saturating_add(duration_ms(CLOSE_GRACE)));
                     }
                     None => {}
                 }
@@ -275,10 +275,6 @@ pub fn fd_bound_connections() -> Option<usize> {
 /// One served connection.
 type Connection<'a> =
     UpgradeableConnection<'a, TokioIo<WatchedIo>, TowerToHyperService<Tracked>, TokioExecutor>;
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
 
 /// Counts a connection as open until dropped.
 struct OpenGuard(Arc<Metrics>);
@@ -361,16 +357,19 @@ impl ConnWatch {
         let head = self.head_started.load(Ordering::Acquire);
         if head != 0 && !self.http2.load(Ordering::Relaxed) {
             return Some((
-                head.saturating_add(millis(config.header_read_timeout)),
+                head.saturating_add(duration_ms(config.header_read_timeout)),
                 Expired::Head,
             ));
         }
         let idle = self.idle_since.load(Ordering::Acquire);
         if self.served.load(Ordering::Relaxed) {
-            Some((idle.saturating_add(millis(config.idle_timeout)), Expired::Idle))
+            Some((
+                idle.saturating_add(duration_ms(config.idle_timeout)),
+                Expired::Idle,
+            ))
         } else {
             Some((
-                idle.saturating_add(millis(config.header_read_timeout)),
+                idle.saturating_add(duration_ms(config.header_read_timeout)),
                 Expired::Head,
             ))
         }

@@ -123,12 +123,16 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), ProxyError> {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .map(|essence| essence.trim().to_ascii_lowercase())
+        .map(str::trim)
         .is_some_and(|essence| {
-            essence == "application/json"
-                || essence
-                    .strip_prefix("application/")
-                    .is_some_and(|subtype| subtype.ends_with("+json"))
+            let (kind, subtype) = essence.split_at_checked(12).unwrap_or_default();
+            kind.eq_ignore_ascii_case("application/")
+                && (subtype.eq_ignore_ascii_case("json")
+                    || subtype
+                        .len()
+                        .checked_sub(5)
+                        .and_then(|at| subtype.get(at..))
+                        .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json")))
         });
     if is_json {
         Ok(())

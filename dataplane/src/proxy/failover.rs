@@ -32,7 +32,7 @@ use crate::error::{FailureKind, ProxyError, UpstreamFailure};
 use crate::formats::ir::Dropped;
 use crate::policy::CompiledTarget;
 use crate::proxy::call::Call;
-use crate::proxy::health::{Permit, now_ms};
+use crate::proxy::health::{Permit, duration_ms, now_ms};
 use crate::proxy::plan::{self, Prepared, Skip, Wire};
 
 /// A successful upstream answer.
@@ -212,7 +212,9 @@ pub async fn dispatch(
                     }
                 } else if let FailureKind::Status { retry_after_secs, .. } = failure.kind {
                     let secs = retry_after_secs.map_or(cfg.default_cooldown, Duration::from_secs);
-                    target.health.cool_down(now_ms().saturating_add(millis(secs)));
+                    target
+                        .health
+                        .cool_down(now_ms().saturating_add(duration_ms(secs)));
                     if permit == Permit::Probe {
                         // A rate-limited probe still proves the target is up.
                         target.health.on_success(now_ms());
@@ -244,16 +246,12 @@ pub async fn dispatch(
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// Full jitter over `base * 2^(retry-1)`, capped at `max`.
 fn backoff(base: Duration, max: Duration, retry: u32) -> Duration {
     let exp = base
         .saturating_mul(1u32 << retry.saturating_sub(1).min(16))
         .min(max);
-    let ms = millis(exp);
+    let ms = duration_ms(exp);
     if ms == 0 {
         return Duration::ZERO;
     }

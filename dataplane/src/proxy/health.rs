@@ -179,7 +179,8 @@ fn open_ms(cfg: &BreakerConfig, ejections: u32) -> u64 {
         .min(base.saturating_mul(u64::from(MAX_OPEN_FACTOR)))
 }
 
-fn duration_ms(d: Duration) -> u64 {
+/// A duration in whole milliseconds, saturating.
+pub fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
