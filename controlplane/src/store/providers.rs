@@ -25,7 +25,8 @@ pub(super) fn upsert(
     provider: &Provider,
     replace: bool,
 ) -> Result<(), StoreError> {
-    if !replace && exists(conn, &provider.name)? {
+    let old_kind = kind(conn, &provider.name)?;
+    if !replace && old_kind.is_some() {
         return Err(StoreError::AlreadyExists(format!(
             "provider {:?} (use replace to overwrite it)",
             provider.name
@@ -34,7 +35,7 @@ pub(super) fn upsert(
     // A replacement of another kind must still be able to carry its routes' models. One of the
     // same kind changes nothing for them (a target stored by an older version that the rules
     // now refuse does not block, say, a key rotation).
-    let kind_changes = kind(conn, &provider.name)?.is_some_and(|old| old != provider.kind);
+    let kind_changes = old_kind.is_some_and(|old| old != provider.kind);
     if kind_changes
         && let Some((alias, reason)) = super::routes::first_unfit_target(conn, &provider.name, provider.kind)?
     {
@@ -80,13 +81,6 @@ pub(super) fn remove(conn: &Connection, name: &str) -> Result<(), StoreError> {
         0 => Err(StoreError::NotFound(format!("provider {name:?}"))),
         _ => Ok(()),
     }
-}
-
-pub(super) fn exists(conn: &Connection, name: &str) -> Result<bool, StoreError> {
-    Ok(conn
-        .query_row("SELECT 1 FROM providers WHERE name = ?1", [name], |_| Ok(()))
-        .optional()?
-        .is_some())
 }
 
 /// The kind of provider `name`, if it exists.
