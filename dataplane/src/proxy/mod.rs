@@ -206,12 +206,9 @@ async fn handle(
     if ingress == Ingress::CountTokens && candidates.iter().all(|t| t.provider.family != Family::Anthropic) {
         return estimate_tokens(&call);
     }
+    let route = policy.routes.get(&*model);
     // Cache lookup: only routes with a TTL, and not when the caller says `no-cache`.
-    let ttl = policy
-        .routes
-        .get(&*model)
-        .and_then(|r| r.cache_ttl)
-        .filter(|_| ingress.cacheable());
+    let ttl = route.and_then(|r| r.cache_ttl).filter(|_| ingress.cacheable());
     let mut fill = None;
     let cache_status = match ttl {
         None => None,
@@ -229,7 +226,7 @@ async fn handle(
             }
         },
     };
-    let retry_after_send = policy.routes.get(&*model).is_some_and(|r| r.retry_after_send);
+    let retry_after_send = route.is_some_and(|r| r.retry_after_send);
     let dispatched = failover::dispatch(state, &candidates, &call, retry_after_send).await?;
     if let Some(m) = meter.as_mut() {
         m.target(
