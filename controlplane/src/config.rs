@@ -83,8 +83,7 @@ pub struct GrpcTls {
 impl GrpcTls {
     /// Loads a PEM certificate chain (leaf first) and its PEM private key.
     pub fn load(cert: &Path, key: &Path) -> Result<GrpcTls, TlsError> {
-        let config = tls::server_config(cert, key, &[ALPN_H2])?;
-        let certificate = tls::load_certs(cert)?.swap_remove(0);
+        let (config, certificate) = tls::server_identity(cert, key, &[ALPN_H2])?;
         Ok(GrpcTls { config, certificate })
     }
 

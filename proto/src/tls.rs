@@ -125,7 +125,22 @@ pub fn load_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError>
 /// no client certificates. Fails if a file cannot be read or parsed, or if the key does not
 /// belong to the leaf certificate.
 pub fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    server_identity(cert, key, alpn).map(|(config, _)| config)
+}
+
+/// [`server_config`], and the leaf certificate it serves, from one reading of the files (a
+/// client in the same process can then trust exactly what the listener presents).
+pub fn server_identity(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+) -> Result<(Arc<ServerConfig>, CertificateDer<'static>), TlsError> {
     let chain = load_certs(cert)?;
+    // `load_certs` refuses a file without a certificate, so the chain has a leaf.
+    let leaf = chain
+        .first()
+        .cloned()
+        .ok_or_else(|| TlsError::Setup("the certificate chain is empty".to_owned()))?;
     let private_key = load_private_key(key)?;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -138,7 +153,7 @@ pub fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<Serv
             reason: e.to_string(),
         })?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), leaf))
 }
 
 /// The certificates of a PEM CA bundle as trust anchors for a client. Every certificate in
