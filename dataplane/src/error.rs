@@ -6,12 +6,14 @@
 //! stack trace.
 
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, StatusCode};
 
 use crate::formats::ir::{ErrorInfo, ErrorKind};
-use crate::formats::openai::{BodyError, error_body};
+use crate::formats::json::BodyError;
+use crate::formats::openai::error_body;
+use crate::formats::tap::StreamKind;
 use crate::formats::{anthropic, gemini, openai};
 use crate::providers::Family;
 use crate::proxy::call::ApiFormat;
@@ -399,6 +401,19 @@ pub fn translated_error(info: &ErrorInfo, format: ApiFormat) -> Response {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+/// The event that ends a stream the gateway relays as it is, in the stream's own format,
+/// when it broke before its terminal event (`code`: `stream_incomplete`, `stream_timeout`,
+/// `event_too_large`). Written by the same function each format's encoder uses.
+pub fn stream_error_event(kind: StreamKind, message: &str, code: &str) -> Bytes {
+    let mut out = BytesMut::new();
+    match kind {
+        StreamKind::OpenAiChunks => openai::error_event(message, "server_error", Some(code), &mut out),
+        StreamKind::Responses => openai::responses_error_event(message, code, &mut out),
+        StreamKind::Anthropic => anthropic::error_event(&stream_error(message), &mut out),
+    }
+    out.freeze()
 }
 
 /// The neutral form of an upstream failure, for errors inside translated streams.

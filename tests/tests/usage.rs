@@ -316,3 +316,107 @@ async fn set_price_version(gw: &Gateway) -> u64 {
     set_price(gw, "m", 1.0, 2.0).await;
     gw.version().await
 }
+
+/// A stream as Python servers write it: `json.dumps` puts a space after every `:` and `,`.
+const SPACED_STREAM: &str = concat!(
+    "data: {\"id\": \"c1\", \"object\": \"chat.completion.chunk\", \"choices\": [{\"index\": 0, \"delta\": {\"role\": \"assistant\", \"content\": \"Hello\"}, \"finish_reason\": null}], \"usage\": null}\n\n",
+    "data: {\"id\": \"c1\", \"object\": \"chat.completion.chunk\", \"choices\": [{\"index\": 0, \"delta\": {\"content\": \" there\"}, \"finish_reason\": \"stop\"}], \"usage\": null}\n\n",
+    "data: {\"id\": \"c1\", \"object\": \"chat.completion.chunk\", \"choices\": [], \"usage\": {\"prompt_tokens\": 11, \"completion_tokens\": 7, \"total_tokens\": 18}}\n\n",
+    "data: [DONE]\n\n",
+);
+
+#[tokio::test]
+async fn a_provider_writing_json_with_spaces_is_metered_and_its_usage_chunk_hidden() {
+    let up = MockProvider::openai()
+        .default_fault(drover_tests::Fault::replay(
+            200,
+            "text/event-stream",
+            SPACED_STREAM,
+        ))
+        .start()
+        .await;
+    let gw = Gateway::builder().configure(fast_usage).start().await;
+    gw.provider("up", &up.base_url()).await;
+    gw.route("m", &["up/priced"]).await;
+    set_price(&gw, "priced", 1.0, 1.0).await;
+
+    // The caller did not ask for usage: every chunk it gets has a choice to index.
+    let reply = gw.chat_stream("m", "hi").await;
+    assert_eq!(reply.status, 200);
+    let events = reply.events();
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    for e in events.iter().filter(|e| *e != "[DONE]") {
+        let chunk: Value = serde_json::from_str(e).unwrap();
+        assert!(
+            chunk["choices"][0].is_object(),
+            "a chunk without a choice reached a caller that did not ask for usage: {e}"
+        );
+    }
+    // Billed from the provider's counts, not an estimate.
+    let t = gw.wait_for_usage(1).await;
+    assert_eq!((t.input_tokens, t.output_tokens), (11, 7));
+    assert_eq!(t.cost_nano_usd, 18_000);
+
+    // A caller that asked for usage gets the chunk as the provider wrote it.
+    let body = json!({"model": "m", "stream": true, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let reply = gw.send("POST", "/v1/chat/completions", body.to_string()).await;
+    assert!(
+        reply
+            .text()
+            .contains("\"choices\": [], \"usage\": {\"prompt_tokens\": 11"),
+        "{}",
+        reply.text()
+    );
+    let t = gw.wait_for_usage(2).await;
+    assert_eq!((t.input_tokens, t.output_tokens), (22, 14));
+}
+
+#[tokio::test]
+async fn the_same_answer_is_billed_the_same_whatever_the_callers_format() {
+    // DeepSeek reports cached prompt tokens as `prompt_cache_hit_tokens`.
+    let answer = json!({
+        "id": "c2", "object": "chat.completion", "created": 1, "model": "deepseek-chat",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105,
+                  "prompt_cache_hit_tokens": 60, "prompt_cache_miss_tokens": 40}
+    });
+    let up = MockProvider::openai()
+        .default_fault(drover_tests::Fault::replay(
+            200,
+            "application/json",
+            answer.to_string(),
+        ))
+        .start()
+        .await;
+    let gw = Gateway::builder().configure(fast_usage).start().await;
+    gw.provider("up", &up.base_url()).await;
+    gw.route("m", &["up/deepseek-chat"]).await;
+
+    // Relayed as is to an OpenAI caller.
+    let reply = gw.chat("m", "hi").await;
+    assert_eq!(reply.status, 200);
+    let t = gw.wait_for_usage(1).await;
+    assert_eq!(
+        (t.input_tokens, t.output_tokens, t.cached_input_tokens),
+        (100, 5, 60)
+    );
+
+    // Translated for an Anthropic caller.
+    let body = json!({"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
+    let reply = gw
+        .send_to(
+            &gw.url(),
+            "POST",
+            "/v1/messages",
+            &[("anthropic-version", "2023-06-01")],
+            body.to_string(),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let t = gw.wait_for_usage(2).await;
+    assert_eq!(
+        (t.input_tokens, t.output_tokens, t.cached_input_tokens),
+        (200, 10, 120)
+    );
+}

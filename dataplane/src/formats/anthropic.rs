@@ -27,8 +27,9 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::ir::{self, BlockKind, Delta, ErrorKind, Part, StopReason, StreamEvent};
-use super::openai::{BodyError, ShallowBody};
+use super::json::{BodyError, ShallowBody, TextLen};
 use super::sse::{SseEvent, write_event};
+use super::tap::Observed;
 
 /// `max_tokens` sent to Anthropic when the request names none (Anthropic requires one).
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
@@ -325,6 +326,34 @@ struct UsageIn {
     cache_read_input_tokens: Option<u64>,
     #[serde(default)]
     output_tokens: Option<u64>,
+}
+
+/// Anthropic's stream counts are cumulative and later events may omit fields: the latest
+/// value of each field, from `message_start` and every `message_delta`. Kept the same way by
+/// the decoder (translated streams) and [`EventTap`] (relayed ones).
+#[derive(Debug, Clone, Copy, Default)]
+struct UsageTally(UsageIn);
+
+impl UsageTally {
+    fn add(&mut self, later: UsageIn) {
+        let s = &mut self.0;
+        s.input_tokens = later.input_tokens.or(s.input_tokens);
+        s.cache_creation_input_tokens = later
+            .cache_creation_input_tokens
+            .or(s.cache_creation_input_tokens);
+        s.cache_read_input_tokens = later.cache_read_input_tokens.or(s.cache_read_input_tokens);
+        s.output_tokens = later.output_tokens.or(s.output_tokens);
+    }
+
+    /// The counts, once any was seen.
+    fn usage(&self) -> Option<ir::Usage> {
+        let s = &self.0;
+        let known = s.input_tokens.is_some()
+            || s.output_tokens.is_some()
+            || s.cache_read_input_tokens.is_some()
+            || s.cache_creation_input_tokens.is_some();
+        known.then(|| usage_from_wire(s))
+    }
 }
 
 #[derive(Serialize)]
@@ -1132,6 +1161,13 @@ fn usage_from_wire(u: &UsageIn) -> ir::Usage {
     }
 }
 
+/// The `usage` of an Anthropic message body relayed as it is.
+pub fn body_usage(body: &[u8]) -> Option<ir::Usage> {
+    let parsed = ShallowBody::parse(body).ok()?;
+    let u: UsageIn = serde_json::from_str(parsed.get("usage")?.get()).ok()?;
+    Some(usage_from_wire(&u))
+}
+
 /// Canonical usage → Anthropic usage (input tokens without cache reads and writes).
 /// Reasoning tokens stay inside `output_tokens`, which Anthropic does not break down.
 fn usage_to_wire(u: &ir::Usage) -> UsageOut {
@@ -1357,6 +1393,74 @@ fn stream_decode_error(e: &serde_json::Error) -> ir::DecodeError {
     ir::DecodeError(format!("invalid Anthropic stream event: {}", clean(e)))
 }
 
+#[derive(Deserialize)]
+struct TapEvent<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    message: Option<TapMessage>,
+    #[serde(default)]
+    usage: Option<UsageIn>,
+    #[serde(default)]
+    delta: Option<TapDelta>,
+}
+
+#[derive(Deserialize)]
+struct TapMessage {
+    #[serde(default)]
+    usage: Option<UsageIn>,
+}
+
+#[derive(Deserialize)]
+struct TapDelta {
+    #[serde(default)]
+    text: TextLen,
+    #[serde(default)]
+    partial_json: TextLen,
+    #[serde(default)]
+    thinking: TextLen,
+}
+
+/// What the meter reads from an Anthropic stream relayed as it is: the usage of
+/// `message_start` and `message_delta` (kept as the decoder keeps it), the text of deltas,
+/// and `message_stop` or `error`, which end the stream. Each event is parsed as JSON; its
+/// `type` decides, the `event:` name only when the data has none.
+#[derive(Debug, Default)]
+pub struct EventTap {
+    usage: UsageTally,
+}
+
+impl EventTap {
+    pub fn observe(&mut self, event: &SseEvent) -> Observed {
+        let parsed = serde_json::from_str::<TapEvent<'_>>(&event.data).ok();
+        let kind = parsed
+            .as_ref()
+            .and_then(|e| e.kind.as_deref())
+            .or(event.event.as_deref());
+        let terminal = matches!(kind, Some("message_stop" | "error"));
+        let Some(parsed) = parsed else {
+            return Observed {
+                terminal,
+                ..Observed::default()
+            };
+        };
+        if let Some(u) = parsed.message.and_then(|m| m.usage).or(parsed.usage) {
+            self.usage.add(u);
+        }
+        Observed {
+            chars: parsed
+                .delta
+                .map_or(0, |d| d.text.0 + d.partial_json.0 + d.thinking.0),
+            terminal,
+            usage_only: false,
+        }
+    }
+
+    pub fn usage(&self) -> Option<ir::Usage> {
+        self.usage.usage()
+    }
+}
+
 fn parse_event<'a, T: Deserialize<'a>>(data: &'a str) -> Result<T, ir::DecodeError> {
     serde_json::from_str(data).map_err(|e| stream_decode_error(&e))
 }
@@ -1369,7 +1473,7 @@ fn parse_event<'a, T: Deserialize<'a>>(data: &'a str) -> Result<T, ir::DecodeErr
 /// produced after either. `ping` and event types added later are ignored.
 #[derive(Debug, Default)]
 pub struct StreamDecoder {
-    start_usage: UsageIn,
+    usage: UsageTally,
     finished: bool,
     usage_sent: bool,
     done: bool,
@@ -1389,6 +1493,11 @@ impl StreamDecoder {
         self.done
     }
 
+    /// The provider's token counts seen so far.
+    pub fn usage(&self) -> Option<ir::Usage> {
+        self.usage.usage()
+    }
+
     pub fn decode(&mut self, event: &SseEvent) -> Result<Vec<StreamEvent>, ir::DecodeError> {
         let mut out = Vec::new();
         let data = event.data.trim();
@@ -1399,7 +1508,7 @@ impl StreamDecoder {
         match &*tag.kind {
             "message_start" => {
                 let start: MessageStartIn = parse_event(data)?;
-                self.start_usage = start.message.usage.unwrap_or_default();
+                self.usage.add(start.message.usage.unwrap_or_default());
                 out.push(StreamEvent::Start {
                     id: start.message.id,
                     model: start.message.model,
@@ -1452,18 +1561,9 @@ impl StreamDecoder {
                         stop: stop_from_wire(Some(&reason), stop_sequence),
                     });
                 }
-                let u = delta.usage.unwrap_or_default();
-                let s = self.start_usage;
-                let merged = UsageIn {
-                    input_tokens: u.input_tokens.or(s.input_tokens),
-                    cache_creation_input_tokens: u
-                        .cache_creation_input_tokens
-                        .or(s.cache_creation_input_tokens),
-                    cache_read_input_tokens: u.cache_read_input_tokens.or(s.cache_read_input_tokens),
-                    output_tokens: u.output_tokens.or(s.output_tokens),
-                };
+                self.usage.add(delta.usage.unwrap_or_default());
                 self.usage_sent = true;
-                out.push(StreamEvent::Usage(usage_from_wire(&merged)));
+                out.push(StreamEvent::Usage(self.usage.usage().unwrap_or_default()));
             }
             "message_stop" => {
                 if !self.finished {
@@ -1472,14 +1572,11 @@ impl StreamDecoder {
                         stop: StopReason::EndTurn,
                     });
                 }
-                let s = self.start_usage;
-                let known = s.input_tokens.is_some()
-                    || s.output_tokens.is_some()
-                    || s.cache_read_input_tokens.is_some()
-                    || s.cache_creation_input_tokens.is_some();
-                if !self.usage_sent && known {
+                if !self.usage_sent
+                    && let Some(usage) = self.usage.usage()
+                {
                     self.usage_sent = true;
-                    out.push(StreamEvent::Usage(usage_from_wire(&s)));
+                    out.push(StreamEvent::Usage(usage));
                 }
                 self.done = true;
                 out.push(StreamEvent::Done);
@@ -1614,16 +1711,7 @@ impl StreamEncoder {
                 }
             }
             StreamEvent::Error(err) => {
-                let (_, kind) = error_wire(err);
-                emit(
-                    out,
-                    &StreamOut::Error {
-                        error: ErrorOut {
-                            kind,
-                            message: &err.message,
-                        },
-                    },
-                );
+                error_event(err, out);
                 self.closed = true;
             }
             StreamEvent::Done => {
@@ -1730,6 +1818,20 @@ impl StreamEncoder {
         emit(out, &StreamOut::MessageStop);
         self.closed = true;
     }
+}
+
+/// The `error` event that ends an Anthropic stream: the one way it is written.
+pub fn error_event(err: &ir::ErrorInfo, out: &mut BytesMut) {
+    let (_, kind) = error_wire(err);
+    emit(
+        out,
+        &StreamOut::Error {
+            error: ErrorOut {
+                kind,
+                message: &err.message,
+            },
+        },
+    );
 }
 
 fn emit(out: &mut BytesMut, event: &StreamOut<'_>) {

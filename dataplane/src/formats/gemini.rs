@@ -879,6 +879,11 @@ impl StreamDecoder {
         }
     }
 
+    /// The provider's token counts seen so far.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
     /// Events to emit when the upstream stream ends: if a finishReason was seen →
     /// (BlockStop for the open block), Finish, Usage, Done; else nothing (the relay reports
     /// an incomplete stream). Nothing on a second call, or after an error event.

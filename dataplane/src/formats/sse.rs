@@ -2,9 +2,9 @@
 //!
 //! [`SseFramer`] cuts an arbitrary byte stream at event boundaries, so that only whole
 //! events are forwarded and an error event can always be appended cleanly; it bounds the size
-//! of one event, and examines every byte once however the stream is chunked. [`Terminal`]
-//! tells whether the terminal event went by. [`parse_events`] turns whole events into
-//! [`SseEvent`]s for translation; [`write_event`] writes one.
+//! of one event, and examines every byte once however the stream is chunked.
+//! [`split_events`] turns whole events into [`SseEvent`]s by the SSE grammar, with the bytes
+//! each occupies; [`write_event`] writes one.
 
 use bytes::{Bytes, BytesMut};
 
@@ -77,41 +77,6 @@ fn scan(buf: &[u8], from: usize, max: usize) -> Result<Option<usize>, Option<usi
         return Err(last);
     }
     Ok(last)
-}
-
-/// The event that ends a stream successfully, by wire format. Seeing it is what tells a
-/// complete stream from a cut one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Terminal {
-    /// OpenAI chat and completions: `data: [DONE]`.
-    OpenAiDone,
-    /// Anthropic messages: `event: message_stop` (or an `error` event, which ends it too).
-    AnthropicStop,
-    /// OpenAI Responses: `response.completed`, `response.incomplete`, `response.failed` or `error`.
-    ResponsesEnd,
-}
-
-impl Terminal {
-    /// Whether `events` (whole events) contain the terminal event.
-    pub fn seen_in(self, events: &[u8]) -> bool {
-        events.split(|&b| b == b'\n' || b == b'\r').any(|line| {
-            let field = |name: &[u8]| {
-                line.strip_prefix(name)
-                    .map(|rest| rest.strip_prefix(b" ").unwrap_or(rest))
-            };
-            match self {
-                // An error chunk ends an OpenAI stream too: nothing follows it.
-                Terminal::OpenAiDone => {
-                    field(b"data:").is_some_and(|d| d == b"[DONE]" || d.starts_with(b"{\"error\""))
-                }
-                Terminal::AnthropicStop => matches!(field(b"event:"), Some(b"message_stop" | b"error")),
-                Terminal::ResponsesEnd => matches!(
-                    field(b"event:"),
-                    Some(b"response.completed" | b"response.incomplete" | b"response.failed" | b"error")
-                ),
-            }
-        })
-    }
 }
 
 impl SseFramer {
@@ -204,43 +169,83 @@ pub struct SseEvent {
 /// Parses whole events (as [`SseFramer::push`] returns them). Comments, `id:` and `retry:`
 /// fields are skipped, as are events with neither a name nor data.
 pub fn parse_events(events: &[u8]) -> Vec<SseEvent> {
-    let text = String::from_utf8_lossy(events);
-    let mut out = Vec::new();
-    let mut current = SseEvent::default();
-    let mut has_data = false;
-    // Lines end with \r\n, \n or \r; a blank line ends an event.
-    let normalized = text.replace("\r\n", "\n").replace('\r', "\n");
-    for line in normalized.split('\n') {
-        if line.is_empty() {
-            if has_data || current.event.is_some() {
-                out.push(std::mem::take(&mut current));
+    split_events(events).map(|(_, event)| event).collect()
+}
+
+/// The events in `buf` with the byte range each occupies (its lines and the blank line that
+/// ends it), in order. Follows the SSE grammar: lines end with `\r\n`, `\n` or `\r`; `data:`
+/// with or without one space; several `data` lines joined with `\n`; comment lines (`:`)
+/// and unknown fields ignored. Bytes that are no event (comments alone, stray blank lines)
+/// lie between the ranges.
+pub fn split_events(buf: &[u8]) -> SplitEvents<'_> {
+    SplitEvents { buf, pos: 0 }
+}
+
+/// Iterator of [`split_events`].
+pub struct SplitEvents<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl SplitEvents<'_> {
+    /// The next line (without its end) and moves past it.
+    fn line(&mut self) -> &[u8] {
+        let rest = &self.buf[self.pos..];
+        match rest.iter().position(|&b| b == b'\n' || b == b'\r') {
+            Some(i) => {
+                let crlf = rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n');
+                self.pos += i + if crlf { 2 } else { 1 };
+                &rest[..i]
             }
-            has_data = false;
-            continue;
+            None => {
+                self.pos = self.buf.len();
+                rest
+            }
         }
-        if line.starts_with(':') {
-            continue;
-        }
-        let (field, value) = match line.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (line, ""),
-        };
-        match field {
-            "event" => current.event = Some(value.to_owned()),
-            "data" => {
-                if has_data {
-                    current.data.push('\n');
+    }
+}
+
+impl Iterator for SplitEvents<'_> {
+    type Item = (std::ops::Range<usize>, SseEvent);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.pos < self.buf.len() {
+            let start = self.pos;
+            let mut event = SseEvent::default();
+            let mut has_data = false;
+            while self.pos < self.buf.len() {
+                let line = self.line();
+                if line.is_empty() {
+                    break;
                 }
-                current.data.push_str(value);
-                has_data = true;
+                if line[0] == b':' {
+                    continue;
+                }
+                let (field, value) = match line.iter().position(|&b| b == b':') {
+                    Some(i) => {
+                        let value = &line[i + 1..];
+                        (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
+                    }
+                    None => (line, &b""[..]),
+                };
+                match field {
+                    b"event" => event.event = Some(String::from_utf8_lossy(value).into_owned()),
+                    b"data" => {
+                        if has_data {
+                            event.data.push('\n');
+                        }
+                        event.data.push_str(&String::from_utf8_lossy(value));
+                        has_data = true;
+                    }
+                    _ => {}
+                }
             }
-            _ => {}
+            if has_data || event.event.is_some() {
+                return Some((start..self.pos, event));
+            }
         }
+        None
     }
-    if has_data || current.event.is_some() {
-        out.push(current);
-    }
-    out
 }
 
 /// Writes one event: an optional `event:` line and one `data:` line per line of `data`.
@@ -258,14 +263,6 @@ pub fn write_event(out: &mut BytesMut, event: Option<&str>, data: &str) {
     out.extend_from_slice(b"\n");
 }
 
-/// The event sent to an OpenAI-format caller when a stream breaks before its end.
-pub fn openai_error_event(message: &str, code: &str) -> Bytes {
-    let body = serde_json::json!({
-        "error": { "message": message, "type": "server_error", "param": null, "code": code }
-    });
-    Bytes::from(format!("data: {body}\n\n"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,7 +276,7 @@ mod tests {
         for c in chunks {
             if let Some(events) = framer.push(Bytes::copy_from_slice(c)).unwrap() {
                 assert!(boundary_at(&events, events.len()), "emitted a partial event");
-                done |= Terminal::OpenAiDone.seen_in(&events);
+                done |= parse_events(&events).iter().any(|e| e.data == "[DONE]");
                 out.extend_from_slice(&events);
             }
         }
@@ -444,51 +441,6 @@ mod tests {
             ]
         );
     }
-
-    #[test]
-    fn terminal_events_by_format() {
-        let cases: &[(Terminal, &[u8], bool)] = &[
-            (
-                Terminal::AnthropicStop,
-                b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
-                true,
-            ),
-            (
-                Terminal::AnthropicStop,
-                b"event: message_delta\ndata: {}\n\n",
-                false,
-            ),
-            (Terminal::AnthropicStop, b"event: error\ndata: {}\n\n", true),
-            (
-                Terminal::ResponsesEnd,
-                b"event: response.completed\ndata: {}\n\n",
-                true,
-            ),
-            (
-                Terminal::ResponsesEnd,
-                b"event: response.output_text.delta\ndata: {}\n\n",
-                false,
-            ),
-            (Terminal::OpenAiDone, b"event: message_stop\n\n", false),
-        ];
-        for (terminal, events, want) in cases {
-            assert_eq!(
-                terminal.seen_in(events),
-                *want,
-                "{terminal:?} {}",
-                String::from_utf8_lossy(events)
-            );
-        }
-    }
-
-    #[test]
-    fn error_event_is_one_whole_event() {
-        let e = openai_error_event("upstream stream ended early", "stream_incomplete");
-        assert!(e.starts_with(b"data: {"));
-        assert!(boundary_at(&e, e.len()));
-        let json: serde_json::Value = serde_json::from_slice(&e[6..e.len() - 2]).unwrap();
-        assert_eq!(json["error"]["code"], "stream_incomplete");
-    }
 }
 
 #[cfg(test)]
@@ -509,5 +461,24 @@ mod crlf_tests {
         );
         assert_eq!(framer.pending(), 0);
         assert_eq!(parse_events(&out.unwrap()).len(), 2);
+    }
+
+    #[test]
+    fn events_and_their_ranges_by_the_grammar() {
+        let buf = b": hello\n\ndata:a\r\ndata: b\r\n\r\nevent: x\rdata:  c\r\r\n\nid: 7\ndata\n\n";
+        let got: Vec<_> = split_events(buf).collect();
+        let want = [
+            (9..28, None, "a\nb"),
+            (28..48, Some("x"), " c"),
+            (49..61, None, ""),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:?}");
+        for ((range, event), (r, name, data)) in got.iter().zip(want) {
+            assert_eq!(*range, r);
+            assert_eq!(event.event.as_deref(), name);
+            assert_eq!(event.data, data);
+        }
+        // Each range ends where the next starts, or with bytes that are no event between.
+        assert_eq!(&buf[got[0].0.clone()], b"data:a\r\ndata: b\r\n\r\n");
     }
 }

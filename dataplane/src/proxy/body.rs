@@ -22,7 +22,7 @@ use http_body_util::BodyExt;
 use tokio::time::Instant;
 
 use crate::error::ProxyError;
-use crate::formats::openai::BodyError;
+use crate::formats::json::BodyError;
 
 /// How request bodies are bounded.
 #[derive(Debug, Clone, Copy)]

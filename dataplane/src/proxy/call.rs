@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 
 use crate::formats::ir::{ChatRequest, Dropped};
-use crate::formats::openai::BodyError;
+use crate::formats::json::BodyError;
 use crate::formats::{anthropic, openai};
 use crate::proxy::plan::StreamUsage;
 

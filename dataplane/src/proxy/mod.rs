@@ -27,9 +27,9 @@ use crate::app::AppState;
 use crate::cache;
 use crate::error::ProxyError;
 use crate::formats::ir::ChatResponse;
-use crate::formats::openai::{BodyError, ShallowBody};
-use crate::formats::sse::Terminal;
-use crate::formats::{anthropic, gemini, openai, usage};
+use crate::formats::json::{BodyError, ShallowBody};
+use crate::formats::tap::StreamKind;
+use crate::formats::{anthropic, gemini, openai};
 use crate::providers::Family;
 use call::{ApiFormat, Call, Ingress};
 use failover::{Answer, Dispatched};
@@ -331,8 +331,8 @@ fn respond(
             Wire::Passthrough { .. },
         ) => {
             let usage = match format {
-                ApiFormat::OpenAi => usage::openai_body(&body),
-                ApiFormat::Anthropic => usage::anthropic_body(&body),
+                ApiFormat::OpenAi => openai::usage::body_usage(&body),
+                ApiFormat::Anthropic => anthropic::body_usage(&body),
             };
             meter_usage(meter, usage);
             if status.is_success() {
@@ -389,11 +389,11 @@ fn respond(
                 buf: bytes::BytesMut::new(),
             });
             let relay_body = match wire {
-                Wire::Passthrough { terminal } => {
-                    let strip = terminal == Terminal::OpenAiDone
+                Wire::Passthrough { kind } => {
+                    let strip = kind == StreamKind::OpenAiChunks
                         && matches!(call.ingress, Ingress::ChatCompletions | Ingress::Completions)
                         && call.stream_usage != StreamUsage::Wanted;
-                    let transform = relay::Passthrough::new(terminal, format, strip);
+                    let transform = relay::Passthrough::new(kind, strip);
                     let relay = relay::SseRelay::new(first, body, transform, meter, idle, max_event, metrics);
                     match capture {
                         Some(c) => Body::new(relay.capture_into(c)),

@@ -5,8 +5,8 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::formats::ir::Dropped;
-use crate::formats::openai::{BodyError, ShallowBody, splice};
-use crate::formats::sse::Terminal;
+use crate::formats::json::{BodyError, ShallowBody, splice};
+use crate::formats::tap::StreamKind;
 use crate::formats::{anthropic, gemini, openai};
 use crate::policy::CompiledTarget;
 use crate::providers::{Family, Op, Upstream};
@@ -15,8 +15,8 @@ use crate::proxy::call::{Call, Ingress};
 /// How the answer of a target is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wire {
-    /// Same format both ways: bytes are relayed as they come; `terminal` ends a good stream.
-    Passthrough { terminal: Terminal },
+    /// Same format both ways: bytes are relayed as they come; `kind` tells how its stream ends.
+    Passthrough { kind: StreamKind },
     /// The provider's format in, the caller's format out.
     Translate { provider: Family },
 }
@@ -45,12 +45,12 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
     let provider = &target.provider;
     let family = provider.family;
     let (op, wire) = match (call.ingress, family) {
-        (Ingress::ChatCompletions, Family::OpenAi) => (Op::Chat, pass(Terminal::OpenAiDone)),
-        (Ingress::Completions, Family::OpenAi) => (Op::Completions, pass(Terminal::OpenAiDone)),
-        (Ingress::Embeddings, Family::OpenAi) => (Op::Embeddings, pass(Terminal::OpenAiDone)),
-        (Ingress::Responses, Family::OpenAi) => (Op::Responses, pass(Terminal::ResponsesEnd)),
-        (Ingress::Messages, Family::Anthropic) => (Op::Messages, pass(Terminal::AnthropicStop)),
-        (Ingress::CountTokens, Family::Anthropic) => (Op::CountTokens, pass(Terminal::AnthropicStop)),
+        (Ingress::ChatCompletions, Family::OpenAi) => (Op::Chat, pass(StreamKind::OpenAiChunks)),
+        (Ingress::Completions, Family::OpenAi) => (Op::Completions, pass(StreamKind::OpenAiChunks)),
+        (Ingress::Embeddings, Family::OpenAi) => (Op::Embeddings, pass(StreamKind::OpenAiChunks)),
+        (Ingress::Responses, Family::OpenAi) => (Op::Responses, pass(StreamKind::Responses)),
+        (Ingress::Messages, Family::Anthropic) => (Op::Messages, pass(StreamKind::Anthropic)),
+        (Ingress::CountTokens, Family::Anthropic) => (Op::CountTokens, pass(StreamKind::Anthropic)),
         (Ingress::ChatCompletions, Family::Anthropic) => (Op::Messages, Wire::Translate { provider: family }),
         (Ingress::Messages, Family::OpenAi) => (Op::Chat, Wire::Translate { provider: family }),
         (Ingress::ChatCompletions | Ingress::Messages, Family::Gemini) => {
@@ -175,8 +175,8 @@ pub fn with_stream_usage(body: &Bytes, usage: StreamUsage) -> Option<Bytes> {
     }
 }
 
-fn pass(terminal: Terminal) -> Wire {
-    Wire::Passthrough { terminal }
+fn pass(kind: StreamKind) -> Wire {
+    Wire::Passthrough { kind }
 }
 
 pub fn ingress_path(ingress: Ingress) -> &'static str {

@@ -25,12 +25,11 @@ use tokio::time::{Instant, Sleep};
 
 use crate::admin::Metrics;
 use crate::cache::{CacheKey, CachedAnswer, CachedBody, ResponseCache};
-use crate::error::stream_error;
+use crate::error::{stream_error, stream_error_event};
 use crate::formats::ir::{Delta, StreamEvent, Usage};
-use crate::formats::sse::openai_error_event;
-use crate::formats::sse::{SseFramer, Terminal, parse_events};
-use crate::formats::usage::{StreamKind, StreamTap};
-use crate::formats::{anthropic, gemini, openai};
+use crate::formats::sse::{SseFramer, split_events};
+use crate::formats::tap::{StreamKind, StreamTap};
+use crate::formats::{StreamDecode, StreamEncode, anthropic, gemini, openai};
 use crate::providers::Family;
 use crate::proxy::call::ApiFormat;
 use crate::proxy::meter::Meter;
@@ -64,36 +63,28 @@ pub trait Transform: Send + Unpin + 'static {
     fn content_chars(&self) -> usize;
 }
 
-/// Same format both ways: events go out as they came; `terminal` marks completion.
+/// Same format both ways: events go out as they came (less the usage-only chunk the caller
+/// did not ask for); the tap reads usage and completion.
 pub struct Passthrough {
-    terminal: Terminal,
-    format: ApiFormat,
+    kind: StreamKind,
     tap: StreamTap,
-    done: bool,
+    /// An error event was appended.
+    failed: bool,
 }
 
 impl Passthrough {
     /// `strip_usage_chunk`: the gateway asked an OpenAI provider for the usage chunk that the caller did not.
-    pub fn new(terminal: Terminal, format: ApiFormat, strip_usage_chunk: bool) -> Self {
-        let kind = match terminal {
-            Terminal::OpenAiDone => StreamKind::OpenAiChunks,
-            Terminal::AnthropicStop => StreamKind::Anthropic,
-            Terminal::ResponsesEnd => StreamKind::Responses,
-        };
+    pub fn new(kind: StreamKind, strip_usage_chunk: bool) -> Self {
         Passthrough {
-            terminal,
-            format,
+            kind,
             tap: StreamTap::new(kind, strip_usage_chunk),
-            done: false,
+            failed: false,
         }
     }
 }
 
 impl Transform for Passthrough {
     fn push(&mut self, events: Bytes, out: &mut Vec<Bytes>) {
-        if !self.done && self.terminal.seen_in(&events) {
-            self.done = true;
-        }
         let events = self.tap.observe(events);
         if !events.is_empty() {
             out.push(events);
@@ -101,57 +92,33 @@ impl Transform for Passthrough {
     }
 
     fn usage(&self) -> Option<Usage> {
-        self.tap.usage
+        self.tap.usage()
     }
 
     fn content_chars(&self) -> usize {
-        self.tap.content_chars
+        self.tap.content_chars()
     }
 
     fn end(&mut self, _out: &mut Vec<Bytes>) -> bool {
-        self.done
+        self.tap.completed()
     }
 
     fn fail(&mut self, message: &str, code: &str, out: &mut Vec<Bytes>) -> bool {
-        if self.done {
+        if self.failed || self.tap.completed() {
             return false;
         }
-        self.done = true;
-        out.push(match (self.format, self.terminal) {
-            (ApiFormat::OpenAi, Terminal::ResponsesEnd) => {
-                let body =
-                    serde_json::json!({"type": "error", "code": code, "message": message, "param": null});
-                Bytes::from(format!("event: error\ndata: {body}\n\n"))
-            }
-            (ApiFormat::OpenAi, _) => openai_error_event(message, code),
-            (ApiFormat::Anthropic, _) => {
-                let body =
-                    serde_json::json!({"type": "error", "error": {"type": "api_error", "message": message}});
-                Bytes::from(format!("event: error\ndata: {body}\n\n"))
-            }
-        });
+        self.failed = true;
+        out.push(stream_error_event(self.kind, message, code));
         true
     }
 }
 
-enum Decoder {
-    OpenAi(openai::chat::StreamDecoder),
-    Anthropic(anthropic::StreamDecoder),
-    Gemini(gemini::StreamDecoder),
-}
-
-enum Encoder {
-    OpenAi(openai::chat::StreamEncoder),
-    Anthropic(anthropic::StreamEncoder),
-}
-
 /// The provider's stream decoded into canonical events and encoded in the caller's format.
 pub struct Translate {
-    decoder: Decoder,
-    encoder: Encoder,
+    decoder: Box<dyn StreamDecode>,
+    encoder: Box<dyn StreamEncode>,
     buf: BytesMut,
     done: bool,
-    usage: Option<Usage>,
     content_chars: usize,
 }
 
@@ -159,17 +126,16 @@ impl Translate {
     pub fn new(provider: Family, caller: ApiFormat, include_usage: bool) -> Self {
         Translate {
             decoder: match provider {
-                Family::OpenAi => Decoder::OpenAi(openai::chat::StreamDecoder::new()),
-                Family::Anthropic => Decoder::Anthropic(anthropic::StreamDecoder::new()),
-                Family::Gemini => Decoder::Gemini(gemini::StreamDecoder::new()),
+                Family::OpenAi => Box::new(openai::chat::StreamDecoder::new()),
+                Family::Anthropic => Box::new(anthropic::StreamDecoder::new()),
+                Family::Gemini => Box::new(gemini::StreamDecoder::new()),
             },
             encoder: match caller {
-                ApiFormat::OpenAi => Encoder::OpenAi(openai::chat::StreamEncoder::new(include_usage)),
-                ApiFormat::Anthropic => Encoder::Anthropic(anthropic::StreamEncoder::new()),
+                ApiFormat::OpenAi => Box::new(openai::chat::StreamEncoder::new(include_usage)),
+                ApiFormat::Anthropic => Box::new(anthropic::StreamEncoder::new()),
             },
             buf: BytesMut::new(),
             done: false,
-            usage: None,
             content_chars: 0,
         }
     }
@@ -181,7 +147,6 @@ impl Translate {
             }
             match &event {
                 StreamEvent::Done | StreamEvent::Error(_) => self.done = true,
-                StreamEvent::Usage(u) => self.usage = Some(*u),
                 StreamEvent::Delta { delta, .. } => {
                     self.content_chars += match delta {
                         Delta::Text(t) | Delta::Thinking(t) | Delta::ToolArguments(t) => t.len(),
@@ -190,10 +155,7 @@ impl Translate {
                 }
                 _ => {}
             }
-            match &mut self.encoder {
-                Encoder::OpenAi(e) => e.encode(&event, &mut self.buf),
-                Encoder::Anthropic(e) => e.encode(&event, &mut self.buf),
-            }
+            self.encoder.encode(&event, &mut self.buf);
         }
     }
 
@@ -206,13 +168,8 @@ impl Translate {
 
 impl Transform for Translate {
     fn push(&mut self, events: Bytes, out: &mut Vec<Bytes>) {
-        for event in parse_events(&events) {
-            let decoded = match &mut self.decoder {
-                Decoder::OpenAi(d) => d.decode(&event),
-                Decoder::Anthropic(d) => d.decode(&event),
-                Decoder::Gemini(d) => d.decode(&event),
-            };
-            match decoded {
+        for (_, event) in split_events(&events) {
+            match self.decoder.decode(&event) {
                 Ok(events) => self.emit(events),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not decode a provider stream event");
@@ -229,10 +186,8 @@ impl Transform for Translate {
     }
 
     fn end(&mut self, out: &mut Vec<Bytes>) -> bool {
-        if let Decoder::Gemini(d) = &mut self.decoder {
-            let last = d.finish();
-            self.emit(last);
-        }
+        let last = self.decoder.finish();
+        self.emit(last);
         self.flush(out);
         self.done
     }
@@ -247,7 +202,7 @@ impl Transform for Translate {
     }
 
     fn usage(&self) -> Option<Usage> {
-        self.usage
+        self.decoder.usage()
     }
 
     fn content_chars(&self) -> usize {
@@ -594,7 +549,7 @@ mod tests {
         SseRelay::new(
             Bytes::from_static(b"data: {\"a\":1}\n\n"),
             upstream,
-            Passthrough::new(Terminal::OpenAiDone, ApiFormat::OpenAi, false),
+            Passthrough::new(StreamKind::OpenAiChunks, false),
             Meter::new(state.clone(), "/v1/chat/completions", "req-relay-test"),
             Duration::from_secs(60),
             1 << 30,

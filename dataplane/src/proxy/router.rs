@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use drover_proto::model::{InvalidPolicy, MAX_REQUEST_MODEL_LEN, Strategy};
 
-use crate::formats::openai::BodyError;
+use crate::formats::json::BodyError;
 
 use crate::policy::{CompiledTarget, Policy};
 use crate::proxy::health::HealthRegistry;

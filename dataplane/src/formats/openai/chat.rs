@@ -25,11 +25,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::{BodyError, ShallowBody, error_body};
+use super::error_body;
+use super::usage::WireUsage;
 use crate::formats::ir::{
     self, BlockKind, ChatRequest, ChatResponse, Delta, ErrorInfo, ErrorKind, ImageSource, Message, Part,
     ResponseFormat, Role, StopReason, StreamEvent, SystemBlock, Tool, ToolChoice, Usage,
 };
+use crate::formats::json::{BodyError, ShallowBody};
 use crate::formats::sse::{SseEvent, write_event};
 
 // ---------------------------------------------------------------------------------------
@@ -61,9 +63,9 @@ pub fn decode_request_reporting(body: &[u8], dropped: &mut ir::Dropped) -> Resul
     let mut messages = None;
     let mut max_completion_tokens = None;
     let mut max_tokens = None;
-    for (key, raw) in &shallow.entries {
+    for (key, raw) in shallow.entries() {
         let raw: &RawValue = raw;
-        match key.as_ref() {
+        match key {
             "model" => {}
             "messages" => messages = Some(raw),
             "stream" => req.stream = shallow.stream()?,
@@ -969,7 +971,7 @@ struct InCompletion {
     #[serde(default)]
     choices: Option<Vec<InChoice>>,
     #[serde(default)]
-    usage: Option<InUsage>,
+    usage: Option<WireUsage>,
     #[serde(default)]
     error: Option<Value>,
 }
@@ -1017,50 +1019,6 @@ struct InFunction {
     name: Option<String>,
     #[serde(default)]
     arguments: Option<Value>,
-}
-
-#[derive(Deserialize, Default)]
-struct InUsage {
-    #[serde(default)]
-    prompt_tokens: Option<u64>,
-    #[serde(default)]
-    completion_tokens: Option<u64>,
-    #[serde(default)]
-    prompt_tokens_details: Option<InPromptDetails>,
-    #[serde(default)]
-    completion_tokens_details: Option<InCompletionDetails>,
-    /// DeepSeek's name for cached prompt tokens.
-    #[serde(default)]
-    prompt_cache_hit_tokens: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct InPromptDetails {
-    #[serde(default)]
-    cached_tokens: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct InCompletionDetails {
-    #[serde(default)]
-    reasoning_tokens: Option<u64>,
-}
-
-impl InUsage {
-    fn to_ir(&self) -> Usage {
-        let cached = self.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens);
-        Usage {
-            input_tokens: self.prompt_tokens.unwrap_or(0),
-            output_tokens: self.completion_tokens.unwrap_or(0),
-            cached_input_tokens: cached.or(self.prompt_cache_hit_tokens).unwrap_or(0),
-            cache_creation_tokens: 0,
-            reasoning_tokens: self
-                .completion_tokens_details
-                .as_ref()
-                .and_then(|d| d.reasoning_tokens)
-                .unwrap_or(0),
-        }
-    }
 }
 
 fn stop_from_wire(reason: &str) -> StopReason {
@@ -1521,7 +1479,7 @@ struct InChunk {
     #[serde(default)]
     choices: Option<Vec<InChunkChoice>>,
     #[serde(default)]
-    usage: Option<InUsage>,
+    usage: Option<WireUsage>,
     #[serde(default)]
     error: Option<Value>,
 }
@@ -1694,6 +1652,11 @@ pub struct StreamDecoder {
 impl StreamDecoder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The provider's token counts seen so far.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
     }
 
     /// Whether `data: [DONE]` has been seen.
@@ -2226,10 +2189,7 @@ impl StreamEncoder {
             StreamEvent::Usage(_) => {}
             StreamEvent::Error(err) => {
                 let (kind, code) = openai_type_code(err.kind);
-                let body = serde_json::json!({
-                    "error": { "message": err.message, "type": kind, "param": null, "code": code }
-                });
-                write_json(&body, out);
+                super::error_event(&err.message, kind, code, out);
                 self.closed = true;
             }
             StreamEvent::Done => {
@@ -3317,7 +3277,7 @@ mod tests {
     fn usage_maps_both_ways() {
         let wire = json!({"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200,
             "prompt_tokens_details": {"cached_tokens": 800}, "completion_tokens_details": {"reasoning_tokens": 150}});
-        let usage = serde_json::from_value::<InUsage>(wire).unwrap().to_ir();
+        let usage = serde_json::from_value::<WireUsage>(wire).unwrap().to_ir();
         let want = Usage {
             input_tokens: 1000,
             output_tokens: 200,
@@ -3336,8 +3296,9 @@ mod tests {
             json!({"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200,
                 "prompt_tokens_details": {"cached_tokens": 800}, "completion_tokens_details": {"reasoning_tokens": 150}})
         );
-        let sparse =
-            serde_json::from_value::<InUsage>(json!({"prompt_tokens": 3, "completion_tokens_details": null}));
+        let sparse = serde_json::from_value::<WireUsage>(
+            json!({"prompt_tokens": 3, "completion_tokens_details": null}),
+        );
         assert_eq!(
             sparse.unwrap().to_ir(),
             Usage {
