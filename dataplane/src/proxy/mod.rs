@@ -14,6 +14,9 @@ pub mod plan;
 pub mod relay;
 pub mod router;
 
+#[cfg(test)]
+mod metering_props;
+
 use std::sync::Arc;
 
 use axum::body::Body;
