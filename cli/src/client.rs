@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use clap::Args;
-use drover_controlplane::{MAX_MESSAGE_SIZE, token_file_for};
+use drover_controlplane::token_file_for;
+use drover_proto::limits::{MAX_POLICY_MESSAGE_BYTES, MAX_REQUEST_BYTES};
 use drover_proto::model::Secret;
 use drover_proto::pb::admin_service_client::AdminServiceClient;
 use drover_proto::tls::{self, CaBundle, Trust};
@@ -152,8 +153,8 @@ impl Client {
             .await
             .map_err(|e| anyhow!(connect_failed(&server, &e)))?;
         let admin = AdminServiceClient::with_interceptor(channel, auth)
-            .max_decoding_message_size(MAX_MESSAGE_SIZE)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE);
+            .max_decoding_message_size(MAX_POLICY_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_REQUEST_BYTES);
         Ok(Client { admin, server, token })
     }
 

@@ -32,15 +32,9 @@ use crate::policy_service::{DataPlanes, PolicyApi};
 use crate::secret_file;
 use crate::store::crypto::MasterKey;
 use crate::store::{Store, StoreThread};
-use crate::usage_service::{MAX_USAGE_MESSAGE_SIZE, UsageApi, run_retention};
+use crate::usage_service::{UsageApi, run_retention};
+use drover_proto::limits::{MAX_POLICY_MESSAGE_BYTES, MAX_REQUEST_BYTES, MAX_USAGE_MESSAGE_BYTES};
 
-/// Largest gRPC message either way. Snapshots carry the whole policy (100k keys must fit);
-/// tonic's default of 4 MiB is far too small for that.
-pub const MAX_MESSAGE_SIZE: usize = 256 * 1024 * 1024;
-/// Largest admin request or data plane policy-stream message accepted: far beyond any valid
-/// one (a route has at most 64 targets, a key 8 KiB), so that a huge one is refused before it
-/// costs much memory, yet room enough that an oversized route gets a clear validation error.
-pub const MAX_REQUEST_SIZE: usize = 16 * 1024 * 1024;
 /// HTTP/2 pings on idle connections, so a vanished data plane is noticed.
 pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a ping may go unanswered before the connection is closed.
@@ -258,14 +252,14 @@ async fn router(
 ) -> Result<Router, StartError> {
     let dataplanes = Arc::new(DataPlanes::default());
     let admin = AdminServiceServer::new(AdminApi::new(store.clone(), dataplanes.clone()))
-        .max_decoding_message_size(MAX_REQUEST_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_POLICY_MESSAGE_BYTES);
     let policy = PolicyServiceServer::new(PolicyApi::new(store.clone(), dataplanes, stop.clone()))
-        .max_decoding_message_size(MAX_REQUEST_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
+        .max_encoding_message_size(MAX_POLICY_MESSAGE_BYTES);
     let usage = UsageServiceServer::new(UsageApi::new(store.clone()))
-        .max_decoding_message_size(MAX_USAGE_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_USAGE_MESSAGE_SIZE);
+        .max_decoding_message_size(MAX_USAGE_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_USAGE_MESSAGE_BYTES);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -1532,7 +1526,7 @@ mod tests {
         let err = client.report(authed(batch(bad), DATAPLANE)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         assert!(err.message().contains("records[1]"), "{}", err.message());
-        let too_many: Vec<_> = (0..=crate::MAX_USAGE_BATCH)
+        let too_many: Vec<_> = (0..=drover_proto::limits::MAX_USAGE_BATCH)
             .map(|i| usage(&format!("big-{i}"), NOV_1, "acme", "gpt-4o", 1))
             .collect();
         let err = client

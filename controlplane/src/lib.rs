@@ -21,8 +21,7 @@ mod store;
 mod usage_service;
 
 pub use app::{
-    ControlPlane, HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT, MAX_CONCURRENT_STREAMS,
-    MAX_MESSAGE_SIZE, TCP_KEEPALIVE,
+    ControlPlane, HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT, MAX_CONCURRENT_STREAMS, TCP_KEEPALIVE,
 };
 pub use config::{
     Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_USAGE_RETENTION, GrpcTls, TlsArgs, master_key_file_for,
@@ -32,4 +31,3 @@ pub use error::{StartError, StopError, StoreError};
 pub use listener::MAX_PENDING_HANDSHAKES;
 pub use prices::TAKEN as DEFAULT_PRICES_TAKEN;
 pub use store::usage::DEDUP_WINDOW as USAGE_DEDUP_WINDOW;
-pub use usage_service::{MAX_USAGE_BATCH, MAX_USAGE_MESSAGE_SIZE};

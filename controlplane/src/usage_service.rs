@@ -15,13 +15,11 @@ use drover_proto::pb;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use drover_proto::limits::MAX_USAGE_BATCH;
+
 use crate::error::StoreError;
 use crate::store::Store;
 
-/// Most records accepted in one batch.
-pub const MAX_USAGE_BATCH: usize = 10_000;
-/// Largest `UsageBatch` accepted, bytes: 10,000 records of about 1.5 KiB with long names.
-pub const MAX_USAGE_MESSAGE_SIZE: usize = 32 * 1024 * 1024;
 /// How often the retention task runs (it also runs once at start).
 pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
 

@@ -95,8 +95,8 @@ pub struct UsageConfig {
 /// control plane to about 15 commits (one fsync each) per second.
 pub const DEFAULT_USAGE_BATCH: usize = 2_000;
 
-/// Largest `--usage-batch-max`: a batch must stay well under the control plane's message limit.
-pub const MAX_USAGE_BATCH: usize = 10_000;
+/// Largest `--usage-batch-max`: what the control plane accepts in one batch.
+pub use drover_proto::limits::MAX_USAGE_BATCH;
 
 impl Default for UsageConfig {
     fn default() -> Self {

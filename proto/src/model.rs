@@ -1706,16 +1706,7 @@ pub struct UsageRecord {
     pub failed: bool,
 }
 
-/// Longest request id accepted in a usage record.
-pub const MAX_REQUEST_ID_LEN: usize = 128;
-/// Largest token count accepted in one usage record (each of input, output, cached, …): far
-/// beyond any real request, and small enough that sums over billions of records fit an `i64`.
-pub const MAX_USAGE_TOKENS: u64 = 1_000_000_000_000;
-/// Largest cost (or saving) accepted in one usage record, nano-USD: 1M USD.
-pub const MAX_USAGE_NANO_USD: i64 = 1_000_000_000_000_000;
-/// Usage records carry times from the Unix epoch up to (excluding) this one, 10000-01-01T00:00Z,
-/// so that every day is a four-digit-year `YYYY-MM-DD`.
-pub const MAX_USAGE_TIME_UNIX_MS: i64 = 253_402_300_800_000;
+pub use crate::limits::{MAX_REQUEST_ID_LEN, MAX_USAGE_NANO_USD, MAX_USAGE_TIME_UNIX_MS, MAX_USAGE_TOKENS};
 
 impl UsageRecord {
     /// Whether the ledger accepts this record: an id of 1-128 bytes, costs and token counts

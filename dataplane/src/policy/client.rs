@@ -19,11 +19,10 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::transport::{Channel, Endpoint};
 
+use drover_proto::limits::{MAX_POLICY_MESSAGE_BYTES, MAX_REQUEST_BYTES};
+
 use crate::app::AppState;
 use crate::policy::{Policy, last_good};
-
-/// Largest snapshot accepted (100k keys and more).
-pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -130,8 +129,8 @@ async fn session(state: &AppState, http_addr: &str, applied_any: &mut bool) -> R
     };
     let channel: Channel = endpoint.connect().await.map_err(|e| failed(e.into()))?;
     let mut client = PolicyServiceClient::with_interceptor(channel, Bearer::new(state.config.token.as_ref()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(MAX_POLICY_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_REQUEST_BYTES);
 
     let (tx, rx) = mpsc::channel::<pb::WatchRequest>(8);
     let id = state.config.dataplane_id.clone();

@@ -17,8 +17,8 @@ use crate::formats::ir::Usage;
 use crate::policy::Policy;
 
 /// Largest token count and cost a record carries (the ledger refuses more).
-const MAX_TOKENS: u64 = model::MAX_USAGE_TOKENS;
-const MAX_COST_NANO_USD: i64 = model::MAX_USAGE_NANO_USD;
+const MAX_TOKENS: u64 = drover_proto::limits::MAX_USAGE_TOKENS;
+const MAX_COST_NANO_USD: i64 = drover_proto::limits::MAX_USAGE_NANO_USD;
 
 /// Status recorded for a stream whose caller went away before it ended (as nginx logs it).
 pub const CLIENT_CLOSED: u16 = 499;

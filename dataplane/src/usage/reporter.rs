@@ -14,6 +14,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use drover_proto::limits::MAX_USAGE_MESSAGE_BYTES;
 use drover_proto::model::{self, Secret};
 use drover_proto::pb;
 use drover_proto::pb::usage_service_client::UsageServiceClient;
@@ -31,8 +32,6 @@ use crate::policy::client::Bearer;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// Largest report sent or answer read.
-const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Where and how the reporter reaches the control plane.
 #[derive(Clone)]
@@ -99,8 +98,8 @@ impl Upstream {
         let bearer = Bearer::new(self.token.as_ref());
         Ok(Client::Grpc(
             UsageServiceClient::with_interceptor(endpoint.connect_lazy(), bearer)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+                .max_decoding_message_size(MAX_USAGE_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_USAGE_MESSAGE_BYTES),
         ))
     }
 }

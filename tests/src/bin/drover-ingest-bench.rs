@@ -19,7 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
-use drover_controlplane::{Config, ControlPlane, MAX_USAGE_BATCH, MAX_USAGE_MESSAGE_SIZE};
+use drover_controlplane::{Config, ControlPlane};
+use drover_proto::limits::{MAX_USAGE_BATCH, MAX_USAGE_MESSAGE_BYTES};
 use drover_proto::pb;
 use drover_proto::pb::admin_service_client::AdminServiceClient;
 use drover_proto::pb::usage_service_client::UsageServiceClient;
@@ -105,8 +106,8 @@ fn authed<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
 async fn connect(url: &str) -> anyhow::Result<UsageServiceClient<Channel>> {
     let channel = Channel::from_shared(url.to_owned())?.connect().await?;
     Ok(UsageServiceClient::new(channel)
-        .max_encoding_message_size(MAX_USAGE_MESSAGE_SIZE)
-        .max_decoding_message_size(MAX_USAGE_MESSAGE_SIZE))
+        .max_encoding_message_size(MAX_USAGE_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_USAGE_MESSAGE_BYTES))
 }
 
 /// What one pass over all batches measured.
