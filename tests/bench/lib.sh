@@ -49,3 +49,20 @@ wait_200() {
   done
   return 1
 }
+
+# replace_region FILE NAME REPORT: replaces the lines between `<!-- NAME:start -->` and `<!-- NAME:end -->` in
+# FILE with the contents of REPORT, through a temporary file renamed into place, so that nothing else (a log line,
+# a second run) can land in the middle of it. Fails, changing nothing, unless both markers are there once each.
+replace_region() {
+  local file=$1 name=$2 report=$3
+  local starts ends
+  starts=$(grep -c -- "^<!-- $name:start -->\$" "$file" || true)
+  ends=$(grep -c -- "^<!-- $name:end -->\$" "$file" || true)
+  [[ $starts == 1 && $ends == 1 ]] || die "$file needs one <!-- $name:start --> and one <!-- $name:end --> line"
+  awk -v start="<!-- $name:start -->" -v end="<!-- $name:end -->" -v report="$report" '
+    $0 == start { print; while ((getline line < report) > 0) print line; skip = 1; next }
+    $0 == end { skip = 0 }
+    !skip { print }
+  ' "$file" >"$file.tmp.$$"
+  mv "$file.tmp.$$" "$file"
+}

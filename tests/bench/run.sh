@@ -11,7 +11,8 @@
 # report adds the cost of that translation next to the same-format drover rows. A second Drover instance,
 # drover-no-usage (`drover serve --usage-reporting off`: requests are metered but no usage records are kept),
 # is measured right after drover, and the report gives the cost of usage reporting as the req/s ratio of the
-# two. It prints a Markdown table (plus Drover's peak RSS) and writes it to bench-results/latest.md.
+# two. It writes a Markdown report (tables, plus Drover's peak RSS) to bench-results/latest.md and prints it
+# on stdout once the run is over; progress goes to stderr only, so the two never mix in the report.
 #
 # Environment (all optional):
 #   BENCH_DURATION      length of each measured run, wrk syntax (default 10s)
@@ -27,6 +28,8 @@
 #                       each data plane's CPU per request and the control plane's per record (default 3; 0: none)
 #   BENCH_NGINX_WORKERS nginx worker_processes (default auto)
 #   BENCH_OUT           result file (default bench-results/latest.md)
+#   BENCH_README        1: also put the report into README.md, between its `<!-- bench-report:start -->` and
+#                       `<!-- bench-report:end -->` lines (nothing else is touched)
 #   CARGO_TARGET_DIR    where cargo builds (default target/)
 set -euo pipefail
 
@@ -399,7 +402,7 @@ mock_bytes=$(curl -s -X POST -H 'content-type: application/json' --data-binary "
 mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-binary "@$TMP/stream.json" \
   "http://$MOCK_ADDR/v1/chat/completions" | grep -c '^data: ' || true)
 {
-  echo "## Load benchmark"
+  echo "### Latest run"
   echo
   echo "$(date -u '+%Y-%m-%d %H:%M UTC') · ${cpu:-unknown CPU} · $NPROC cores · commit $commit"
   echo
@@ -454,7 +457,9 @@ mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-bina
 
 mkdir -p "$(dirname "$OUT")"
 cp "$TMP/report.md" "$OUT"
-echo
-cat "$OUT"
-echo
 log "written to ${OUT#"$ROOT"/}"
+if [[ ${BENCH_README:-0} == 1 ]]; then
+  replace_region "$ROOT/README.md" bench-report "$TMP/report.md"
+  log "README.md: benchmark report replaced"
+fi
+cat "$OUT"
