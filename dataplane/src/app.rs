@@ -1,5 +1,5 @@
-//! Wiring: the shared state, the HTTP router, the policy client, the usage reporter and the
-//! server task.
+//! Wiring: the HTTP router, the policy client, the usage reporter and the server task, around
+//! the shared [`AppState`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,48 +13,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
-use crate::admin::{self, Metrics};
-use crate::cache::ResponseCache;
+use crate::admin;
 use crate::config::Config;
-use crate::policy::{Policy, PolicyStore, client, last_good};
-use crate::providers::{HttpClient, http_client};
-use crate::proxy::body::BodyBudget;
-use crate::proxy::{self, health::HealthRegistry, health::RetryBudget};
+use crate::policy::{Policy, client, last_good};
+use crate::proxy;
 use crate::server;
-use crate::usage::{self, ReporterError, Usage};
-
-/// State shared by every request. The policy inside is swapped whole; the rest lives as long as the process.
-pub struct AppState {
-    pub config: Config,
-    pub policy: PolicyStore,
-    pub health: HealthRegistry,
-    pub budget: RetryBudget,
-    pub client: HttpClient,
-    pub metrics: Arc<Metrics>,
-    /// Where requests hand their usage records.
-    pub usage: Usage,
-    /// Answers of routes with a cache TTL.
-    pub cache: ResponseCache,
-    /// Request-body bytes held in memory by requests in flight.
-    pub bodies: BodyBudget,
-}
-
-impl AppState {
-    pub fn new(config: Config) -> Self {
-        let metrics = Arc::new(Metrics::default());
-        AppState {
-            usage: Usage::new(config.usage.clone(), metrics.clone()),
-            budget: RetryBudget::new(config.proxy.retry_ratio, config.proxy.retry_min_per_sec),
-            client: http_client(config.proxy.connect_timeout),
-            cache: ResponseCache::new(config.cache_max_bytes),
-            bodies: BodyBudget::new(config.max_buffered_body_bytes),
-            config,
-            policy: PolicyStore::default(),
-            health: HealthRegistry::default(),
-            metrics,
-        }
-    }
-}
+use crate::state::AppState;
+use crate::usage::{self, ReporterError};
 
 /// A POST route; other methods get a 405 in the API's error shape.
 fn post_only<H, T>(handler: H) -> MethodRouter<Arc<AppState>>
@@ -160,11 +125,14 @@ impl DataPlane {
         )
         .await?;
 
-        let policy = tokio::spawn(client::run(
-            state.clone(),
+        let watch = client::Watch::new(
+            &state.config,
             http_addr.to_string(),
-            shutdown.clone(),
-        ));
+            state.policy.clone(),
+            state.health.clone(),
+            state.metrics.clone(),
+        );
+        let policy = tokio::spawn(client::run(watch, shutdown.clone()));
         let app = router(state.clone());
         let mut listener_config = state.config.listener.clone();
         if let Some(fit) = server::fd_bound_connections()

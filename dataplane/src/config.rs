@@ -13,11 +13,10 @@ use drover_proto::tls::{CaBundle, TlsError, Trust};
 
 use http::HeaderValue;
 
+use crate::budget::{BodyLimits, budget_for, room_for};
+use crate::health::BreakerConfig;
 use crate::providers::EnvLookup;
 use crate::providers::credential::{DEFAULT_CREDENTIAL_ENV_ALLOW, EnvAllowList};
-use crate::proxy::body::{BodyLimits, budget_for, room_for};
-use crate::proxy::health::BreakerConfig;
-use crate::server::{DEFAULT_MAX_CONNECTIONS, ListenerConfig};
 
 /// How requests are sent upstream: timeouts, retries, breakers.
 #[derive(Debug, Clone)]
@@ -206,9 +205,7 @@ impl Config {
             credential_env_allow: EnvAllowList::default(),
         }
     }
-}
 
-impl Config {
     /// How request bodies are bounded.
     pub fn body_limits(&self) -> BodyLimits {
         BodyLimits {
@@ -498,6 +495,40 @@ impl Args {
         }
         config.last_good = self.last_good;
         Ok(config)
+    }
+}
+
+/// Connection limits and timeouts of the HTTP listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Most connections open at once; beyond it new ones get a 503 and are closed.
+    pub max_connections: usize,
+    /// Longest time to send a request head: from the accept for a connection's first
+    /// request, from the head's first byte for later ones.
+    pub header_read_timeout: Duration,
+    /// Longest a keep-alive connection may wait, idle, for its next request.
+    pub idle_timeout: Duration,
+    /// Interval of HTTP/2 keep-alive pings; a ping unanswered for as long closes the connection.
+    pub http2_keepalive: Duration,
+    /// Most concurrent requests (streams) on one HTTP/2 connection.
+    pub http2_max_streams: u32,
+    /// Serve HTTPS with this certificate (ALPN h2 and http/1.1); plain HTTP if `None`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Default `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+impl Default for ListenerConfig {
+    fn default() -> Self {
+        ListenerConfig {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
+            http2_keepalive: Duration::from_secs(30),
+            http2_max_streams: 256,
+            tls: None,
+        }
     }
 }
 

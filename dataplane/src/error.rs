@@ -10,13 +10,13 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, StatusCode};
 
+use crate::formats::ApiFormat;
+use crate::formats::Family;
 use crate::formats::ir::{ErrorInfo, ErrorKind};
 use crate::formats::json::BodyError;
 use crate::formats::openai::error_body;
 use crate::formats::tap::StreamKind;
 use crate::formats::{anthropic, gemini, openai};
-use crate::providers::Family;
-use crate::proxy::call::ApiFormat;
 
 /// When and how an attempt on one upstream target failed. When matters as much as how: a
 /// request that never reached the provider costs nothing to send again; one the provider

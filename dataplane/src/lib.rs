@@ -7,14 +7,20 @@
 
 pub mod admin;
 pub mod app;
+pub mod budget;
 pub mod cache;
+pub mod clock;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod formats;
+pub mod health;
+pub mod metrics;
 pub mod policy;
 pub mod providers;
 pub mod proxy;
 pub mod server;
+pub mod state;
 pub mod usage;
 
 pub use app::{DataPlane, StartError};

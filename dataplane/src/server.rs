@@ -15,7 +15,7 @@
 use std::convert::Infallible;
 use std::io;
 use std::pin::{Pin, pin};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -37,42 +37,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use crate::admin::Metrics;
-use crate::proxy::health::{duration_ms, now_ms};
-
-/// Connection limits and timeouts of the HTTP listener.
-#[derive(Debug, Clone)]
-pub struct ListenerConfig {
-    /// Most connections open at once; beyond it new ones get a 503 and are closed.
-    pub max_connections: usize,
-    /// Longest time to send a request head: from the accept for a connection's first
-    /// request, from the head's first byte for later ones.
-    pub header_read_timeout: Duration,
-    /// Longest a keep-alive connection may wait, idle, for its next request.
-    pub idle_timeout: Duration,
-    /// Interval of HTTP/2 keep-alive pings; a ping unanswered for as long closes the connection.
-    pub http2_keepalive: Duration,
-    /// Most concurrent requests (streams) on one HTTP/2 connection.
-    pub http2_max_streams: u32,
-    /// Serve HTTPS with this certificate (ALPN h2 and http/1.1); plain HTTP if `None`.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-/// Default `--max-connections`.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-
-impl Default for ListenerConfig {
-    fn default() -> Self {
-        ListenerConfig {
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(75),
-            http2_keepalive: Duration::from_secs(30),
-            http2_max_streams: 256,
-            tls: None,
-        }
-    }
-}
+use crate::clock::{duration_ms, now_ms};
+use crate::config::ListenerConfig;
+use crate::metrics::Metrics;
 
 /// Refusals being written at once; beyond it a connection over the cap is closed unanswered.
 const MAX_REFUSALS: usize = 64;
@@ -93,13 +60,6 @@ static REFUSAL: LazyLock<Vec<u8>> = LazyLock::new(|| {
     )
     .into_bytes()
 });
-
-/// Connections open now, and refusals being written.
-#[derive(Debug, Default)]
-pub struct Connections {
-    pub open: AtomicUsize,
-    refusing: AtomicUsize,
-}
 
 /// Connections the kernel may queue before they are accepted (it caps this at
 /// `net.core.somaxconn`): a burst of callers waits in the queue instead of being dropped.

@@ -9,10 +9,10 @@ use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use super::assemble::{self, Assembler};
+use crate::formats::ApiFormat;
 use crate::formats::ir::{ChatResponse, Dropped, StreamEvent, Usage};
 use crate::formats::sse::{parse_events, write_event};
 use crate::formats::{anthropic, openai};
-use crate::proxy::call::ApiFormat;
 
 /// A stored answer, in the caller's format (the key includes the format).
 #[derive(Debug, Clone, PartialEq)]

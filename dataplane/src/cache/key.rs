@@ -11,7 +11,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::proxy::call::Ingress;
+use crate::formats::Ingress;
 
 /// Key of one cacheable request: tenant + caller format + alias + the normalized request.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]

@@ -136,7 +136,7 @@ mod tests {
 
     use super::*;
     use crate::formats::ir::Usage;
-    use crate::proxy::call::{ApiFormat, Ingress};
+    use crate::formats::{ApiFormat, Ingress};
 
     fn answer(text: &str) -> CachedAnswer {
         CachedAnswer {

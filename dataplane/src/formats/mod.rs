@@ -3,6 +3,8 @@
 //! the meter reads from relayed streams. Owns no I/O; every function here is pure and tested
 //! table-driven.
 
+mod api;
+
 pub mod anthropic;
 pub mod gemini;
 pub mod ir;
@@ -10,6 +12,8 @@ pub mod json;
 pub mod openai;
 pub mod sse;
 pub mod tap;
+
+pub use api::{ApiFormat, Family, Ingress};
 
 use bytes::BytesMut;
 

@@ -6,31 +6,66 @@
 //! lists the providers and route targets of the serving policy it cannot use, so `drover
 //! status` can show them.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use drover_proto::model::Secret;
+use drover_proto::limits::{MAX_POLICY_MESSAGE_BYTES, MAX_REQUEST_BYTES};
 use drover_proto::pb;
 use drover_proto::pb::policy_service_client::PolicyServiceClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use drover_proto::limits::{MAX_POLICY_MESSAGE_BYTES, MAX_REQUEST_BYTES};
+use crate::config::Config;
+use crate::control::{Backoff, Link, LinkError, causes};
+use crate::health::HealthRegistry;
+use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyStore, last_good};
+use crate::providers::EnvLookup;
+use crate::providers::credential::EnvAllowList;
 
-use crate::app::AppState;
-use crate::policy::{Policy, last_good};
+/// What the policy stream needs: where the control plane is, how to compile a snapshot on
+/// this data plane, and where to put the result.
+pub struct Watch {
+    pub link: Link,
+    pub dataplane_id: String,
+    /// The data plane's HTTP address, reported to `drover status`.
+    pub http_addr: String,
+    pub env: EnvLookup,
+    pub credential_env_allow: EnvAllowList,
+    pub last_good: Option<PathBuf>,
+    pub store: Arc<PolicyStore>,
+    pub health: Arc<HealthRegistry>,
+    pub metrics: Arc<Metrics>,
+}
 
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+impl Watch {
+    pub fn new(
+        config: &Config,
+        http_addr: String,
+        store: Arc<PolicyStore>,
+        health: Arc<HealthRegistry>,
+        metrics: Arc<Metrics>,
+    ) -> Watch {
+        Watch {
+            link: Link::new(config),
+            dataplane_id: config.dataplane_id.clone(),
+            http_addr,
+            env: config.env.clone(),
+            credential_env_allow: config.credential_env_allow.clone(),
+            last_good: config.last_good.clone(),
+            store,
+            health,
+            metrics,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("invalid control plane URL: {0}")]
-    Url(String),
+    #[error(transparent)]
+    Link(#[from] LinkError),
     #[error("cannot connect: {}", causes(.0))]
     Connect(#[from] tonic::transport::Error),
     #[error("{}", .0.message())]
@@ -40,13 +75,13 @@ enum SessionError {
 }
 
 /// Runs until `shutdown` is cancelled.
-pub async fn run(state: Arc<AppState>, http_addr: String, shutdown: CancellationToken) {
-    let mut backoff = BACKOFF_MIN;
+pub async fn run(watch: Watch, shutdown: CancellationToken) {
+    let mut backoff = Backoff::default();
     loop {
         let mut applied_any = false;
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = session(&state, &http_addr, &mut applied_any) => r,
+            r = session(&watch, &mut applied_any) => r,
         };
         if let Err(e) = result {
             match &e {
@@ -60,83 +95,32 @@ pub async fn run(state: Arc<AppState>, http_addr: String, shutdown: Cancellation
             }
         }
         if applied_any {
-            backoff = BACKOFF_MIN;
+            backoff.reset();
         }
-        let wait = jitter(backoff);
-        backoff = (backoff * 2).min(BACKOFF_MAX);
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(backoff.next_wait()) => {}
         }
     }
 }
 
-/// Adds `authorization: Bearer TOKEN` to every call to the control plane (policy and usage).
-#[derive(Clone)]
-pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Bearer {
-    pub(crate) fn new(token: Option<&Secret>) -> Self {
-        Bearer(token.and_then(|t| MetadataValue::try_from(format!("Bearer {}", t.expose())).ok()))
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(token) = &self.0 {
-            req.metadata_mut().insert("authorization", token.clone());
-        }
-        Ok(req)
-    }
-}
-
-/// An error and its sources, `outer: inner`: a transport error alone only says "transport
-/// error", its sources say why (refused, a certificate not trusted, ...).
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-/// Half to all of `d`.
-fn jitter(d: Duration) -> Duration {
-    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(2);
-    Duration::from_millis(ms / 2 + rand::random::<u64>() % (ms / 2 + 1))
-}
-
-async fn session(state: &AppState, http_addr: &str, applied_any: &mut bool) -> Result<(), SessionError> {
-    let endpoint = Endpoint::from_shared(state.config.control_plane.clone())
-        .map_err(|e| SessionError::Url(e.to_string()))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .tcp_keepalive(Some(Duration::from_secs(30)))
-        .http2_keep_alive_interval(Duration::from_secs(15))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true);
-    let endpoint = drover_proto::tls::client_endpoint(endpoint, &state.config.control_plane_trust)?;
+async fn session(w: &Watch, applied_any: &mut bool) -> Result<(), SessionError> {
+    let endpoint = w.link.endpoint()?;
     // Counts attempts that never got a stream: unreachable, TLS refused, call refused.
     let failed = |e: SessionError| {
-        state.metrics.policy_connect_failures.inc();
+        w.metrics.policy_connect_failures.inc();
         e
     };
     let channel: Channel = endpoint.connect().await.map_err(|e| failed(e.into()))?;
-    let mut client = PolicyServiceClient::with_interceptor(channel, Bearer::new(state.config.token.as_ref()))
+    let mut client = PolicyServiceClient::with_interceptor(channel, w.link.bearer())
         .max_decoding_message_size(MAX_POLICY_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_REQUEST_BYTES);
 
     let (tx, rx) = mpsc::channel::<pb::WatchRequest>(8);
-    let id = state.config.dataplane_id.clone();
+    let id = w.dataplane_id.clone();
     // Every message describes the policy served now, what it cannot use included.
     let message = |response_version: u64, error: String| {
-        let serving = state.policy.load();
+        let serving = w.store.load();
         let (store_id, version) = serving
             .as_ref()
             .map(|p| (p.store_id.clone(), p.version))
@@ -147,7 +131,7 @@ async fn session(state: &AppState, http_addr: &str, applied_any: &mut bool) -> R
             version,
             response_version,
             error,
-            http_addr: http_addr.to_owned(),
+            http_addr: w.http_addr.clone(),
             unavailable_providers: serving
                 .iter()
                 .flat_map(|p| p.unavailable.iter().map(Into::into))
@@ -164,21 +148,16 @@ async fn session(state: &AppState, http_addr: &str, applied_any: &mut bool) -> R
         .await
         .map_err(|e| failed(e.into()))?
         .into_inner();
-    state.metrics.policy_connects.inc();
-    tracing::info!(control_plane = %state.config.control_plane, "policy stream open");
+    w.metrics.policy_connects.inc();
+    tracing::info!(control_plane = %w.link.url, "policy stream open");
 
     while let Some(snapshot) = inbound.message().await? {
         let version = snapshot.version;
-        match Policy::compile(
-            &snapshot,
-            &state.config.env,
-            &state.config.credential_env_allow,
-            &state.health,
-        ) {
+        match Policy::compile(&snapshot, &w.env, &w.credential_env_allow, &w.health) {
             Ok(policy) => {
                 let policy = Arc::new(policy);
-                state.policy.store(policy.clone());
-                state.metrics.policy_applied.inc();
+                w.store.store(policy.clone());
+                w.metrics.policy_applied.inc();
                 *applied_any = true;
                 tracing::info!(version, "policy applied");
                 for u in &policy.unavailable {
@@ -188,7 +167,7 @@ async fn session(state: &AppState, http_addr: &str, applied_any: &mut bool) -> R
                     tracing::warn!(version, route = %u.route, target = %u.target, reason = %u.reason, "route target unusable on this data plane");
                 }
                 let _ = tx.send(message(version, String::new())).await;
-                if let Some(path) = state.config.last_good.clone() {
+                if let Some(path) = w.last_good.clone() {
                     let saved =
                         tokio::task::spawn_blocking(move || last_good::write(&path, &policy.encoded)).await;
                     if let Ok(Err(e)) = saved {
@@ -197,7 +176,7 @@ async fn session(state: &AppState, http_addr: &str, applied_any: &mut bool) -> R
                 }
             }
             Err(e) => {
-                state.metrics.policy_rejected.inc();
+                w.metrics.policy_rejected.inc();
                 tracing::warn!(version, error = %e, "policy snapshot rejected; keeping the current one");
                 let _ = tx.send(message(version, e.to_string())).await;
             }

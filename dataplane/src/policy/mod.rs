@@ -2,7 +2,7 @@
 //! `ArcSwapOption`, compiled from a snapshot streamed by the control plane.
 //!
 //! Compiling is fallible (validate, resolve credentials, index); swapping is one infallible
-//! store. State that must outlive a swap (circuit breakers) lives in [`crate::proxy::health`],
+//! store. State that must outlive a swap (circuit breakers) lives in [`crate::health`],
 //! keyed by target id, and is carried into each new policy here. Owns no I/O: the stream
 //! client is in `client`, the last-good file in `last_good`.
 //!
@@ -27,9 +27,9 @@ use drover_proto::model::{
 };
 use drover_proto::pb;
 
+use crate::health::{HealthRegistry, TargetHealth};
 use crate::providers::credential::EnvAllowList;
 use crate::providers::{EnvLookup, ProviderRt};
-use crate::proxy::health::{HealthRegistry, TargetHealth};
 
 /// One upstream model, resolved: its provider, the model name ready to splice into a body,
 /// and the health state shared with every earlier policy that had the same target.

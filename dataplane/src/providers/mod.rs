@@ -16,6 +16,7 @@ pub mod openai;
 
 use std::time::Duration;
 
+use crate::formats::Family;
 use bytes::Bytes;
 use drover_proto::model::{Provider, ProviderKind, is_path_segment_model};
 use http::header::{ACCEPT, CONTENT_TYPE};
@@ -27,25 +28,6 @@ use hyper_util::rt::TokioExecutor;
 
 /// Resolves a credential reference (`env:VAR`) on this data plane.
 pub type EnvLookup = std::sync::Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
-
-/// The wire format family a provider speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// OpenAI, OpenAI-compatible hosts and Azure OpenAI.
-    OpenAi,
-    Anthropic,
-    Gemini,
-}
-
-impl Family {
-    pub fn of(kind: ProviderKind) -> Self {
-        match kind {
-            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible | ProviderKind::Azure => Family::OpenAi,
-            ProviderKind::Anthropic => Family::Anthropic,
-            ProviderKind::Gemini => Family::Gemini,
-        }
-    }
-}
 
 /// An upstream operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

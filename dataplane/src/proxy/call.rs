@@ -10,53 +10,8 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::formats::ir::{ChatRequest, Dropped};
 use crate::formats::json::BodyError;
-use crate::formats::{anthropic, openai};
+use crate::formats::{ApiFormat, Ingress, anthropic, openai};
 use crate::proxy::plan::StreamUsage;
-
-/// The API family a caller speaks, which decides the shape of its errors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ApiFormat {
-    OpenAi,
-    Anthropic,
-}
-
-/// The endpoint a caller called.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ingress {
-    /// `POST /v1/chat/completions`
-    ChatCompletions,
-    /// `POST /v1/completions`
-    Completions,
-    /// `POST /v1/embeddings`
-    Embeddings,
-    /// `POST /v1/responses`
-    Responses,
-    /// `POST /v1/messages`
-    Messages,
-    /// `POST /v1/messages/count_tokens`
-    CountTokens,
-}
-
-impl Ingress {
-    pub fn format(self) -> ApiFormat {
-        match self {
-            Ingress::Messages | Ingress::CountTokens => ApiFormat::Anthropic,
-            _ => ApiFormat::OpenAi,
-        }
-    }
-
-    pub fn can_stream(self) -> bool {
-        !matches!(self, Ingress::Embeddings | Ingress::CountTokens)
-    }
-
-    /// Whether answers to this ingress may be cached.
-    pub fn cacheable(self) -> bool {
-        matches!(
-            self,
-            Ingress::ChatCompletions | Ingress::Messages | Ingress::Completions | Ingress::Embeddings
-        )
-    }
-}
 
 /// A request on its way through the phases.
 pub struct Call<'a> {

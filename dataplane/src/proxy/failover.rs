@@ -27,13 +27,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::app::AppState;
 use crate::error::{FailureKind, ProxyError, UpstreamFailure};
 use crate::formats::ir::Dropped;
+use crate::health::{Permit, duration_ms, now_ms};
 use crate::policy::CompiledTarget;
 use crate::proxy::call::Call;
-use crate::proxy::health::{Permit, duration_ms, now_ms};
 use crate::proxy::plan::{self, Prepared, Skip, Wire};
+use crate::state::AppState;
 
 /// A successful upstream answer.
 pub enum Answer {

@@ -12,9 +12,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use drover_proto::model::{self, UsageRecord, cost_nano_usd};
 
-use crate::app::AppState;
 use crate::formats::ir::Usage;
 use crate::policy::Policy;
+use crate::state::AppState;
 
 /// Largest token count and cost a record carries (the ledger refuses more).
 const MAX_TOKENS: u64 = drover_proto::limits::MAX_USAGE_TOKENS;

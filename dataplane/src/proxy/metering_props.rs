@@ -19,11 +19,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
+use crate::formats::ApiFormat;
+use crate::formats::Family;
 use crate::formats::ir::Usage;
 use crate::formats::sse::{SseFramer, parse_events};
 use crate::formats::tap::StreamKind;
-use crate::providers::Family;
-use crate::proxy::call::ApiFormat;
 use crate::proxy::relay::{Passthrough, Transform, Translate};
 
 /// Encodings of each stream tried, each with its own random cuts.

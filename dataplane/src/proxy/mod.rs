@@ -8,7 +8,6 @@
 pub mod body;
 pub mod call;
 pub mod failover;
-pub mod health;
 pub mod meter;
 pub mod plan;
 pub mod relay;
@@ -26,15 +25,16 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use crate::app::AppState;
 use crate::cache;
 use crate::error::ProxyError;
+use crate::formats::Family;
 use crate::formats::ir::ChatResponse;
 use crate::formats::json::{BodyError, ShallowBody};
 use crate::formats::tap::StreamKind;
+use crate::formats::{ApiFormat, Ingress};
 use crate::formats::{anthropic, gemini, openai};
-use crate::providers::Family;
-use call::{ApiFormat, Call, Ingress};
+use crate::state::AppState;
+use call::Call;
 use failover::{Answer, Dispatched};
 use meter::Meter;
 use plan::{StreamUsage, Wire};

@@ -7,10 +7,11 @@ use bytes::{Bytes, BytesMut};
 use crate::formats::ir::Dropped;
 use crate::formats::json::{BodyError, ShallowBody, splice};
 use crate::formats::tap::StreamKind;
+use crate::formats::{Family, Ingress};
 use crate::formats::{anthropic, gemini, openai};
 use crate::policy::CompiledTarget;
-use crate::providers::{Family, Op, Upstream};
-use crate::proxy::call::{Call, Ingress};
+use crate::providers::{Op, Upstream};
+use crate::proxy::call::Call;
 
 /// How the answer of a target is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,15 +23,15 @@ use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::admin::Metrics;
 use crate::cache::{CacheKey, CachedAnswer, CachedBody, ResponseCache};
 use crate::error::{stream_error, stream_error_event};
+use crate::formats::ApiFormat;
+use crate::formats::Family;
 use crate::formats::ir::{Delta, StreamEvent, Usage};
 use crate::formats::sse::{SseFramer, split_events};
 use crate::formats::tap::{StreamKind, StreamTap};
 use crate::formats::{StreamDecode, StreamEncode, anthropic, gemini, openai};
-use crate::providers::Family;
-use crate::proxy::call::ApiFormat;
+use crate::metrics::Metrics;
 use crate::proxy::meter::Meter;
 
 /// Longest stream kept for the response cache; a longer one is not cached.
@@ -494,8 +494,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::{Wake, Waker};
 
-    use crate::app::AppState;
     use crate::config::Config;
+    use crate::state::AppState;
 
     /// An upstream that always has its next chunk ready: `chunk` up to `frames` times, then ends.
     struct AlwaysReady {

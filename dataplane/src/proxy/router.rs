@@ -10,8 +10,8 @@ use drover_proto::model::{InvalidPolicy, MAX_REQUEST_MODEL_LEN, Strategy};
 
 use crate::formats::json::BodyError;
 
+use crate::health::HealthRegistry;
 use crate::policy::{CompiledTarget, Policy};
-use crate::proxy::health::HealthRegistry;
 
 /// Refuses a requested model name that no alias or direct name can be: longer than
 /// [`MAX_REQUEST_MODEL_LEN`] bytes, or with control characters.

@@ -41,8 +41,8 @@ use drover_proto::model;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::admin::Metrics;
 use crate::config::UsageConfig;
+use crate::metrics::Metrics;
 
 pub use reporter::{ReporterError, Upstream};
 

@@ -15,41 +15,29 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use drover_proto::limits::MAX_USAGE_MESSAGE_BYTES;
-use drover_proto::model::{self, Secret};
+use drover_proto::model;
 use drover_proto::pb;
 use drover_proto::pb::usage_service_client::UsageServiceClient;
-use drover_proto::tls::{self, Trust};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::spool::{self, Loaded, SpoolError, SpoolFile};
 use super::{Shared, Usage};
 use crate::config::{Config, LocalUsage};
-use crate::policy::client::Bearer;
-
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+use crate::control::{Backoff, Bearer, Link, LinkError};
 
 /// Where and how the reporter reaches the control plane.
 #[derive(Clone)]
 pub struct Upstream {
-    /// Control plane gRPC URL.
-    pub url: String,
-    /// Which certificates an `https://` control plane may present.
-    pub trust: Trust,
-    pub token: Option<Secret>,
+    /// The control plane, reached as the policy client reaches it.
+    pub link: Link,
     pub dataplane_id: String,
-    /// `None`: no limit. The transport timers are off only in tests that pause time, where a
-    /// pending timer would fire while a request waits on the network.
-    pub connect_timeout: Option<Duration>,
-    /// Deadline of one report.
+    /// Deadline of one report; `None` only in tests that pause time.
     pub report_timeout: Option<Duration>,
-    /// HTTP/2 keepalive interval (and timeout) while the connection is idle.
-    pub keepalive: Option<Duration>,
-    /// The control plane's usage service in this process, called directly instead of `url`.
+    /// The control plane's usage service in this process, called directly instead of `link`.
     pub local: Option<LocalUsage>,
 }
 
@@ -57,13 +45,9 @@ impl Upstream {
     /// The same control plane and token as the policy client.
     pub fn new(config: &Config) -> Upstream {
         Upstream {
-            url: config.control_plane.clone(),
-            trust: config.control_plane_trust.clone(),
-            token: config.token.clone(),
+            link: Link::new(config),
             dataplane_id: config.dataplane_id.clone(),
-            connect_timeout: Some(Duration::from_secs(5)),
             report_timeout: Some(Duration::from_secs(10)),
-            keepalive: Some(Duration::from_secs(15)),
             local: config.local_usage.clone(),
         }
     }
@@ -77,27 +61,12 @@ impl Upstream {
                 timeout: self.report_timeout,
             });
         }
-        let mut endpoint = Endpoint::from_shared(self.url.clone())
-            .map_err(|e| ReporterError::Url(e.to_string()))?
-            .tcp_nodelay(true)
-            .tcp_keepalive(Some(Duration::from_secs(30)));
-        if let Some(t) = self.connect_timeout {
-            endpoint = endpoint.connect_timeout(t);
-        }
+        let mut endpoint = self.link.endpoint()?;
         if let Some(t) = self.report_timeout {
             endpoint = endpoint.timeout(t);
         }
-        if let Some(t) = self.keepalive {
-            endpoint = endpoint
-                .http2_keep_alive_interval(t)
-                .keep_alive_timeout(t)
-                .keep_alive_while_idle(true);
-        }
-        let endpoint =
-            tls::client_endpoint(endpoint, &self.trust).map_err(|e| ReporterError::Tls(e.to_string()))?;
-        let bearer = Bearer::new(self.token.as_ref());
         Ok(Client::Grpc(
-            UsageServiceClient::with_interceptor(endpoint.connect_lazy(), bearer)
+            UsageServiceClient::with_interceptor(endpoint.connect_lazy(), self.link.bearer())
                 .max_decoding_message_size(MAX_USAGE_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_USAGE_MESSAGE_BYTES),
         ))
@@ -133,10 +102,8 @@ impl Client {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReporterError {
-    #[error("invalid control plane URL: {0}")]
-    Url(String),
-    #[error("TLS to the control plane: {0}")]
-    Tls(String),
+    #[error(transparent)]
+    Link(#[from] LinkError),
     #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("the usage reporter is already running")]
@@ -176,7 +143,7 @@ pub async fn start(
         spool: VecDeque::new(),
         file: None,
         persisted: 0,
-        backoff: BACKOFF_MIN,
+        backoff: Backoff::default(),
         retry_at: None,
         failing: false,
     };
@@ -204,7 +171,7 @@ struct Reporter {
     file: Option<SpoolFile>,
     /// How many records at the head of `spool` are in the file (the rest are not yet).
     persisted: usize,
-    backoff: Duration,
+    backoff: Backoff,
     /// Set after a failure: no report before then.
     retry_at: Option<Instant>,
     /// The last report failed (for logging the recovery once).
@@ -399,8 +366,7 @@ impl Reporter {
             }
             Err(status) => {
                 metrics.usage_report_failures.inc();
-                let wait = jitter(self.backoff);
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                let wait = self.backoff.next_wait();
                 self.retry_at = Some(Instant::now() + wait);
                 let code = status.code();
                 if !self.failing {
@@ -431,7 +397,7 @@ impl Reporter {
             tracing::info!(spooled = self.spool.len(), "usage reports accepted again");
         }
         self.failing = false;
-        self.backoff = BACKOFF_MIN;
+        self.backoff.reset();
         self.retry_at = None;
     }
 
@@ -507,10 +473,4 @@ async fn sleep_until_some(at: Option<Instant>) {
         Some(at) => sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// Half to all of `d`.
-fn jitter(d: Duration) -> Duration {
-    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(2);
-    Duration::from_millis(ms / 2 + rand::random::<u64>() % (ms / 2 + 1))
 }

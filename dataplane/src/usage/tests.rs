@@ -19,8 +19,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 use super::{Upstream, Usage, reporter};
-use crate::admin::Metrics;
 use crate::config::UsageConfig;
+use crate::metrics::Metrics;
 
 /// What the fake control plane saw and how it is to answer.
 #[derive(Default)]
@@ -188,13 +188,15 @@ fn config(batch_max: usize, flush: Duration, spool_max: usize, spool_file: Optio
 /// the network.
 fn upstream(addr: SocketAddr) -> Upstream {
     Upstream {
-        url: format!("http://{addr}"),
-        trust: drover_proto::tls::Trust::WebPki,
-        token: Some(Secret::new("dp-secret")),
+        link: crate::control::Link {
+            url: format!("http://{addr}"),
+            trust: drover_proto::tls::Trust::WebPki,
+            token: Some(Secret::new("dp-secret")),
+            connect_timeout: None,
+            keepalive: None,
+        },
         dataplane_id: "dp-test".into(),
-        connect_timeout: None,
         report_timeout: None,
-        keepalive: None,
         local: None,
     }
 }
@@ -577,7 +579,7 @@ async fn metrics_show_usage() {
         Arc::new(|_: &str| None),
     );
     config.usage = self::config(500, HOUR, 2, None);
-    let state = Arc::new(crate::app::AppState::new(config));
+    let state = Arc::new(crate::state::AppState::new(config));
     for id in ["a", "b", "c"] {
         state.usage.record(rec(id));
     }

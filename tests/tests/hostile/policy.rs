@@ -254,7 +254,7 @@ async fn unique_direct_names_hold_bounded_state() {
     let grown = rss_bytes().saturating_sub(before);
     let entries = health_entries(&gw).await;
     assert!(
-        entries <= drover_dataplane::proxy::health::MAX_DIRECT_TARGETS,
+        entries <= drover_dataplane::health::MAX_DIRECT_TARGETS,
         "{entries} targets remembered"
     );
     assert!(

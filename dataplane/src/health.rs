@@ -8,21 +8,13 @@
 //! recently used out first): unique names cannot grow memory.
 
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dashmap::DashMap;
 use moka::sync::Cache;
 
-/// Milliseconds on a monotonic clock (since first use), never 0.
-pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    let start = *START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_millis())
-        .unwrap_or(u64::MAX)
-        .saturating_add(1)
-}
+pub use crate::clock::{duration_ms, now_ms};
 
 /// Circuit breaker settings.
 #[derive(Debug, Clone, Copy)]
@@ -177,11 +169,6 @@ fn open_ms(cfg: &BreakerConfig, ejections: u32) -> u64 {
     let base = duration_ms(cfg.open_for);
     base.saturating_mul(1u64 << ejections.min(16))
         .min(base.saturating_mul(u64::from(MAX_OPEN_FACTOR)))
-}
-
-/// A duration in whole milliseconds, saturating.
-pub fn duration_ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Most direct (`provider/model` named by callers) targets whose health is remembered.
