@@ -22,7 +22,7 @@ pub struct AppState {
     pub client: HttpClient,
     pub metrics: Arc<Metrics>,
     /// Where requests hand their usage records.
-    pub usage: Usage,
+    pub usage: Arc<Usage>,
     /// Answers of routes with a cache TTL.
     pub cache: ResponseCache,
     /// Request-body bytes held in memory by requests in flight.
@@ -33,7 +33,7 @@ impl AppState {
     pub fn new(config: Config) -> Self {
         let metrics = Arc::new(Metrics::default());
         AppState {
-            usage: Usage::new(config.usage.clone(), metrics.clone()),
+            usage: Arc::new(Usage::new(config.usage.clone(), metrics.clone())),
             budget: RetryBudget::new(config.proxy.retry_ratio, config.proxy.retry_min_per_sec),
             client: http_client(config.proxy.connect_timeout),
             cache: ResponseCache::new(config.cache_max_bytes),

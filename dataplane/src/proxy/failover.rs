@@ -27,13 +27,26 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::config::ProxyConfig;
 use crate::error::{FailureKind, ProxyError, UpstreamFailure};
 use crate::formats::ir::Dropped;
+use crate::health::RetryBudget;
 use crate::health::{Permit, duration_ms, now_ms};
+use crate::metrics::Metrics;
 use crate::policy::CompiledTarget;
+use crate::providers::HttpClient;
 use crate::proxy::call::Call;
 use crate::proxy::plan::{self, Prepared, Skip, Wire};
-use crate::state::AppState;
+
+/// What dispatching needs, and nothing more: the HTTP client, the proxy settings, the retry
+/// budget and the counters.
+#[derive(Clone, Copy)]
+pub struct Upstreams<'a> {
+    pub client: &'a HttpClient,
+    pub config: &'a ProxyConfig,
+    pub budget: &'a RetryBudget,
+    pub metrics: &'a Metrics,
+}
 
 /// A successful upstream answer.
 pub enum Answer {
@@ -71,12 +84,12 @@ const MAX_ERROR_BODY: usize = 1 << 20;
 /// Tries `candidates` in order. `retry_after_send`: the route allows retrying an attempt
 /// that broke after the request was sent.
 pub async fn dispatch(
-    state: &AppState,
+    up: Upstreams<'_>,
     candidates: &[Arc<CompiledTarget>],
     call: &Call<'_>,
     retry_after_send: bool,
 ) -> Result<Dispatched, ProxyError> {
-    let cfg = &state.config.proxy;
+    let cfg = up.config;
     let deadline = Instant::now() + cfg.request_timeout;
     // Prepare every target up front; those that cannot take the call drop out here.
     let mut usable: Vec<(Arc<CompiledTarget>, Prepared<'_>)> = Vec::with_capacity(candidates.len());
@@ -139,7 +152,7 @@ pub async fn dispatch(
     let mut reported = vec![false; n];
     let mut next = 0usize;
     let mut last: Option<UpstreamFailure> = None;
-    state.budget.deposit();
+    up.budget.deposit();
 
     while attempts < max_attempts {
         let now = now_ms();
@@ -155,7 +168,7 @@ pub async fn dispatch(
         let (target, prepared) = &usable[i];
         next = i + 1;
         if attempts > 0 {
-            if !state.budget.try_withdraw() {
+            if !up.budget.try_withdraw() {
                 tracing::debug!("retry budget exhausted");
                 break;
             }
@@ -166,12 +179,12 @@ pub async fn dispatch(
                 }
                 tokio::time::sleep(backoff).await;
             }
-            state.metrics.retries.inc();
+            up.metrics.retries.inc();
         }
         tried[i] = true;
         attempts += 1;
-        state.metrics.upstream_attempts.inc();
-        match attempt(state, target, prepared, deadline, retry_after_send).await {
+        up.metrics.upstream_attempts.inc();
+        match attempt(up, target, prepared, deadline, retry_after_send).await {
             Ok(answer) => {
                 target.health.on_success(now_ms());
                 let (target, prepared) = usable.swap_remove(i);
@@ -202,7 +215,7 @@ pub async fn dispatch(
                 });
             }
             Err(AttemptError::Failure(failure)) => {
-                state.metrics.upstream_failures.count(failure.kind);
+                up.metrics.upstream_failures.count(failure.kind);
                 tracing::info!(target = %target.id, ?failure, attempt = attempts, "upstream attempt failed");
                 if failure.trips_breaker() {
                     // A probe always reports; otherwise once per request and target.
@@ -270,13 +283,13 @@ fn retry_after(headers: &HeaderMap) -> Option<u64> {
 }
 
 async fn attempt(
-    state: &AppState,
+    up: Upstreams<'_>,
     target: &CompiledTarget,
     prepared: &Prepared<'_>,
     deadline: Instant,
     retry_after_send: bool,
 ) -> Result<Answer, AttemptError> {
-    let cfg = &state.config.proxy;
+    let cfg = up.config;
     let fail = |failure| Err(AttemptError::Failure(failure));
     let stream = prepared.upstream.stream;
     let req = target
@@ -284,7 +297,7 @@ async fn attempt(
         .request(&prepared.upstream, prepared.body.clone())
         .map_err(|_| AttemptError::Failure(UpstreamFailure::connect()))?;
     let until = (Instant::now() + cfg.upstream_timeout).min(deadline);
-    let resp = match tokio::time::timeout_at(until, state.client.request(req)).await {
+    let resp = match tokio::time::timeout_at(until, up.client.request(req)).await {
         Err(_) => return fail(UpstreamFailure::timeout()),
         Ok(Err(e)) => {
             tracing::debug!(target = %target.id, error = %e, "upstream request failed");

@@ -1,20 +1,21 @@
 //! Metering: every request yields one usage record — stream or not, success or failure.
 //!
 //! A [`Meter`] starts when a request arrives and learns, phase by phase, the route, the
-//! target, the provider's token counts and when the first byte went out. Non-stream
-//! requests finish it when the response is built; streams carry it in their relay and
-//! finish it when the stream ends. A meter dropped unfinished (the caller went away) still
-//! records what was produced: the provider's counts when they arrived, else an estimate
-//! from the characters relayed.
+//! target, the provider's token counts and when the first byte went out. The `complete`
+//! phase ([`super::complete::Completion`]) finishes it, however the request ended. A meter
+//! dropped unfinished still records what was produced: the provider's counts when they
+//! arrived, else an estimate from the characters relayed.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use drover_proto::model::{self, UsageRecord, cost_nano_usd};
+use tokio::time::Instant;
 
 use crate::formats::ir::Usage;
+use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::state::AppState;
+use crate::usage::Usage as UsageSink;
 
 /// Largest token count and cost a record carries (the ledger refuses more).
 const MAX_TOKENS: u64 = drover_proto::limits::MAX_USAGE_TOKENS;
@@ -24,7 +25,8 @@ const MAX_COST_NANO_USD: i64 = drover_proto::limits::MAX_USAGE_NANO_USD;
 pub const CLIENT_CLOSED: u16 = 499;
 
 pub struct Meter {
-    state: Arc<AppState>,
+    sink: Arc<UsageSink>,
+    metrics: Arc<Metrics>,
     record: UsageRecord,
     started: Instant,
     first_byte: Option<Instant>,
@@ -38,12 +40,14 @@ pub struct Meter {
 }
 
 impl Meter {
-    pub fn new(state: Arc<AppState>, endpoint: &str, request_id: &str) -> Self {
+    /// A meter whose record goes to `sink` when it is finished.
+    pub fn new(sink: Arc<UsageSink>, metrics: Arc<Metrics>, endpoint: &str, request_id: &str) -> Self {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         Meter {
-            state,
+            sink,
+            metrics,
             record: UsageRecord {
                 request_id: request_id.to_owned(),
                 time_unix_ms: i64::try_from(now_ms).unwrap_or(i64::MAX),
@@ -98,6 +102,16 @@ impl Meter {
         }
     }
 
+    /// The provider that answered and its model (empty before the `dispatch` phase).
+    pub fn answered_by(&self) -> (&str, &str) {
+        (&self.record.provider, &self.record.model)
+    }
+
+    /// The provider's token counts, if any came.
+    pub fn provider_usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
     /// Cost of the usage so far, nano-USD; `None` when the model has no price. A cache hit costs 0.
     pub fn cost(&self) -> Option<i64> {
         if self.record.cache_hit {
@@ -132,12 +146,8 @@ impl Meter {
         }
     }
 
-    /// Records the request with the status the caller got.
-    pub fn finish(mut self, status: u16, failed: bool) {
-        self.finalize(status, failed);
-    }
-
-    fn finalize(&mut self, status: u16, failed: bool) {
+    /// Records the request with the status the caller got (once; later calls do nothing).
+    pub fn finish(&mut self, status: u16, failed: bool) {
         if self.done {
             return;
         }
@@ -167,16 +177,16 @@ impl Meter {
             .first_byte
             .map_or(0, |t| millis(t.duration_since(self.started)));
         if r.unpriced {
-            self.state.metrics.unpriced.inc();
+            self.metrics.unpriced.inc();
         }
-        self.state.usage.record(std::mem::take(&mut self.record));
+        self.sink.record(std::mem::take(&mut self.record));
     }
 }
 
 impl Drop for Meter {
     fn drop(&mut self) {
         // Dropped unfinished: the caller went away mid-stream.
-        self.finalize(CLIENT_CLOSED, true);
+        self.finish(CLIENT_CLOSED, true);
     }
 }
 

@@ -1,12 +1,16 @@
-//! The request path, as named phases: read body → parse shallowly → resolve route →
-//! plan each target (relay as is, or translate) → dispatch with failover → respond in the
-//! caller's format.
+//! The request path, as named phases (see `docs/request-path.md`):
 //!
-//! The policy is loaded once per request and used to the end. Later phases (auth, limits,
-//! spend, cache, redaction) slot in between resolve and dispatch as branches on policy flags.
+//! `read_call → authenticate → route → cache lookup → admit → dispatch → respond`, then
+//! `complete`, which runs once however the request ended (answered, failed, caller gone).
+//!
+//! The policy is loaded once per request and used to the end. Each phase takes only what it
+//! uses; [`complete::Completion`] is the one value that lives from the first phase to the
+//! last: it is lent to the phases and, for a stream, handed to the relay. `authenticate` and
+//! `admit` pass everything until the gateway modules fill them in.
 
 pub mod body;
 pub mod call;
+pub mod complete;
 pub mod failover;
 pub mod meter;
 pub mod plan;
@@ -24,8 +28,10 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use hyper::body::Incoming;
 
-use crate::cache;
+use crate::budget::BodyPermit;
+use crate::cache::{self, CachedBody};
 use crate::error::ProxyError;
 use crate::formats::Family;
 use crate::formats::ir::ChatResponse;
@@ -33,9 +39,11 @@ use crate::formats::json::{BodyError, ShallowBody};
 use crate::formats::tap::StreamKind;
 use crate::formats::{ApiFormat, Ingress};
 use crate::formats::{anthropic, gemini, openai};
+use crate::policy::{CompiledRoute, CompiledTarget, Policy};
 use crate::state::AppState;
 use call::Call;
-use failover::{Answer, Dispatched};
+use complete::{Completion, Ending, Fill};
+use failover::{Answer, Dispatched, Upstreams};
 use meter::Meter;
 use plan::{StreamUsage, Wire};
 
@@ -122,13 +130,34 @@ fn refuse(req: &Request, err: ProxyError) -> Response {
 async fn serve(state: &Arc<AppState>, req: Request, ingress: Ingress) -> Response {
     state.metrics.requests.inc();
     let request_id = request_id(req.headers());
-    let mut meter = Some(Meter::new(
-        state.clone(),
+    let mut done = Completion::new(Meter::new(
+        state.usage.clone(),
+        state.metrics.clone(),
         plan::ingress_path(ingress),
         &ledger_id(&request_id, req.headers().get(X_REQUEST_ID) == Some(&request_id)),
     ));
-    let mut resp = match handle(state, req, ingress, &request_id, &mut meter).await {
-        Ok(resp) => resp,
+    let mut resp = match phases(state, req, ingress, &request_id, &mut done).await {
+        Ok(Reply::Whole { resp, answer }) => {
+            done.complete(Ending::status(resp.status().as_u16()), answer);
+            resp
+        }
+        Ok(Reply::Stream {
+            head,
+            first,
+            upstream,
+            transform,
+        }) => {
+            let relay = relay::SseRelay::new(
+                first,
+                upstream,
+                transform,
+                done,
+                state.config.proxy.upstream_timeout,
+                state.config.proxy.max_event_bytes.get(),
+                state.metrics.clone(),
+            );
+            Response::from_parts(head, Body::new(relay))
+        }
         Err(err) => {
             match err {
                 ProxyError::Overloaded => state.metrics.bodies_over_budget.inc(),
@@ -138,31 +167,51 @@ async fn serve(state: &Arc<AppState>, req: Request, ingress: Ingress) -> Respons
             if err.status().is_server_error() {
                 tracing::warn!(request_id = ?request_id, error = %err, "request failed");
             }
-            err.into_response(ingress.format())
+            let resp = err.into_response(ingress.format());
+            done.complete(Ending::status(resp.status().as_u16()), None);
+            resp
         }
     };
     state.metrics.count_status(resp.status());
-    if let Some(meter) = meter.take() {
-        let status = resp.status().as_u16();
-        meter.finish(status, status >= 400);
-    }
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     resp
 }
 
-/// The phases of one request.
-async fn handle(
+/// What the phases produce for the caller.
+enum Reply {
+    /// A whole answer; `answer` is what the response cache may keep of it.
+    Whole {
+        resp: Response,
+        answer: Option<CachedBody>,
+    },
+    /// A stream, relayed event by event once the response head is sent.
+    Stream {
+        head: http::response::Parts,
+        first: Bytes,
+        upstream: Incoming,
+        transform: relay::Relayed,
+    },
+}
+
+/// Who is calling. Until the `auth` module lands every caller is anonymous.
+enum Caller {
+    Anonymous,
+}
+
+/// The phases of one request, in order: `read_call → authenticate → route → cache lookup →
+/// admit → dispatch → respond`; `complete` runs after them, in [`serve`] or at the end of
+/// the stream, however the request ended. The policy is loaded once and used to the end.
+async fn phases(
     state: &AppState,
     req: Request,
     ingress: Ingress,
     request_id: &HeaderValue,
-    meter: &mut Option<Meter>,
-) -> Result<Response, ProxyError> {
+    done: &mut Completion,
+) -> Result<Reply, ProxyError> {
     let policy = state.policy.load().ok_or(ProxyError::NotReady)?;
     let (parts, body) = req.into_parts();
-    body::require_json(&parts.headers)?;
     // Held to the end of the request: the body's bytes count against the budget until then.
-    let (body, _held) = body::read(&parts.headers, body, state.config.body_limits(), &state.bodies).await?;
+    let (body, _held) = read_call(state, &parts.headers, body).await?;
     let parsed = ShallowBody::parse(&body)?;
     let model = parsed.model()?;
     router::check_requested(&model)?;
@@ -178,25 +227,10 @@ async fn handle(
         message: "model must be a string".into(),
         param: Some("model"),
     })?;
-    if let Some(m) = meter.as_mut() {
-        m.route(&model, policy.version, stream, body.len());
-    }
-    let candidates = match router::candidates(&policy, &model, &state.health) {
-        Ok(Some(candidates)) => candidates,
-        Ok(None) => {
-            return Err(ProxyError::UnknownModel {
-                model: model.chars().take(256).collect(),
-            });
-        }
-        // A direct name whose model would change the URL the provider receives.
-        Err(invalid) => {
-            return Err(BodyError {
-                message: invalid.reason,
-                param: Some("model"),
-            }
-            .into());
-        }
-    };
+    done.meter().route(&model, policy.version, stream, body.len());
+
+    let caller = authenticate(&policy, &parts.headers)?;
+    let candidates = route(&policy, &model, &state.health)?;
     let call = Call::new(
         ingress,
         &body,
@@ -210,40 +244,125 @@ async fn handle(
         return estimate_tokens(&call);
     }
     let route = policy.routes.get(&*model);
-    // Cache lookup: only routes with a TTL, and not when the caller says `no-cache`.
-    let ttl = route.and_then(|r| r.cache_ttl).filter(|_| ingress.cacheable());
-    let mut fill = None;
-    let cache_status = match ttl {
-        None => None,
-        Some(_) if no_cache(&parts.headers) => Some("bypass"),
-        Some(ttl) => match cache::key("", ingress, &model, &body) {
-            None => Some("bypass"),
-            Some(key) => {
-                if let Some(hit) = state.cache.get(&key)
-                    && let Some(resp) = serve_hit(&policy, &call, &hit, meter)
-                {
-                    return Ok(resp);
-                }
-                fill = Some((key, ttl));
-                Some("miss")
-            }
-        },
+    let cache_status = match cache_lookup(state, &policy, route, &call, &model, &parts.headers, done) {
+        Lookup::Hit(resp) => return Ok(Reply::Whole { resp, answer: None }),
+        Lookup::Miss => Some("miss"),
+        Lookup::Bypass => Some("bypass"),
+        Lookup::Off => None,
+    };
+    admit(&policy, &caller, &call)?;
+    let upstreams = Upstreams {
+        client: &state.client,
+        config: &state.config.proxy,
+        budget: &state.budget,
+        metrics: &state.metrics,
     };
     let retry_after_send = route.is_some_and(|r| r.retry_after_send);
-    let dispatched = failover::dispatch(state, &candidates, &call, retry_after_send).await?;
-    if let Some(m) = meter.as_mut() {
-        m.target(
-            &policy,
-            &dispatched.target.provider.name,
-            &dispatched.target.model,
-        );
-    }
-    let mut resp = respond(state, &call, dispatched, meter, fill)?;
+    let dispatched = failover::dispatch(upstreams, &candidates, &call, retry_after_send).await?;
+    done.meter().target(
+        &policy,
+        &dispatched.target.provider.name,
+        &dispatched.target.model,
+    );
+    let mut reply = respond(&call, dispatched, done)?;
     if let Some(status) = cache_status {
-        resp.headers_mut()
-            .insert(X_DROVER_CACHE, HeaderValue::from_static(status));
+        let headers = match &mut reply {
+            Reply::Whole { resp, .. } => resp.headers_mut(),
+            Reply::Stream { head, .. } => &mut head.headers,
+        };
+        headers.insert(X_DROVER_CACHE, HeaderValue::from_static(status));
     }
-    Ok(resp)
+    Ok(reply)
+}
+
+/// Phase `read_call`: the body must be JSON; it is read whole within its limits and the
+/// global body budget, whose share it holds until the request ends.
+async fn read_call<'s>(
+    state: &'s AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, BodyPermit<'s>), ProxyError> {
+    body::require_json(headers)?;
+    body::read(headers, body, state.config.body_limits(), &state.bodies).await
+}
+
+/// Phase `authenticate`: who is calling. Every caller is anonymous until the `auth` module
+/// fills this in.
+fn authenticate(_policy: &Policy, _headers: &HeaderMap) -> Result<Caller, ProxyError> {
+    Ok(Caller::Anonymous)
+}
+
+/// Phase `route`: the targets that may answer `model`, in the order to try them.
+fn route(
+    policy: &Policy,
+    model: &str,
+    health: &crate::health::HealthRegistry,
+) -> Result<Vec<Arc<CompiledTarget>>, ProxyError> {
+    match router::candidates(policy, model, health) {
+        Ok(Some(candidates)) => Ok(candidates),
+        Ok(None) => Err(ProxyError::UnknownModel {
+            model: model.chars().take(256).collect(),
+        }),
+        // A direct name whose model would change the URL the provider receives.
+        Err(invalid) => Err(BodyError {
+            message: invalid.reason,
+            param: Some("model"),
+        }
+        .into()),
+    }
+}
+
+/// What the response cache had to say.
+enum Lookup {
+    Hit(Response),
+    /// Not there: the answer is stored when the request completes.
+    Miss,
+    /// The caller asked not to use it, or the request cannot be keyed.
+    Bypass,
+    /// The route has no cache.
+    Off,
+}
+
+/// Phase `cache lookup`: only routes with a TTL, and not when the caller says `no-cache`.
+fn cache_lookup(
+    state: &AppState,
+    policy: &Policy,
+    route: Option<&CompiledRoute>,
+    call: &Call<'_>,
+    model: &str,
+    headers: &HeaderMap,
+    done: &mut Completion,
+) -> Lookup {
+    let Some(ttl) = route
+        .and_then(|r| r.cache_ttl)
+        .filter(|_| call.ingress.cacheable())
+    else {
+        return Lookup::Off;
+    };
+    if no_cache(headers) {
+        return Lookup::Bypass;
+    }
+    let Some(key) = cache::key("", call.ingress, model, call.body) else {
+        return Lookup::Bypass;
+    };
+    if let Some(hit) = state.cache.get(&key)
+        && let Some(resp) = serve_hit(policy, call, &hit, done)
+    {
+        return Lookup::Hit(resp);
+    }
+    done.fill_cache(Fill {
+        cache: state.cache.clone(),
+        key,
+        ttl,
+        format: call.ingress.format(),
+    });
+    Lookup::Miss
+}
+
+/// Phase `admit`: whether the caller may spend now. Everything is admitted until the
+/// `rate_limit` and `spend_cap` modules fill this in (and settle in `complete`).
+fn admit(_policy: &Policy, _caller: &Caller, _call: &Call<'_>) -> Result<(), ProxyError> {
+    Ok(())
 }
 
 /// `cache-control: no-cache` or `no-store` from the caller.
@@ -260,10 +379,10 @@ fn no_cache(headers: &HeaderMap) -> bool {
 
 /// A cached answer in the shape the caller asked for, or `None` to go to the provider.
 fn serve_hit(
-    policy: &crate::policy::Policy,
+    policy: &Policy,
     call: &Call<'_>,
     hit: &cache::CachedAnswer,
-    meter: &mut Option<Meter>,
+    done: &mut Completion,
 ) -> Option<Response> {
     let mut resp = if call.stream {
         let include_usage =
@@ -282,12 +401,11 @@ fn serve_hit(
             .insert(X_DROVER_COST_USD, HeaderValue::from_static("0.000000000"));
         resp
     };
-    if let Some(m) = meter.as_mut() {
-        m.target(policy, &hit.provider, &hit.model);
-        m.usage(hit.usage);
-        m.cache_hit(hit.cost_nano_usd);
-        m.first_byte();
-    }
+    let m = done.meter();
+    m.target(policy, &hit.provider, &hit.model);
+    m.usage(hit.usage);
+    m.cache_hit(hit.cost_nano_usd);
+    m.first_byte();
     let h = resp.headers_mut();
     h.insert(X_DROVER_CACHE, HeaderValue::from_static("hit"));
     if let Ok(v) = HeaderValue::from_str(&hit.provider) {
@@ -299,32 +417,10 @@ fn serve_hit(
     Some(resp)
 }
 
-/// Turns the winning answer into the caller's response.
-fn respond(
-    state: &AppState,
-    call: &Call<'_>,
-    d: Dispatched,
-    meter: &mut Option<Meter>,
-    fill: Option<(cache::CacheKey, std::time::Duration)>,
-) -> Result<Response, ProxyError> {
-    let store = |body: Bytes, usage: Option<crate::formats::ir::Usage>, meter: &Option<Meter>| {
-        if let Some((key, ttl)) = fill.clone() {
-            state.cache.insert(
-                key,
-                cache::CachedAnswer {
-                    format: call.ingress.format(),
-                    body: cache::CachedBody::Whole(body),
-                    provider: d.target.provider.name.clone(),
-                    model: d.target.model.clone(),
-                    usage: usage.unwrap_or_default(),
-                    cost_nano_usd: meter.as_ref().and_then(Meter::provider_cost),
-                },
-                ttl,
-            );
-        }
-    };
+/// Phase `respond`: the winning answer in the caller's format.
+fn respond(call: &Call<'_>, d: Dispatched, done: &mut Completion) -> Result<Reply, ProxyError> {
     let format = call.ingress.format();
-    let mut resp = match (d.answer, d.wire) {
+    let mut reply = match (d.answer, d.wire) {
         (
             Answer::Buffered {
                 status,
@@ -337,16 +433,16 @@ fn respond(
                 ApiFormat::OpenAi => openai::usage::body_usage(&body),
                 ApiFormat::Anthropic => anthropic::body_usage(&body),
             };
-            meter_usage(meter, usage);
-            if status.is_success() {
-                store(body.clone(), usage, meter);
+            if let Some(u) = usage {
+                done.meter().usage(u);
             }
+            let answer = status.is_success().then(|| CachedBody::Whole(body.clone()));
             let mut resp = (status, body).into_response();
             resp.headers_mut().insert(
                 CONTENT_TYPE,
                 content_type.unwrap_or_else(|| HeaderValue::from_static("application/json")),
             );
-            resp
+            Reply::Whole { resp, answer }
         }
         (Answer::Buffered { body, .. }, Wire::Translate { provider }) => {
             if call.stream {
@@ -360,70 +456,54 @@ fn respond(
                 Family::Gemini => gemini::decode_response(&body),
             };
             let answer = decoded.map_err(|e| ProxyError::BadUpstream { message: e.0 })?;
-            meter_usage(meter, Some(answer.usage));
+            done.meter().usage(answer.usage);
             let mut dropped = d.dropped.clone();
             let body: Bytes = match format {
                 ApiFormat::OpenAi => openai::chat::encode_response(&answer, &mut dropped),
                 ApiFormat::Anthropic => anthropic::encode_response(&answer, &mut dropped),
             };
-            store(body.clone(), Some(answer.usage), meter);
-            let mut resp = (StatusCode::OK, body).into_response();
+            let mut resp = (StatusCode::OK, body.clone()).into_response();
             resp.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             set_dropped(resp.headers_mut(), &dropped);
-            resp
+            Reply::Whole {
+                resp,
+                answer: Some(CachedBody::Whole(body)),
+            }
         }
         (Answer::Stream { first, body }, wire) => {
-            let idle = state.config.proxy.upstream_timeout;
-            let max_event = state.config.proxy.max_event_bytes.get();
-            let metrics = state.metrics.clone();
-            let Some(meter) = meter.take() else {
-                return Err(ProxyError::BadUpstream {
-                    message: "request metered twice".into(),
-                });
-            };
-            let capture = fill.map(|(key, ttl)| relay::Capture {
-                cache: state.cache.clone(),
-                key,
-                ttl,
-                format,
-                provider: d.target.provider.name.clone(),
-                model: d.target.model.clone(),
-                buf: bytes::BytesMut::new(),
-            });
-            let relay_body = match wire {
+            let transform = match wire {
                 Wire::Passthrough { kind } => {
+                    // The gateway asked for the usage chunk; the caller did not.
                     let strip = kind == StreamKind::OpenAiChunks
                         && matches!(call.ingress, Ingress::ChatCompletions | Ingress::Completions)
                         && call.stream_usage != StreamUsage::Wanted;
-                    let transform = relay::Passthrough::new(kind, strip);
-                    let relay = relay::SseRelay::new(first, body, transform, meter, idle, max_event, metrics);
-                    match capture {
-                        Some(c) => Body::new(relay.capture_into(c)),
-                        None => Body::new(relay),
-                    }
+                    relay::Relayed::Pass(relay::Passthrough::new(kind, strip))
                 }
                 Wire::Translate { provider } => {
                     let include_usage = call.canonical().map(|(r, _)| r.include_usage).unwrap_or(false);
-                    let transform = relay::Translate::new(provider, format, include_usage);
-                    let relay = relay::SseRelay::new(first, body, transform, meter, idle, max_event, metrics);
-                    match capture {
-                        Some(c) => Body::new(relay.capture_into(c)),
-                        None => Body::new(relay),
-                    }
+                    relay::Relayed::Translate(relay::Translate::new(provider, format, include_usage))
                 }
             };
-            let mut resp = Response::new(relay_body);
-            let h = resp.headers_mut();
+            let (mut head, ()) = Response::new(()).into_parts();
+            let h = &mut head.headers;
             h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             set_dropped(h, &d.dropped);
-            resp
+            Reply::Stream {
+                head,
+                first,
+                upstream: body,
+                transform,
+            }
         }
     };
     let target = &d.target;
-    let h = resp.headers_mut();
-    if let Some(cost) = meter.as_ref().and_then(Meter::cost)
+    let h = match &mut reply {
+        Reply::Whole { resp, .. } => resp.headers_mut(),
+        Reply::Stream { head, .. } => &mut head.headers,
+    };
+    if let Some(cost) = done.meter_ref().cost()
         && let Ok(v) = HeaderValue::from_str(&meter::format_usd(cost))
     {
         h.insert(X_DROVER_COST_USD, v);
@@ -434,14 +514,7 @@ fn respond(
     if let Ok(v) = HeaderValue::from_str(&target.model) {
         h.insert(X_DROVER_MODEL, v);
     }
-    Ok(resp)
-}
-
-/// Hands the meter the provider's counts.
-fn meter_usage(meter: &mut Option<Meter>, usage: Option<crate::formats::ir::Usage>) {
-    if let (Some(m), Some(u)) = (meter.as_mut(), usage) {
-        m.usage(u);
-    }
+    Ok(reply)
 }
 
 fn set_dropped(headers: &mut HeaderMap, dropped: &crate::formats::ir::Dropped) {
@@ -454,7 +527,7 @@ fn set_dropped(headers: &mut HeaderMap, dropped: &crate::formats::ir::Dropped) {
 
 /// `count_tokens` for a route with no Anthropic target: an estimate (about four characters
 /// per token over every text, tool definition and image), marked `x-drover-estimated: true`.
-fn estimate_tokens(call: &Call<'_>) -> Result<Response, ProxyError> {
+fn estimate_tokens(call: &Call<'_>) -> Result<Reply, ProxyError> {
     let (req, _) = call.canonical()?;
     let mut chars = 0usize;
     let mut images = 0usize;
@@ -480,7 +553,7 @@ fn estimate_tokens(call: &Call<'_>) -> Result<Response, ProxyError> {
         .into_response();
     resp.headers_mut()
         .insert("x-drover-estimated", HeaderValue::from_static("true"));
-    Ok(resp)
+    Ok(Reply::Whole { resp, answer: None })
 }
 
 fn count_part(part: &crate::formats::ir::Part, chars: &mut usize, images: &mut usize) {

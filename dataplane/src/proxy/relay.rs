@@ -23,7 +23,7 @@ use http_body::{Body, Frame};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::cache::{CacheKey, CachedAnswer, CachedBody, ResponseCache};
+use crate::cache::CachedBody;
 use crate::error::{stream_error, stream_error_event};
 use crate::formats::ApiFormat;
 use crate::formats::Family;
@@ -32,21 +32,10 @@ use crate::formats::sse::{SseFramer, split_events};
 use crate::formats::tap::{StreamKind, StreamTap};
 use crate::formats::{StreamDecode, StreamEncode, anthropic, gemini, openai};
 use crate::metrics::Metrics;
-use crate::proxy::meter::Meter;
+use crate::proxy::complete::{Completion, Ending};
 
 /// Longest stream kept for the response cache; a longer one is not cached.
 const MAX_CAPTURE_BYTES: usize = 8 << 20;
-
-/// Where a completed stream is stored in the response cache.
-pub struct Capture {
-    pub cache: ResponseCache,
-    pub key: CacheKey,
-    pub ttl: Duration,
-    pub format: ApiFormat,
-    pub provider: String,
-    pub model: String,
-    pub buf: BytesMut,
-}
 
 /// What a relay does with the whole events it reads.
 pub trait Transform: Send + Unpin + 'static {
@@ -210,6 +199,45 @@ impl Transform for Translate {
     }
 }
 
+/// The transform of a relayed stream: as is, or translated.
+pub enum Relayed {
+    Pass(Passthrough),
+    Translate(Translate),
+}
+
+impl Transform for Relayed {
+    fn push(&mut self, events: Bytes, out: &mut Vec<Bytes>) {
+        match self {
+            Relayed::Pass(t) => t.push(events, out),
+            Relayed::Translate(t) => t.push(events, out),
+        }
+    }
+    fn end(&mut self, out: &mut Vec<Bytes>) -> bool {
+        match self {
+            Relayed::Pass(t) => t.end(out),
+            Relayed::Translate(t) => t.end(out),
+        }
+    }
+    fn fail(&mut self, message: &str, code: &str, out: &mut Vec<Bytes>) -> bool {
+        match self {
+            Relayed::Pass(t) => t.fail(message, code, out),
+            Relayed::Translate(t) => t.fail(message, code, out),
+        }
+    }
+    fn usage(&self) -> Option<Usage> {
+        match self {
+            Relayed::Pass(t) => t.usage(),
+            Relayed::Translate(t) => t.usage(),
+        }
+    }
+    fn content_chars(&self) -> usize {
+        match self {
+            Relayed::Pass(t) => t.content_chars(),
+            Relayed::Translate(t) => t.content_chars(),
+        }
+    }
+}
+
 /// Most scheduler yields spent gathering events that arrive back to back into one write.
 const MAX_GATHER_YIELDS: u8 = 64;
 /// Yields in a row that bring nothing new before what was gathered goes out.
@@ -228,12 +256,13 @@ pub struct SseRelay<T: Transform, B = Incoming> {
     upstream: Option<B>,
     framer: SseFramer,
     transform: T,
-    /// Finished when the stream ends; dropped unfinished if the caller goes away.
-    meter: Option<Meter>,
+    /// Completed when the stream ends; dropped (completing as the caller gone) if the
+    /// caller goes away first.
+    completion: Option<Completion>,
     completed: bool,
     metered_chars: usize,
-    /// Keeps the stream as relayed, to store in the response cache once it completes.
-    capture: Option<Capture>,
+    /// The stream as relayed, kept when the completion stores it in the response cache.
+    kept: Option<BytesMut>,
     idle: Duration,
     idle_timer: Pin<Box<Sleep>>,
     /// Whole events read but not yet handed to the caller.
@@ -251,7 +280,7 @@ impl<T: Transform, B> SseRelay<T, B> {
         first: Bytes,
         upstream: B,
         transform: T,
-        meter: Meter,
+        completion: Completion,
         idle: Duration,
         max_event: usize,
         metrics: Arc<Metrics>,
@@ -261,10 +290,10 @@ impl<T: Transform, B> SseRelay<T, B> {
             upstream: Some(upstream),
             framer: SseFramer::new(max_event),
             transform,
-            meter: Some(meter),
+            kept: completion.wants_answer().then(BytesMut::new),
+            completion: Some(completion),
             completed: false,
             metered_chars: 0,
-            capture: None,
             idle,
             idle_timer: Box::pin(tokio::time::sleep(idle)),
             out: Vec::new(),
@@ -305,50 +334,20 @@ impl<T: Transform, B> SseRelay<T, B> {
         }
     }
 
-    /// Stores the stream in the response cache if it completes.
-    pub fn capture_into(mut self, capture: Capture) -> Self {
-        self.capture = Some(capture);
-        self
-    }
-
-    /// Keeps what goes out, and stores it once the stream completed.
-    fn capture_update(&mut self) {
-        let Some(capture) = self.capture.as_mut() else {
+    /// Hands the completion what the stream showed, and completes it once the stream is over.
+    fn account(&mut self) {
+        if let Some(kept) = self.kept.as_mut() {
+            for piece in &self.out {
+                kept.extend_from_slice(piece);
+            }
+            if kept.len() > MAX_CAPTURE_BYTES {
+                self.kept = None;
+            }
+        }
+        let Some(completion) = self.completion.as_mut() else {
             return;
         };
-        for piece in &self.out {
-            capture.buf.extend_from_slice(piece);
-        }
-        if capture.buf.len() > MAX_CAPTURE_BYTES {
-            self.capture = None;
-            return;
-        }
-        if self.finished
-            && let Some(capture) = self.capture.take()
-        {
-            if !self.completed {
-                return;
-            }
-            let usage = self.transform.usage().unwrap_or_default();
-            let cost = self.meter.as_ref().and_then(Meter::provider_cost);
-            capture.cache.insert(
-                capture.key,
-                CachedAnswer {
-                    format: capture.format,
-                    body: CachedBody::Stream(capture.buf.freeze()),
-                    provider: capture.provider,
-                    model: capture.model,
-                    usage,
-                    cost_nano_usd: cost,
-                },
-                capture.ttl,
-            );
-        }
-    }
-
-    /// Hands the meter what the stream showed, and records it once the stream is over.
-    fn meter_update(&mut self) {
-        let Some(meter) = self.meter.as_mut() else { return };
+        let meter = completion.meter();
         if let Some(usage) = self.transform.usage() {
             meter.usage(usage);
         }
@@ -358,20 +357,26 @@ impl<T: Transform, B> SseRelay<T, B> {
             meter.first_byte();
         }
         if self.finished
-            && let Some(meter) = self.meter.take()
+            && let Some(completion) = self.completion.take()
         {
             if self.completed {
-                meter.finish(200, false);
+                let answer = self.kept.take().map(|b| CachedBody::Stream(b.freeze()));
+                completion.complete(Ending::status(200), answer);
             } else {
-                meter.finish(502, true);
+                completion.complete(
+                    Ending {
+                        status: 502,
+                        failed: true,
+                    },
+                    None,
+                );
             }
         }
     }
 
     /// Everything gathered, as one frame.
     fn take_out(&mut self) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.capture_update();
-        self.meter_update();
+        self.account();
         self.yields = 0;
         self.idle_yields = 0;
         let data = match self.out.len() {
@@ -550,7 +555,12 @@ mod tests {
             Bytes::from_static(b"data: {\"a\":1}\n\n"),
             upstream,
             Passthrough::new(StreamKind::OpenAiChunks, false),
-            Meter::new(state.clone(), "/v1/chat/completions", "req-relay-test"),
+            Completion::new(crate::proxy::meter::Meter::new(
+                state.usage.clone(),
+                state.metrics.clone(),
+                "/v1/chat/completions",
+                "req-relay-test",
+            )),
             Duration::from_secs(60),
             1 << 30,
             state.metrics.clone(),
