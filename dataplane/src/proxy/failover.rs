@@ -455,6 +455,199 @@ async fn first_data(body: &mut Incoming) -> Result<Option<Bytes>, hyper::Error> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use drover_proto::pb;
+    use http::HeaderMap;
+    use http_body_util::Full;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    use crate::formats::Ingress;
+    use crate::formats::json::ShallowBody;
+    use crate::health::HealthRegistry;
+    use crate::policy::Policy;
+    use crate::providers::credential::EnvAllowList;
+    use crate::providers::http_client;
+    use crate::proxy::plan::StreamUsage;
+    use crate::proxy::router;
+
+    /// A provider on loopback that answers every call with `status` and counts the calls.
+    async fn upstream(status: u16) -> (String, Arc<AtomicU32>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req| {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let body = format!(
+                            r#"{{"id":"c","choices":[{{"index":0,"message":{{"role":"assistant","content":"from {status}"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":3,"completion_tokens":2}}}}"#
+                        );
+                        async move {
+                            hyper::Response::builder()
+                                .status(status)
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(body)))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (format!("http://{addr}/v1"), calls)
+    }
+
+    /// A URL nothing listens on.
+    async fn closed() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        format!("http://{addr}/v1")
+    }
+
+    /// A fallback route `m` over providers `a` then `b`.
+    fn policy(a: &str, b: &str, health: &HealthRegistry) -> Policy {
+        let provider = |name: &str, url: &str| pb::Provider {
+            name: name.into(),
+            kind: pb::ProviderKind::OpenaiCompatible as i32,
+            base_url: url.into(),
+            credential: Some(pb::provider::Credential::ApiKeyEnv("UP_API_KEY".into())),
+            api_version: String::new(),
+        };
+        let target = |provider: &str| pb::Target {
+            provider: provider.into(),
+            model: "x".into(),
+            weight: 1,
+        };
+        let snapshot = pb::Snapshot {
+            store_id: "s".into(),
+            version: 1,
+            providers: vec![provider("a", a), provider("b", b)],
+            routes: vec![pb::Route {
+                alias: "m".into(),
+                strategy: pb::RouteStrategy::Fallback as i32,
+                targets: vec![target("a"), target("b")],
+                cache_ttl_secs: 0,
+                retry_after_send: false,
+            }],
+            prices: vec![],
+            modules: vec![],
+        };
+        let env: crate::providers::EnvLookup = Arc::new(|_: &str| Some("sk-test".to_owned()));
+        Policy::compile(&snapshot, &env, &EnvAllowList::default(), health).unwrap()
+    }
+
+    struct Bench {
+        client: HttpClient,
+        config: ProxyConfig,
+        budget: RetryBudget,
+        metrics: Metrics,
+    }
+
+    impl Bench {
+        fn new() -> Self {
+            Bench {
+                client: http_client(Duration::from_secs(2)),
+                config: ProxyConfig::default(),
+                budget: RetryBudget::new(1.0, 100),
+                metrics: Metrics::default(),
+            }
+        }
+
+        fn upstreams(&self) -> Upstreams<'_> {
+            Upstreams {
+                client: &self.client,
+                config: &self.config,
+                budget: &self.budget,
+                metrics: &self.metrics,
+            }
+        }
+
+        async fn dispatch(&self, policy: &Policy, health: &HealthRegistry) -> Result<Dispatched, ProxyError> {
+            let body = Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#);
+            let parsed = ShallowBody::parse(&body).unwrap();
+            let span = parsed.value_span(&body, "model").unwrap();
+            let id = HeaderValue::from_static("req-1");
+            let headers = HeaderMap::new();
+            let call = Call::new(
+                Ingress::ChatCompletions,
+                &body,
+                span,
+                false,
+                &id,
+                &headers,
+                StreamUsage::of(&parsed),
+            );
+            let candidates = router::candidates(policy, "m", health).unwrap().unwrap();
+            dispatch(self.upstreams(), &candidates, &call, false).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_target_fails_over_to_the_next() {
+        let (a, a_calls) = upstream(503).await;
+        let (b, b_calls) = upstream(200).await;
+        let health = HealthRegistry::default();
+        let policy = policy(&a, &b, &health);
+        let bench = Bench::new();
+        let d = bench.dispatch(&policy, &health).await.unwrap();
+        assert_eq!(d.target.provider.name, "b");
+        assert_eq!(d.attempts, 2);
+        assert!(matches!(d.answer, Answer::Buffered { status, .. } if status == StatusCode::OK));
+        assert_eq!(
+            (a_calls.load(Ordering::SeqCst), b_calls.load(Ordering::SeqCst)),
+            (1, 1)
+        );
+        assert_eq!(bench.metrics.upstream_failures.status.get(), 1);
+        assert_eq!(bench.metrics.retries.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_relayed_not_retried() {
+        let (a, _) = upstream(400).await;
+        let (b, b_calls) = upstream(200).await;
+        let health = HealthRegistry::default();
+        let policy = policy(&a, &b, &health);
+        let bench = Bench::new();
+        let err = bench.dispatch(&policy, &health).await.err().unwrap();
+        assert!(
+            matches!(err, ProxyError::Rejected { status, .. } if status == StatusCode::BAD_REQUEST),
+            "{err:?}"
+        );
+        assert_eq!(b_calls.load(Ordering::SeqCst), 0, "a 400 is the caller's problem");
+    }
+
+    #[tokio::test]
+    async fn a_target_that_cannot_be_reached_fails_over_and_is_counted() {
+        let a = closed().await;
+        let (b, _) = upstream(200).await;
+        let health = HealthRegistry::default();
+        let policy = policy(&a, &b, &health);
+        let bench = Bench::new();
+        let d = bench.dispatch(&policy, &health).await.unwrap();
+        assert_eq!(d.target.provider.name, "b");
+        assert_eq!(bench.metrics.upstream_failures.connect.get(), 1);
+
+        // Both down: the caller learns how the last attempt failed, after every attempt allowed.
+        let b = closed().await;
+        let policy = super::tests::policy(&a, &b, &health);
+        let err = bench.dispatch(&policy, &health).await.err().unwrap();
+        let allowed = bench.config.max_attempts.max(2);
+        assert!(
+            matches!(
+                err,
+                ProxyError::Upstream { last: UpstreamFailure { kind: FailureKind::Connect, .. }, attempts }
+                    if attempts == allowed
+            ),
+            "{err:?}"
+        );
+    }
 
     #[test]
     fn backoff_is_jittered_and_capped() {
