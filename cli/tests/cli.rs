@@ -11,6 +11,10 @@
     clippy::panic,
     reason = "test harness: a setup that fails must fail the test that asked for it"
 )]
+#![allow(
+    clippy::disallowed_types,
+    reason = "drives real drover processes and waits on the wall clock, which no test runtime can pause"
+)]
 
 use std::fmt;
 use std::io::Write as _;

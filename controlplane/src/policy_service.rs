@@ -10,7 +10,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+#[expect(
+    clippy::disallowed_types,
+    reason = "the data-plane registry: off the request path, each lock held for a few field updates and never across an await"
+)]
+use std::sync::Mutex;
+use std::sync::{Arc, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use drover_proto::model::{self, validate_model_name};
@@ -188,6 +193,7 @@ impl Drop for Connected<'_> {
 /// path; each lock is held for a few field updates and never across an `.await`.
 #[derive(Default)]
 pub struct DataPlanes {
+    #[expect(clippy::disallowed_types, reason = "see the import")]
     inner: Mutex<Registry>,
 }
 

@@ -330,6 +330,30 @@ mod tests {
         open_for: Duration::from_millis(1000),
     };
 
+    #[tokio::test(start_paused = true)]
+    async fn the_breaker_runs_on_the_clock_tests_can_pause() {
+        let h = TargetHealth::default();
+        for _ in 0..3 {
+            h.on_failure(Permit::Normal, now_ms(), &CFG);
+        }
+        assert_eq!(h.permit(now_ms(), &CFG), None, "open");
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert_eq!(h.permit(now_ms(), &CFG), None, "still open a millisecond early");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(h.permit(now_ms(), &CFG), Some(Permit::Probe));
+        h.on_success(now_ms());
+        assert_eq!(h.permit(now_ms(), &CFG), Some(Permit::Normal));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_retry_budget_refills_each_second_of_paused_time() {
+        let budget = RetryBudget::new(0.0, 2);
+        assert!(budget.try_withdraw() && budget.try_withdraw());
+        assert!(!budget.try_withdraw(), "two retries a second");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(budget.try_withdraw(), "a new second brings new retries");
+    }
+
     #[test]
     fn opens_after_consecutive_failures_and_probes_once() {
         let h = TargetHealth::default();

@@ -16,7 +16,7 @@ mod assemble;
 mod key;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moka::Expiry;
 use moka::sync::Cache;
@@ -51,8 +51,12 @@ impl Stored {
 /// Each entry lives for the TTL it was inserted with; a replacement starts its own.
 struct PerEntryTtl;
 
+#[expect(
+    clippy::disallowed_types,
+    reason = "moka's Expiry passes std::time::Instant; the argument is not used"
+)]
 impl Expiry<CacheKey, Stored> for PerEntryTtl {
-    fn expire_after_create(&self, _: &CacheKey, value: &Stored, _: Instant) -> Option<Duration> {
+    fn expire_after_create(&self, _: &CacheKey, value: &Stored, _: std::time::Instant) -> Option<Duration> {
         Some(value.ttl)
     }
 
@@ -60,7 +64,7 @@ impl Expiry<CacheKey, Stored> for PerEntryTtl {
         &self,
         _: &CacheKey,
         value: &Stored,
-        _: Instant,
+        _: std::time::Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
         Some(value.ttl)

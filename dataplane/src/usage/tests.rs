@@ -1,6 +1,11 @@
 //! The reporter against a real gRPC `UsageService` on 127.0.0.1:0: a small fake that applies
 //! records once by request id, as the control plane does, and can be told to fail.
 
+#![allow(
+    clippy::disallowed_types,
+    reason = "a fake control plane for tests: a std lock keeps its helpers synchronous, and no request waits on it"
+)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
