@@ -106,11 +106,11 @@ fn admin(command: impl Future<Output = anyhow::Result<()>>) -> anyhow::Result<()
 /// Runs both planes until Ctrl-C or SIGTERM, on a multi-threaded runtime.
 fn serve(args: serve::ServeArgs, global: &GlobalArgs) -> anyhow::Result<()> {
     let options = args.into_options(global, |name| std::env::var(name).ok())?;
-    serve::init_tracing();
+    drover_proto::process::init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
-        tokio::spawn(serve::cancel_on_signal(shutdown.clone()));
+        tokio::spawn(drover_proto::process::cancel_on_signal(shutdown.clone()));
         serve::run(options, shutdown).await
     })
 }

@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use drover_controlplane::{ControlPlane, DEFAULT_HANDSHAKE_TIMEOUT, GrpcTls, TlsArgs, usage_retention_days};
+use drover_controlplane::{
+    ControlArgs, ControlPlane, DEFAULT_HANDSHAKE_TIMEOUT, GrpcTls, usage_retention_days,
+};
 use drover_dataplane::DataPlane;
 use drover_proto::model::Secret;
 use drover_proto::tls::Trust;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 use crate::client::GlobalArgs;
 
@@ -38,27 +39,8 @@ pub struct ServeArgs {
     )]
     pub http: SocketAddr,
 
-    /// Where the control plane serves gRPC (admin API and policy stream).
-    #[arg(
-        long,
-        env = "DROVER_GRPC",
-        default_value = "127.0.0.1:50051",
-        value_name = "ADDR"
-    )]
-    pub grpc: SocketAddr,
-
     #[command(flatten)]
-    pub grpc_tls: TlsArgs,
-
-    /// Days raw usage records are kept before they are compacted into daily totals (which are
-    /// kept forever); 0 keeps raw records forever.
-    #[arg(
-        long,
-        env = "DROVER_USAGE_RETENTION_DAYS",
-        default_value_t = 30,
-        value_name = "DAYS"
-    )]
-    pub usage_retention_days: u32,
+    pub control: ControlArgs,
 
     #[command(flatten)]
     pub proxy: drover_dataplane::ProxyArgs,
@@ -89,26 +71,23 @@ impl ServeArgs {
         env: impl Fn(&str) -> Option<String>,
     ) -> anyhow::Result<Options> {
         let secret = |v: Option<String>| v.filter(|s| !s.trim().is_empty()).map(Secret::new);
-        let grpc_tls = self.grpc_tls.load().context("--grpc-tls-cert/--grpc-tls-key")?;
+        let grpc_tls = self
+            .control
+            .tls
+            .load()
+            .context("--grpc-tls-cert/--grpc-tls-key")?;
         Ok(Options {
             db: global.db.clone(),
             http: self.http,
-            grpc: self.grpc,
+            grpc: self.control.grpc,
             grpc_tls,
             admin_token: secret(global.token.as_ref().map(|t| t.expose().to_owned())),
             dataplane_token: secret(env("DROVER_DATAPLANE_TOKEN")),
             master_key: secret(env("DROVER_MASTER_KEY")),
-            usage_retention: usage_retention_days(self.usage_retention_days),
+            usage_retention: usage_retention_days(self.control.usage_retention_days),
             proxy: self.proxy,
         })
     }
-}
-
-/// Logs to stdout; `RUST_LOG` filters (default `info`).
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
 }
 
 /// Runs both planes until `shutdown` is cancelled or one of them stops.
@@ -224,37 +203,6 @@ fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
         SocketAddr::V6(a) if a.ip().is_unspecified() => SocketAddr::from((Ipv6Addr::LOCALHOST, a.port())),
         other => other,
     }
-}
-
-/// Cancels `shutdown` on Ctrl-C or SIGTERM.
-pub async fn cancel_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-        () = shutdown.cancelled() => return,
-    }
-    tracing::info!("shutting down");
-    shutdown.cancel();
 }
 
 #[cfg(test)]

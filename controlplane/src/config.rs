@@ -167,6 +167,33 @@ impl TlsArgs {
     }
 }
 
+/// The control plane's listener and retention flags, shared by `drover-controlplane` and
+/// `drover serve` (where the database is the global `--db`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlArgs {
+    /// Where the control plane serves gRPC (admin API, policy stream, usage, reflection, health).
+    #[arg(
+        long,
+        env = "DROVER_GRPC",
+        default_value = "127.0.0.1:50051",
+        value_name = "ADDR"
+    )]
+    pub grpc: std::net::SocketAddr,
+
+    /// Days raw usage records are kept before they are compacted into daily totals (which are
+    /// kept forever); 0 keeps raw records forever.
+    #[arg(
+        long,
+        env = "DROVER_USAGE_RETENTION_DAYS",
+        default_value_t = 30,
+        value_name = "DAYS"
+    )]
+    pub usage_retention_days: u32,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
 /// The admin token file beside a database: `drover.db` → `drover.admin-token`.
 pub fn token_file_for(db_path: &Path) -> PathBuf {
     db_path.with_extension("admin-token")

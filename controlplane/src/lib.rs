@@ -24,8 +24,8 @@ pub use app::{
     ControlPlane, HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT, MAX_CONCURRENT_STREAMS, TCP_KEEPALIVE,
 };
 pub use config::{
-    Config, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_USAGE_RETENTION, GrpcTls, TlsArgs, master_key_file_for,
-    token_file_for, usage_retention_days,
+    Config, ControlArgs, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_USAGE_RETENTION, GrpcTls, TlsArgs,
+    master_key_file_for, token_file_for, usage_retention_days,
 };
 pub use error::{StartError, StopError, StoreError};
 pub use listener::MAX_PENDING_HANDSHAKES;

@@ -1,14 +1,15 @@
 //! `drover-controlplane`: parses arguments and the environment into a `Config`, runs the
 //! control plane until ctrl-c or SIGTERM.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _, Parser};
-use drover_controlplane::{Config, ControlPlane, DEFAULT_HANDSHAKE_TIMEOUT, TlsArgs, usage_retention_days};
+use drover_controlplane::{
+    Config, ControlArgs, ControlPlane, DEFAULT_HANDSHAKE_TIMEOUT, TlsArgs, usage_retention_days,
+};
+use drover_proto::process;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 /// Drover's control plane: the admin API and the policy stream, over one SQLite database.
 ///
@@ -21,42 +22,28 @@ struct Args {
     /// SQLite database file; created if missing.
     #[arg(long, env = "DROVER_DB", default_value = "drover.db")]
     db: PathBuf,
-    /// Address for gRPC (admin API, policy stream, usage, reflection, health).
-    #[arg(long, env = "DROVER_GRPC", default_value = "127.0.0.1:50051")]
-    grpc: SocketAddr,
-    /// Days raw usage records are kept before they are compacted into daily totals; 0 keeps
-    /// them forever.
-    #[arg(
-        long,
-        env = "DROVER_USAGE_RETENTION_DAYS",
-        default_value_t = 30,
-        value_name = "DAYS"
-    )]
-    usage_retention_days: u32,
     #[command(flatten)]
-    tls: TlsArgs,
+    control: ControlArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let matches = TlsArgs::standalone(Args::command()).get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
+    process::init_tracing();
 
     let config = Config {
         db_path: args.db,
-        grpc_addr: args.grpc,
+        grpc_addr: args.control.grpc,
         admin_token: secret_from_env("DROVER_ADMIN_TOKEN")?,
         dataplane_token: secret_from_env("DROVER_DATAPLANE_TOKEN")?,
         master_key: secret_from_env("DROVER_MASTER_KEY")?,
-        usage_retention: usage_retention_days(args.usage_retention_days),
-        tls: args.tls.load()?,
+        usage_retention: usage_retention_days(args.control.usage_retention_days),
+        tls: args.control.tls.load()?,
         handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(process::cancel_on_signal(shutdown.clone()));
 
     let control_plane = ControlPlane::start(config, shutdown)
         .await
@@ -77,33 +64,4 @@ fn secret_from_env(name: &str) -> anyhow::Result<Option<String>> {
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(std::env::VarError::NotUnicode(_)) => anyhow::bail!("{name} is not valid UTF-8"),
     }
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
-    shutdown.cancel();
 }
