@@ -5,25 +5,31 @@
 //! plane keeps no durable state of its own (optional files only: the last-good policy and the
 //! spool of usage records not yet acknowledged) and does not depend on SQLite.
 
-pub mod admin;
-pub mod app;
-pub mod budget;
-pub mod cache;
-pub mod clock;
-pub mod config;
-pub mod control;
-pub mod error;
+// Private except the crate's real API (re-exported below) and the wire formats, whose
+// codecs the test harness also drives; so dead code shows.
+mod admin;
+mod app;
+mod budget;
+mod cache;
+mod clock;
+mod config;
+mod control;
+mod error;
 pub mod formats;
-pub mod health;
-pub mod metrics;
-pub mod policy;
-pub mod providers;
-pub mod proxy;
-pub mod server;
-pub mod state;
-pub mod usage;
+mod health;
+mod metrics;
+mod policy;
+mod providers;
+mod proxy;
+mod server;
+mod state;
+mod usage;
 
 pub use app::{DataPlane, StartError};
+pub use budget::room_for;
 pub use config::{
     Args, Config, LocalUsage, ProxyArgs, ProxyConfig, Switch, UsageArgs, UsageConfig, process_env,
 };
+pub use health::MAX_DIRECT_TARGETS;
+pub use providers::EnvLookup;
+pub use providers::credential::EnvAllowList;

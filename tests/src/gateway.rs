@@ -286,7 +286,7 @@ impl Drop for TestDataPlane {
 
 /// Test defaults for a data plane: short timeouts so failure tests finish quickly.
 pub fn dataplane_config(control_plane: &str) -> DpConfig {
-    let env: drover_dataplane::providers::EnvLookup =
+    let env: drover_dataplane::EnvLookup =
         Arc::new(|var: &str| (var == "TEST_PROVIDER_API_KEY").then(|| "sk-test-provider-key".to_owned()));
     let mut c = DpConfig::new("127.0.0.1:0".parse().expect("addr"), control_plane, env);
     c.token = Some(drover_proto::model::Secret::new("test-dataplane-token"));

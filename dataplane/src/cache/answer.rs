@@ -42,10 +42,6 @@ impl CachedBody {
             CachedBody::Whole(b) | CachedBody::Stream(b) => b.len(),
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl CachedAnswer {

@@ -17,13 +17,6 @@ use crate::formats::Ingress;
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct CacheKey([u8; 32]);
 
-impl CacheKey {
-    /// The SHA-256 digest.
-    pub fn as_bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-}
-
 /// Top-level fields that never reach the hash.
 const IGNORED: [&str; 3] = ["stream", "stream_options", "model"];
 

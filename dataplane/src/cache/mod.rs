@@ -124,11 +124,13 @@ impl ResponseCache {
     /// Entries held, approximately: moka settles counts in the background, and expired
     /// entries (never returned by [`Self::get`]) are counted until its timer wheel, whose
     /// finest step is about a second, reaches them.
+    #[cfg(test)]
     pub fn entry_count(&self) -> u64 {
         self.inner.entry_count()
     }
 
     /// Bytes the entries are weighed at, approximately.
+    #[cfg(test)]
     pub fn weighted_size(&self) -> u64 {
         self.inner.weighted_size()
     }

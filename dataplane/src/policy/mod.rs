@@ -71,6 +71,10 @@ pub struct Policy {
     /// Route targets this data plane never sends, with why, sorted by route and target.
     pub unusable_targets: Vec<UnusableTarget>,
     pub routes: HashMap<String, CompiledRoute>,
+    #[expect(
+        dead_code,
+        reason = "read by the authenticate and admit phases as the gateway modules land"
+    )]
     pub modules: Modules,
     /// Prices by `provider/model` (a per-provider override) or `model`.
     pub prices: HashMap<String, model::Price>,

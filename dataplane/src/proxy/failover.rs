@@ -64,7 +64,6 @@ pub enum Answer {
 pub struct Dispatched {
     pub target: Arc<CompiledTarget>,
     pub answer: Answer,
-    pub attempts: u32,
     pub wire: Wire,
     pub dropped: Dropped,
 }
@@ -191,7 +190,6 @@ pub async fn dispatch(
                 return Ok(Dispatched {
                     target,
                     answer,
-                    attempts,
                     wire: prepared.wire,
                     dropped: prepared.dropped,
                 });
@@ -598,7 +596,7 @@ mod tests {
         let bench = Bench::new();
         let d = bench.dispatch(&policy, &health).await.unwrap();
         assert_eq!(d.target.provider.name, "b");
-        assert_eq!(d.attempts, 2);
+        assert_eq!(bench.metrics.upstream_attempts.get(), 2);
         assert!(matches!(d.answer, Answer::Buffered { status, .. } if status == StatusCode::OK));
         assert_eq!(
             (a_calls.load(Ordering::SeqCst), b_calls.load(Ordering::SeqCst)),

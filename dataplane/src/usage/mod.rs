@@ -169,8 +169,8 @@ impl Usage {
         }
     }
 
-    /// Whether the spool is at its bound, so that a new record would be dropped. For
-    /// metered tenants (once caps exist) a full spool is to refuse requests: fail closed.
+    /// Whether the spool is at its bound, so that a new record would be dropped.
+    #[cfg(test)]
     pub fn is_full(&self) -> bool {
         self.spooled() >= self.shared.spool_max
     }

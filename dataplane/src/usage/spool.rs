@@ -143,6 +143,7 @@ impl SpoolFile {
     }
 
     /// Unfinished records in the file.
+    #[cfg(test)]
     pub fn live(&self) -> u64 {
         self.records - self.done
     }

@@ -857,7 +857,7 @@ impl Bench {
         // The gateway's own rule: large bodies leave part of the budget to small ones.
         let body_bytes = a.body_mib << 20;
         let budget = usize::try_from(a.body_budget_mib << 20).unwrap_or(usize::MAX);
-        let fit = drover_dataplane::budget::room_for(budget, body_bytes) / body_bytes.max(1);
+        let fit = drover_dataplane::room_for(budget, body_bytes) / body_bytes.max(1);
         let held = sent.get("held");
         let outcome = format!(
             "answered before the body was sent: {early} ({}); sent to the last byte but one: {sent}; \

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use drover_dataplane::providers::EnvLookup;
+use drover_dataplane::EnvLookup;
 use drover_proto::model::{MAX_TARGETS, URL_STEERING_MODELS, is_path_segment_model};
 use drover_proto::pb;
 use drover_tests::gateway::{Reply, metric, route, rss_bytes};
@@ -254,7 +254,7 @@ async fn unique_direct_names_hold_bounded_state() {
     let grown = rss_bytes().saturating_sub(before);
     let entries = health_entries(&gw).await;
     assert!(
-        entries <= drover_dataplane::health::MAX_DIRECT_TARGETS,
+        entries <= drover_dataplane::MAX_DIRECT_TARGETS,
         "{entries} targets remembered"
     );
     assert!(
@@ -371,8 +371,7 @@ async fn the_credential_allow_list_is_the_data_planes_to_set() {
     let gw = Gateway::builder()
         .configure(|c| {
             c.env = environment();
-            c.credential_env_allow =
-                drover_dataplane::providers::credential::EnvAllowList::parse("SSH_AUTH_SECRET").unwrap();
+            c.credential_env_allow = drover_dataplane::EnvAllowList::parse("SSH_AUTH_SECRET").unwrap();
         })
         .start()
         .await;
