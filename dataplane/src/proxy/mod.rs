@@ -355,7 +355,7 @@ fn respond(
                 });
             }
             let decoded: Result<ChatResponse, _> = match provider {
-                Family::OpenAi => openai::chat::decode_response(&body),
+                Family::OpenAi => openai::decode_response(&body),
                 Family::Anthropic => anthropic::decode_response(&body),
                 Family::Gemini => gemini::decode_response(&body),
             };
@@ -363,7 +363,7 @@ fn respond(
             meter_usage(meter, Some(answer.usage));
             let mut dropped = d.dropped.clone();
             let body: Bytes = match format {
-                ApiFormat::OpenAi => openai::chat::encode_response(&answer, &mut dropped),
+                ApiFormat::OpenAi => openai::encode_response(&answer, &mut dropped),
                 ApiFormat::Anthropic => anthropic::encode_response(&answer, &mut dropped),
             };
             store(body.clone(), Some(answer.usage), meter);
