@@ -384,7 +384,7 @@ fn rejected(
         return resp;
     };
     let info: ErrorInfo = match family {
-        Family::OpenAi => openai::chat::decode_error(status.as_u16(), &body),
+        Family::OpenAi => openai::decode_error(status.as_u16(), &body),
         Family::Anthropic => anthropic::decode_error(status.as_u16(), &body),
         Family::Gemini => gemini::decode_error(status.as_u16(), &body),
     };
@@ -394,7 +394,7 @@ fn rejected(
 /// A format-neutral error in the caller's format.
 pub fn translated_error(info: &ErrorInfo, format: ApiFormat) -> Response {
     let (status, body) = match format {
-        ApiFormat::OpenAi => openai::chat::encode_error(info),
+        ApiFormat::OpenAi => openai::encode_error(info),
         ApiFormat::Anthropic => anthropic::encode_error(info),
     };
     let mut resp = (status, body).into_response();

@@ -64,7 +64,7 @@ impl CachedAnswer {
                 let (events, created) = openai_events(sse)?;
                 let mut resp = self.assemble(events)?;
                 resp.created = created;
-                Some(openai::chat::encode_response(&resp, &mut dropped))
+                Some(openai::encode_response(&resp, &mut dropped))
             }
             ApiFormat::Anthropic => {
                 let resp = self.assemble(anthropic_events(sse)?)?;
@@ -92,7 +92,7 @@ impl CachedAnswer {
                     let (mut events, _) = openai_events(sse)?;
                     let done = events.iter().position(|e| matches!(e, StreamEvent::Done))?;
                     events.insert(done, StreamEvent::Usage(self.usage));
-                    let mut encoder = openai::chat::StreamEncoder::new(true);
+                    let mut encoder = openai::StreamEncoder::new(true);
                     Some(encode_all(&events, |e, out| encoder.encode(e, out)))
                 }
             },
@@ -100,8 +100,8 @@ impl CachedAnswer {
                 if !single_chat_completion(body) {
                     return None;
                 }
-                let resp = self.with_usage(openai::chat::decode_response(body).ok()?);
-                let mut encoder = openai::chat::StreamEncoder::new(include_usage);
+                let resp = self.with_usage(openai::decode_response(body).ok()?);
+                let mut encoder = openai::StreamEncoder::new(include_usage);
                 Some(encode_all(&assemble::events(&resp), |e, out| {
                     encoder.encode(e, out)
                 }))
@@ -193,7 +193,7 @@ fn single_chat_completion(body: &[u8]) -> bool {
 /// An OpenAI chat stream's IR events and its `created` time; None if it does not decode
 /// or holds what the canonical model cannot (other chunk objects, choices past 0, logprobs).
 fn openai_events(sse: &[u8]) -> Option<(Vec<StreamEvent>, Option<i64>)> {
-    let mut decoder = openai::chat::StreamDecoder::new();
+    let mut decoder = openai::StreamDecoder::new();
     let mut events = Vec::new();
     let mut created = None;
     for event in parse_events(sse) {
@@ -400,7 +400,7 @@ mod tests {
     /// Decodes a stream with the format's own decoder, feeding it byte by byte-ish chunks
     /// as they would arrive, and folds it into an answer.
     fn decode_stream(format: ApiFormat, sse: &[u8]) -> (Vec<StreamEvent>, ChatResponse) {
-        let mut openai = openai::chat::StreamDecoder::new();
+        let mut openai = openai::StreamDecoder::new();
         let mut anthropic = anthropic::StreamDecoder::new();
         let mut events = Vec::new();
         let mut framer = crate::formats::sse::SseFramer::default();
@@ -443,7 +443,7 @@ mod tests {
         let cached = answer(ApiFormat::OpenAi, CachedBody::Whole(Bytes::from(OPENAI_WHOLE)));
         let sse = cached.stream(true).unwrap();
         let (events, replayed) = decode_stream(ApiFormat::OpenAi, &sse);
-        let original = openai::chat::decode_response(OPENAI_WHOLE.as_bytes()).unwrap();
+        let original = openai::decode_response(OPENAI_WHOLE.as_bytes()).unwrap();
         assert_eq!(replayed.parts, original.parts);
         assert_eq!(replayed.stop, StopReason::ToolUse);
         assert_eq!(
@@ -498,7 +498,7 @@ mod tests {
         let (_, streamed) = decode_stream(ApiFormat::OpenAi, &sse);
         let cached = answer(ApiFormat::OpenAi, CachedBody::Stream(sse));
         let body = cached.whole().unwrap();
-        let whole = openai::chat::decode_response(&body).unwrap();
+        let whole = openai::decode_response(&body).unwrap();
         assert_eq!(whole.parts, streamed.parts);
         assert_eq!(
             whole.parts,

@@ -12,6 +12,8 @@ pub mod json;
 pub mod openai;
 pub mod sse;
 pub mod tap;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 pub use api::{ApiFormat, Family, Ingress};
 
@@ -36,12 +38,12 @@ pub trait StreamEncode: Send {
     fn encode(&mut self, event: &StreamEvent, out: &mut BytesMut);
 }
 
-impl StreamDecode for openai::chat::StreamDecoder {
+impl StreamDecode for openai::StreamDecoder {
     fn decode(&mut self, event: &SseEvent) -> Result<Vec<StreamEvent>, DecodeError> {
-        openai::chat::StreamDecoder::decode(self, event)
+        openai::StreamDecoder::decode(self, event)
     }
     fn usage(&self) -> Option<Usage> {
-        openai::chat::StreamDecoder::usage(self)
+        openai::StreamDecoder::usage(self)
     }
 }
 
@@ -66,9 +68,9 @@ impl StreamDecode for gemini::StreamDecoder {
     }
 }
 
-impl StreamEncode for openai::chat::StreamEncoder {
+impl StreamEncode for openai::StreamEncoder {
     fn encode(&mut self, event: &StreamEvent, out: &mut BytesMut) {
-        openai::chat::StreamEncoder::encode(self, event, out);
+        openai::StreamEncoder::encode(self, event, out);
     }
 }
 

@@ -63,7 +63,7 @@ impl<'a> Call<'a> {
             .get_or_init(|| match self.ingress.format() {
                 ApiFormat::OpenAi => {
                     let mut dropped = Dropped::default();
-                    openai::chat::decode_request_reporting(self.body, &mut dropped).map(|r| (r, dropped))
+                    openai::decode_request_reporting(self.body, &mut dropped).map(|r| (r, dropped))
                 }
                 ApiFormat::Anthropic => anthropic::decode_request(self.body).map(|r| (r, Dropped::default())),
             })

@@ -451,7 +451,7 @@ fn respond(call: &Call<'_>, d: Dispatched, done: &mut Completion) -> Result<Repl
                 });
             }
             let decoded: Result<ChatResponse, _> = match provider {
-                Family::OpenAi => openai::chat::decode_response(&body),
+                Family::OpenAi => openai::decode_response(&body),
                 Family::Anthropic => anthropic::decode_response(&body),
                 Family::Gemini => gemini::decode_response(&body),
             };
@@ -459,7 +459,7 @@ fn respond(call: &Call<'_>, d: Dispatched, done: &mut Completion) -> Result<Repl
             done.meter().usage(answer.usage);
             let mut dropped = d.dropped.clone();
             let body: Bytes = match format {
-                ApiFormat::OpenAi => openai::chat::encode_response(&answer, &mut dropped),
+                ApiFormat::OpenAi => openai::encode_response(&answer, &mut dropped),
                 ApiFormat::Anthropic => anthropic::encode_response(&answer, &mut dropped),
             };
             let mut resp = (StatusCode::OK, body.clone()).into_response();

@@ -89,7 +89,7 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
             let (req, decode_dropped) = call.canonical().map_err(Skip::Invalid)?;
             dropped = decode_dropped.clone();
             match provider {
-                Family::OpenAi => openai::chat::encode_request(req, &target.model, &mut dropped),
+                Family::OpenAi => openai::encode_request(req, &target.model, &mut dropped),
                 Family::Anthropic => anthropic::encode_request(req, &target.model, &mut dropped),
                 Family::Gemini => gemini::encode_request(req, &mut dropped),
             }

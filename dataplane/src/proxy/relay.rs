@@ -115,12 +115,12 @@ impl Translate {
     pub fn new(provider: Family, caller: ApiFormat, include_usage: bool) -> Self {
         Translate {
             decoder: match provider {
-                Family::OpenAi => Box::new(openai::chat::StreamDecoder::new()),
+                Family::OpenAi => Box::new(openai::StreamDecoder::new()),
                 Family::Anthropic => Box::new(anthropic::StreamDecoder::new()),
                 Family::Gemini => Box::new(gemini::StreamDecoder::new()),
             },
             encoder: match caller {
-                ApiFormat::OpenAi => Box::new(openai::chat::StreamEncoder::new(include_usage)),
+                ApiFormat::OpenAi => Box::new(openai::StreamEncoder::new(include_usage)),
                 ApiFormat::Anthropic => Box::new(anthropic::StreamEncoder::new()),
             },
             buf: BytesMut::new(),
