@@ -17,11 +17,6 @@ use tokio_util::sync::CancellationToken;
 use crate::client::GlobalArgs;
 use crate::commands::{module, price, provider, route, status, usage};
 
-/// mimalloc instead of the system allocator: the request path allocates and frees many small
-/// buffers from many threads, which glibc's malloc serves slower and holds on to longer.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "drover",

@@ -5,11 +5,6 @@ use drover_dataplane::{Args, DataPlane, process_env};
 use drover_proto::process;
 use tokio_util::sync::CancellationToken;
 
-/// mimalloc instead of the system allocator, as in `drover serve`: the request path allocates
-/// and frees many small buffers from many threads.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "drover-dataplane",
