@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::GlobalArgs;
-use crate::commands::{module, price, provider, route, status, usage};
+use crate::commands::{key, module, price, provider, route, status, tenant, usage};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +48,12 @@ enum Command {
     /// Gateway modules: list, enable, disable.
     #[command(subcommand)]
     Module(module::ModuleCommand),
+    /// Tenants, who virtual keys belong to: create, list, suspend, resume, delete.
+    #[command(subcommand)]
+    Tenant(tenant::TenantCommand),
+    /// Virtual keys: create (the secret is shown once), list, revoke, rotate.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Policy version and the data planes connected, with the version each serves.
     Status(status::StatusArgs),
     /// Requests, tokens and cost from the usage ledger, filtered and grouped, with a total.
@@ -73,6 +79,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Route(c) => admin(route::run(c, global)),
         Command::Price(c) => admin(price::run(c, global)),
         Command::Module(c) => admin(module::run(c, global)),
+        Command::Tenant(c) => admin(tenant::run(c, global)),
+        Command::Key(c) => admin(key::run(c, global)),
         Command::Status(c) => admin(status::run(c, global)),
         Command::Usage(c) => admin(usage::run(c, global)),
     }

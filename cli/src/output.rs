@@ -66,6 +66,11 @@ pub fn printable(s: &str) -> String {
     s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
+/// [`printable`] for text of several lines: newlines stay.
+pub fn printable_lines(s: &str) -> String {
+    s.split('\n').map(printable).collect::<Vec<_>>().join("\n")
+}
+
 /// Pretty JSON with a final newline.
 pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<String> {
     let mut text = serde_json::to_string_pretty(value)?;
@@ -94,6 +99,24 @@ pub fn print_table(table: &Table, empty: &str) -> anyhow::Result<()> {
 /// Prints the line that confirms a change: `provider openai added (policy version 7)`.
 pub fn print_change(what: &str, version: u64) -> anyhow::Result<()> {
     print(&format!("{} (policy version {version})\n", printable(what)))
+}
+
+/// Formats Unix milliseconds as RFC 3339 in UTC to the second: `2026-12-06T09:30:00Z`.
+pub fn utc_time(unix_ms: i64) -> String {
+    let day = drover_proto::model::UtcDay::of_unix_ms(unix_ms);
+    let (y, m, d) = day.ymd();
+    let secs = (unix_ms - day.start_unix_ms()) / 1000;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// [`utc_time`], or `None` for 0 (never / not set): for JSON fields that are null when unset.
+pub fn utc_time_opt(unix_ms: i64) -> Option<String> {
+    (unix_ms != 0).then(|| utc_time(unix_ms))
 }
 
 /// Formats a price (USD per million tokens) without float noise: `2.5`, `0.075`, `10`.

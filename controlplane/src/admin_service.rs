@@ -20,6 +20,7 @@ use crate::policy_service::DataPlanes;
 use crate::prices::PriceSource;
 use crate::store::Store;
 use crate::store::usage::{GroupBy, UsageFilter, UsageTotals};
+use crate::tenancy_api;
 
 /// The `AdminService` implementation.
 pub struct AdminApi {
@@ -200,6 +201,96 @@ impl pb::admin_service_server::AdminService for AdminApi {
             }),
             version,
         }))
+    }
+
+    async fn create_tenant(
+        &self,
+        request: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::TenantResponse>, Status> {
+        Ok(Response::new(
+            tenancy_api::create_tenant(&self.store, request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_tenant(
+        &self,
+        request: Request<pb::GetTenantRequest>,
+    ) -> Result<Response<pb::TenantResponse>, Status> {
+        Ok(Response::new(
+            tenancy_api::get_tenant(&self.store, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_tenants(
+        &self,
+        request: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        Ok(Response::new(
+            tenancy_api::list_tenants(&self.store, request.into_inner()).await?,
+        ))
+    }
+
+    async fn update_tenant(
+        &self,
+        request: Request<pb::UpdateTenantRequest>,
+    ) -> Result<Response<pb::TenantResponse>, Status> {
+        Ok(Response::new(
+            tenancy_api::update_tenant(&self.store, request.into_inner()).await?,
+        ))
+    }
+
+    async fn delete_tenant(
+        &self,
+        request: Request<pb::DeleteTenantRequest>,
+    ) -> Result<Response<pb::DeleteTenantResponse>, Status> {
+        Ok(Response::new(
+            tenancy_api::delete_tenant(&self.store, request.into_inner()).await?,
+        ))
+    }
+
+    async fn create_key(
+        &self,
+        request: Request<pb::CreateKeyRequest>,
+    ) -> Result<Response<pb::KeyWithSecretResponse>, Status> {
+        Ok(Response::new(
+            tenancy_api::create_key(&self.store, request.into_inner()).await?,
+        ))
+    }
+
+    async fn get_key(
+        &self,
+        request: Request<pb::GetKeyRequest>,
+    ) -> Result<Response<pb::KeyResponse>, Status> {
+        Ok(Response::new(
+            tenancy_api::get_key(&self.store, request.into_inner()).await?,
+        ))
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        Ok(Response::new(
+            tenancy_api::list_keys(&self.store, request.into_inner()).await?,
+        ))
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::KeyResponse>, Status> {
+        Ok(Response::new(
+            tenancy_api::revoke_key(&self.store, request.into_inner()).await?,
+        ))
+    }
+
+    async fn rotate_key(
+        &self,
+        request: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::KeyWithSecretResponse>, Status> {
+        Ok(Response::new(
+            tenancy_api::rotate_key(&self.store, request.into_inner()).await?,
+        ))
     }
 
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {

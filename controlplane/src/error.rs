@@ -54,7 +54,12 @@ pub enum StoreError {
 impl From<StoreError> for tonic::Status {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Invalid(invalid) => tonic::Status::invalid_argument(invalid.to_string()),
+            StoreError::Invalid(invalid) => {
+                // The field violation lets a client point at the field without parsing the message.
+                use tonic_types::{ErrorDetails, StatusExt as _};
+                let details = ErrorDetails::with_bad_request_violation(&invalid.field, &invalid.reason);
+                tonic::Status::with_error_details(tonic::Code::InvalidArgument, invalid.to_string(), details)
+            }
             StoreError::NotFound(_) | StoreError::NotFoundWhy(_) => tonic::Status::not_found(e.to_string()),
             StoreError::AlreadyExists(_) => tonic::Status::already_exists(e.to_string()),
             StoreError::FailedPrecondition(msg) => tonic::Status::failed_precondition(msg),

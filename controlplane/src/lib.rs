@@ -18,6 +18,7 @@ mod prices;
 mod secret_file;
 mod snapshot;
 mod store;
+mod tenancy_api;
 mod usage_service;
 
 pub use app::{

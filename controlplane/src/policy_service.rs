@@ -120,8 +120,10 @@ impl Session {
         };
         tracing::info!(dataplane = %id, peer = ?self.peer, serves = hello.version, "data plane connected");
 
-        let mut sent = (hello.store_id, hello.version);
-        if !self.send_if_new(&current, &mut sent).await {
+        // What the data plane serves, as far as this stream knows: what it said in its hello,
+        // then what was last sent (or, after a NACK, what it says it still serves).
+        let mut base = serving(&hello);
+        if !self.send_update(&id, &mut base).await {
             return;
         }
         loop {
@@ -129,7 +131,13 @@ impl Session {
                 biased;
                 () = self.shutdown.cancelled() => break,
                 msg = inbound.message() => match msg {
-                    Ok(Some(msg)) => self.dataplanes.record(&id, &msg),
+                    Ok(Some(msg)) => {
+                        self.dataplanes.record(&id, &msg);
+                        if msg.response_version != 0 && !msg.error.is_empty() {
+                            // The next update builds on what it kept.
+                            base = serving(&msg);
+                        }
+                    }
                     Ok(None) => break,
                     Err(status) => {
                         tracing::debug!(dataplane = %id, error = %status, "policy stream failed");
@@ -141,8 +149,8 @@ impl Session {
                         // The store closed: the control plane is stopping.
                         break;
                     }
-                    let next = snapshots.borrow_and_update().clone();
-                    if !self.send_if_new(&next, &mut sent).await {
+                    snapshots.borrow_and_update();
+                    if !self.send_update(&id, &mut base).await {
                         break;
                     }
                 }
@@ -151,19 +159,33 @@ impl Session {
         tracing::info!(dataplane = %id, "data plane disconnected");
     }
 
-    /// Sends `snapshot` unless it is the `(store_id, version)` last sent or served. Returns
-    /// false when the stream is gone or the control plane is stopping.
-    async fn send_if_new(&self, snapshot: &model::Snapshot, sent: &mut (String, u64)) -> bool {
-        if sent.0 == snapshot.store_id && sent.1 == snapshot.version {
-            return true;
-        }
-        let message = pb::Snapshot::from(snapshot);
+    /// Sends what the data plane needs to go from `base` to the current version (nothing when
+    /// it is there already) and records it as the new base. Returns false when the stream is
+    /// gone or the control plane is stopping.
+    async fn send_update(&self, id: &str, base: &mut Option<(String, u64)>) -> bool {
+        let update = match self.store.policy_update(base.clone()).await {
+            Ok(Some(update)) => update,
+            Ok(None) => return true,
+            Err(e) => {
+                tracing::warn!(dataplane = %id, error = %e, "cannot read the policy for a data plane");
+                return false;
+            }
+        };
+        let next = (update.store_id.clone(), update.version);
+        tracing::debug!(
+            dataplane = %id,
+            version = next.1,
+            base = update.base_version,
+            keys = update.keys.len(),
+            removed_keys = update.removed_keys.len(),
+            "sending policy"
+        );
         let delivered = tokio::select! {
             () = self.shutdown.cancelled() => false,
-            result = self.tx.send(Ok(message)) => result.is_ok(),
+            result = self.tx.send(Ok(update)) => result.is_ok(),
         };
         if delivered {
-            *sent = (snapshot.store_id.clone(), snapshot.version);
+            *base = Some(next);
         }
         delivered
     }
@@ -174,6 +196,11 @@ impl Session {
             _ = self.tx.send(Err(Status::invalid_argument(why))) => {}
         }
     }
+}
+
+/// The snapshot a data plane says it serves, if any.
+fn serving(msg: &pb::WatchRequest) -> Option<(String, u64)> {
+    (!msg.store_id.is_empty() && msg.version != 0).then(|| (msg.store_id.clone(), msg.version))
 }
 
 /// Marks the data plane disconnected when its stream task ends, however it ends.

@@ -150,6 +150,7 @@ fn snapshot(version: u64, up: &MockProvider, route: (&str, &str, &str)) -> pb::S
         }],
         prices: vec![],
         modules: vec![],
+        ..Default::default()
     }
 }
 
@@ -334,4 +335,103 @@ async fn a_data_plane_starts_from_its_last_good_file_when_the_control_plane_is_d
         .await;
     assert_eq!(reply.status, 200);
     assert_eq!(reply.json()["model"], "one");
+}
+
+/// Tenant and key changes travel as deltas: the data planes move to each new version, keep
+/// their routes, and one restarted from its last-good file catches up from the version it had.
+#[tokio::test]
+async fn key_changes_reach_data_planes_as_deltas_and_keep_the_routes() {
+    let up = MockProvider::openai().start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let last_good = dir.path().join("policy.bin");
+    let mut gw = Gateway::builder()
+        .dataplanes(2)
+        .configure({
+            let last_good = last_good.clone();
+            move |c| c.last_good = Some(last_good.clone())
+        })
+        .start()
+        .await;
+    gw.provider("up", &up.base_url()).await;
+    let v = gw.route("m", &["up/one"]).await;
+    gw.wait_all(v).await;
+
+    let mut admin = gw.cp.admin().await;
+    admin
+        .create_tenant(pb::CreateTenantRequest {
+            name: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let key = admin
+        .create_key(pb::CreateKeyRequest {
+            tenant: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    gw.wait_all(key.version).await;
+    for dp in &gw.dps {
+        let reply = gw
+            .send_to(
+                &dp.url(),
+                "POST",
+                "/v1/chat/completions",
+                &[],
+                drover_tests::chat_body("m", "x", false),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "the routes survive a delta: {}", reply.text());
+    }
+    let key_id = key.key.unwrap().id;
+    let on_disk = |path: &std::path::Path| -> pb::Snapshot {
+        prost::Message::decode(std::fs::read(path).unwrap_or_default().as_slice()).unwrap_or_default()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while on_disk(&last_good).version < key.version {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the last-good file follows deltas"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let saved = on_disk(&last_good);
+    assert_eq!(
+        (saved.base_version, saved.config_unchanged),
+        (0, false),
+        "saved complete"
+    );
+    assert_eq!(saved.keys.len(), 1);
+    assert_eq!(saved.routes.len(), 1);
+
+    // One data plane goes away; the key is revoked and a route changes meanwhile.
+    gw.dps[1].stop().await;
+    admin
+        .revoke_key(pb::RevokeKeyRequest { id: key_id })
+        .await
+        .unwrap();
+    let v = gw.route("m", &["up/two"]).await;
+    // Restarted from its last-good file, it catches up with both changes.
+    let mut config = dataplane_config(&gw.cp.url());
+    config.last_good = Some(last_good.clone());
+    let dp = TestDataPlane::start(config).await;
+    dp.wait_for_version(v).await;
+    let reply = gw
+        .send_to(
+            &dp.url(),
+            "POST",
+            "/v1/chat/completions",
+            &[],
+            drover_tests::chat_body("m", "x", false),
+        )
+        .await;
+    assert_eq!(reply.json()["model"], "two");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while on_disk(&last_good).version < v {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(on_disk(&last_good).keys.is_empty(), "the revoked key is gone");
 }

@@ -2,11 +2,13 @@
 //! rules as the control plane (`drover_proto::model`) before connecting, makes the call and
 //! prints the result. Connecting and error wording live in `client`, formatting in `output`.
 
+pub mod key;
 pub mod module;
 pub mod price;
 pub mod provider;
 pub mod route;
 pub mod status;
+pub mod tenant;
 pub mod usage;
 
 use clap::Args;

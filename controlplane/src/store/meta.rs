@@ -58,11 +58,22 @@ pub(crate) fn version(conn: &Connection) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("policy version {v}")))
 }
 
-/// Increments the policy version; call inside the transaction that makes the change.
-pub(super) fn bump(conn: &Connection) -> Result<u64, StoreError> {
+/// The version of the last change to the config (providers, routes, prices, modules).
+pub(crate) fn config_version(conn: &Connection) -> Result<u64, StoreError> {
+    let v: i64 = conn.query_row("SELECT config_version FROM meta WHERE id = 1", [], |row| {
+        row.get(0)
+    })?;
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("config version {v}")))
+}
+
+/// Increments the policy version, and with `config` records it as the config's version too;
+/// call inside the transaction that makes the change.
+pub(super) fn bump(conn: &Connection, config: bool) -> Result<u64, StoreError> {
     let v: i64 = conn.query_row(
-        "UPDATE meta SET version = version + 1 WHERE id = 1 RETURNING version",
-        [],
+        "UPDATE meta SET version = version + 1,
+             config_version = CASE WHEN ?1 THEN version + 1 ELSE config_version END
+         WHERE id = 1 RETURNING version",
+        [config],
         |row| row.get(0),
     )?;
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("policy version {v}")))

@@ -163,6 +163,54 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE routes ADD COLUMN retry_after_send INTEGER NOT NULL DEFAULT 0
         CHECK (retry_after_send IN (0, 1));
     "#,
+    // 7: tenants and virtual keys. `rev` is the policy version of a row's last change, so the
+    // policy stream can send what changed since a version; deleted tenants and revoked keys
+    // stay as rows (their `rev` says when they went) and are never reused. `config_version`
+    // is the version of the last change to providers, routes, prices or modules. `idempotency`
+    // keeps the answer of each create called with a request id, encrypted, for retries.
+    r#"
+    ALTER TABLE meta ADD COLUMN config_version INTEGER NOT NULL DEFAULT 0;
+    UPDATE meta SET config_version = version;
+
+    CREATE TABLE tenants (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('active', 'suspended', 'deleted')),
+        created_unix_ms INTEGER NOT NULL,
+        rev INTEGER NOT NULL
+    ) STRICT;
+    CREATE UNIQUE INDEX tenants_by_name ON tenants(name) WHERE state != 'deleted';
+    CREATE INDEX tenants_by_rev ON tenants(rev);
+
+    CREATE TABLE keys (
+        id TEXT PRIMARY KEY,
+        tenant_id INTEGER NOT NULL REFERENCES tenants(id),
+        name TEXT NOT NULL,
+        prefix TEXT NOT NULL,
+        hash BLOB NOT NULL UNIQUE,
+        models TEXT NOT NULL,
+        created_unix_ms INTEGER NOT NULL,
+        expires_unix_ms INTEGER NOT NULL,
+        revoked_unix_ms INTEGER NOT NULL,
+        previous_hash BLOB,
+        previous_expires_unix_ms INTEGER NOT NULL,
+        last_used_unix_ms INTEGER NOT NULL,
+        rev INTEGER NOT NULL
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX keys_by_rev ON keys(rev);
+    CREATE INDEX keys_by_tenant ON keys(tenant_id, id);
+
+    CREATE TABLE idempotency (
+        rpc TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        request_hash BLOB NOT NULL,
+        response_enc BLOB NOT NULL,
+        created_unix_ms INTEGER NOT NULL,
+        PRIMARY KEY (rpc, request_id)
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX idempotency_by_time ON idempotency(created_unix_ms);
+    "#,
 ];
 
 /// Brings the schema up to date. Fails on a database from a newer build.

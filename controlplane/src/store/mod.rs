@@ -12,13 +12,20 @@
 //! provider is unused) happen in the transaction.
 
 pub mod crypto;
+pub(crate) mod idempotency;
+pub(crate) mod keys;
 pub(crate) mod meta;
 mod migrations;
 pub(crate) mod modules;
+pub(crate) mod page;
 pub(crate) mod prices;
 pub(crate) mod providers;
 pub(crate) mod routes;
+mod tenancy;
+pub(crate) mod tenants;
 pub(crate) mod usage;
+
+pub use tenancy::{NewSecret, TenantUpdate};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -248,7 +255,7 @@ impl Db {
             // Nothing changed: the transaction rolls back when dropped, the version stays.
             return meta::version(&tx);
         }
-        let version = meta::bump(&tx)?;
+        let version = meta::bump(&tx, true)?;
         let snapshot = snapshot::load(&tx, &self.cipher)?;
         tx.commit()?;
         self.publisher.send_replace(Arc::new(snapshot));

@@ -322,8 +322,22 @@ fn apply(conn: &mut Connection, batches: &[(&str, &[UsageRecord])]) -> Result<Ve
         .map(|&(dataplane_id, records)| insert_records(&tx, watermark, dataplane_id, records, &mut rollups))
         .collect::<Result<Vec<_>, _>>()?;
     upsert_rollups(&tx, &rollups)?;
+    super::keys::touch(&tx, &last_used(batches))?;
     tx.commit()?;
     Ok(applied)
+}
+
+/// When each key in `batches` was last used: "last used" of `drover key list` comes from here,
+/// a write per key and batch, never per request.
+fn last_used(batches: &[(&str, &[UsageRecord])]) -> Vec<(String, i64)> {
+    let mut latest: HashMap<&str, i64> = HashMap::new();
+    for r in batches.iter().flat_map(|(_, records)| records.iter()) {
+        if !r.key_id.is_empty() {
+            let at = latest.entry(r.key_id.as_str()).or_insert(r.time_unix_ms);
+            *at = (*at).max(r.time_unix_ms);
+        }
+    }
+    latest.into_iter().map(|(k, at)| (k.to_owned(), at)).collect()
 }
 
 /// Inserts the records not applied before; adds those to `rollups`. Only a record from before

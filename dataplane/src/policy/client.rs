@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::control::{Backoff, Link, LinkError, causes};
 use crate::health::HealthRegistry;
 use crate::metrics::Metrics;
-use crate::policy::{Policy, PolicyStore, last_good};
+use crate::policy::{Policy, PolicyStore, delta, last_good};
 use crate::providers::EnvLookup;
 use crate::providers::credential::EnvAllowList;
 
@@ -72,6 +72,20 @@ enum SessionError {
     Status(#[from] tonic::Status),
     #[error("the control plane closed the stream")]
     Closed,
+}
+
+/// The complete snapshot `serving` was compiled from.
+fn base_of(serving: Option<&Policy>) -> Result<Option<pb::Snapshot>, drover_proto::model::InvalidPolicy> {
+    serving
+        .map(|p| {
+            prost::Message::decode(p.encoded.clone()).map_err(|e| {
+                drover_proto::model::InvalidPolicy::new(
+                    "base_version",
+                    format!("the serving snapshot cannot be read back: {e}"),
+                )
+            })
+        })
+        .transpose()
 }
 
 /// Runs until `shutdown` is cancelled.
@@ -151,9 +165,20 @@ async fn session(w: &Watch, applied_any: &mut bool) -> Result<(), SessionError> 
     w.metrics.policy_connects.inc();
     tracing::info!(control_plane = %w.link.url, "policy stream open");
 
-    while let Some(snapshot) = inbound.message().await? {
-        let version = snapshot.version;
-        match Policy::compile(&snapshot, &w.env, &w.credential_env_allow, &w.health) {
+    while let Some(update) = inbound.message().await? {
+        let version = update.version;
+        // A delta builds on the complete snapshot served now, kept encoded in the policy.
+        let serving = w.store.load();
+        let base = if update.base_version == 0 {
+            Ok(None)
+        } else {
+            base_of(serving.as_deref())
+        };
+        let compiled = base
+            .and_then(|base| delta::apply(base.as_ref(), update))
+            .and_then(|snapshot| Policy::compile(&snapshot, &w.env, &w.credential_env_allow, &w.health));
+        drop(serving);
+        match compiled {
             Ok(policy) => {
                 let policy = Arc::new(policy);
                 w.store.store(policy.clone());

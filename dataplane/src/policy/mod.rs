@@ -15,6 +15,7 @@
 //! and never sent.
 
 pub mod client;
+pub mod delta;
 pub mod last_good;
 
 use std::collections::{HashMap, HashSet};
@@ -320,6 +321,7 @@ mod tests {
             }],
             prices: vec![],
             modules: vec![],
+            ..Default::default()
         }
     }
 

@@ -536,6 +536,7 @@ mod tests {
             }],
             prices: vec![],
             modules: vec![],
+            ..Default::default()
         };
         let env: crate::providers::EnvLookup = Arc::new(|_: &str| Some("sk-test".to_owned()));
         Policy::compile(&snapshot, &env, &EnvAllowList::default(), health).unwrap()

@@ -114,6 +114,7 @@ mod tests {
             ],
             prices: vec![],
             modules: vec![],
+            ..Default::default()
         };
         let env: crate::providers::EnvLookup = Arc::new(|_: &str| None);
         let allow = crate::providers::credential::EnvAllowList::default();

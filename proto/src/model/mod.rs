@@ -8,6 +8,7 @@
 
 mod credential;
 mod error;
+mod key;
 mod modules;
 mod names;
 mod price;
@@ -15,6 +16,7 @@ mod provider;
 mod reports;
 mod route;
 mod snapshot;
+mod tenant;
 #[cfg(test)]
 mod test_support;
 mod usage;
@@ -24,6 +26,12 @@ pub use credential::{
     validate_credential_env, validate_env_var,
 };
 pub use error::{InvalidPolicy, MAX_QUOTED_CHARS, quoted};
+pub use key::{
+    Digest, KEY_ID_BODY_LEN, KEY_ID_PREFIX, MAX_EXPIRES_UNIX_MS, MAX_GRACE_SECS, MAX_KEY_MODELS,
+    MAX_KEY_NAME_LEN, MAX_REQUEST_ID_CHARS, SECRET_BODY_LEN, SECRET_PREFIX, SHOWN_SECRET_LEN, VirtualKey,
+    is_secret_shaped, validate_expiry, validate_key_id, validate_key_models, validate_key_name,
+    validate_request_id,
+};
 pub use modules::{AVAILABLE_MODULES, Module, Modules};
 pub use names::{
     MAX_NAME_LEN, MAX_PROVIDER_NAME_LEN, MAX_REQUEST_MODEL_LEN, URL_STEERING_MODELS, is_path_segment_model,
@@ -39,6 +47,10 @@ pub use reports::{
 };
 pub use route::{MAX_CACHE_TTL_SECS, MAX_TARGETS, MAX_WEIGHT, Route, Strategy, Target};
 pub use snapshot::Snapshot;
+pub use tenant::{
+    Labels, MAX_LABEL_KEY_LEN, MAX_LABEL_VALUE_LEN, MAX_LABELS, MAX_TENANT_NAME_LEN, Tenant, validate_label,
+    validate_labels, validate_tenant_name,
+};
 pub use usage::{
     MAX_REQUEST_ID_LEN, MAX_USAGE_NANO_USD, MAX_USAGE_TIME_UNIX_MS, MAX_USAGE_TOKENS, MS_PER_DAY,
     UsageRecord, UtcDay, cost_nano_usd,

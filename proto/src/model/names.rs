@@ -13,10 +13,21 @@ pub const MAX_REQUEST_MODEL_LEN: usize = MAX_PROVIDER_NAME_LEN + 1 + MAX_NAME_LE
 
 /// Checks a provider name: 1–64 of `[a-z0-9_-]`, starting with a letter.
 pub fn validate_provider_name(name: &str) -> Result<(), InvalidPolicy> {
+    validate_slug("name", "provider name", name, MAX_PROVIDER_NAME_LEN)
+}
+
+/// Checks a name made for URLs and command lines (providers, tenants): 1–`max_len` of
+/// `[a-z0-9_-]`, starting with a letter. `what` names it in the error, e.g. `provider name`.
+pub(crate) fn validate_slug(
+    field: &str,
+    what: &str,
+    name: &str,
+    max_len: usize,
+) -> Result<(), InvalidPolicy> {
     if name.is_empty() {
-        return Err(InvalidPolicy::new("name", "provider name must not be empty"));
+        return Err(InvalidPolicy::new(field, format!("{what} must not be empty")));
     }
-    let ok = name.len() <= MAX_PROVIDER_NAME_LEN
+    let ok = name.len() <= max_len
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
@@ -25,9 +36,9 @@ pub fn validate_provider_name(name: &str) -> Result<(), InvalidPolicy> {
         Ok(())
     } else {
         Err(InvalidPolicy::new(
-            "name",
+            field,
             format!(
-                "provider name {} must be 1-{MAX_PROVIDER_NAME_LEN} of a-z, 0-9, '-' and '_', starting with a letter",
+                "{what} {} must be 1-{max_len} of a-z, 0-9, '-' and '_', starting with a letter",
                 quoted(name)
             ),
         ))

@@ -1,4 +1,5 @@
-//! A complete, validated policy snapshot, as the control plane distributes it.
+//! The config of a policy snapshot (providers, routes, prices, modules), validated. Tenants and
+//! keys, which travel as deltas, are validated entry by entry (`Tenant`, `VirtualKey`).
 
 use std::collections::HashSet;
 
@@ -104,6 +105,7 @@ impl From<&Snapshot> for pb::Snapshot {
             routes: s.routes.iter().map(Into::into).collect(),
             prices: s.prices.iter().map(Into::into).collect(),
             modules: s.modules.to_wire(),
+            ..Default::default()
         }
     }
 }

@@ -51,5 +51,6 @@ pub(super) fn snapshot() -> pb::Snapshot {
             enabled: true,
             available: false,
         }],
+        ..Default::default()
     }
 }
