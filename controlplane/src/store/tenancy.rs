@@ -72,6 +72,27 @@ fn now_unix_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Runs `make` unless `idempotency` names an earlier call, whose answer is returned instead;
+/// records the new answer for retries.
+fn once<M: prost::Message + Default>(
+    conn: &Connection,
+    cipher: &Cipher,
+    idempotency: Option<&Idempotency>,
+    now: i64,
+    make: impl FnOnce() -> Result<M, StoreError>,
+) -> Result<Outcome<M>, StoreError> {
+    if let Some(key) = idempotency
+        && let Some(answer) = idempotency::replay(conn, cipher, key, now)?
+    {
+        return Ok(Outcome::Unchanged(answer));
+    }
+    let answer = make()?;
+    if let Some(key) = idempotency {
+        idempotency::record(conn, cipher, key, &answer, now)?;
+    }
+    Ok(Outcome::Changed(answer))
+}
+
 impl Store {
     async fn tenancy<T: Send + 'static>(
         &self,
@@ -90,20 +111,13 @@ impl Store {
         let (answer, _) = self
             .tenancy(move |conn, cipher, rev| {
                 let now = now_unix_ms();
-                if let Some(key) = &idempotency
-                    && let Some(answer) = idempotency::replay(conn, cipher, key, now)?
-                {
-                    return Ok(Outcome::Unchanged(answer));
-                }
-                let row = tenants::insert(conn, &name, &labels, now, rev)?;
-                let answer = pb::TenantResponse {
-                    tenant: Some(tenants::info(conn, &row, now)?),
-                    version: rev,
-                };
-                if let Some(key) = &idempotency {
-                    idempotency::record(conn, cipher, key, &answer, now)?;
-                }
-                Ok(Outcome::Changed(answer))
+                once(conn, cipher, idempotency.as_ref(), now, || {
+                    let row = tenants::insert(conn, &name, &labels, now, rev)?;
+                    Ok(pb::TenantResponse {
+                        tenant: Some(tenants::info(conn, &row, now)?),
+                        version: rev,
+                    })
+                })
             })
             .await?;
         Ok(answer)
@@ -218,29 +232,22 @@ impl Store {
         let (answer, _) = self
             .tenancy(move |conn, cipher, rev| {
                 let now = now_unix_ms();
-                if let Some(idem) = &idempotency
-                    && let Some(answer) = idempotency::replay(conn, cipher, idem, now)?
-                {
-                    return Ok(Outcome::Unchanged(answer));
-                }
-                let owner = tenants::get(conn, &tenant)?;
-                let key = NewKey {
-                    tenant_id: owner.id,
-                    prefix: secret.prefix.clone(),
-                    hash: secret.hash,
-                    created_unix_ms: now,
-                    ..key
-                };
-                keys::insert(conn, &key, rev)?;
-                let answer = pb::KeyWithSecretResponse {
-                    key: Some(keys::get(conn, &key.id)?.info(now)),
-                    secret: secret.secret,
-                    version: rev,
-                };
-                if let Some(idem) = &idempotency {
-                    idempotency::record(conn, cipher, idem, &answer, now)?;
-                }
-                Ok(Outcome::Changed(answer))
+                once(conn, cipher, idempotency.as_ref(), now, || {
+                    let owner = tenants::get(conn, &tenant)?;
+                    let key = NewKey {
+                        tenant_id: owner.id,
+                        prefix: secret.prefix.clone(),
+                        hash: secret.hash,
+                        created_unix_ms: now,
+                        ..key
+                    };
+                    keys::insert(conn, &key, rev)?;
+                    Ok(pb::KeyWithSecretResponse {
+                        key: Some(keys::get(conn, &key.id)?.info(now)),
+                        secret: secret.secret,
+                        version: rev,
+                    })
+                })
             })
             .await?;
         Ok(answer)
@@ -306,28 +313,21 @@ impl Store {
         let (answer, _) = self
             .tenancy(move |conn, cipher, rev| {
                 let now = now_unix_ms();
-                if let Some(idem) = &idempotency
-                    && let Some(answer) = idempotency::replay(conn, cipher, idem, now)?
-                {
-                    return Ok(Outcome::Unchanged(answer));
-                }
-                let row: KeyRow = keys::get(conn, &id)?;
-                if row.state(now) == KeyState::Revoked {
-                    return Err(StoreError::FailedPrecondition(format!(
-                        "key {} is revoked; create a new one",
-                        quoted(&id)
-                    )));
-                }
-                keys::rotate(conn, &id, &secret.hash, &secret.prefix, now + grace_ms, now, rev)?;
-                let answer = pb::KeyWithSecretResponse {
-                    key: Some(keys::get(conn, &id)?.info(now)),
-                    secret: secret.secret,
-                    version: rev,
-                };
-                if let Some(idem) = &idempotency {
-                    idempotency::record(conn, cipher, idem, &answer, now)?;
-                }
-                Ok(Outcome::Changed(answer))
+                once(conn, cipher, idempotency.as_ref(), now, || {
+                    let row: KeyRow = keys::get(conn, &id)?;
+                    if row.state(now) == KeyState::Revoked {
+                        return Err(StoreError::FailedPrecondition(format!(
+                            "key {} is revoked; create a new one",
+                            quoted(&id)
+                        )));
+                    }
+                    keys::rotate(conn, &id, &secret.hash, &secret.prefix, now + grace_ms, now, rev)?;
+                    Ok(pb::KeyWithSecretResponse {
+                        key: Some(keys::get(conn, &id)?.info(now)),
+                        secret: secret.secret,
+                        version: rev,
+                    })
+                })
             })
             .await?;
         Ok(answer)
