@@ -134,7 +134,7 @@ async fn admin_api_round_trip_never_returns_a_stored_key() {
         .collect();
     assert_eq!(modules.len(), 5);
     assert!(modules.contains(&("rate_limit".into(), false, false)));
-    assert!(modules.contains(&("auth".into(), false, false)));
+    assert!(modules.contains(&("auth".into(), false, true)));
     let changed = client
         .set_price(authed(set_price("other-model", 2.0), ADMIN))
         .await

@@ -213,10 +213,17 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         out,
         "# HELP drover_target_health_entries Targets whose health (breaker, cool-down) is remembered: route targets, and direct provider/model names (bounded).\n# TYPE drover_target_health_entries gauge\ndrover_target_health_entries{{kind=\"route\"}} {route_targets}\ndrover_target_health_entries{{kind=\"direct\"}} {direct_targets}"
     );
-    let (unavailable, unusable) = state
-        .policy
-        .load()
-        .map_or((0, 0), |p| (p.unavailable.len(), p.unusable_targets.len()));
+    let (unavailable, unusable, keys) = state.policy.load().map_or((0, 0, 0), |p| {
+        (
+            p.config.unavailable.len(),
+            p.config.unusable_targets.len(),
+            p.tenancy.len(),
+        )
+    });
+    let _ = writeln!(
+        out,
+        "# HELP drover_policy_keys Virtual keys of the serving policy.\n# TYPE drover_policy_keys gauge\ndrover_policy_keys {keys}"
+    );
     let _ = writeln!(
         out,
         "# HELP drover_providers_unavailable Providers of the serving policy this data plane cannot use (e.g. credential not resolvable).\n# TYPE drover_providers_unavailable gauge\ndrover_providers_unavailable {unavailable}"

@@ -145,6 +145,13 @@ pub enum ProxyError {
     Overloaded,
     #[error("the model `{model}` does not exist or you do not have access to it")]
     UnknownModel { model: String },
+    /// No usable virtual key (the `auth` module is on): missing, unknown, revoked, expired, or
+    /// its tenant is suspended. `reason` says which, never the key.
+    #[error("{reason}")]
+    Unauthenticated { reason: &'static str },
+    /// The caller's key may not use this model.
+    #[error("this API key may not use the model `{model}`")]
+    ModelNotAllowed { model: String },
     #[error("{message}")]
     Unsupported { message: String },
     /// Strict translation was asked for and the target's format cannot express these.
@@ -195,6 +202,8 @@ impl ProxyError {
             ProxyError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ProxyError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::UnknownModel { .. } | ProxyError::NoSuchPath { .. } => StatusCode::NOT_FOUND,
+            ProxyError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Upstream { last, .. } => match last.kind {
                 FailureKind::Connect
@@ -245,6 +254,10 @@ impl ProxyError {
             ProxyError::Overloaded => ("server_error", None, Some("overloaded")),
             ProxyError::UnknownModel { .. } => {
                 ("invalid_request_error", Some("model"), Some("model_not_found"))
+            }
+            ProxyError::Unauthenticated { .. } => ("invalid_request_error", None, Some("invalid_api_key")),
+            ProxyError::ModelNotAllowed { .. } => {
+                ("invalid_request_error", Some("model"), Some("model_not_allowed"))
             }
             ProxyError::Unsupported { .. } => ("invalid_request_error", None, Some("unsupported")),
             ProxyError::Untranslatable { .. } => ("invalid_request_error", None, Some("untranslatable")),

@@ -555,6 +555,55 @@ impl Gateway {
         v
     }
 
+    /// Creates tenant `name`; returns the policy version.
+    pub async fn tenant(&self, name: &str) -> u64 {
+        self.admin
+            .clone()
+            .create_tenant(pb::CreateTenantRequest {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("create tenant")
+            .into_inner()
+            .version
+    }
+
+    /// Creates a key of `tenant` limited to `models` (empty: any) and waits until every data
+    /// plane has it; returns the key's answer (id, secret, version).
+    pub async fn key(&self, tenant: &str, models: &[&str]) -> pb::KeyWithSecretResponse {
+        let key = self
+            .admin
+            .clone()
+            .create_key(pb::CreateKeyRequest {
+                tenant: tenant.into(),
+                models: models.iter().map(|m| (*m).to_owned()).collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("create key")
+            .into_inner();
+        self.wait_all(key.version).await;
+        key
+    }
+
+    /// Switches a module on or off and waits until every data plane serves the change.
+    pub async fn module(&self, name: &str, enabled: bool) -> u64 {
+        let v = self
+            .admin
+            .clone()
+            .set_module(pb::SetModuleRequest {
+                name: name.into(),
+                enabled,
+            })
+            .await
+            .expect("set module")
+            .into_inner()
+            .version;
+        self.wait_all(v).await;
+        v
+    }
+
     /// The ledger's total over all usage.
     pub async fn usage_total(&self) -> pb::UsageRow {
         self.admin

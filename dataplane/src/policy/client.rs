@@ -12,7 +12,9 @@ use std::sync::Arc;
 use drover_proto::limits::{MAX_POLICY_MESSAGE_BYTES, MAX_REQUEST_BYTES};
 use drover_proto::pb;
 use drover_proto::pb::policy_service_client::PolicyServiceClient;
-use tokio::sync::mpsc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -21,7 +23,7 @@ use crate::config::Config;
 use crate::control::{Backoff, Link, LinkError, causes};
 use crate::health::HealthRegistry;
 use crate::metrics::Metrics;
-use crate::policy::{Policy, PolicyStore, delta, last_good};
+use crate::policy::{Policy, PolicyStore, last_good};
 use crate::providers::EnvLookup;
 use crate::providers::credential::EnvAllowList;
 
@@ -74,28 +76,41 @@ enum SessionError {
     Closed,
 }
 
-/// The complete snapshot `serving` was compiled from.
-fn base_of(serving: Option<&Policy>) -> Result<Option<pb::Snapshot>, drover_proto::model::InvalidPolicy> {
-    serving
-        .map(|p| {
-            prost::Message::decode(p.encoded.clone()).map_err(|e| {
-                drover_proto::model::InvalidPolicy::new(
-                    "base_version",
-                    format!("the serving snapshot cannot be read back: {e}"),
-                )
-            })
+/// At most one last-good write per this long: under a burst of key changes the file follows
+/// the newest version, not every one.
+const LAST_GOOD_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes each policy sent on `policies` to the last-good file, whole, at most once per
+/// [`LAST_GOOD_EVERY`]. Ends when the sender is dropped.
+async fn save_last_good(path: PathBuf, mut policies: watch::Receiver<Option<Arc<Policy>>>) {
+    while policies.changed().await.is_ok() {
+        let Some(policy) = policies.borrow_and_update().clone() else {
+            continue;
+        };
+        let path = path.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            last_good::write(&path, &prost::Message::encode_to_vec(&policy.to_wire()))
         })
-        .transpose()
+        .await;
+        if let Ok(Err(e)) = saved {
+            tracing::warn!(error = %e, "could not write the last-good policy file");
+        }
+        tokio::time::sleep(LAST_GOOD_EVERY).await;
+    }
 }
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(watch: Watch, shutdown: CancellationToken) {
     let mut backoff = Backoff::default();
+    let (applied, policies) = watch::channel(None);
+    if let Some(path) = watch.last_good.clone() {
+        tokio::spawn(save_last_good(path, policies));
+    }
     loop {
         let mut applied_any = false;
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = session(&watch, &mut applied_any) => r,
+            r = session(&watch, &applied, &mut applied_any) => r,
         };
         if let Err(e) = result {
             match &e {
@@ -118,7 +133,11 @@ pub async fn run(watch: Watch, shutdown: CancellationToken) {
     }
 }
 
-async fn session(w: &Watch, applied_any: &mut bool) -> Result<(), SessionError> {
+async fn session(
+    w: &Watch,
+    applied: &watch::Sender<Option<Arc<Policy>>>,
+    applied_any: &mut bool,
+) -> Result<(), SessionError> {
     let endpoint = w.link.endpoint()?;
     // Counts attempts that never got a stream: unreachable, TLS refused, call refused.
     let failed = |e: SessionError| {
@@ -148,11 +167,11 @@ async fn session(w: &Watch, applied_any: &mut bool) -> Result<(), SessionError> 
             http_addr: w.http_addr.clone(),
             unavailable_providers: serving
                 .iter()
-                .flat_map(|p| p.unavailable.iter().map(Into::into))
+                .flat_map(|p| p.config.unavailable.iter().map(Into::into))
                 .collect(),
             unusable_targets: serving
                 .iter()
-                .flat_map(|p| p.unusable_targets.iter().map(Into::into))
+                .flat_map(|p| p.config.unusable_targets.iter().map(Into::into))
                 .collect(),
         }
     };
@@ -167,17 +186,11 @@ async fn session(w: &Watch, applied_any: &mut bool) -> Result<(), SessionError> 
 
     while let Some(update) = inbound.message().await? {
         let version = update.version;
-        // A delta builds on the complete snapshot served now, kept encoded in the policy.
-        let serving = w.store.load();
-        let base = if update.base_version == 0 {
-            Ok(None)
-        } else {
-            base_of(serving.as_deref())
+        // A delta builds on the policy served now.
+        let compiled = match w.store.load() {
+            Some(serving) => serving.apply(&update, &w.env, &w.credential_env_allow, &w.health),
+            None => Policy::compile(&update, &w.env, &w.credential_env_allow, &w.health),
         };
-        let compiled = base
-            .and_then(|base| delta::apply(base.as_ref(), update))
-            .and_then(|snapshot| Policy::compile(&snapshot, &w.env, &w.credential_env_allow, &w.health));
-        drop(serving);
         match compiled {
             Ok(policy) => {
                 let policy = Arc::new(policy);
@@ -185,20 +198,14 @@ async fn session(w: &Watch, applied_any: &mut bool) -> Result<(), SessionError> 
                 w.metrics.policy_applied.inc();
                 *applied_any = true;
                 tracing::info!(version, "policy applied");
-                for u in &policy.unavailable {
+                for u in &policy.config.unavailable {
                     tracing::warn!(version, provider = %u.provider, reason = %u.reason, "provider unavailable on this data plane");
                 }
-                for u in &policy.unusable_targets {
+                for u in &policy.config.unusable_targets {
                     tracing::warn!(version, route = %u.route, target = %u.target, reason = %u.reason, "route target unusable on this data plane");
                 }
                 let _ = tx.send(message(version, String::new())).await;
-                if let Some(path) = w.last_good.clone() {
-                    let saved =
-                        tokio::task::spawn_blocking(move || last_good::write(&path, &policy.encoded)).await;
-                    if let Ok(Err(e)) = saved {
-                        tracing::warn!(error = %e, "could not write the last-good policy file");
-                    }
-                }
+                applied.send_replace(Some(policy));
             }
             Err(e) => {
                 w.metrics.policy_rejected.inc();

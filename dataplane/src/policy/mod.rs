@@ -15,8 +15,8 @@
 //! and never sent.
 
 pub mod client;
-pub mod delta;
 pub mod last_good;
+pub mod tenancy;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -31,6 +31,7 @@ use drover_proto::pb;
 use crate::health::{HealthRegistry, TargetHealth};
 use crate::providers::credential::EnvAllowList;
 use crate::providers::{EnvLookup, ProviderRt};
+use tenancy::Tenancy;
 
 /// One upstream model, resolved: its provider, the model name ready to splice into a body,
 /// and the health state shared with every earlier policy that had the same target.
@@ -61,30 +62,64 @@ pub struct CompiledRoute {
     pub retry_after_send: bool,
 }
 
-/// Everything a request needs to be decided, for one snapshot version.
+/// Everything a request needs to be decided, for one snapshot version: the config, which a
+/// version shares with the one before when only tenants or keys changed, and the tenancy.
 #[derive(Debug)]
 pub struct Policy {
     pub store_id: String,
     pub version: u64,
+    pub config: Arc<PolicyConfig>,
+    pub tenancy: Tenancy,
+}
+
+/// Providers, routes, prices and module flags, compiled.
+#[derive(Debug)]
+pub struct PolicyConfig {
     pub providers: HashMap<String, Arc<ProviderRt>>,
     /// Providers this data plane cannot use, with why, sorted by name.
     pub unavailable: Vec<UnavailableProvider>,
     /// Route targets this data plane never sends, with why, sorted by route and target.
     pub unusable_targets: Vec<UnusableTarget>,
     pub routes: HashMap<String, CompiledRoute>,
-    #[expect(
-        dead_code,
-        reason = "read by the authenticate and admit phases as the gateway modules land"
-    )]
     pub modules: Modules,
     /// Prices by `provider/model` (a per-provider override) or `model`.
     pub prices: HashMap<String, model::Price>,
+    /// Every name `GET /v1/models` lists (aliases and direct targets) with its owner, sorted.
+    pub listed: Vec<(String, String)>,
     /// The body of `GET /v1/models`, rendered once.
     pub models_body: Bytes,
     /// The same list in Anthropic's shape.
     pub anthropic_models_body: Bytes,
-    /// The encoded snapshot, for the last-good file.
-    pub encoded: Bytes,
+    /// The config as it came, for the last-good file.
+    wire: pb::Snapshot,
+}
+
+/// The body of OpenAI's `GET /v1/models` for `listed` (name, owner).
+pub fn openai_models_body(listed: &[(String, String)]) -> Bytes {
+    let data: Vec<_> = listed
+        .iter()
+        .map(|(id, owner)| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
+        .collect();
+    Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string())
+}
+
+/// The same list in Anthropic's shape.
+pub fn anthropic_models_body(listed: &[(String, String)]) -> Bytes {
+    let data: Vec<_> = listed
+        .iter()
+        .map(|(id, _)| {
+            serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"})
+        })
+        .collect();
+    Bytes::from(
+        serde_json::json!({
+            "data": data,
+            "has_more": false,
+            "first_id": listed.first().map(|(id, _)| id),
+            "last_id": listed.last().map(|(id, _)| id),
+        })
+        .to_string(),
+    )
 }
 
 fn json_string(s: &str) -> Bytes {
@@ -92,9 +127,84 @@ fn json_string(s: &str) -> Bytes {
 }
 
 impl Policy {
-    /// Validates and indexes a snapshot, resolving `env:VAR` credentials through `env` for the
-    /// variables `allow` lets through. Never touches the serving policy.
+    /// Validates and indexes a complete snapshot, resolving `env:VAR` credentials through `env`
+    /// for the variables `allow` lets through. Never touches the serving policy.
     pub fn compile(
+        snapshot: &pb::Snapshot,
+        env: &EnvLookup,
+        allow: &EnvAllowList,
+        health: &HealthRegistry,
+    ) -> Result<Self, InvalidPolicy> {
+        if snapshot.base_version != 0 || snapshot.config_unchanged {
+            return Err(InvalidPolicy::new(
+                "base_version",
+                "a delta arrived where a complete snapshot was needed",
+            ));
+        }
+        Ok(Policy {
+            store_id: snapshot.store_id.clone(),
+            version: snapshot.version,
+            config: Arc::new(PolicyConfig::compile(snapshot, env, allow, health)?),
+            tenancy: Tenancy::complete(&snapshot.tenants, &snapshot.keys)?,
+        })
+    }
+
+    /// The policy `update` leads to from this one: a complete snapshot is compiled whole; a
+    /// delta must build on this version, and shares the config (unless it brings one) and
+    /// every key it does not touch.
+    pub fn apply(
+        &self,
+        update: &pb::Snapshot,
+        env: &EnvLookup,
+        allow: &EnvAllowList,
+        health: &HealthRegistry,
+    ) -> Result<Self, InvalidPolicy> {
+        if update.base_version == 0 {
+            return Policy::compile(update, env, allow, health);
+        }
+        if update.store_id != self.store_id || update.base_version != self.version {
+            return Err(InvalidPolicy::new(
+                "base_version",
+                format!(
+                    "the delta builds on version {} of store {:?}, but this data plane serves version {} of store {:?}",
+                    update.base_version, update.store_id, self.version, self.store_id
+                ),
+            ));
+        }
+        let config = if update.config_unchanged {
+            self.config.clone()
+        } else {
+            Arc::new(PolicyConfig::compile(update, env, allow, health)?)
+        };
+        Ok(Policy {
+            store_id: update.store_id.clone(),
+            version: update.version,
+            config,
+            tenancy: self.tenancy.apply(
+                &update.removed_tenants,
+                &update.tenants,
+                &update.removed_keys,
+                &update.keys,
+            )?,
+        })
+    }
+
+    /// The complete snapshot of this version, for the last-good file.
+    pub fn to_wire(&self) -> pb::Snapshot {
+        let (tenants, keys) = self.tenancy.to_wire();
+        pb::Snapshot {
+            store_id: self.store_id.clone(),
+            version: self.version,
+            tenants,
+            keys,
+            ..self.config.wire.clone()
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// Validates and indexes the config fields of `snapshot` (see [`Policy::compile`]).
+    fn compile(
         snapshot: &pb::Snapshot,
         env: &EnvLookup,
         allow: &EnvAllowList,
@@ -177,29 +287,9 @@ impl Policy {
         unusable_targets.sort_by(|a, b| (&a.route, &a.target).cmp(&(&b.route, &b.target)));
         listed.sort();
         listed.dedup_by(|a, b| a.0 == b.0);
-        let data: Vec<_> = listed
-            .iter()
-            .map(|(id, owner)| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": owner}))
-            .collect();
-        let models_body = Bytes::from(serde_json::json!({"object": "list", "data": data}).to_string());
-        let anthropic_data: Vec<_> = listed
-            .iter()
-            .map(|(id, _)| {
-                serde_json::json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"})
-            })
-            .collect();
-        let anthropic_models_body = Bytes::from(
-            serde_json::json!({
-                "data": anthropic_data,
-                "has_more": false,
-                "first_id": listed.first().map(|(id, _)| id),
-                "last_id": listed.last().map(|(id, _)| id),
-            })
-            .to_string(),
-        );
-        Ok(Policy {
-            store_id: valid.store_id,
-            version: valid.version,
+        let models_body = openai_models_body(&listed);
+        let anthropic_models_body = anthropic_models_body(&listed);
+        Ok(PolicyConfig {
             providers,
             unavailable,
             unusable_targets,
@@ -210,9 +300,16 @@ impl Policy {
                 .iter()
                 .map(|p| (p.model.clone(), p.clone()))
                 .collect(),
+            listed,
             models_body,
             anthropic_models_body,
-            encoded: Bytes::from(prost::Message::encode_to_vec(snapshot)),
+            wire: pb::Snapshot {
+                providers: snapshot.providers.clone(),
+                routes: snapshot.routes.clone(),
+                prices: snapshot.prices.clone(),
+                modules: snapshot.modules.clone(),
+                ..Default::default()
+            },
         })
     }
 
@@ -333,8 +430,8 @@ mod tests {
     fn compiles_routes_models_and_credentials() {
         let health = HealthRegistry::default();
         let p = compile(&snapshot("KEY_SET_API_KEY"), &health).unwrap();
-        assert!(p.unavailable.is_empty());
-        let route = &p.routes["fast"];
+        assert!(p.config.unavailable.is_empty());
+        let route = &p.config.routes["fast"];
         assert_eq!(route.targets[0].model, "big", "weighted targets sorted by weight");
         assert_eq!(route.total_weight, 10);
         assert_eq!(&route.targets[0].model_json[..], b"\"big\"");
@@ -347,10 +444,10 @@ mod tests {
             anthropic_version: None,
             anthropic_beta: None,
         };
-        let req = p.providers["up"].request(&up, Bytes::new()).unwrap();
+        let req = p.config.providers["up"].request(&up, Bytes::new()).unwrap();
         assert_eq!(req.headers()["authorization"], "Bearer sk-test");
         assert!(req.headers()["authorization"].is_sensitive());
-        let models: serde_json::Value = serde_json::from_slice(&p.models_body).unwrap();
+        let models: serde_json::Value = serde_json::from_slice(&p.config.models_body).unwrap();
         let ids: Vec<_> = models["data"]
             .as_array()
             .unwrap()
@@ -366,14 +463,17 @@ mod tests {
         let a = compile(&snapshot("KEY_SET_API_KEY"), &health).unwrap();
         let b = compile(&snapshot("KEY_SET_API_KEY"), &health).unwrap();
         assert!(Arc::ptr_eq(
-            &a.routes["fast"].targets[0].health,
-            &b.routes["fast"].targets[0].health
+            &a.config.routes["fast"].targets[0].health,
+            &b.config.routes["fast"].targets[0].health
         ));
-        let direct = b.direct_target("up/big", &health).unwrap().unwrap();
-        assert!(Arc::ptr_eq(&direct.health, &b.routes["fast"].targets[0].health));
-        assert!(b.direct_target("nope/big", &health).unwrap().is_none());
-        assert!(b.direct_target("up/", &health).unwrap().is_none());
-        assert!(b.direct_target("no-slash", &health).unwrap().is_none());
+        let direct = b.config.direct_target("up/big", &health).unwrap().unwrap();
+        assert!(Arc::ptr_eq(
+            &direct.health,
+            &b.config.routes["fast"].targets[0].health
+        ));
+        assert!(b.config.direct_target("nope/big", &health).unwrap().is_none());
+        assert!(b.config.direct_target("up/", &health).unwrap().is_none());
+        assert!(b.config.direct_target("no-slash", &health).unwrap().is_none());
     }
 
     #[test]
@@ -396,6 +496,7 @@ mod tests {
         let p = compile(&s, &HealthRegistry::default()).unwrap();
         assert_eq!(p.version, 7);
         let reasons: Vec<(&str, &str)> = p
+            .config
             .unavailable
             .iter()
             .map(|u| (u.provider.as_str(), u.reason.as_str()))
@@ -413,10 +514,10 @@ mod tests {
                 ),
             ]
         );
-        assert!(p.providers["good"].unavailable.is_none());
-        assert!(p.providers["up"].unavailable.is_some());
+        assert!(p.config.providers["good"].unavailable.is_none());
+        assert!(p.config.providers["up"].unavailable.is_some());
         assert_eq!(
-            p.routes["fast"].targets.len(),
+            p.config.routes["fast"].targets.len(),
             2,
             "its routes are kept; failover skips it"
         );
@@ -443,11 +544,11 @@ mod tests {
             s.providers[0].kind = kind as i32;
             s.routes[0].targets[0].model = model.into();
             let p = compile(&s, &HealthRegistry::default()).unwrap();
-            let route = &p.routes["fast"];
+            let route = &p.config.routes["fast"];
             let target = route.targets.iter().find(|t| t.model == model).unwrap();
             let other = route.targets.iter().find(|t| t.model == "big").unwrap();
             assert!(other.unusable.is_none(), "{kind:?} {model:?}");
-            let models: serde_json::Value = serde_json::from_slice(&p.models_body).unwrap();
+            let models: serde_json::Value = serde_json::from_slice(&p.config.models_body).unwrap();
             let listed = models["data"]
                 .as_array()
                 .unwrap()
@@ -456,13 +557,13 @@ mod tests {
             assert_eq!(listed, usable, "{kind:?} {model:?}: listed as a direct name");
             if usable {
                 assert!(target.unusable.is_none(), "{kind:?} {model:?}");
-                assert!(p.unusable_targets.is_empty());
+                assert!(p.config.unusable_targets.is_empty());
                 continue;
             }
             let reason = target.unusable.clone().unwrap();
             assert!(reason.contains("goes into the request URL"), "{reason}");
             assert_eq!(
-                p.unusable_targets,
+                p.config.unusable_targets,
                 [UnusableTarget {
                     route: "fast".into(),
                     target: format!("up/{model}"),
@@ -485,7 +586,8 @@ mod tests {
         let health = HealthRegistry::default();
         let p = compile(&s, &health).unwrap();
         assert_eq!(
-            p.direct_target("up/gemini-2.5-flash", &health)
+            p.config
+                .direct_target("up/gemini-2.5-flash", &health)
                 .unwrap()
                 .unwrap()
                 .model,
@@ -498,7 +600,7 @@ mod tests {
             "up/\u{fc}",
             "up/a b",
         ] {
-            let err = p.direct_target(bad, &health).unwrap_err();
+            let err = p.config.direct_target(bad, &health).unwrap_err();
             assert_eq!(err.field, "model", "{bad}");
         }
         assert_eq!(health.len(), (0, 0), "nothing remembered for refused names");

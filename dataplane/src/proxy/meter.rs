@@ -72,11 +72,17 @@ impl Meter {
         self.request_bytes = request_bytes as u64;
     }
 
+    /// Who is calling: the tenant's name and the key's id.
+    pub fn caller(&mut self, tenant: &str, key_id: &str) {
+        self.record.tenant = tenant.to_owned();
+        self.record.key_id = key_id.to_owned();
+    }
+
     /// Who answered, and at what price.
     pub fn target(&mut self, policy: &Policy, provider: &str, model: &str) {
         self.record.provider = provider.to_owned();
         self.record.model = model.to_owned();
-        self.price = policy.price(provider, model).cloned();
+        self.price = policy.config.price(provider, model).cloned();
     }
 
     /// The provider's token counts (the latest report wins: stream counts are cumulative).

@@ -10,6 +10,7 @@
 
 pub mod body;
 pub mod call;
+pub mod caller;
 pub mod complete;
 pub mod failover;
 pub mod meter;
@@ -42,6 +43,7 @@ use crate::formats::{anthropic, gemini, openai};
 use crate::policy::{CompiledRoute, CompiledTarget, Policy};
 use crate::state::AppState;
 use call::Call;
+use caller::{Caller, authenticate};
 use complete::{Completion, Ending, Fill};
 use failover::{Answer, Dispatched, Upstreams};
 use meter::Meter;
@@ -91,17 +93,38 @@ pub async fn models(State(state): State<Arc<AppState>>, req: Request) -> Respons
         ApiFormat::OpenAi
     };
     let mut resp = match state.policy.load() {
-        Some(policy) => {
-            let body = match format {
-                ApiFormat::OpenAi => policy.models_body.clone(),
-                ApiFormat::Anthropic => policy.anthropic_models_body.clone(),
-            };
-            ([(CONTENT_TYPE, "application/json")], body).into_response()
-        }
+        Some(policy) => match authenticate(&policy, req.headers()) {
+            Ok(caller) => models_list(&policy, &caller, format),
+            Err(err) => err.into_response(format),
+        },
         None => ProxyError::NotReady.into_response(format),
     };
     resp.headers_mut().insert(X_REQUEST_ID, request_id);
     resp
+}
+
+/// The model list a caller may see: the whole rendered list, or only what its key allows.
+fn models_list(policy: &Policy, caller: &Caller, format: ApiFormat) -> Response {
+    let config = &policy.config;
+    let body = match caller {
+        Caller::Key(id) if !id.key.models.is_empty() => {
+            let listed: Vec<(String, String)> = config
+                .listed
+                .iter()
+                .filter(|(name, _)| caller.may_use(name))
+                .cloned()
+                .collect();
+            match format {
+                ApiFormat::OpenAi => crate::policy::openai_models_body(&listed),
+                ApiFormat::Anthropic => crate::policy::anthropic_models_body(&listed),
+            }
+        }
+        _ => match format {
+            ApiFormat::OpenAi => config.models_body.clone(),
+            ApiFormat::Anthropic => config.anthropic_models_body.clone(),
+        },
+    };
+    ([(CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// Any path the gateway does not serve.
@@ -193,11 +216,6 @@ enum Reply {
     },
 }
 
-/// Who is calling. Until the `auth` module lands every caller is anonymous.
-enum Caller {
-    Anonymous,
-}
-
 /// The phases of one request, in order: `read_call → authenticate → route → cache lookup →
 /// admit → dispatch → respond`; `complete` runs after them, in [`serve`] or at the end of
 /// the stream, however the request ended. The policy is loaded once and used to the end.
@@ -210,6 +228,11 @@ async fn phases(
 ) -> Result<Reply, ProxyError> {
     let policy = state.policy.load().ok_or(ProxyError::NotReady)?;
     let (parts, body) = req.into_parts();
+    // Before the body is read: a caller without a usable key costs no body buffering.
+    let caller = authenticate(&policy, &parts.headers)?;
+    if let Caller::Key(id) = &caller {
+        done.meter().caller(&id.tenant.name, &id.key.id);
+    }
     // Held to the end of the request: the body's bytes count against the budget until then.
     let (body, _held) = read_call(state, &parts.headers, body).await?;
     let parsed = ShallowBody::parse(&body)?;
@@ -229,7 +252,11 @@ async fn phases(
     })?;
     done.meter().route(&model, policy.version, stream, body.len());
 
-    let caller = authenticate(&policy, &parts.headers)?;
+    if !caller.may_use(&model) {
+        return Err(ProxyError::ModelNotAllowed {
+            model: model.chars().take(256).collect(),
+        });
+    }
     let candidates = route(&policy, &model, &state.health)?;
     let call = Call::new(
         ingress,
@@ -243,8 +270,17 @@ async fn phases(
     if ingress == Ingress::CountTokens && candidates.iter().all(|t| t.provider.family != Family::Anthropic) {
         return estimate_tokens(&call);
     }
-    let route = policy.routes.get(&*model);
-    let cache_status = match cache_lookup(state, &policy, route, &call, &model, &parts.headers, done) {
+    let route = policy.config.routes.get(&*model);
+    let cache_status = match cache_lookup(
+        state,
+        &policy,
+        &caller,
+        route,
+        &call,
+        &model,
+        &parts.headers,
+        done,
+    ) {
         Lookup::Hit(resp) => return Ok(Reply::Whole { resp, answer: None }),
         Lookup::Miss => Some("miss"),
         Lookup::Bypass => Some("bypass"),
@@ -286,12 +322,6 @@ async fn read_call<'s>(
     body::read(headers, body, state.config.body_limits(), &state.bodies).await
 }
 
-/// Phase `authenticate`: who is calling. Every caller is anonymous until the `auth` module
-/// fills this in.
-fn authenticate(_policy: &Policy, _headers: &HeaderMap) -> Result<Caller, ProxyError> {
-    Ok(Caller::Anonymous)
-}
-
 /// Phase `route`: the targets that may answer `model`, in the order to try them.
 fn route(
     policy: &Policy,
@@ -324,9 +354,11 @@ enum Lookup {
 }
 
 /// Phase `cache lookup`: only routes with a TTL, and not when the caller says `no-cache`.
+#[expect(clippy::too_many_arguments, reason = "each is a separate input of the lookup")]
 fn cache_lookup(
     state: &AppState,
     policy: &Policy,
+    caller: &Caller,
     route: Option<&CompiledRoute>,
     call: &Call<'_>,
     model: &str,
@@ -342,7 +374,7 @@ fn cache_lookup(
     if no_cache(headers) {
         return Lookup::Bypass;
     }
-    let Some(key) = cache::key("", call.ingress, model, call.body) else {
+    let Some(key) = cache::key(caller.partition(), call.ingress, model, call.body) else {
         return Lookup::Bypass;
     };
     if let Some(hit) = state.cache.get(&key)

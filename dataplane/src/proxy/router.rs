@@ -37,7 +37,7 @@ pub fn candidates(
     model: &str,
     health: &HealthRegistry,
 ) -> Result<Option<Vec<Arc<CompiledTarget>>>, InvalidPolicy> {
-    if let Some(route) = policy.routes.get(model) {
+    if let Some(route) = policy.config.routes.get(model) {
         let mut targets = route.targets.clone();
         if route.strategy == Strategy::Weighted && targets.len() > 1 {
             let first = pick_weighted(&targets, route.total_weight, rand::random::<u64>());
@@ -47,7 +47,7 @@ pub fn candidates(
         }
         return Ok(Some(targets));
     }
-    Ok(policy.direct_target(model, health)?.map(|t| vec![t]))
+    Ok(policy.config.direct_target(model, health)?.map(|t| vec![t]))
 }
 
 /// Index of the target that `roll` lands on, with probability proportional to weight.
@@ -167,7 +167,7 @@ mod tests {
     #[test]
     fn weighted_picks_in_proportion() {
         let (p, _) = policy();
-        let route = &p.routes["w"];
+        let route = &p.config.routes["w"];
         let mut counts = [0u32; 2];
         for roll in 0..4000u64 {
             counts[pick_weighted(&route.targets, route.total_weight, roll)] += 1;

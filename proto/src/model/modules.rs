@@ -5,8 +5,8 @@ use crate::pb;
 
 /// The modules this version implements on the request path: the one list the admin API, the CLI
 /// and the data plane consult. A module that is not here is recorded and distributed like any
-/// other flag but changes nothing, so the admin API refuses to switch it on. Empty for now.
-pub const AVAILABLE_MODULES: &[Module] = &[];
+/// other flag but changes nothing, so the admin API refuses to switch it on.
+pub const AVAILABLE_MODULES: &[Module] = &[Module::Auth];
 
 /// A gateway module that can be switched on at runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
