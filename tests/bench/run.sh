@@ -11,18 +11,24 @@
 # report adds the cost of that translation next to the same-format drover rows. A second Drover instance,
 # drover-no-usage (`drover serve --usage-reporting off`: requests are metered but no usage records are kept),
 # is measured right after drover, and the report gives the cost of usage reporting as the req/s ratio of the
-# two. It writes a Markdown report (tables, plus Drover's peak RSS) to bench-results/latest.md and prints it
+# two. drover-auth is a third instance with the auth module on and BENCH_AUTH_KEYS virtual keys (default 100,000)
+# in its policy; its requests carry one of them. Then drover-auth alternates runs with and without 100 key changes
+# per second (BENCH_CHURN_ROUNDS rounds, non-stream, each concurrency), for the p99 a request sees while keys change;
+# and drover-keys-bench measures key delivery (how fast, how many bytes, how much memory). It writes a Markdown report (tables, plus Drover's peak RSS) to bench-results/latest.md and prints it
 # on stdout once the run is over; progress goes to stderr only, so the two never mix in the report.
 #
 # Environment (all optional):
 #   BENCH_DURATION      length of each measured run, wrk syntax (default 10s)
 #   BENCH_WARMUP        unmeasured warm-up before each run (default 2s)
 #   BENCH_CONCURRENCY   connection counts (default "1 64")
-#   BENCH_TARGETS       any of "direct nginx drover drover-no-usage drover-anthropic drover-cached" (default
-#                       all six)
+#   BENCH_TARGETS       any of "direct nginx drover drover-no-usage drover-anthropic drover-cached drover-auth"
+#                       (default all seven)
 #   BENCH_MODES         any of "non-stream stream" (default both)
 #   BENCH_USAGE_ROUNDS  extra alternating drover / drover-no-usage runs (non-stream, highest concurrency) for a
 #                       steadier usage reporting cost: the median of their req/s ratios (default 3; 0: none)
+#   BENCH_AUTH_KEYS     virtual keys in drover-auth's policy, and for the key delivery measurement (default 100000)
+#   BENCH_CHURN_ROUNDS  rounds of drover-auth with and without key churn (default 2; 0: none)
+#   BENCH_CHURN_RATE    key changes per second during the churn runs (default 100)
 #   BENCH_SPLIT_ROUNDS  rounds of the split deployment: drover-controlplane and two drover-dataplane processes,
 #                       usage reporting on and off, alternating (non-stream, highest concurrency); reports
 #                       each data plane's CPU per request and the control plane's per record (default 3; 0: none)
@@ -39,7 +45,10 @@ cd "$ROOT"
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 CONCURRENCY=${BENCH_CONCURRENCY:-"1 64"}
-TARGETS=${BENCH_TARGETS:-"direct nginx drover drover-no-usage drover-anthropic drover-cached"}
+TARGETS=${BENCH_TARGETS:-"direct nginx drover drover-no-usage drover-anthropic drover-cached drover-auth"}
+AUTH_KEYS=${BENCH_AUTH_KEYS:-100000}
+CHURN_ROUNDS=${BENCH_CHURN_ROUNDS:-2}
+CHURN_RATE=${BENCH_CHURN_RATE:-100}
 MODES=${BENCH_MODES:-"non-stream stream"}
 NGINX_WORKERS=${BENCH_NGINX_WORKERS:-auto}
 USAGE_ROUNDS=${BENCH_USAGE_ROUNDS:-3}
@@ -54,7 +63,7 @@ TMP_NAME=drover-bench
 source "$ROOT/tests/bench/lib.sh"
 chmod 755 "$TMP" # nginx workers drop root and must reach their files here
 wants() { [[ " $TARGETS " == *" $1 "* ]]; }
-wants_drover() { wants drover || wants drover-anthropic || wants drover-cached || wants drover-no-usage; }
+wants_drover() { wants drover || wants drover-anthropic || wants drover-cached || wants drover-no-usage || wants drover-auth; }
 
 # ---- tools ------------------------------------------------------------------------------------------------
 NGINX=$(command -v nginx || true)
@@ -79,6 +88,7 @@ fi
 bins=(--bin drover-mock)
 wants_drover && bins+=(--bin drover)
 ((SPLIT_ROUNDS > 0)) && bins+=(--bin drover --bin drover-controlplane --bin drover-dataplane)
+wants drover-auth && bins+=(--bin drover-keys-bench --bin drover-dataplane)
 log "building release: cargo build --release ${bins[*]}"
 cargo build --release "${bins[@]}"
 
@@ -201,13 +211,38 @@ start_drover() {
   wait_200 30 "$pid" -X POST -H 'content-type: application/json' --data-binary "@$TMP/non-stream.json" \
     "http://127.0.0.1:$http/v1/chat/completions" ||
     { tail -30 "$TMP/$name.log" >&2; die "$name: a chat completion through drover does not succeed"; }
-  DROVER_PID=$pid DROVER_HTTP=$http
+  DROVER_PID=$pid DROVER_HTTP=$http DROVER_GRPC=$grpc
 }
 
 if wants drover-no-usage; then
   start_drover drover-no-usage --usage-reporting off
   log "drover-no-usage on 127.0.0.1:$DROVER_HTTP (usage reporting off)"
   URL[drover-no-usage]="http://127.0.0.1:$DROVER_HTTP"
+fi
+if wants drover-auth; then
+  start_drover drover-auth
+  AUTH_GRPC=$DROVER_GRPC
+  log "drover-auth: creating $AUTH_KEYS virtual keys"
+  AUTH_SECRET=$("$BIN/drover-keys-bench" seed --server "http://127.0.0.1:$AUTH_GRPC" --token "$ADMIN_TOKEN" \
+    --keys "$AUTH_KEYS" 2>"$TMP/seed.log") || { cat "$TMP/seed.log" >&2; die "drover-auth: creating keys failed"; }
+  log "  $(cat "$TMP/seed.log")"
+  "$BIN/drover" --server "http://127.0.0.1:$AUTH_GRPC" --token "$ADMIN_TOKEN" module enable auth >/dev/null
+  # Ready when a request without a key is refused and one with the key succeeds.
+  for _ in $(seq 100); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' \
+      --data-binary "@$TMP/non-stream.json" "http://127.0.0.1:$DROVER_HTTP/v1/chat/completions" || true)
+    [[ $code == 401 ]] && break
+    sleep 0.1
+  done
+  [[ $code == 401 ]] || die "drover-auth: a request without a key answered $code, not 401"
+  wait_200 10 "$DROVER_PID" -X POST -H 'content-type: application/json' -H "authorization: Bearer $AUTH_SECRET" \
+    --data-binary "@$TMP/non-stream.json" "http://127.0.0.1:$DROVER_HTTP/v1/chat/completions" ||
+    die "drover-auth: a request with a key does not succeed"
+  AUTH_PID=$DROVER_PID
+  log "drover-auth on 127.0.0.1:$DROVER_HTTP (auth on, $AUTH_KEYS keys)"
+  URL[drover-auth]="http://127.0.0.1:$DROVER_HTTP"
+  TARGET_PATH[drover-auth]=/v1/chat/completions TARGET_BODY[drover-auth]=""
+  TARGET_HEADERS[drover-auth]="Authorization: Bearer $AUTH_SECRET"
 fi
 if wants drover || wants drover-anthropic || wants drover-cached; then
   start_drover drover
@@ -272,7 +307,7 @@ ROWS=()
 declare -A RPS=() P50=() # by "target mode conns", for the translation cost lines
 for target in $TARGETS; do
   [[ -n ${URL[$target]:-} ]] ||
-    die "unknown target '$target' (expected direct, nginx, drover, drover-no-usage, drover-anthropic or drover-cached)"
+    die "unknown target '$target' (expected direct, nginx, drover, drover-no-usage, drover-anthropic, drover-cached or drover-auth)"
   for mode in $MODES; do
     [[ -f $TMP/$mode.json ]] || die "unknown mode '$mode' (expected non-stream or stream)"
     for conns in $CONCURRENCY; do
@@ -317,6 +352,46 @@ if wants drover && wants drover-no-usage && ((USAGE_ROUNDS > 0)) && [[ " $MODES 
     USAGE_RATIOS+=("$(awk -v a="$(rps_of "$with")" -v b="$(rps_of "$without")" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')")
     log "  usage round $round: drover / drover-no-usage req/s ×${USAGE_RATIOS[-1]}"
   done
+fi
+
+# ---- key churn --------------------------------------------------------------------------------------------
+# drover-auth with and without CHURN_RATE key changes per second (creates and revokes), alternating.
+CHURN_LINES=()
+if wants drover-auth && ((CHURN_ROUNDS > 0)) && [[ " $MODES " == *" non-stream "* ]]; then
+  for conns in $CONCURRENCY; do
+    for ((round = 1; round <= CHURN_ROUNDS; round++)); do
+      quiet=$(measure drover-auth non-stream "$conns") || continue
+      "$BIN/drover-keys-bench" churn --server "http://127.0.0.1:$AUTH_GRPC" --token "$ADMIN_TOKEN" \
+        --rate "$CHURN_RATE" 2>"$TMP/churn.log" &
+      churn_pid=$!
+      busy=$(measure drover-auth non-stream "$conns") || true
+      kill "$churn_pid" 2>/dev/null || true
+      wait "$churn_pid" 2>/dev/null || true
+      [[ -n $busy ]] || continue
+      CHURN_LINES+=("$(awk -v conns="$conns" -v round="$round" -v rate="$CHURN_RATE" '
+        function field(line, name,   n, parts, i, kv) {
+          n = split(line, parts, " ")
+          for (i = 2; i <= n; i++) { split(parts[i], kv, "="); if (kv[1] == name) return kv[2] + 0 }
+          return 0
+        }
+        function lat(us) { return us < 1000 ? sprintf("%d µs", us) : sprintf("%.2f ms", us / 1000) }
+        NR == 1 { q = $0 } NR == 2 { b = $0 }
+        END {
+          qp = field(q, "p99_us"); bp = field(b, "p99_us")
+          qr = field(q, "requests") * 1e6 / field(q, "duration_us"); br = field(b, "requests") * 1e6 / field(b, "duration_us")
+          printf "- c=%d, round %d: p99 %s with %d key changes/s vs %s without (%+.1f%%); req/s ×%.3f (%.0f vs %.0f)",
+            conns, round, lat(bp), rate, lat(qp), (qp > 0 ? 100 * (bp - qp) / qp : 0), (qr > 0 ? br / qr : 0), br, qr
+        }' <<<"$quiet
+$busy")")
+      log "  churn ${CHURN_LINES[-1]#- }"
+    done
+  done
+fi
+KEYS_REPORT=""
+if wants drover-auth; then
+  log "key delivery: drover-keys-bench --keys $AUTH_KEYS"
+  KEYS_REPORT=$("$BIN/drover-keys-bench" --keys "$AUTH_KEYS" 2>"$TMP/keys-bench.log") ||
+    { tail -20 "$TMP/keys-bench.log" >&2; KEYS_REPORT=""; log "key delivery measurement failed"; }
 fi
 
 # ---- split deployment -------------------------------------------------------------------------------------
@@ -439,6 +514,25 @@ mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-bina
     echo
     printf -- '- alternating rounds, non-stream, c=%s: req/s ×%s; median ×%.3f (%+.1f%%)\n' "$USAGE_TOP" \
       "$(printf '%s ' "${USAGE_RATIOS[@]}" | sed 's/ $//; s/ /, ×/g')" "$median" "$(awk -v m="$median" 'BEGIN { print 100 * (m - 1) }')"
+  fi
+  if wants drover && wants drover-auth; then
+    echo
+    echo "Auth cost (drover-auth, auth on with $AUTH_KEYS keys, vs proxy-only drover; p50 difference, req/s ratio):"
+    echo
+    compare drover-auth drover
+  fi
+  if ((${#CHURN_LINES[@]})); then
+    echo
+    echo "Key churn (drover-auth, non-stream; each round a run without changes, then one while drover-keys-bench"
+    echo "creates and revokes keys at $CHURN_RATE changes per second):"
+    echo
+    printf '%s\n' "${CHURN_LINES[@]}"
+  fi
+  if [[ -n $KEYS_REPORT ]]; then
+    echo
+    echo "Key delivery (\`drover-keys-bench --keys $AUTH_KEYS\`):"
+    echo
+    sed '1,/^$/d' <<<"$KEYS_REPORT"
   fi
   if ((${#SPLIT_LINES[@]})); then
     echo

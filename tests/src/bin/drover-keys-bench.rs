@@ -34,13 +34,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 const ADMIN_TOKEN: &str = "bench-admin-token";
-const ADMIN: &str = "Bearer bench-admin-token";
 const DATAPLANE_TOKEN: &str = "bench-dataplane-token";
-const DATAPLANE: &str = "Bearer bench-dataplane-token";
 
 #[derive(Parser, Debug)]
 #[command(name = "drover-keys-bench", version)]
 struct Args {
+    #[command(subcommand)]
+    mode: Option<Mode>,
     /// Keys to create.
     #[arg(long, default_value_t = 100_000)]
     keys: usize,
@@ -55,17 +55,67 @@ struct Args {
     rounds: usize,
 }
 
-/// `message` with `bearer` (`Bearer TOKEN`) as its authorization.
-fn authed<T>(message: T, bearer: &'static str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        tonic::metadata::MetadataValue::from_static(bearer),
-    );
-    request
+/// What to do instead of the whole measurement.
+#[derive(clap::Subcommand, Debug)]
+enum Mode {
+    /// Create keys in a running control plane (and its tenant if needed); print the secret of
+    /// one of them on stdout.
+    Seed {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+    },
+    /// Change keys of a running control plane at a steady rate until killed: create one, revoke
+    /// the one created before, and so on (each create and each revoke is one change).
+    Churn {
+        #[command(flatten)]
+        remote: Remote,
+        /// Changes per second.
+        #[arg(long, default_value_t = 100)]
+        rate: u32,
+    },
 }
 
-type Admin = AdminServiceClient<Channel>;
+#[derive(clap::Args, Debug)]
+struct Remote {
+    /// The control plane's gRPC URL.
+    #[arg(long)]
+    server: String,
+    /// Its admin token.
+    #[arg(long, env = "DROVER_ADMIN_TOKEN", hide_env_values = true)]
+    token: String,
+    /// The tenant the keys belong to.
+    #[arg(long, default_value = "bench")]
+    tenant: String,
+}
+
+/// Adds `authorization: Bearer TOKEN` to every call.
+#[derive(Clone)]
+struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
+
+impl Bearer {
+    fn new(token: &str) -> anyhow::Result<Self> {
+        Ok(Bearer(format!("Bearer {token}").parse()?))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type Admin = AdminServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+async fn admin_client(server: &str, token: &str) -> anyhow::Result<Admin> {
+    let channel = Channel::from_shared(server.to_owned())?.connect().await?;
+    Ok(AdminServiceClient::with_interceptor(channel, Bearer::new(token)?)
+        .max_decoding_message_size(MAX_POLICY_MESSAGE_BYTES))
+}
 
 /// A child process, killed when dropped.
 struct Process(Child);
@@ -170,16 +220,97 @@ async fn until_all(http: &Http, dps: &[DataPlane], secret: &str, accepted: bool)
 }
 
 async fn create_key(admin: &mut Admin) -> anyhow::Result<pb::KeyWithSecretResponse> {
+    create_key_of(admin, "bench").await
+}
+
+async fn create_key_of(admin: &mut Admin, tenant: &str) -> anyhow::Result<pb::KeyWithSecretResponse> {
     Ok(admin
-        .create_key(authed(
-            pb::CreateKeyRequest {
-                tenant: "bench".into(),
-                ..Default::default()
-            },
-            ADMIN,
-        ))
+        .create_key(pb::CreateKeyRequest {
+            tenant: tenant.into(),
+            ..Default::default()
+        })
         .await?
         .into_inner())
+}
+
+/// Creates `total` keys of `tenant`, `concurrency` calls at a time. Returns how long it took and
+/// the secret of one of them.
+async fn create_keys(
+    admin: &Admin,
+    tenant: &str,
+    total: usize,
+    concurrency: usize,
+) -> anyhow::Result<(Duration, String)> {
+    let created = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (mut admin, created, tenant) = (admin.clone(), created.clone(), tenant.to_owned());
+            tokio::spawn(async move {
+                let mut first = None;
+                while created.fetch_add(1, Ordering::Relaxed) < total {
+                    let key = create_key_of(&mut admin, &tenant).await?;
+                    first.get_or_insert(key.secret);
+                }
+                anyhow::Ok(first)
+            })
+        })
+        .collect();
+    let mut secret = None;
+    for w in workers {
+        if let Some(s) = w.await?? {
+            secret.get_or_insert(s);
+        }
+    }
+    Ok((started.elapsed(), secret.context("no key was created")?))
+}
+
+/// Creates `tenant` unless it exists.
+async fn ensure_tenant(admin: &mut Admin, tenant: &str) -> anyhow::Result<()> {
+    let created = admin
+        .create_tenant(pb::CreateTenantRequest {
+            name: tenant.into(),
+            ..Default::default()
+        })
+        .await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+        Err(s) => Err(s.into()),
+    }
+}
+
+async fn seed(remote: &Remote, keys: usize, concurrency: usize) -> anyhow::Result<()> {
+    let mut admin = admin_client(&remote.server, &remote.token).await?;
+    ensure_tenant(&mut admin, &remote.tenant).await?;
+    let (elapsed, secret) = create_keys(&admin, &remote.tenant, keys, concurrency).await?;
+    eprintln!(
+        "[keys] {keys} keys in {:.1} s ({:.0}/s)",
+        elapsed.as_secs_f64(),
+        keys as f64 / elapsed.as_secs_f64()
+    );
+    println!("{secret}");
+    Ok(())
+}
+
+async fn churn(remote: &Remote, rate: u32) -> anyhow::Result<()> {
+    let mut admin = admin_client(&remote.server, &remote.token).await?;
+    ensure_tenant(&mut admin, &remote.tenant).await?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut previous: Option<String> = None;
+    loop {
+        tick.tick().await;
+        match previous.take() {
+            Some(id) => {
+                admin.revoke_key(pb::RevokeKeyRequest { id }).await?;
+            }
+            None => {
+                let key = create_key_of(&mut admin, &remote.tenant).await?;
+                previous = key.key.map(|k| k.id);
+            }
+        }
+    }
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -193,6 +324,15 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    match &args.mode {
+        Some(Mode::Seed {
+            remote,
+            keys,
+            concurrency,
+        }) => return seed(remote, *keys, *concurrency).await,
+        Some(Mode::Churn { remote, rate }) => return churn(remote, *rate).await,
+        None => {}
+    }
     let dir = tempfile::tempdir()?;
     let shutdown = CancellationToken::new();
     let config = Config {
@@ -223,53 +363,39 @@ async fn main() -> anyhow::Result<()> {
         "[keys] control plane at {url}, mock provider at {}",
         mock_addr.trim()
     );
-    let channel = Channel::from_shared(url.clone())?.connect().await?;
-    let mut admin =
-        AdminServiceClient::new(channel.clone()).max_decoding_message_size(MAX_POLICY_MESSAGE_BYTES);
+    let mut admin = admin_client(&url, ADMIN_TOKEN).await?;
     admin
-        .add_provider(authed(
-            pb::AddProviderRequest {
-                name: "mock".into(),
-                kind: pb::ProviderKind::OpenaiCompatible as i32,
-                base_url: format!("http://{}/v1", mock_addr.trim()),
+        .add_provider(pb::AddProviderRequest {
+            name: "mock".into(),
+            kind: pb::ProviderKind::OpenaiCompatible as i32,
+            base_url: format!("http://{}/v1", mock_addr.trim()),
+            ..Default::default()
+        })
+        .await?;
+    admin
+        .set_route(pb::SetRouteRequest {
+            route: Some(pb::Route {
+                alias: "m".into(),
+                targets: vec![pb::Target {
+                    provider: "mock".into(),
+                    model: "x".into(),
+                    weight: 1,
+                }],
                 ..Default::default()
-            },
-            ADMIN,
-        ))
+            }),
+        })
         .await?;
     admin
-        .set_route(authed(
-            pb::SetRouteRequest {
-                route: Some(pb::Route {
-                    alias: "m".into(),
-                    targets: vec![pb::Target {
-                        provider: "mock".into(),
-                        model: "x".into(),
-                        weight: 1,
-                    }],
-                    ..Default::default()
-                }),
-            },
-            ADMIN,
-        ))
+        .set_module(pb::SetModuleRequest {
+            name: "auth".into(),
+            enabled: true,
+        })
         .await?;
     admin
-        .set_module(authed(
-            pb::SetModuleRequest {
-                name: "auth".into(),
-                enabled: true,
-            },
-            ADMIN,
-        ))
-        .await?;
-    admin
-        .create_tenant(authed(
-            pb::CreateTenantRequest {
-                name: "bench".into(),
-                ..Default::default()
-            },
-            ADMIN,
-        ))
+        .create_tenant(pb::CreateTenantRequest {
+            name: "bench".into(),
+            ..Default::default()
+        })
         .await?;
     let http: Http =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
@@ -284,29 +410,7 @@ async fn main() -> anyhow::Result<()> {
 
     eprintln!("[keys] creating {} keys", args.keys);
     // The keys.
-    let created = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|_| {
-            let (mut admin, created, total) = (admin.clone(), created.clone(), args.keys);
-            tokio::spawn(async move {
-                let mut first = None;
-                while created.fetch_add(1, Ordering::Relaxed) < total {
-                    let key = create_key(&mut admin).await?;
-                    first.get_or_insert(key.secret);
-                }
-                anyhow::Ok(first)
-            })
-        })
-        .collect();
-    let mut secret = None;
-    for w in workers {
-        if let Some(s) = w.await?? {
-            secret.get_or_insert(s);
-        }
-    }
-    let create_elapsed = started.elapsed();
-    let secret = secret.context("no key was created")?;
+    let (create_elapsed, secret) = create_keys(&admin, "bench", args.keys, args.concurrency).await?;
 
     eprintln!("[keys] starting {} fresh data planes", args.dataplanes);
     // Fresh data planes: from process start to serving the keys.
@@ -324,12 +428,9 @@ async fn main() -> anyhow::Result<()> {
         let key = create_key(&mut admin).await?;
         accepted.push(until_all(&http, &dps, &key.secret, true).await?);
         admin
-            .revoke_key(authed(
-                pb::RevokeKeyRequest {
-                    id: key.key.context("key")?.id,
-                },
-                ADMIN,
-            ))
+            .revoke_key(pb::RevokeKeyRequest {
+                id: key.key.context("key")?.id,
+            })
             .await?;
         refused.push(until_all(&http, &dps, &key.secret, false).await?);
     }
@@ -338,11 +439,10 @@ async fn main() -> anyhow::Result<()> {
 
     // What one change costs on the wire: a policy stream of our own, serving the current
     // version, sees one create and one revoke.
-    let status_now = admin
-        .status(authed(pb::StatusRequest {}, ADMIN))
-        .await?
-        .into_inner();
-    let mut policy = PolicyServiceClient::new(channel).max_decoding_message_size(MAX_POLICY_MESSAGE_BYTES);
+    let status_now = admin.status(pb::StatusRequest {}).await?.into_inner();
+    let channel = Channel::from_shared(url.clone())?.connect().await?;
+    let mut policy = PolicyServiceClient::with_interceptor(channel, Bearer::new(DATAPLANE_TOKEN)?)
+        .max_decoding_message_size(MAX_POLICY_MESSAGE_BYTES);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(pb::WatchRequest {
         dataplane_id: "wire-probe".into(),
@@ -351,19 +451,13 @@ async fn main() -> anyhow::Result<()> {
         ..Default::default()
     })
     .await?;
-    let mut stream = policy
-        .watch(authed(tokio_stream_from(rx), DATAPLANE))
-        .await?
-        .into_inner();
+    let mut stream = policy.watch(tokio_stream_from(rx)).await?.into_inner();
     let key = create_key(&mut admin).await?;
     let create_msg = stream.message().await?.context("a delta")?;
     admin
-        .revoke_key(authed(
-            pb::RevokeKeyRequest {
-                id: key.key.context("key")?.id,
-            },
-            ADMIN,
-        ))
+        .revoke_key(pb::RevokeKeyRequest {
+            id: key.key.context("key")?.id,
+        })
         .await?;
     let revoke_msg = stream.message().await?.context("a delta")?;
     // gRPC frames each message with 5 bytes, HTTP/2 each DATA frame with 9.
