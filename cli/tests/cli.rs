@@ -1679,3 +1679,109 @@ async fn serve_reports_providers_whose_key_it_may_not_read_in_status() {
     serve.stop().await;
     assert!(!serve.log().contains("secret-value"), "{}", serve.log());
 }
+
+#[tokio::test]
+async fn tenants_and_keys_from_the_command_line() {
+    let cp = TestControlPlane::start().await;
+    let start = cp.version().await;
+    let out = cp
+        .run(&["tenant", "create", "acme", "--label", "team=search"])
+        .await;
+    assert_eq!(changed_version(out.ok(), "tenant acme created"), start + 1);
+    let tenants = cp.list(&["tenant", "list"]).await;
+    assert_eq!(tenants[0]["name"], "acme");
+    assert_eq!(tenants[0]["labels"]["team"], "search");
+    assert_eq!(tenants[0]["state"], "active");
+    // A second tenant of the same name is refused, with nothing changed.
+    let dup = cp.run(&["tenant", "create", "acme"]).await;
+    assert!(dup.error().contains("already exists"), "{dup}");
+    assert_eq!(cp.version().await, start + 1);
+
+    // key create --json: the secret once, with the fields a script needs.
+    let created = cp
+        .list(&[
+            "key",
+            "create",
+            "--tenant",
+            "acme",
+            "--name",
+            "ci",
+            "--models",
+            "m,openai/gpt-4o",
+            "--expires",
+            "30d",
+        ])
+        .await;
+    for field in ["id", "key", "tenant", "name", "models", "expires_at"] {
+        assert!(created.get(field).is_some(), "{field} in {created}");
+    }
+    let secret = created["key"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("drv_") && secret.len() == 47, "{secret}");
+    assert_eq!(created["models"], json!(["m", "openai/gpt-4o"]));
+    assert!(created["expires_at"].as_str().unwrap().ends_with('Z'));
+    let id = created["id"].as_str().unwrap().to_owned();
+    // The text form says the secret is shown once.
+    let text = cp.run(&["key", "create", "--tenant", "acme"]).await;
+    assert!(
+        text.ok().contains("drv_") && text.ok().contains("only time"),
+        "{text}"
+    );
+
+    let keys = cp.list(&["key", "list", "--tenant", "acme"]).await;
+    assert_eq!(keys.as_array().unwrap().len(), 2);
+    assert!(
+        !keys.to_string().contains(&secret),
+        "a listing never shows a secret"
+    );
+    let ours = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == json!(id))
+        .unwrap();
+    assert_eq!(ours["prefix"], json!(&secret[..10]));
+    assert_eq!(ours["state"], "active");
+    assert_eq!(ours["last_used_at"], Value::Null);
+    let table = cp.run(&["key", "list"]).await;
+    assert!(table.ok().starts_with("ID "), "{table}");
+
+    // Rotation prints a new secret; revocation shows in the listing.
+    let rotated = cp.list(&["key", "rotate", &id, "--grace", "1h"]).await;
+    assert_ne!(rotated["key"], json!(secret));
+    let out = cp.run(&["key", "revoke", &id]).await;
+    assert!(out.ok().starts_with(&format!("key {id} revoked")), "{out}");
+    let keys = cp.list(&["key", "list", "--tenant", "acme"]).await;
+    let ours = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == json!(id))
+        .unwrap();
+    assert_eq!(ours["state"], "revoked");
+
+    // Suspend and resume; delete refused while a key is active, then forced.
+    let out = cp.run(&["tenant", "suspend", "acme"]).await;
+    assert!(out.ok().starts_with("tenant acme suspended"), "{out}");
+    assert_eq!(cp.list(&["tenant", "list"]).await[0]["state"], "suspended");
+    cp.run(&["tenant", "resume", "acme"]).await.ok();
+    let refused = cp.run(&["tenant", "delete", "acme"]).await;
+    assert!(refused.error().contains("active key"), "{refused}");
+    let out = cp.run(&["tenant", "delete", "acme", "--force"]).await;
+    assert!(
+        out.ok().starts_with("tenant acme deleted, 1 key(s) revoked"),
+        "{out}"
+    );
+    assert_eq!(cp.list(&["tenant", "list"]).await, json!([]));
+
+    // Bad input: refused before anything is sent.
+    let unknown = cp.run(&["key", "create", "--tenant", "nobody"]).await;
+    assert!(unknown.error().contains("nobody"), "{unknown}");
+    let malformed = cp
+        .run(&["key", "create", "--tenant", "acme", "--expires", "tomorrow"])
+        .await;
+    assert!(malformed.usage_error().contains("duration"), "{malformed}");
+    let empty = cp
+        .run(&["key", "create", "--tenant", "acme", "--models", "m,,x"])
+        .await;
+    assert!(empty.error().contains("--models"), "{empty}");
+}
