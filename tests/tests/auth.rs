@@ -57,8 +57,17 @@ async fn with_auth_off_a_valid_key_is_attributed_and_a_wrong_one_ignored() {
         200
     );
     assert_eq!(chat_with(&gw, &gw.url(), "m", &[]).await.status, 200);
+    // Nothing is refused while auth is off, not even by a key's allow-list.
+    let limited = gw.key("acme", &["m"]).await;
+    let limited = bearer(&limited.secret);
+    assert_eq!(
+        chat_with(&gw, &gw.url(), "other", &[("authorization", &limited)])
+            .await
+            .status,
+        200
+    );
 
-    gw.wait_for_usage(3).await;
+    gw.wait_for_usage(4).await;
     let by_key = gw
         .admin
         .clone()
@@ -78,6 +87,7 @@ async fn with_auth_off_a_valid_key_is_attributed_and_a_wrong_one_ignored() {
             .map_or(0, |r| r.requests)
     };
     assert_eq!(requests(&key_id), 1, "{by_key:?}");
+    assert_eq!(by_key.total.as_ref().unwrap().requests, 4);
     assert_eq!(
         requests(""),
         2,
@@ -93,7 +103,7 @@ async fn with_auth_off_a_valid_key_is_attributed_and_a_wrong_one_ignored() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(acme.total.unwrap().requests, 1);
+    assert_eq!(acme.total.unwrap().requests, 2);
 }
 
 #[tokio::test]

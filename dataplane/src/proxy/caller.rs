@@ -2,8 +2,9 @@
 //!
 //! A key comes as `Authorization: Bearer KEY` (OpenAI SDKs), `x-api-key: KEY` (Anthropic SDKs)
 //! or `api-key: KEY` (Azure OpenAI SDKs). With the `auth` module on, a request needs a usable
-//! key; with it off, a usable key is still attributed (tenant and key on the usage record, the
-//! tenant's cache partition) and anything else is ignored. The key never goes upstream: the
+//! key and a key may use only the models its allow-list names; with it off, nothing is refused:
+//! a usable key is still attributed (tenant and key on the usage record, the tenant's cache
+//! partition) and anything else is ignored. The key never goes upstream: the
 //! provider's credential replaces every one of these headers.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -33,11 +34,12 @@ impl Caller {
         }
     }
 
-    /// Whether the caller may use `model` as it wrote it (an alias or `provider/model`).
-    pub fn may_use(&self, model: &str) -> bool {
+    /// Whether the caller may use `model` as it wrote it (an alias or `provider/model`) under
+    /// `policy`: only with the `auth` module on does a key's allow-list refuse anything.
+    pub fn may_use(&self, policy: &Policy, model: &str) -> bool {
         match self {
-            Caller::Anonymous => true,
-            Caller::Key(id) => id.key.allows(model),
+            Caller::Key(id) if policy.config.modules.is_enabled(Module::Auth) => id.key.allows(model),
+            _ => true,
         }
     }
 }

@@ -27,6 +27,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use drover_proto::model::Module;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use hyper::body::Incoming;
@@ -107,11 +108,11 @@ pub async fn models(State(state): State<Arc<AppState>>, req: Request) -> Respons
 fn models_list(policy: &Policy, caller: &Caller, format: ApiFormat) -> Response {
     let config = &policy.config;
     let body = match caller {
-        Caller::Key(id) if !id.key.models.is_empty() => {
+        Caller::Key(id) if !id.key.models.is_empty() && config.modules.is_enabled(Module::Auth) => {
             let listed: Vec<(String, String)> = config
                 .listed
                 .iter()
-                .filter(|(name, _)| caller.may_use(name))
+                .filter(|(name, _)| caller.may_use(policy, name))
                 .cloned()
                 .collect();
             match format {
@@ -252,7 +253,7 @@ async fn phases(
     })?;
     done.meter().route(&model, policy.version, stream, body.len());
 
-    if !caller.may_use(&model) {
+    if !caller.may_use(&policy, &model) {
         return Err(ProxyError::ModelNotAllowed {
             model: model.chars().take(256).collect(),
         });
