@@ -569,6 +569,22 @@ impl Gateway {
             .version
     }
 
+    /// Suspends or resumes tenant `name`, without waiting for the data planes; returns the
+    /// policy version.
+    pub async fn tenant_state(&self, name: &str, state: pb::TenantState) -> u64 {
+        self.admin
+            .clone()
+            .update_tenant(pb::UpdateTenantRequest {
+                name: name.into(),
+                state: state as i32,
+                ..Default::default()
+            })
+            .await
+            .expect("update tenant")
+            .into_inner()
+            .version
+    }
+
     /// Creates a key of `tenant` limited to `models` (empty: any) and waits until every data
     /// plane has it; returns the key's answer (id, secret, version).
     pub async fn key(&self, tenant: &str, models: &[&str]) -> pb::KeyWithSecretResponse {

@@ -171,28 +171,13 @@ async fn with_auth_on_every_request_needs_a_usable_key_in_the_callers_format() {
 
     // Suspending the tenant refuses its keys; resuming lets them in again.
     let mut admin = gw.admin.clone();
-    let suspend = |state: pb::TenantState| pb::UpdateTenantRequest {
-        name: "acme".into(),
-        state: state as i32,
-        ..Default::default()
-    };
-    let v = admin
-        .update_tenant(suspend(pb::TenantState::Suspended))
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
-    gw.wait_all(v).await;
+    gw.wait_all(gw.tenant_state("acme", pb::TenantState::Suspended).await)
+        .await;
     let reply = chat_with(&gw, &base, "m", &[("authorization", &auth)]).await;
     assert_eq!(reply.status, 401);
     assert!(reply.text().contains("suspended"), "{}", reply.text());
-    let v = admin
-        .update_tenant(suspend(pb::TenantState::Active))
-        .await
-        .unwrap()
-        .into_inner()
-        .version;
-    gw.wait_all(v).await;
+    gw.wait_all(gw.tenant_state("acme", pb::TenantState::Active).await)
+        .await;
     assert_eq!(
         chat_with(&gw, &base, "m", &[("authorization", &auth)])
             .await
@@ -482,26 +467,12 @@ async fn three_data_planes_follow_key_and_tenant_changes_within_a_second() {
         "created"
     );
 
-    admin
-        .update_tenant(pb::UpdateTenantRequest {
-            name: "acme".into(),
-            state: pb::TenantState::Suspended as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    gw.tenant_state("acme", pb::TenantState::Suspended).await;
     assert!(
         until_all(auth.clone(), 401).await < Duration::from_secs(1),
         "suspended"
     );
-    admin
-        .update_tenant(pb::UpdateTenantRequest {
-            name: "acme".into(),
-            state: pb::TenantState::Active as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    gw.tenant_state("acme", pb::TenantState::Active).await;
     assert!(
         until_all(auth.clone(), 200).await < Duration::from_secs(1),
         "resumed"
