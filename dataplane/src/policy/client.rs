@@ -187,10 +187,26 @@ async fn session(
     while let Some(update) = inbound.message().await? {
         let version = update.version;
         // A delta builds on the policy served now.
-        let compiled = match w.store.load() {
-            Some(serving) => serving.apply(&update, &w.env, &w.credential_env_allow, &w.health),
-            None => Policy::compile(&update, &w.env, &w.credential_env_allow, &w.health),
-        };
+        // Compiled off the runtime's worker threads: the policy's long-lived maps (100,000 keys
+        // and more) then live in the allocator arena of a thread that serves no requests, and
+        // years of deltas do not fragment the heap the request path allocates from.
+        let (serving, env, allow, health) = (
+            w.store.load(),
+            w.env.clone(),
+            w.credential_env_allow.clone(),
+            w.health.clone(),
+        );
+        let compiled = tokio::task::spawn_blocking(move || match serving {
+            Some(serving) => serving.apply(&update, &env, &allow, &health),
+            None => Policy::compile(&update, &env, &allow, &health),
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(drover_proto::model::InvalidPolicy::new(
+                "snapshot",
+                format!("compiling it failed: {e}"),
+            ))
+        });
         match compiled {
             Ok(policy) => {
                 let policy = Arc::new(policy);
