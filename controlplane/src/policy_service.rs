@@ -8,6 +8,7 @@
 //!
 //! Not here: validating snapshots (the data plane does that) and authentication (`auth`).
 
+use drover_proto::model::now_unix_ms;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 #[expect(
@@ -16,7 +17,6 @@ use std::net::SocketAddr;
 )]
 use std::sync::Mutex;
 use std::sync::{Arc, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use drover_proto::model::{self, validate_model_name};
 use drover_proto::pb;
@@ -378,12 +378,6 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! keeps their SHA-256 (and, for 24 hours, an encrypted copy of the answer when the caller gave
 //! a request id).
 
+use drover_proto::model::now_unix_ms;
 use std::collections::HashSet;
 
 use drover_proto::model::{
@@ -45,12 +46,6 @@ pub fn new_secret() -> NewSecret {
 
 fn new_key_id() -> String {
     format!("{KEY_ID_PREFIX}{}", random_alnum(KEY_ID_BODY_LEN))
-}
-
-fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn tenant_state(field: &str, state: i32) -> Result<Option<TenantState>, InvalidPolicy> {

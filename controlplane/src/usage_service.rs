@@ -8,7 +8,8 @@
 //!
 //! Not here: the ledger's schema and queries (`store::usage`), `QueryUsage` (`admin_service`).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use drover_proto::model::now_unix_ms;
+use std::time::Duration;
 
 use drover_proto::model::{InvalidPolicy, UsageRecord, validate_model_name};
 use drover_proto::pb;
@@ -80,13 +81,6 @@ impl pb::usage_service_server::UsageService for UsageApi {
             duplicates: applied.duplicates,
         }))
     }
-}
-
-/// Current Unix time in milliseconds.
-pub(crate) fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Runs a retention pass now and then every [`RETENTION_INTERVAL`], until `stop`.

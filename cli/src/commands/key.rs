@@ -1,6 +1,7 @@
 //! `drover key`: virtual keys. Create (the secret is printed this once), list, revoke, rotate.
 
 use clap::Subcommand;
+use drover_proto::model::now_unix_ms;
 use drover_proto::model::{
     MAX_GRACE_SECS, validate_key_id, validate_key_models, validate_key_name, validate_tenant_name,
 };
@@ -191,12 +192,6 @@ fn table(rows: &[KeyRow]) -> Table {
         ]);
     }
     t
-}
-
-fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// The lines `key create` and `key rotate` print for people: the secret, and that it is shown once.

@@ -1,7 +1,7 @@
 //! `drover status`: the policy version, and each data plane with the version it serves and the
 //! providers and route targets of that version it cannot use.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use drover_proto::model::now_unix_ms;
 
 use clap::Args;
 use drover_proto::pb;
@@ -215,12 +215,6 @@ fn ago(then_ms: i64, now_ms: i64) -> String {
         s if s < 86_400 => format!("{}h ago", s / 3600),
         s => format!("{}d ago", s / 86_400),
     }
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 pub async fn run(args: StatusArgs, global: &GlobalArgs) -> anyhow::Result<()> {

@@ -5,6 +5,7 @@
 //! routes, prices, modules) alone, so the published snapshot keeps its config and only gains
 //! the new version; data planes then ask for what changed ([`Store::policy_update`]).
 
+use drover_proto::model::now_unix_ms;
 use drover_proto::model::{self, Digest, Labels, quoted};
 use drover_proto::pb;
 use rusqlite::Connection;
@@ -21,6 +22,16 @@ use crate::error::StoreError;
 pub(super) enum Outcome<T> {
     Changed(T),
     Unchanged(T),
+}
+
+impl<T> Outcome<T> {
+    fn changed_if(changed: bool, value: T) -> Self {
+        if changed {
+            Outcome::Changed(value)
+        } else {
+            Outcome::Unchanged(value)
+        }
+    }
 }
 
 /// A new secret, made by the caller (the admin API) and stored only as its hash.
@@ -64,12 +75,6 @@ impl Db {
             }
         }
     }
-}
-
-fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Runs `make` unless `idempotency` names an earlier call, whose answer is returned instead;
@@ -179,11 +184,7 @@ impl Store {
                 let changed = tenants::update(conn, &row, state, &labels, rev)?;
                 let now = now_unix_ms();
                 let info = tenants::info(conn, &TenantRow { state, labels, ..row }, now)?;
-                Ok(if changed {
-                    Outcome::Changed(info)
-                } else {
-                    Outcome::Unchanged(info)
-                })
+                Ok(Outcome::changed_if(changed, info))
             })
             .await?;
         Ok(pb::TenantResponse {
@@ -289,11 +290,7 @@ impl Store {
                 let now = now_unix_ms();
                 let changed = keys::revoke(conn, &id, now, rev)?;
                 let info = keys::get(conn, &id)?.info(now);
-                Ok(if changed {
-                    Outcome::Changed(info)
-                } else {
-                    Outcome::Unchanged(info)
-                })
+                Ok(Outcome::changed_if(changed, info))
             })
             .await?;
         Ok(pb::KeyResponse {

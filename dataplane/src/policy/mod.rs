@@ -458,6 +458,38 @@ mod tests {
     }
 
     #[test]
+    fn a_delta_applies_only_on_its_base_and_shares_the_config() {
+        let health = HealthRegistry::default();
+        let base = compile(&snapshot("KEY_SET_API_KEY"), &health).unwrap();
+        let delta = |store: &str, base_version: u64| pb::Snapshot {
+            store_id: store.into(),
+            version: 9,
+            base_version,
+            config_unchanged: true,
+            tenants: vec![pb::Tenant {
+                id: 1,
+                name: "acme".into(),
+                suspended: false,
+            }],
+            ..Default::default()
+        };
+        let apply = |d: pb::Snapshot| base.apply(&d, &env(), &EnvAllowList::default(), &health);
+        for wrong in [delta("s1", 6), delta("other", 7)] {
+            assert_eq!(apply(wrong).unwrap_err().field, "base_version");
+        }
+        let next = apply(delta("s1", 7)).unwrap();
+        assert_eq!(next.version, 9);
+        assert!(Arc::ptr_eq(&next.config, &base.config), "the config is shared");
+        assert_eq!(next.to_wire().tenants.len(), 1);
+        // A complete snapshot cannot claim an unchanged config.
+        let bad = pb::Snapshot {
+            config_unchanged: true,
+            ..snapshot("KEY_SET_API_KEY")
+        };
+        assert!(compile(&bad, &health).is_err());
+    }
+
+    #[test]
     fn health_state_survives_recompiles() {
         let health = HealthRegistry::default();
         let a = compile(&snapshot("KEY_SET_API_KEY"), &health).unwrap();

@@ -7,7 +7,7 @@
 //! partition) and anything else is ignored. The key never goes upstream: the
 //! provider's credential replaces every one of these headers.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use drover_proto::model::now_unix_ms;
 
 use drover_proto::model::{Module, is_secret_shaped};
 use http::HeaderMap;
@@ -67,12 +67,6 @@ fn presented(headers: &HeaderMap) -> Option<&str> {
         first.get_or_insert(c);
     }
     first
-}
-
-fn now_unix_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Phase `authenticate`.

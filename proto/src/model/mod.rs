@@ -53,7 +53,7 @@ pub use tenant::{
 };
 pub use usage::{
     MAX_REQUEST_ID_LEN, MAX_USAGE_NANO_USD, MAX_USAGE_TIME_UNIX_MS, MAX_USAGE_TOKENS, MS_PER_DAY,
-    UsageRecord, UtcDay, cost_nano_usd,
+    UsageRecord, UtcDay, cost_nano_usd, now_unix_ms,
 };
 
 #[cfg(test)]

@@ -166,6 +166,13 @@ pub fn cost_nano_usd(tokens: u64, usd_per_mtok: f64) -> i64 {
 /// Milliseconds in a day.
 pub const MS_PER_DAY: i64 = 86_400_000;
 
+/// The current Unix time in milliseconds, as records, keys and listings carry it.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// A calendar day in UTC (proleptic Gregorian), as days since 1970-01-01. Displays and parses
 /// as `YYYY-MM-DD`; usage is rolled up and grouped by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
