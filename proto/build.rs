@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/drover/v1/policy.proto",
         "proto/drover/v1/admin.proto",
         "proto/drover/v1/usage.proto",
+        "proto/drover/v1/lease.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -40,6 +40,45 @@ fn invalid(e: InvalidPolicy) -> StoreError {
 
 #[tonic::async_trait]
 impl pb::admin_service_server::AdminService for AdminApi {
+    async fn set_limit(
+        &self,
+        _: Request<pb::SetLimitRequest>,
+    ) -> Result<Response<pb::LimitResponse>, Status> {
+        Err(Status::unimplemented("rate limits are not available yet"))
+    }
+
+    async fn list_limits(
+        &self,
+        _: Request<pb::ListLimitsRequest>,
+    ) -> Result<Response<pb::ListLimitsResponse>, Status> {
+        Err(Status::unimplemented("rate limits are not available yet"))
+    }
+
+    async fn remove_limit(
+        &self,
+        _: Request<pb::RemoveLimitRequest>,
+    ) -> Result<Response<pb::ChangeResponse>, Status> {
+        Err(Status::unimplemented("rate limits are not available yet"))
+    }
+
+    async fn set_cap(&self, _: Request<pb::SetCapRequest>) -> Result<Response<pb::CapResponse>, Status> {
+        Err(Status::unimplemented("spend caps are not available yet"))
+    }
+
+    async fn list_caps(
+        &self,
+        _: Request<pb::ListCapsRequest>,
+    ) -> Result<Response<pb::ListCapsResponse>, Status> {
+        Err(Status::unimplemented("spend caps are not available yet"))
+    }
+
+    async fn remove_cap(
+        &self,
+        _: Request<pb::RemoveCapRequest>,
+    ) -> Result<Response<pb::ChangeResponse>, Status> {
+        Err(Status::unimplemented("spend caps are not available yet"))
+    }
+
     async fn add_provider(
         &self,
         request: Request<pb::AddProviderRequest>,

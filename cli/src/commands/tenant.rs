@@ -113,6 +113,7 @@ pub async fn run(command: TenantCommand, global: &GlobalArgs) -> anyhow::Result<
                     name,
                     labels: labels.into_iter().collect(),
                     request_id: String::new(),
+                    on_cp_loss: 0,
                 })
                 .await
                 .map_err(|s| client.error(s))?
@@ -236,6 +237,7 @@ mod tests {
             labels: [("team".to_owned(), "search".to_owned())].into_iter().collect(),
             created_unix_ms: 1_764_979_200_000,
             active_keys: 2,
+            on_cp_loss: 0,
         })];
         assert_eq!(
             table(&rows).render(),

@@ -317,6 +317,8 @@ pub(super) fn changed_since(
                 (at != 0).then_some(at)
             },
             previous,
+            limits: model::Limits::default(),
+            caps: Vec::new(),
         };
         live.push(pb::VirtualKey::from(&key));
     }

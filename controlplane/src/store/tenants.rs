@@ -191,6 +191,7 @@ pub(crate) fn info(conn: &Connection, t: &TenantRow, now_unix_ms: i64) -> Result
         labels: t.labels.clone().into_iter().collect(),
         created_unix_ms: t.created_unix_ms,
         active_keys: u64::try_from(active).unwrap_or(0),
+        on_cp_loss: pb::OnCpLoss::Open.into(),
     })
 }
 
@@ -216,6 +217,7 @@ pub(super) fn changed_since(
                 id,
                 name: row.get(1)?,
                 suspended: state == "suspended",
+                ..Default::default()
             });
         }
     }

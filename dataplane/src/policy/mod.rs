@@ -470,6 +470,7 @@ mod tests {
                 id: 1,
                 name: "acme".into(),
                 suspended: false,
+                ..Default::default()
             }],
             ..Default::default()
         };

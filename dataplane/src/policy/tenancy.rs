@@ -69,6 +69,7 @@ impl KeyEntry {
             expires_unix_ms: self.expires_unix_ms.unwrap_or(0),
             previous_hash: self.previous.map(|(h, _)| h.to_vec()).unwrap_or_default(),
             previous_expires_unix_ms: self.previous.map_or(0, |(_, at)| at),
+            ..Default::default()
         }
     }
 
@@ -266,6 +267,7 @@ impl Tenancy {
                 id: t.id,
                 name: t.name.to_string(),
                 suspended: t.suspended,
+                ..Default::default()
             })
             .collect();
         tenants.sort_by_key(|t| t.id);
@@ -301,6 +303,7 @@ mod tests {
             id,
             name: format!("t{id}"),
             suspended,
+            ..Default::default()
         }
     }
 

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 
+use super::limit::{Cap, Limits, caps_from_wire};
 use super::{InvalidPolicy, quoted, validate_model_name};
 use crate::pb;
 
@@ -136,7 +137,7 @@ fn digest(field: &str, bytes: &[u8]) -> Result<Digest, InvalidPolicy> {
 }
 
 /// A virtual key as a data plane holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct VirtualKey {
     pub id: String,
     pub tenant_id: u64,
@@ -148,6 +149,10 @@ pub struct VirtualKey {
     pub expires_unix_ms: Option<i64>,
     /// During a rotation's grace period: the previous secret's hash, and when it stops working.
     pub previous: Option<(Digest, i64)>,
+    /// Rate limits of this key alone.
+    pub limits: Limits,
+    /// Spend caps of this key alone, at most one per period.
+    pub caps: Vec<Cap>,
 }
 
 impl TryFrom<&pb::VirtualKey> for VirtualKey {
@@ -176,6 +181,8 @@ impl TryFrom<&pb::VirtualKey> for VirtualKey {
             models: k.models.clone(),
             expires_unix_ms: (k.expires_unix_ms != 0).then_some(k.expires_unix_ms),
             previous,
+            limits: Limits::try_from(k.limits.as_ref()).map_err(within)?,
+            caps: caps_from_wire(&k.caps).map_err(within)?,
         })
     }
 }
@@ -190,6 +197,8 @@ impl From<&VirtualKey> for pb::VirtualKey {
             expires_unix_ms: k.expires_unix_ms.unwrap_or(0),
             previous_hash: k.previous.map(|(h, _)| h.to_vec()).unwrap_or_default(),
             previous_expires_unix_ms: k.previous.map_or(0, |(_, at)| at),
+            limits: (&k.limits).into(),
+            caps: k.caps.iter().map(pb::Cap::from).collect(),
         }
     }
 }
@@ -266,6 +275,11 @@ mod tests {
             expires_unix_ms: 5,
             previous_hash: vec![9; 32],
             previous_expires_unix_ms: 6,
+            limits: Some(pb::Limits {
+                concurrency: 2,
+                ..Default::default()
+            }),
+            caps: vec![],
         };
         let key = VirtualKey::try_from(&wire).unwrap();
         assert_eq!(key.previous, Some(([9; 32], 6)));

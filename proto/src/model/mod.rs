@@ -9,6 +9,7 @@
 mod credential;
 mod error;
 mod key;
+mod limit;
 mod modules;
 mod names;
 mod price;
@@ -31,6 +32,10 @@ pub use key::{
     MAX_KEY_NAME_LEN, MAX_REQUEST_ID_CHARS, SECRET_BODY_LEN, SECRET_PREFIX, SHOWN_SECRET_LEN, VirtualKey,
     is_secret_shaped, validate_expiry, validate_key_id, validate_key_models, validate_key_name,
     validate_request_id,
+};
+pub use limit::{
+    Cap, CapPeriod, Limits, MAX_CAP_NANO_USD, MAX_CONCURRENCY_LIMIT, MAX_RATE_LIMIT, OnCpLoss,
+    caps_from_wire, validate_cap_amount, validate_concurrency_limit, validate_rate_limit, validate_soft_at,
 };
 pub use modules::{AVAILABLE_MODULES, Module, Modules};
 pub use names::{

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::limit::{Cap, Limits, OnCpLoss, caps_from_wire};
 use super::names::validate_slug;
 use super::{InvalidPolicy, quoted};
 use crate::pb;
@@ -78,11 +79,16 @@ pub fn validate_labels<'a>(
 pub type Labels = BTreeMap<String, String>;
 
 /// A tenant as a data plane holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tenant {
     pub id: u64,
     pub name: String,
     pub suspended: bool,
+    /// Rate limits on all its keys together.
+    pub limits: Limits,
+    /// Spend caps on all its keys together, at most one per period.
+    pub caps: Vec<Cap>,
+    pub on_cp_loss: OnCpLoss,
 }
 
 impl TryFrom<&pb::Tenant> for Tenant {
@@ -93,10 +99,18 @@ impl TryFrom<&pb::Tenant> for Tenant {
             return Err(InvalidPolicy::new("tenant/id", "must not be 0"));
         }
         validate_tenant_name("tenant/name", &t.name)?;
+        let within = |e: InvalidPolicy| e.within(&format!("tenant {}", quoted(&t.name)));
         Ok(Tenant {
             id: t.id,
             name: t.name.clone(),
             suspended: t.suspended,
+            limits: Limits::try_from(t.limits.as_ref()).map_err(within)?,
+            caps: caps_from_wire(&t.caps).map_err(within)?,
+            on_cp_loss: if t.fail_closed {
+                OnCpLoss::Closed
+            } else {
+                OnCpLoss::Open
+            },
         })
     }
 }
@@ -107,6 +121,9 @@ impl From<&Tenant> for pb::Tenant {
             id: t.id,
             name: t.name.clone(),
             suspended: t.suspended,
+            limits: (&t.limits).into(),
+            caps: t.caps.iter().map(pb::Cap::from).collect(),
+            fail_closed: t.on_cp_loss == OnCpLoss::Closed,
         }
     }
 }
@@ -139,10 +156,26 @@ mod tests {
             id: 7,
             name: "acme".into(),
             suspended: true,
+            limits: Some(pb::Limits {
+                rpm: 5,
+                ..Default::default()
+            }),
+            caps: vec![pb::Cap {
+                period: pb::CapPeriod::Day.into(),
+                limit_nano_usd: 9,
+                ..Default::default()
+            }],
+            fail_closed: true,
         };
         let model = Tenant::try_from(&t).unwrap();
         assert_eq!(pb::Tenant::from(&model), t);
+        assert_eq!(model.on_cp_loss, OnCpLoss::Closed);
         assert!(Tenant::try_from(&pb::Tenant { id: 0, ..t.clone() }).is_err());
+        let zero_cap = pb::Tenant {
+            caps: vec![pb::Cap::default()],
+            ..t.clone()
+        };
+        assert!(Tenant::try_from(&zero_cap).is_err());
         assert!(
             Tenant::try_from(&pb::Tenant {
                 name: "A B".into(),
