@@ -14,6 +14,7 @@
 pub mod crypto;
 pub(crate) mod idempotency;
 pub(crate) mod keys;
+pub(crate) mod limits;
 pub(crate) mod meta;
 mod migrations;
 pub(crate) mod modules;
