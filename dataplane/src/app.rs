@@ -15,6 +15,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
 
 use crate::admin;
 use crate::config::Config;
+use crate::limits;
 use crate::policy::{Policy, client, last_good};
 use crate::proxy;
 use crate::server;
@@ -130,9 +131,19 @@ impl DataPlane {
             http_addr.to_string(),
             state.policy.clone(),
             state.health.clone(),
+            state.limiter.table.clone(),
             state.metrics.clone(),
         );
         let policy = tokio::spawn(client::run(watch, shutdown.clone()));
+        if let Some(asks) = state.limiter.take_asks() {
+            let core =
+                limits::client::Core::new(state.limiter.clone(), asks, state.config.dataplane_id.clone());
+            tokio::spawn(limits::client::run(
+                core,
+                crate::control::Link::new(&state.config),
+                shutdown.clone(),
+            ));
+        }
         let app = router(state.clone());
         let mut listener_config = state.config.listener.clone();
         if let Some(fit) = server::fd_bound_connections()
@@ -189,6 +200,7 @@ async fn load_last_good(state: &Arc<AppState>) {
             &state.config.env,
             &state.config.credential_env_allow,
             &state.health,
+            &state.limiter.table,
         ) {
             Ok(policy) => {
                 tracing::info!(

@@ -29,6 +29,9 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// Attempts per request, at least one per target.
     pub max_attempts: u32,
+    /// How long a request waits for a lease (rate limit, spend cap) before its tenant's
+    /// on-cp-loss applies.
+    pub lease_wait: Duration,
     /// Backoff before retrying a target already tried: full jitter over `base * 2^n`, capped.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
@@ -54,6 +57,7 @@ impl Default for ProxyConfig {
             upstream_timeout: Duration::from_secs(300),
             connect_timeout: Duration::from_secs(5),
             max_attempts: 3,
+            lease_wait: Duration::from_millis(250),
             backoff_base: Duration::from_millis(50),
             backoff_max: Duration::from_secs(2),
             breaker: BreakerConfig {
@@ -329,6 +333,10 @@ pub struct ProxyArgs {
     /// Attempts per request (at least one per target of the route).
     #[arg(long, env = "DROVER_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
+    /// How long, in milliseconds, a request waits for a lease from the control plane (rate
+    /// limits, spend caps) before its tenant's on-cp-loss (open or closed) applies.
+    #[arg(long, env = "DROVER_LEASE_WAIT_MS", default_value_t = 250)]
+    pub lease_wait_ms: u64,
     /// Memory bound of the response cache, in bytes (routes opt in with `route set --cache-ttl`).
     #[arg(long, env = "DROVER_CACHE_MAX_BYTES", default_value_t = DEFAULT_CACHE_MAX_BYTES)]
     pub cache_max_bytes: u64,
@@ -408,6 +416,7 @@ impl ProxyArgs {
             ("request-timeout", self.request_timeout),
             ("upstream-timeout", self.upstream_timeout),
             ("max-attempts", u64::from(self.max_attempts)),
+            ("lease-wait-ms", self.lease_wait_ms),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -445,6 +454,7 @@ impl ProxyArgs {
         config.proxy.request_timeout = Duration::from_secs(self.request_timeout);
         config.proxy.upstream_timeout = Duration::from_secs(self.upstream_timeout);
         config.proxy.max_attempts = self.max_attempts;
+        config.proxy.lease_wait = Duration::from_millis(self.lease_wait_ms);
         config.usage.report = self.usage_reporting == Switch::On;
         config.credential_env_allow = EnvAllowList::parse(&self.credential_env_allow)?;
         Ok(())

@@ -15,6 +15,7 @@ use crate::formats::Family;
 use crate::formats::ir::{ErrorInfo, ErrorKind};
 use crate::formats::json::BodyError;
 use crate::formats::openai::error_body;
+use crate::formats::ratelimit::RateHeaders;
 use crate::formats::tap::StreamKind;
 use crate::formats::{anthropic, gemini, openai};
 
@@ -178,6 +179,26 @@ pub enum ProxyError {
     /// provider's kind, as a route stored by an older version may hold).
     #[error("route target `{target}` cannot be used: {reason}")]
     TargetUnusable { target: String, reason: String },
+    /// Over a rate or concurrency limit of the caller's key or tenant.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+        headers: RateHeaders,
+    },
+    /// A hard spend cap is reached. No `retry-after` for a total cap.
+    #[error("{message}")]
+    SpendCapReached {
+        message: String,
+        retry_after_secs: Option<u64>,
+    },
+    /// A model without a price under a cap that does not allow unpriced models.
+    #[error("{message}")]
+    Unpriced { message: String },
+    /// A limit or cap could not be checked (control plane unreachable, leases spent) and the
+    /// tenant fails closed.
+    #[error("{message}")]
+    LimitsUnavailable { message: String },
     /// The provider refused the request (a 4xx other than 429): its answer goes to the caller as is.
     /// `translated_from` names the provider's format when it differs from the caller's.
     #[error("upstream rejected the request with status {status}")]
@@ -204,6 +225,10 @@ impl ProxyError {
             ProxyError::UnknownModel { .. } | ProxyError::NoSuchPath { .. } => StatusCode::NOT_FOUND,
             ProxyError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::ModelNotAllowed { .. } => StatusCode::FORBIDDEN,
+            ProxyError::RateLimited { .. }
+            | ProxyError::SpendCapReached { .. }
+            | ProxyError::Unpriced { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::LimitsUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Upstream { last, .. } => match last.kind {
                 FailureKind::Connect
@@ -227,7 +252,9 @@ impl ProxyError {
 
     fn retry_after(&self) -> Option<u64> {
         match self {
-            ProxyError::NotReady | ProxyError::Overloaded => Some(1),
+            ProxyError::NotReady | ProxyError::Overloaded | ProxyError::LimitsUnavailable { .. } => Some(1),
+            ProxyError::RateLimited { retry_after_secs, .. } => Some(*retry_after_secs),
+            ProxyError::SpendCapReached { retry_after_secs, .. } => *retry_after_secs,
             ProxyError::Upstream {
                 last:
                     UpstreamFailure {
@@ -259,6 +286,10 @@ impl ProxyError {
             ProxyError::ModelNotAllowed { .. } => {
                 ("invalid_request_error", Some("model"), Some("model_not_allowed"))
             }
+            ProxyError::RateLimited { .. } => ("rate_limit_error", None, Some("rate_limit_exceeded")),
+            ProxyError::SpendCapReached { .. } => ("insufficient_quota", None, Some("insufficient_quota")),
+            ProxyError::Unpriced { .. } => ("insufficient_quota", Some("model"), Some("unpriced_model")),
+            ProxyError::LimitsUnavailable { .. } => ("server_error", None, Some("limits_unavailable")),
             ProxyError::Unsupported { .. } => ("invalid_request_error", None, Some("unsupported")),
             ProxyError::Untranslatable { .. } => ("invalid_request_error", None, Some("untranslatable")),
             ProxyError::BadUpstream { .. } => ("server_error", None, Some("upstream_error")),
@@ -315,7 +346,9 @@ impl ProxyError {
     fn is_misconfigured(&self) -> bool {
         matches!(
             self,
-            ProxyError::ProviderUnavailable { .. } | ProxyError::TargetUnusable { .. }
+            ProxyError::ProviderUnavailable { .. }
+                | ProxyError::TargetUnusable { .. }
+                | ProxyError::LimitsUnavailable { .. }
         )
     }
 
@@ -341,6 +374,10 @@ impl ProxyError {
     /// meet the outside world.
     pub fn into_response(self, format: ApiFormat) -> Response {
         let retry_after = self.retry_after();
+        let rate_headers = match &self {
+            ProxyError::RateLimited { headers, .. } => Some(*headers),
+            _ => None,
+        };
         let mut resp = match self {
             ProxyError::Rejected {
                 status,
@@ -376,6 +413,9 @@ impl ProxyError {
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(secs) = retry_after {
             resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(h) = rate_headers {
+            h.write(format, drover_proto::model::now_unix_ms(), resp.headers_mut());
         }
         resp
     }

@@ -5,8 +5,9 @@
 //! plane keeps no durable state of its own (optional files only: the last-good policy and the
 //! spool of usage records not yet acknowledged) and does not depend on SQLite.
 
-// Private except the crate's real API (re-exported below) and the wire formats, whose
-// codecs the test harness also drives; so dead code shows.
+// Private except the crate's real API (re-exported below), the wire formats, whose codecs
+// the test harness also drives, and the lease cells and client (with the counters they
+// touch), which the lease simulation drives without sockets; so dead code shows.
 mod admin;
 mod app;
 mod budget;
@@ -17,7 +18,8 @@ mod control;
 mod error;
 pub mod formats;
 mod health;
-mod metrics;
+pub mod limits;
+pub mod metrics;
 mod policy;
 mod providers;
 mod proxy;

@@ -69,6 +69,17 @@ pub struct Metrics {
     pub bodies_over_budget: Counter,
     /// Requests whose body did not arrive within `--body-read-timeout`.
     pub bodies_timed_out: Counter,
+    /// Requests refused by a rate or concurrency limit (429).
+    pub rate_limited: Counter,
+    /// Requests refused by a hard spend cap (429).
+    pub spend_refused: Counter,
+    /// Requests admitted past a soft spend cap.
+    pub spend_soft_cap: Counter,
+    /// Requests let through without a lease: control plane unreachable, tenant fails open.
+    pub limits_fail_open: Counter,
+    /// Messages sent and answers received on the lease stream.
+    pub lease_messages: Counter,
+    pub lease_answers: Counter,
 }
 
 /// Failed provider attempts, by when and how they failed ([`FailureKind`]).

@@ -1,5 +1,5 @@
 //! The state every request shares: the policy (swapped whole), what outlives a swap (target
-//! health, the retry budget, the response cache, the body budget), the HTTP client, the
+//! health, the retry budget, the response cache, the body budget, the lease cells), the HTTP client, the
 //! counters and the usage sink.
 
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use crate::budget::BodyBudget;
 use crate::cache::ResponseCache;
 use crate::config::Config;
 use crate::health::{HealthRegistry, RetryBudget};
+use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::policy::PolicyStore;
 use crate::providers::{HttpClient, http_client};
@@ -27,6 +28,8 @@ pub struct AppState {
     pub cache: ResponseCache,
     /// Request-body bytes held in memory by requests in flight.
     pub bodies: BodyBudget,
+    /// Rate-limit and spend-cap leases, shared with the lease client.
+    pub limiter: Arc<Limiter>,
 }
 
 impl AppState {
@@ -38,6 +41,7 @@ impl AppState {
             client: http_client(config.proxy.connect_timeout),
             cache: ResponseCache::new(config.cache_max_bytes),
             bodies: BodyBudget::new(config.max_buffered_body_bytes),
+            limiter: Arc::new(Limiter::new(config.proxy.lease_wait, metrics.clone())),
             config,
             policy: Arc::default(),
             health: Arc::default(),

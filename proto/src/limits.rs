@@ -30,6 +30,14 @@ pub const MAX_USAGE_NANO_USD: i64 = 1_000_000_000_000_000;
 /// so that every day is a four-digit-year `YYYY-MM-DD`.
 pub const MAX_USAGE_TIME_UNIX_MS: i64 = 253_402_300_800_000;
 
+/// Most asks in one lease message, and most holdings (a hello lists every lease held).
+pub const MAX_LEASE_ASKS: usize = 10_000;
+pub const MAX_LEASE_HOLDINGS: usize = 100_000;
+
+/// Largest lease message either way, bytes: a hello with every holding (about 60 bytes each)
+/// with room to spare.
+pub const MAX_LEASE_MESSAGE_BYTES: usize = 16 << 20;
+
 /// Longest request id accepted in a usage record.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 

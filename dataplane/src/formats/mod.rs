@@ -10,6 +10,7 @@ pub mod gemini;
 pub mod ir;
 pub mod json;
 pub mod openai;
+pub mod ratelimit;
 pub mod sse;
 pub mod tap;
 #[cfg(test)]

@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 use crate::config::Config;
 use crate::control::{Backoff, Link, LinkError, causes};
 use crate::health::HealthRegistry;
+use crate::limits::LeaseTable;
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyStore, last_good};
 use crate::providers::EnvLookup;
@@ -39,6 +40,7 @@ pub struct Watch {
     pub last_good: Option<PathBuf>,
     pub store: Arc<PolicyStore>,
     pub health: Arc<HealthRegistry>,
+    pub leases: Arc<LeaseTable>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -48,6 +50,7 @@ impl Watch {
         http_addr: String,
         store: Arc<PolicyStore>,
         health: Arc<HealthRegistry>,
+        leases: Arc<LeaseTable>,
         metrics: Arc<Metrics>,
     ) -> Watch {
         Watch {
@@ -59,6 +62,7 @@ impl Watch {
             last_good: config.last_good.clone(),
             store,
             health,
+            leases,
             metrics,
         }
     }
@@ -190,15 +194,16 @@ async fn session(
         // Compiled off the runtime's worker threads: the policy's long-lived maps (100,000 keys
         // and more) then live in the allocator arena of a thread that serves no requests, and
         // years of deltas do not fragment the heap the request path allocates from.
-        let (serving, env, allow, health) = (
+        let (serving, env, allow, health, leases) = (
             w.store.load(),
             w.env.clone(),
             w.credential_env_allow.clone(),
             w.health.clone(),
+            w.leases.clone(),
         );
         let compiled = tokio::task::spawn_blocking(move || match serving {
-            Some(serving) => serving.apply(&update, &env, &allow, &health),
-            None => Policy::compile(&update, &env, &allow, &health),
+            Some(serving) => serving.apply(&update, &env, &allow, &health, &leases),
+            None => Policy::compile(&update, &env, &allow, &health, &leases),
         })
         .await
         .unwrap_or_else(|e| {

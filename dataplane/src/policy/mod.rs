@@ -29,6 +29,7 @@ use drover_proto::model::{
 use drover_proto::pb;
 
 use crate::health::{HealthRegistry, TargetHealth};
+use crate::limits::LeaseTable;
 use crate::providers::credential::EnvAllowList;
 use crate::providers::{EnvLookup, ProviderRt};
 use tenancy::Tenancy;
@@ -128,12 +129,15 @@ fn json_string(s: &str) -> Bytes {
 
 impl Policy {
     /// Validates and indexes a complete snapshot, resolving `env:VAR` credentials through `env`
-    /// for the variables `allow` lets through. Never touches the serving policy.
+    /// for the variables `allow` lets through. Never touches the serving policy. Target health
+    /// and lease cells outlive policies: the compiled policy links to those in `health` and
+    /// `leases` by stable id, making them where missing.
     pub fn compile(
         snapshot: &pb::Snapshot,
         env: &EnvLookup,
         allow: &EnvAllowList,
         health: &HealthRegistry,
+        leases: &LeaseTable,
     ) -> Result<Self, InvalidPolicy> {
         if snapshot.base_version != 0 || snapshot.config_unchanged {
             return Err(InvalidPolicy::new(
@@ -145,7 +149,7 @@ impl Policy {
             store_id: snapshot.store_id.clone(),
             version: snapshot.version,
             config: Arc::new(PolicyConfig::compile(snapshot, env, allow, health)?),
-            tenancy: Tenancy::complete(&snapshot.tenants, &snapshot.keys)?,
+            tenancy: Tenancy::complete(&snapshot.tenants, &snapshot.keys, leases)?,
         })
     }
 
@@ -158,9 +162,10 @@ impl Policy {
         env: &EnvLookup,
         allow: &EnvAllowList,
         health: &HealthRegistry,
+        leases: &LeaseTable,
     ) -> Result<Self, InvalidPolicy> {
         if update.base_version == 0 {
-            return Policy::compile(update, env, allow, health);
+            return Policy::compile(update, env, allow, health, leases);
         }
         if update.store_id != self.store_id || update.base_version != self.version {
             return Err(InvalidPolicy::new(
@@ -185,6 +190,7 @@ impl Policy {
                 &update.tenants,
                 &update.removed_keys,
                 &update.keys,
+                leases,
             )?,
         })
     }
@@ -423,7 +429,13 @@ mod tests {
     }
 
     fn compile(snapshot: &pb::Snapshot, health: &HealthRegistry) -> Result<Policy, InvalidPolicy> {
-        Policy::compile(snapshot, &env(), &EnvAllowList::default(), health)
+        Policy::compile(
+            snapshot,
+            &env(),
+            &EnvAllowList::default(),
+            health,
+            &LeaseTable::default(),
+        )
     }
 
     #[test]
@@ -474,7 +486,15 @@ mod tests {
             }],
             ..Default::default()
         };
-        let apply = |d: pb::Snapshot| base.apply(&d, &env(), &EnvAllowList::default(), &health);
+        let apply = |d: pb::Snapshot| {
+            base.apply(
+                &d,
+                &env(),
+                &EnvAllowList::default(),
+                &health,
+                &LeaseTable::default(),
+            )
+        };
         for wrong in [delta("s1", 6), delta("other", 7)] {
             assert_eq!(apply(wrong).unwrap_err().field, "base_version");
         }

@@ -11,15 +11,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use drover_proto::model::{self, Digest, InvalidPolicy, is_secret_shaped, quoted};
+use drover_proto::model::{self, Cap, Digest, InvalidPolicy, Limits, OnCpLoss, is_secret_shaped, quoted};
 use drover_proto::pb;
 use sha2::{Digest as _, Sha256};
+
+use crate::limits::{LeaseTable, Scope, ScopeCells};
 
 /// Shards per map: 100,000 keys make about 400 per shard.
 const SHARDS: usize = 256;
 
 /// A tenant as requests see it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct TenantEntry {
     pub id: u64,
     pub name: Arc<str>,
@@ -27,10 +29,47 @@ pub struct TenantEntry {
     /// same name does not share.
     pub partition: Arc<str>,
     pub suspended: bool,
+    pub limits: Limits,
+    pub caps: Box<[Cap]>,
+    pub on_cp_loss: OnCpLoss,
+    /// The lease cells of its limits and caps (shared with every policy version).
+    pub cells: Option<Arc<ScopeCells>>,
+}
+
+impl TenantEntry {
+    /// Whether its requests are refused when leases cannot be had.
+    pub fn fails_closed(&self) -> bool {
+        self.on_cp_loss == OnCpLoss::Closed
+    }
+
+    fn from_wire(t: &pb::Tenant, leases: &LeaseTable) -> Result<Self, InvalidPolicy> {
+        let valid = model::Tenant::try_from(t)?;
+        Ok(TenantEntry {
+            id: valid.id,
+            partition: Arc::from(valid.id.to_string()),
+            name: Arc::from(valid.name),
+            suspended: valid.suspended,
+            cells: leases.scope(&Scope::Tenant(valid.id), &valid.limits, &valid.caps),
+            limits: valid.limits,
+            caps: valid.caps.into_boxed_slice(),
+            on_cp_loss: valid.on_cp_loss,
+        })
+    }
+
+    fn to_wire(&self) -> pb::Tenant {
+        pb::Tenant::from(&model::Tenant {
+            id: self.id,
+            name: self.name.to_string(),
+            suspended: self.suspended,
+            limits: self.limits,
+            caps: self.caps.to_vec(),
+            on_cp_loss: self.on_cp_loss,
+        })
+    }
 }
 
 /// A virtual key as requests see it.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct KeyEntry {
     pub id: Arc<str>,
     pub tenant_id: u64,
@@ -40,6 +79,10 @@ pub struct KeyEntry {
     pub expires_unix_ms: Option<i64>,
     /// A rotated-away secret's hash, and when it stops working.
     pub previous: Option<(Digest, i64)>,
+    pub limits: Limits,
+    pub caps: Box<[Cap]>,
+    /// The lease cells of its limits and caps (shared with every policy version).
+    pub cells: Option<Arc<ScopeCells>>,
 }
 
 impl KeyEntry {
@@ -48,10 +91,14 @@ impl KeyEntry {
         self.models.is_empty() || self.models.iter().any(|m| &**m == model)
     }
 
-    fn from_wire(k: &pb::VirtualKey) -> Result<Self, InvalidPolicy> {
+    fn from_wire(k: &pb::VirtualKey, leases: &LeaseTable) -> Result<Self, InvalidPolicy> {
         let valid = model::VirtualKey::try_from(k)?;
+        let id: Arc<str> = Arc::from(valid.id);
         Ok(KeyEntry {
-            id: Arc::from(valid.id),
+            cells: leases.scope(&Scope::Key(id.clone()), &valid.limits, &valid.caps),
+            limits: valid.limits,
+            caps: valid.caps.into_boxed_slice(),
+            id,
             tenant_id: valid.tenant_id,
             hash: valid.hash,
             models: valid.models.into_iter().map(String::into_boxed_str).collect(),
@@ -61,16 +108,16 @@ impl KeyEntry {
     }
 
     fn to_wire(&self) -> pb::VirtualKey {
-        pb::VirtualKey {
+        pb::VirtualKey::from(&model::VirtualKey {
             id: self.id.to_string(),
             tenant_id: self.tenant_id,
-            hash: self.hash.to_vec(),
+            hash: self.hash,
             models: self.models.iter().map(|m| m.to_string()).collect(),
-            expires_unix_ms: self.expires_unix_ms.unwrap_or(0),
-            previous_hash: self.previous.map(|(h, _)| h.to_vec()).unwrap_or_default(),
-            previous_expires_unix_ms: self.previous.map_or(0, |(_, at)| at),
-            ..Default::default()
-        }
+            expires_unix_ms: self.expires_unix_ms,
+            previous: self.previous,
+            limits: self.limits,
+            caps: self.caps.to_vec(),
+        })
     }
 
     fn hashes(&self) -> impl Iterator<Item = &Digest> {
@@ -148,8 +195,12 @@ pub struct Tenancy {
 
 impl Tenancy {
     /// The tenancy of a complete snapshot.
-    pub fn complete(tenants: &[pb::Tenant], keys: &[pb::VirtualKey]) -> Result<Self, InvalidPolicy> {
-        Tenancy::default().apply(&[], tenants, &[], keys)
+    pub fn complete(
+        tenants: &[pb::Tenant],
+        keys: &[pb::VirtualKey],
+        leases: &LeaseTable,
+    ) -> Result<Self, InvalidPolicy> {
+        Tenancy::default().apply(&[], tenants, &[], keys, leases)
     }
 
     /// This tenancy with a delta applied: removals first, then additions and changes. Keys
@@ -160,6 +211,7 @@ impl Tenancy {
         tenants: &[pb::Tenant],
         removed_keys: &[String],
         keys: &[pb::VirtualKey],
+        leases: &LeaseTable,
     ) -> Result<Self, InvalidPolicy> {
         let mut next = self.clone();
         if !removed_tenants.is_empty() || !tenants.is_empty() {
@@ -168,23 +220,15 @@ impl Tenancy {
                 map.remove(id);
             }
             for t in tenants {
-                let valid = model::Tenant::try_from(t)?;
-                map.insert(
-                    valid.id,
-                    Arc::new(TenantEntry {
-                        id: valid.id,
-                        partition: Arc::from(valid.id.to_string()),
-                        name: Arc::from(valid.name),
-                        suspended: valid.suspended,
-                    }),
-                );
+                let entry = TenantEntry::from_wire(t, leases)?;
+                map.insert(entry.id, Arc::new(entry));
             }
         }
         for id in removed_keys {
             next.remove_key(id);
         }
         for k in keys {
-            let entry = Arc::new(KeyEntry::from_wire(k)?);
+            let entry = Arc::new(KeyEntry::from_wire(k, leases)?);
             if !next.tenants.contains_key(&entry.tenant_id) {
                 return Err(InvalidPolicy::new(
                     format!("key {}", quoted(&entry.id)),
@@ -260,16 +304,7 @@ impl Tenancy {
 
     /// Every tenant and key, for a complete snapshot (the last-good file).
     pub fn to_wire(&self) -> (Vec<pb::Tenant>, Vec<pb::VirtualKey>) {
-        let mut tenants: Vec<pb::Tenant> = self
-            .tenants
-            .values()
-            .map(|t| pb::Tenant {
-                id: t.id,
-                name: t.name.to_string(),
-                suspended: t.suspended,
-                ..Default::default()
-            })
-            .collect();
+        let mut tenants: Vec<pb::Tenant> = self.tenants.values().map(|t| t.to_wire()).collect();
         tenants.sort_by_key(|t| t.id);
         let mut keys: Vec<pb::VirtualKey> = self.by_id.values().map(|k| k.to_wire()).collect();
         keys.sort_by(|a, b| a.id.cmp(&b.id));
@@ -325,6 +360,7 @@ mod tests {
         let t = Tenancy::complete(
             &[tenant(1, false), tenant(2, true)],
             &[key(1, 1), expiring, limited],
+            &LeaseTable::default(),
         )
         .unwrap();
         assert_eq!(t.len(), 3);
@@ -346,7 +382,7 @@ mod tests {
     #[test]
     fn a_delta_changes_only_what_it_names_and_shares_the_rest() {
         let keys: Vec<_> = (0..2_000).map(|n| key(n, 1)).collect();
-        let before = Tenancy::complete(&[tenant(1, false)], &keys).unwrap();
+        let before = Tenancy::complete(&[tenant(1, false)], &keys, &LeaseTable::default()).unwrap();
         let mut rotated = key(7, 1);
         rotated.hash = digest(&secret(10_007));
         rotated.previous_hash = digest(&secret(7));
@@ -357,6 +393,7 @@ mod tests {
                 &[],
                 &["key_0000000000000005".into()],
                 &[rotated, key(5_000, 1)],
+                &LeaseTable::default(),
             )
             .unwrap();
         assert_eq!(after.len(), 2_000);
@@ -388,29 +425,40 @@ mod tests {
             hash: digest(&secret(20_007)),
             ..key(7, 1)
         };
-        let again = after.apply(&[], &[], &[], &[plain]).unwrap();
+        let again = after
+            .apply(&[], &[], &[], &[plain], &LeaseTable::default())
+            .unwrap();
         assert!(matches!(again.find(&secret(10_007), 0), Found::Unknown));
         assert!(matches!(again.find(&secret(7), 0), Found::Unknown));
         // Suspending the tenant needs no key.
-        let suspended = again.apply(&[], &[tenant(1, true)], &[], &[]).unwrap();
+        let suspended = again
+            .apply(&[], &[tenant(1, true)], &[], &[], &LeaseTable::default())
+            .unwrap();
         assert!(matches!(suspended.find(&secret(1), 0), Found::Suspended));
         let (tenants, wire_keys) = suspended.to_wire();
         assert!(tenants[0].suspended);
         assert_eq!(wire_keys.len(), 2_000);
-        assert_eq!(Tenancy::complete(&tenants, &wire_keys).unwrap().len(), 2_000);
+        assert_eq!(
+            Tenancy::complete(&tenants, &wire_keys, &LeaseTable::default())
+                .unwrap()
+                .len(),
+            2_000
+        );
     }
 
     #[test]
     fn bad_deltas_are_refused() {
-        let t = Tenancy::complete(&[tenant(1, false)], &[key(1, 1)]).unwrap();
-        let e = t.apply(&[], &[], &[], &[key(2, 9)]).unwrap_err();
+        let t = Tenancy::complete(&[tenant(1, false)], &[key(1, 1)], &LeaseTable::default()).unwrap();
+        let e = t
+            .apply(&[], &[], &[], &[key(2, 9)], &LeaseTable::default())
+            .unwrap_err();
         assert!(e.reason.contains("not in the snapshot"), "{e}");
         let twin = pb::VirtualKey {
             id: "key_twin000000000000".into(),
             ..key(1, 1)
         };
         assert!(
-            t.apply(&[], &[], &[], &[twin])
+            t.apply(&[], &[], &[], &[twin], &LeaseTable::default())
                 .unwrap_err()
                 .reason
                 .contains("hash of key")
@@ -419,8 +467,13 @@ mod tests {
             hash: vec![1; 3],
             ..key(2, 1)
         };
-        assert!(t.apply(&[], &[], &[], &[short]).is_err());
+        assert!(t.apply(&[], &[], &[], &[short], &LeaseTable::default()).is_err());
         // Removing what is not there is fine.
-        assert_eq!(t.apply(&[7], &[], &["key_none".into()], &[]).unwrap().len(), 1);
+        assert_eq!(
+            t.apply(&[7], &[], &["key_none".into()], &[], &LeaseTable::default())
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! The `complete` phase: runs exactly once however a request ends — answered, failed, or
 //! its caller gone mid-stream (the model is pingora's `logging` phase). It finishes the
 //! meter (one usage record per request), stores a complete answer in the response cache
-//! (the one place that fills it), and is where later phases settle what they reserved.
+//! (the one place that fills it), and settles what phase `admit` took: the token estimate
+//! corrected, the spend reservation settled to the real cost, the concurrency slot released.
 //!
 //! The request path owns one [`Completion`] per request and lends it to the phases; a
 //! stream's relay takes it over and completes it when the stream ends. Dropped without
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use crate::cache::{CacheKey, CachedAnswer, CachedBody, ResponseCache};
 use crate::formats::ApiFormat;
+use crate::proxy::admit::Admission;
 use crate::proxy::meter::{CLIENT_CLOSED, Meter};
 
 /// Where a complete answer is to be stored in the response cache.
@@ -50,6 +52,7 @@ impl Ending {
 pub struct Completion {
     meter: Meter,
     fill: Option<Fill>,
+    admission: Option<Admission>,
     done: bool,
 }
 
@@ -58,6 +61,7 @@ impl Completion {
         Completion {
             meter,
             fill: None,
+            admission: None,
             done: false,
         }
     }
@@ -68,6 +72,11 @@ impl Completion {
 
     pub fn meter_ref(&self) -> &Meter {
         &self.meter
+    }
+
+    /// What phase `admit` took, settled when the request completes.
+    pub fn admitted(&mut self, admission: Admission) {
+        self.admission = Some(admission);
     }
 
     /// Stores the answer in the response cache when the request completes with one.
@@ -106,6 +115,23 @@ impl Completion {
                 },
                 fill.ttl,
             );
+        }
+        if let Some(admission) = self.admission.take() {
+            // The token estimate corrected to the provider's count, the reservation to the
+            // real cost; the cost stays held against the caps until the ledger has it.
+            let usage = self.meter.settled_usage();
+            let tokens = usage.input_tokens.saturating_add(usage.output_tokens);
+            let unacked = admission.settle(
+                i64::try_from(tokens).unwrap_or(i64::MAX),
+                self.meter.cost().unwrap_or(0),
+            );
+            if !unacked.is_empty() {
+                self.meter.on_ack(Box::new(move || {
+                    for (cell, cost) in unacked {
+                        cell.acked(cost);
+                    }
+                }));
+            }
         }
         self.meter.finish(ending.status, ending.failed);
     }

@@ -539,7 +539,14 @@ mod tests {
             ..Default::default()
         };
         let env: crate::providers::EnvLookup = Arc::new(|_: &str| Some("sk-test".to_owned()));
-        Policy::compile(&snapshot, &env, &EnvAllowList::default(), health).unwrap()
+        Policy::compile(
+            &snapshot,
+            &env,
+            &EnvAllowList::default(),
+            health,
+            &crate::limits::LeaseTable::default(),
+        )
+        .unwrap()
     }
 
     struct Bench {

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::formats::ir::Usage;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::usage::Usage as UsageSink;
+use crate::usage::{OnAck, Usage as UsageSink};
 
 /// Largest token count and cost a record carries (the ledger refuses more).
 const MAX_TOKENS: u64 = drover_proto::limits::MAX_USAGE_TOKENS;
@@ -36,6 +36,8 @@ pub struct Meter {
     output_chars: u64,
     /// Request body size, for the estimate when no usage came.
     request_bytes: u64,
+    /// Run once the control plane's ledger has the record.
+    ack: Option<OnAck>,
     done: bool,
 }
 
@@ -60,6 +62,7 @@ impl Meter {
             price: None,
             output_chars: 0,
             request_bytes: 0,
+            ack: None,
             done: false,
         }
     }
@@ -139,6 +142,16 @@ impl Meter {
         )
     }
 
+    /// The tokens the usage record will carry: the provider's, or the estimate.
+    pub fn settled_usage(&self) -> Usage {
+        self.effective_usage()
+    }
+
+    /// Run when the control plane's ledger has acknowledged this request's record.
+    pub fn on_ack(&mut self, ack: OnAck) {
+        self.ack = Some(ack);
+    }
+
     /// The provider's counts, or an estimate (about four characters a token) when none came.
     fn effective_usage(&self) -> Usage {
         match self.usage {
@@ -185,7 +198,8 @@ impl Meter {
         if r.unpriced {
             self.metrics.unpriced.inc();
         }
-        self.sink.record(std::mem::take(&mut self.record));
+        self.sink
+            .record_acked(std::mem::take(&mut self.record), self.ack.take());
     }
 }
 

@@ -5,9 +5,10 @@
 //!
 //! The policy is loaded once per request and used to the end. Each phase takes only what it
 //! uses; [`complete::Completion`] is the one value that lives from the first phase to the
-//! last: it is lent to the phases and, for a stream, handed to the relay. `authenticate` and
-//! `admit` pass everything until the gateway modules fill them in.
+//! last: it is lent to the phases and, for a stream, handed to the relay; what `admit` takes
+//! (rate-limit and spend-cap leases) it settles.
 
+pub mod admit;
 pub mod body;
 pub mod call;
 pub mod caller;
@@ -27,7 +28,7 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use drover_proto::model::Module;
+use drover_proto::model::{Module, cost_nano_usd, now_unix_ms};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use hyper::body::Incoming;
@@ -59,6 +60,8 @@ pub const X_DROVER_DROPPED: HeaderName = HeaderName::from_static("x-drover-dropp
 pub const X_DROVER_COST_USD: HeaderName = HeaderName::from_static("x-drover-cost-usd");
 /// `hit`, `miss` or `bypass`, on routes with a response cache.
 pub const X_DROVER_CACHE: HeaderName = HeaderName::from_static("x-drover-cache");
+/// Set when a spend cap of the caller is past its soft mark: who, how much, which cap.
+pub const X_DROVER_SPEND_WARNING: HeaderName = HeaderName::from_static("x-drover-spend-warning");
 
 pub async fn chat_completions(State(state): State<Arc<AppState>>, req: Request) -> Response {
     serve(&state, req, Ingress::ChatCompletions).await
@@ -287,7 +290,24 @@ async fn phases(
         Lookup::Bypass => Some("bypass"),
         Lookup::Off => None,
     };
-    admit(&policy, &caller, &call)?;
+    let limited = match &caller {
+        Caller::Key(id) if admit::applies(&policy, id) => {
+            let estimate = estimate(&policy, &parsed, body.len(), &candidates);
+            admit::admit(
+                &state.limiter,
+                policy.config.modules,
+                id,
+                &estimate,
+                now_unix_ms(),
+            )
+            .await?
+        }
+        _ => None,
+    };
+    let limit_headers = limited.as_ref().map(|a| (a.headers, a.warning.clone()));
+    if let Some(admission) = limited {
+        done.admitted(admission);
+    }
     let upstreams = Upstreams {
         client: &state.client,
         config: &state.config.proxy,
@@ -302,12 +322,18 @@ async fn phases(
         &dispatched.target.model,
     );
     let mut reply = respond(&call, dispatched, done)?;
+    let headers = match &mut reply {
+        Reply::Whole { resp, .. } => resp.headers_mut(),
+        Reply::Stream { head, .. } => &mut head.headers,
+    };
     if let Some(status) = cache_status {
-        let headers = match &mut reply {
-            Reply::Whole { resp, .. } => resp.headers_mut(),
-            Reply::Stream { head, .. } => &mut head.headers,
-        };
         headers.insert(X_DROVER_CACHE, HeaderValue::from_static(status));
+    }
+    if let Some((rate, warning)) = limit_headers {
+        rate.write(ingress.format(), now_unix_ms(), headers);
+        if let Some(w) = warning.and_then(|w| HeaderValue::try_from(w).ok()) {
+            headers.insert(X_DROVER_SPEND_WARNING, w);
+        }
     }
     Ok(reply)
 }
@@ -392,10 +418,43 @@ fn cache_lookup(
     Lookup::Miss
 }
 
-/// Phase `admit`: whether the caller may spend now. Everything is admitted until the
-/// `rate_limit` and `spend_cap` modules fill this in (and settle in `complete`).
-fn admit(_policy: &Policy, _caller: &Caller, _call: &Call<'_>) -> Result<(), ProxyError> {
-    Ok(())
+/// What a request is expected to use, for phase `admit`: its input (bytes / 4), its output
+/// bound, and the worst cost among the targets that may answer it.
+fn estimate(
+    policy: &Policy,
+    parsed: &ShallowBody<'_>,
+    body_len: usize,
+    candidates: &[Arc<CompiledTarget>],
+) -> admit::Estimate {
+    let input = u64::try_from(body_len.div_ceil(4).max(1)).unwrap_or(u64::MAX);
+    let output = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .into_iter()
+        .find_map(|k| {
+            parsed
+                .get(k)
+                .and_then(|v| serde_json::from_str::<u64>(v.get()).ok())
+        })
+        .unwrap_or(admit::DEFAULT_MAX_OUTPUT_TOKENS as u64);
+    let mut worst = 0i64;
+    let mut unpriced = false;
+    for t in candidates.iter().filter(|t| t.unusable.is_none()) {
+        match policy.config.price(&t.provider.name, &t.model) {
+            Some(p) => {
+                worst = worst.max(
+                    cost_nano_usd(input, p.input_per_mtok)
+                        .saturating_add(cost_nano_usd(output, p.output_per_mtok)),
+                );
+            }
+            None => unpriced = true,
+        }
+    }
+    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    admit::Estimate {
+        input_tokens: clamp(input),
+        max_output_tokens: clamp(output),
+        worst_cost_nano_usd: worst,
+        unpriced,
+    }
 }
 
 /// `cache-control: no-cache` or `no-store` from the caller.

@@ -118,7 +118,17 @@ mod tests {
         };
         let env: crate::providers::EnvLookup = Arc::new(|_: &str| None);
         let allow = crate::providers::credential::EnvAllowList::default();
-        (Policy::compile(&snap, &env, &allow, &health).unwrap(), health)
+        (
+            Policy::compile(
+                &snap,
+                &env,
+                &allow,
+                &health,
+                &crate::limits::LeaseTable::default(),
+            )
+            .unwrap(),
+            health,
+        )
     }
 
     fn models(v: &[Arc<CompiledTarget>]) -> Vec<&str> {

@@ -80,9 +80,16 @@ struct Shared {
     next_warn_ms: AtomicU64,
 }
 
+/// Run once the control plane has answered for a record (applied it, had it already, or
+/// refused it), or when the record is dropped: whatever waited for it stops waiting.
+pub type OnAck = Box<dyn FnOnce() + Send + Sync>;
+
+/// A record handed over, with what to run when it is answered for.
+type Handed = (model::UsageRecord, Option<OnAck>);
+
 #[derive(Default)]
 struct Inbox {
-    records: Vec<model::UsageRecord>,
+    records: Vec<Handed>,
     /// The reporter holds nothing and waits for a record: the next one wakes it.
     idle: bool,
     /// The reporter has stopped: nothing more is taken.
@@ -100,7 +107,7 @@ impl Shared {
     }
 
     /// Everything in the inbox, oldest first; with `close`, the inbox takes nothing more.
-    fn take_inbox(&self, close: bool) -> Vec<model::UsageRecord> {
+    fn take_inbox(&self, close: bool) -> Vec<Handed> {
         let mut inbox = self.inbox();
         inbox.closed |= close;
         std::mem::take(&mut inbox.records)
@@ -137,23 +144,37 @@ impl Usage {
     /// Hands one request's record to the reporter. If the spool is full (or the reporter has
     /// stopped) the record is dropped and counted; the request is not affected. With usage
     /// reporting off, the record is only counted.
+    #[cfg(test)]
     pub fn record(&self, record: model::UsageRecord) {
+        self.record_acked(record, None);
+    }
+
+    /// [`Usage::record`], with `on_ack` run once the control plane has answered for the record
+    /// (or at once, if the record is dropped or not reported).
+    pub fn record_acked(&self, record: model::UsageRecord, on_ack: Option<OnAck>) {
         let shared = &*self.shared;
         shared.metrics.usage_records.inc();
         if !self.config.report {
+            if let Some(f) = on_ack {
+                f();
+            }
             return;
         }
         if shared.pending.fetch_add(1, Ordering::Relaxed) >= shared.spool_max {
             shared.finished(1);
             self.dropped();
+            if let Some(f) = on_ack {
+                f();
+            }
             return;
         }
+        let mut on_ack = on_ack;
         let queued = {
             let mut inbox = shared.inbox();
             if inbox.closed {
                 None
             } else {
-                inbox.records.push(record);
+                inbox.records.push((record, on_ack.take()));
                 let wake = inbox.idle || inbox.records.len().is_multiple_of(shared.batch_max);
                 inbox.idle = false;
                 Some(wake)
@@ -163,6 +184,9 @@ impl Usage {
             None => {
                 shared.finished(1);
                 self.dropped();
+                if let Some(f) = on_ack {
+                    f();
+                }
             }
             Some(true) => shared.wake.notify_one(),
             Some(false) => {}

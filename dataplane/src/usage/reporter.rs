@@ -182,6 +182,7 @@ struct Entry {
     /// When this record's batch is to be sent even if not full.
     due: Instant,
     record: pb::UsageRecord,
+    on_ack: Option<super::OnAck>,
 }
 
 /// What became of one report.
@@ -217,12 +218,11 @@ impl Reporter {
         self.shared
             .pending
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        self.spool.extend(
-            loaded
-                .records
-                .into_iter()
-                .map(|record| Entry { due: now, record }),
-        );
+        self.spool.extend(loaded.records.into_iter().map(|record| Entry {
+            due: now,
+            record,
+            on_ack: None,
+        }));
         self.persisted = n;
         self.file = Some(loaded.file);
     }
@@ -268,25 +268,29 @@ impl Reporter {
         self.take_all(records);
     }
 
-    fn take_all(&mut self, records: Vec<model::UsageRecord>) {
+    fn take_all(&mut self, records: Vec<super::Handed>) {
         let due = Instant::now() + self.flush_interval;
-        for record in records {
-            self.take(record, due);
+        for (record, on_ack) in records {
+            self.take(record, on_ack, due);
         }
     }
 
     /// Adds a record from the request path to the spool. A record the control plane would
     /// refuse is rejected here, alone, rather than taking its whole batch down with it.
-    fn take(&mut self, record: model::UsageRecord, due: Instant) {
+    fn take(&mut self, record: model::UsageRecord, on_ack: Option<super::OnAck>, due: Instant) {
         if let Err(e) = record.validate() {
             tracing::warn!(request_id = %record.request_id, error = %e, "invalid usage record dropped");
             self.shared.metrics.usage_rejected.inc();
             self.shared.finished(1);
+            if let Some(f) = on_ack {
+                f();
+            }
             return;
         }
         self.spool.push_back(Entry {
             due,
             record: pb::UsageRecord::from(record),
+            on_ack,
         });
     }
 
@@ -415,7 +419,11 @@ impl Reporter {
 
     /// The `n` oldest records are answered for: forget them, here and in the file.
     async fn finished(&mut self, n: usize) {
-        self.spool.drain(..n);
+        for entry in self.spool.drain(..n) {
+            if let Some(f) = entry.on_ack {
+                f();
+            }
+        }
         self.shared.finished(n);
         let from_file = n.min(self.persisted);
         self.persisted -= from_file;

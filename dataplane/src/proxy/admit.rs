@@ -1,0 +1,363 @@
+//! Phase `admit`: rate limits and spend caps, and its settlement in `complete`.
+//!
+//! Admission takes, for the key and then its tenant: a request, the token estimate and a
+//! concurrency slot (`rate_limit`), and a reservation of the request's worst-case cost against
+//! every cap (`spend_cap`). Each take spends a lease held here; a take that finds too little
+//! asks the lease client and waits (at most the lease wait) for the grant. When anything is
+//! refused, what was taken is given back. The [`Admission`] lives in the request's completion,
+//! which settles it however the request ends: the token estimate corrected to the provider's
+//! count, the reservation settled to the real cost, the slot released.
+
+use drover_proto::model::{Cap, CapPeriod, Module, Modules};
+use std::sync::Arc;
+
+use crate::error::ProxyError;
+use crate::formats::ratelimit::{Headroom, RateHeaders, retry_after_secs};
+use crate::limits::cell::{Cell, NO_PERIOD, Resource, Short};
+use crate::limits::{Limiter, ScopeCells};
+use crate::policy::Policy;
+use crate::policy::tenancy::Identity;
+
+/// Output tokens assumed when a request names no bound.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: i64 = 4_096;
+
+/// What a request is expected to use, before it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// Input tokens: the body's bytes / 4, at least 1.
+    pub input_tokens: i64,
+    /// The output bound: `max_tokens` (or its synonyms), else [`DEFAULT_MAX_OUTPUT_TOKENS`].
+    pub max_output_tokens: i64,
+    /// The worst-case cost across the targets that may answer, nano-USD.
+    pub worst_cost_nano_usd: i64,
+    /// Some target that may answer has no price.
+    pub unpriced: bool,
+}
+
+impl Estimate {
+    pub fn tokens(&self) -> i64 {
+        self.input_tokens.saturating_add(self.max_output_tokens)
+    }
+}
+
+/// One thing admission took, to settle or give back.
+#[derive(Debug)]
+enum Taken {
+    Tokens {
+        cell: Arc<Cell>,
+        period: i64,
+        amount: i64,
+    },
+    Slot(Arc<Cell>),
+    Spend {
+        cell: Arc<Cell>,
+        period: i64,
+        reserved: i64,
+    },
+}
+
+/// What an admitted request holds until it completes.
+#[derive(Debug, Default)]
+pub struct Admission {
+    taken: Vec<Taken>,
+    /// The rate-limit headers for the answer.
+    pub headers: RateHeaders,
+    /// The soft-cap warning for the answer, if a cap is past its soft mark.
+    pub warning: Option<String>,
+}
+
+/// Cost settled against caps, to be taken off their holdings when the ledger acknowledges it.
+pub type Unacked = Vec<(Arc<Cell>, i64)>;
+
+impl Admission {
+    /// Settles the request: `tokens` used in total (input and output), `cost` spent. Returns
+    /// the spend to acknowledge when the usage record reaches the control plane's ledger.
+    pub fn settle(mut self, tokens: i64, cost: i64) -> Unacked {
+        let mut unacked = Vec::new();
+        for taken in std::mem::take(&mut self.taken) {
+            match taken {
+                Taken::Tokens { cell, period, amount } => cell.correct(period, amount - tokens),
+                Taken::Slot(cell) => cell.release_slot(),
+                Taken::Spend {
+                    cell,
+                    period,
+                    reserved,
+                } => {
+                    cell.settle(period, reserved, cost);
+                    if cost > 0 {
+                        unacked.push((cell, cost));
+                    }
+                }
+            }
+        }
+        unacked
+    }
+}
+
+impl Drop for Admission {
+    /// Given back whole when not settled (refused later in admission).
+    fn drop(&mut self) {
+        for taken in self.taken.drain(..) {
+            match taken {
+                Taken::Tokens { cell, period, amount } => cell.correct(period, amount),
+                Taken::Slot(cell) => cell.release_slot(),
+                Taken::Spend {
+                    cell,
+                    period,
+                    reserved,
+                } => cell.settle(period, reserved, 0),
+            }
+        }
+    }
+}
+
+/// Whether a limit or cap may apply to the caller under `policy` (checked before estimating).
+pub fn applies(policy: &Policy, id: &Identity) -> bool {
+    let m = policy.config.modules;
+    (m.is_enabled(Module::RateLimit) || m.is_enabled(Module::SpendCap))
+        && (id.key.cells.is_some() || id.tenant.cells.is_some())
+}
+
+/// Phase `admit`: `Ok(None)` when no limit or cap applies to the caller.
+pub async fn admit(
+    limiter: &Limiter,
+    modules: Modules,
+    id: &Identity,
+    estimate: &Estimate,
+    now_ms: i64,
+) -> Result<Option<Admission>, ProxyError> {
+    let rate = modules.is_enabled(Module::RateLimit);
+    let spend = modules.is_enabled(Module::SpendCap);
+    let scopes = [
+        (id.key.cells.as_ref(), format!("key {}", id.key.id)),
+        (id.tenant.cells.as_ref(), format!("tenant {}", id.tenant.name)),
+    ];
+    if !(rate || spend) || scopes.iter().all(|(c, _)| c.is_none()) {
+        return Ok(None);
+    }
+    let mut admission = Admission::default();
+    let mut gate = Gate {
+        limiter,
+        closed: id.tenant.fails_closed(),
+        now_ms,
+    };
+    for (cells, who) in scopes {
+        let Some(cells) = cells else { continue };
+        if rate {
+            admit_rate(&mut gate, cells, &who, estimate, &mut admission).await?;
+        }
+        if spend {
+            admit_spend(&mut gate, cells, &who, estimate, &mut admission).await?;
+        }
+    }
+    Ok(Some(admission))
+}
+
+async fn admit_rate(
+    gate: &mut Gate<'_>,
+    cells: &ScopeCells,
+    who: &str,
+    estimate: &Estimate,
+    admission: &mut Admission,
+) -> Result<(), ProxyError> {
+    let window = gate.limiter.window(gate.now_ms);
+    let per = per_window(gate.limiter.window_ms());
+    if let (Some(cell), Some(limit)) = (&cells.requests, cells.limits.rpm) {
+        let what = format!("rate limit of {who}: {limit} requests {per}");
+        if gate.take(cell, window, 1, &what).await? {
+            admission.taken.push(Taken::Tokens {
+                cell: cell.clone(),
+                period: window,
+                amount: 1,
+            });
+        }
+        RateHeaders::tighten(&mut admission.headers.requests, headroom(cell));
+    }
+    if let (Some(cell), Some(limit)) = (&cells.tokens, cells.limits.tpm) {
+        let what = format!("rate limit of {who}: {limit} tokens {per}");
+        let amount = estimate.tokens();
+        if gate.take(cell, window, amount, &what).await? {
+            admission.taken.push(Taken::Tokens {
+                cell: cell.clone(),
+                period: window,
+                amount,
+            });
+        }
+        RateHeaders::tighten(&mut admission.headers.tokens, headroom(cell));
+    }
+    if let (Some(cell), Some(limit)) = (&cells.concurrency, cells.limits.concurrency) {
+        let what = format!("concurrency limit of {who}: {limit} requests at once");
+        if gate.take(cell, 0, 1, &what).await? {
+            admission.taken.push(Taken::Slot(cell.clone()));
+        }
+    }
+    Ok(())
+}
+
+async fn admit_spend(
+    gate: &mut Gate<'_>,
+    cells: &ScopeCells,
+    who: &str,
+    estimate: &Estimate,
+    admission: &mut Admission,
+) -> Result<(), ProxyError> {
+    for (cap, cell) in &cells.caps {
+        if estimate.unpriced && !cap.allow_unpriced {
+            return Err(ProxyError::Unpriced {
+                message: format!(
+                    "a model this request may be sent to has no price, and the {} of {who} does not allow unpriced models",
+                    cap_text(cap)
+                ),
+            });
+        }
+        let period = cap_period(cell, cap.period, gate.now_ms);
+        let what = format!("{} of {who}", cap_text(cap));
+        let reserved = estimate.worst_cost_nano_usd.max(0);
+        if gate.take(cell, period, reserved, &what).await? {
+            admission.taken.push(Taken::Spend {
+                cell: cell.clone(),
+                period,
+                reserved,
+            });
+        }
+        if let Some(soft) = cap.soft_at
+            && cell.spend_seen() as f64 >= soft * cap.limit_nano_usd as f64
+        {
+            gate.limiter.metrics.spend_soft_cap.inc();
+            admission.warning = Some(format!(
+                "{who} has spent {:.0}% of its {}",
+                100.0 * cell.spend_seen() as f64 / cap.limit_nano_usd as f64,
+                cap_text(cap)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The current period of a cap: the cell's while it lasts, else computed.
+fn cap_period(cell: &Cell, period: CapPeriod, now_ms: i64) -> i64 {
+    let (held, end) = cell.period();
+    if held != NO_PERIOD && (end == 0 || now_ms < end) && period != CapPeriod::Total {
+        return held;
+    }
+    period.start(now_ms)
+}
+
+fn cap_text(cap: &Cap) -> String {
+    let usd = super::meter::format_usd(cap.limit_nano_usd);
+    match cap.period {
+        CapPeriod::Day => format!("spend cap of {usd} USD per day"),
+        CapPeriod::Month => format!("spend cap of {usd} USD per month"),
+        CapPeriod::Total => format!("spend cap of {usd} USD in total"),
+    }
+}
+
+fn per_window(window_ms: i64) -> String {
+    if window_ms == 60_000 {
+        "per minute".to_owned()
+    } else {
+        format!("per {} s", window_ms as f64 / 1_000.0)
+    }
+}
+
+fn headroom(cell: &Cell) -> Headroom {
+    let (limit, remaining, reset_ms) = cell.headroom();
+    Headroom {
+        limit,
+        remaining,
+        reset_ms,
+    }
+}
+
+/// Takes from cells, asking for leases and waiting for them, or deciding by the tenant's
+/// on-cp-loss when the control plane cannot answer.
+struct Gate<'a> {
+    limiter: &'a Limiter,
+    closed: bool,
+    now_ms: i64,
+}
+
+impl Gate<'_> {
+    /// `Ok(true)`: taken; `Ok(false)`: let through without a lease (fail open); `Err`: refused.
+    async fn take(
+        &mut self,
+        cell: &Arc<Cell>,
+        period: i64,
+        amount: i64,
+        what: &str,
+    ) -> Result<bool, ProxyError> {
+        let deadline = tokio::time::Instant::now() + self.limiter.lease_wait();
+        loop {
+            let waiting = cell.granted_notify.notified();
+            tokio::pin!(waiting);
+            waiting.as_mut().enable();
+            let result = if self.limiter.live(self.now_ms) {
+                if cell.id.resource == Resource::Concurrency {
+                    cell.take_slot(self.now_ms)
+                } else {
+                    cell.take(period, amount, self.now_ms)
+                }
+            } else {
+                Err(Short::Lacks(amount))
+            };
+            let lacks = match result {
+                Ok(()) => return Ok(true),
+                Err(Short::Blocked { until_ms }) => return Err(self.refusal(cell, until_ms, what)),
+                Err(Short::Lacks(n)) => n,
+            };
+            if !self.limiter.connected() || !self.limiter.live(self.now_ms) {
+                return self.unreachable(what);
+            }
+            if cell.start_asking(lacks) {
+                self.limiter.ask(cell);
+            }
+            if tokio::time::timeout_at(deadline, waiting).await.is_err() {
+                return self.unreachable(what);
+            }
+            self.now_ms = drover_proto::model::now_unix_ms();
+        }
+    }
+
+    fn refusal(&self, cell: &Cell, until_ms: i64, what: &str) -> ProxyError {
+        let metrics = &self.limiter.metrics;
+        let mut headers = RateHeaders::default();
+        match cell.id.resource {
+            Resource::Spend(period) => {
+                metrics.spend_refused.inc();
+                return ProxyError::SpendCapReached {
+                    message: format!("{what} reached"),
+                    retry_after_secs: (period != CapPeriod::Total)
+                        .then(|| retry_after_secs(until_ms, self.now_ms)),
+                };
+            }
+            Resource::Requests => headers.requests = Some(headroom(cell)),
+            Resource::Tokens => headers.tokens = Some(headroom(cell)),
+            Resource::Concurrency => {}
+        }
+        metrics.rate_limited.inc();
+        ProxyError::RateLimited {
+            message: format!("{what} reached"),
+            retry_after_secs: retry_after_secs(until_ms, self.now_ms),
+            headers,
+        }
+    }
+
+    /// The control plane cannot be asked: fail open (let through, counted) or closed.
+    fn unreachable(&self, what: &str) -> Result<bool, ProxyError> {
+        if self.closed {
+            return Err(ProxyError::LimitsUnavailable {
+                message: format!(
+                    "the {what} cannot be checked: the control plane is unreachable and this tenant fails closed"
+                ),
+            });
+        }
+        if self.limiter.log_fail_open(self.now_ms) {
+            tracing::warn!(
+                limit = what,
+                "control plane unreachable and no lease left: letting requests through (fail open)"
+            );
+        }
+        self.limiter.metrics.limits_fail_open.inc();
+        Ok(false)
+    }
+}
