@@ -434,6 +434,8 @@ impl MockBuilder {
             requests: Mutex::new(Vec::new()),
             seq: AtomicU64::new(0),
             abandoned: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
         });
         let (stop, stopped) = oneshot::channel();
         let server = tokio::spawn(serve(listener, Arc::clone(&shared), stopped));
@@ -561,6 +563,22 @@ impl MockProvider {
         self.shared.abandoned.load(Ordering::Relaxed)
     }
 
+    /// Requests being answered now (from arrival to the end of the response body).
+    pub fn in_flight(&self) -> u64 {
+        self.shared.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The most requests that were being answered at once since the start (or the last reset).
+    pub fn max_in_flight(&self) -> u64 {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn reset_max_in_flight(&self) {
+        self.shared
+            .max_in_flight
+            .store(self.shared.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
     /// Stops accepting, closes every connection, and waits for the server task to end.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -597,6 +615,10 @@ struct Shared {
     requests: Mutex<Vec<RecordedRequest>>,
     seq: AtomicU64,
     abandoned: AtomicU64,
+    /// Requests being answered now (until the last byte of the body is sent or the client
+    /// goes away), and the most there were at once.
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
 }
 
 impl Shared {
@@ -632,7 +654,14 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Re
                 let _ = stream.set_nodelay(true);
                 let shared = Arc::clone(&shared);
                 connections.spawn(async move {
-                    let service = service_fn(move |req| handle(Arc::clone(&shared), req));
+                    let service = service_fn(move |req| {
+                        let shared = Arc::clone(&shared);
+                        async move {
+                            let guard = InFlight::enter(&shared);
+                            let resp = handle(shared, req).await?;
+                            Ok::<_, ResetConnection>(resp.map(|inner| UnsyncBoxBody::new(Guarded { inner, _guard: guard })))
+                        }
+                    });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -825,6 +854,49 @@ fn split_arbitrarily(body: &Bytes) -> Vec<Bytes> {
     }
     out.push(body.slice(from..));
     out
+}
+
+/// One request being answered: counted from its arrival until its response body is done.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    fn enter(shared: &Arc<Shared>) -> InFlight {
+        let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(Arc::clone(shared))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is dropped.
+struct Guarded {
+    inner: MockBody,
+    _guard: InFlight,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Counts a streamed answer as abandoned if it is dropped before its end.
@@ -1370,6 +1442,38 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(allowed.status(), 200);
+    }
+
+    #[tokio::test]
+    async fn requests_in_flight_are_counted_until_their_body_ends() {
+        let up = MockProvider::openai()
+            .latency(Duration::from_millis(150))
+            .stream_chunks(3)
+            .chunk_delay(Duration::from_millis(50))
+            .start()
+            .await;
+        let calls = (0..3).map(|i| {
+            let up = &up;
+            async move {
+                post(up, "/v1/chat/completions", &chat_body(i % 2 == 0, None))
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap()
+            }
+        });
+        futures_util::future::join_all(calls).await;
+        assert_eq!(up.max_in_flight(), 3);
+        assert_eq!(up.in_flight(), 0);
+        up.reset_max_in_flight();
+        post(&up, "/v1/chat/completions", &chat_body(false, None))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(up.max_in_flight(), 1);
     }
 
     #[tokio::test]
