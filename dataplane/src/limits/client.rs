@@ -266,7 +266,7 @@ impl Core {
         let window = self.limiter.window(now_ms);
         for cell in self.limiter.table.all() {
             let used = cell.used_total();
-            let before = self.sampled.insert(cell.id.clone(), used).unwrap_or(used);
+            let before = self.sampled.insert(cell.id.clone(), used).unwrap_or(0);
             let per_sec = (used - before) as f64 * 1_000.0 / dt_ms as f64;
             cell.set_rate(0.5 * cell.rate() + 0.5 * per_sec);
             if used != before && matches!(cell.id.resource, Resource::Requests | Resource::Tokens) {
@@ -415,5 +415,127 @@ async fn session(core: &mut Core, link: &Link) -> Result<(), String> {
         {
             return Err("the lease stream closed".to_owned());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use drover_proto::model::Limits;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn core() -> (Core, Arc<Limiter>) {
+        let limiter = Arc::new(Limiter::new(
+            Duration::from_millis(50),
+            Arc::new(Metrics::default()),
+        ));
+        let asks = limiter.take_asks().unwrap();
+        (Core::new(limiter.clone(), asks, "dp-1".into()), limiter)
+    }
+
+    fn rpm(n: u64) -> Limits {
+        Limits {
+            rpm: std::num::NonZeroU64::new(n),
+            ..Limits::default()
+        }
+    }
+
+    fn answer(answers: u64, grants: Vec<pb::LeaseGrant>) -> pb::LeaseResponse {
+        pb::LeaseResponse {
+            answers,
+            ttl_ms: 10_000,
+            heartbeat_ms: 2_000,
+            window_ms: 60_000,
+            grants,
+        }
+    }
+
+    fn granted(period: i64, amount: i64) -> pb::LeaseGrant {
+        pb::LeaseGrant {
+            key: Some(pb::LeaseKey {
+                period,
+                ..Default::default()
+            }),
+            amount,
+            period_end_unix_ms: (period + 1) * 60_000,
+            limit: 100,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn asks_go_out_grants_come_back_and_every_answer_renews_the_leases() {
+        let (mut core, limiter) = core();
+        let scope = limiter.table.scope(&Scope::Tenant(7), &rpm(100), &[]).unwrap();
+        let cell = scope.requests.clone().unwrap();
+        let hello = core.hello(NOW);
+        assert!(hello.hello && hello.seq == 1 && hello.holdings.is_empty());
+        assert_eq!(hello.dataplane_id, "dp-1");
+        core.on_answer(answer(1, vec![]), NOW + 5).unwrap();
+        assert!(
+            limiter.live(NOW + 9_999) && !limiter.live(NOW + 10_000),
+            "ttl from the send time"
+        );
+        assert!(limiter.connected());
+
+        assert!(cell.start_asking(1));
+        assert!(limiter.ask(&cell));
+        let ask = core.poll(NOW + 10, false).unwrap();
+        assert_eq!((ask.seq, ask.applied), (2, 1));
+        assert_eq!(ask.asks.len(), 1);
+        assert_eq!(ask.asks[0].need, 1);
+        assert_eq!(ask.asks[0].want, 4, "no rate yet: four times the need");
+        assert_eq!(ask.asks[0].key.as_ref().unwrap().tenant_id, 7);
+        let window = limiter.window(NOW);
+        core.on_answer(answer(2, vec![granted(window, 40)]), NOW + 20)
+            .unwrap();
+        cell.take(window, 1, NOW + 20).unwrap();
+        assert_eq!(cell.holding(), Some((window, 40, 1)));
+        assert!(limiter.live(NOW + 10_009));
+        // Nothing to say until the heartbeat is due.
+        assert!(core.poll(NOW + 30, false).is_none());
+        let beat = core.poll(NOW + 2_010, false).unwrap();
+        assert!(beat.asks.is_empty() && beat.holdings.is_empty());
+        // An answer that skips a message ends the asks of the skipped one.
+        assert!(core.on_answer(answer(9, vec![]), NOW).is_err());
+    }
+
+    #[test]
+    fn idle_leases_are_given_back_and_expired_ones_forgotten() {
+        let (mut core, limiter) = core();
+        let scope = limiter.table.scope(&Scope::Tenant(7), &rpm(100), &[]).unwrap();
+        let cell = scope.requests.clone().unwrap();
+        core.hello(NOW);
+        core.on_answer(answer(1, vec![]), NOW).unwrap();
+        cell.start_asking(1);
+        limiter.ask(&cell);
+        core.poll(NOW, false).unwrap();
+        let window = limiter.window(NOW);
+        core.on_answer(answer(2, vec![granted(window, 40)]), NOW).unwrap();
+        cell.take(window, 1, NOW).unwrap();
+        core.tick(NOW + 100);
+        let report = core.poll(NOW + 100, true).unwrap();
+        assert_eq!(report.holdings.len(), 1, "spent changed");
+        assert_eq!((report.holdings[0].held, report.holdings[0].spent), (40, 1));
+        // Idle for two heartbeats: the unspent 39 go back.
+        core.tick(NOW + 4_200);
+        let report = core.poll(NOW + 4_200, true).unwrap();
+        assert_eq!((report.holdings[0].held, report.holdings[0].spent), (1, 1));
+        // No answer for a time to live: nothing held may be spent any more.
+        cell.correct(window, 5);
+        core.tick(NOW + 10_500);
+        assert!(!limiter.live(NOW + 10_500));
+        assert!(cell.take(window, 1, NOW + 10_500).is_err());
+        // A cell no policy refers to is reported as given back, then forgotten.
+        drop(scope);
+        drop(cell);
+        core.tick(NOW + 10_600);
+        assert!(limiter.table.is_empty());
+        let report = core.poll(NOW + 10_600, true).unwrap();
+        assert_eq!(report.holdings.len(), 1);
+        assert_eq!(report.holdings[0].held, 0);
     }
 }

@@ -168,12 +168,14 @@ impl Limiter {
         self.lease_wait
     }
 
-    /// Queues an ask for `cell` and wakes the lease client.
-    pub fn ask(&self, cell: &Arc<Cell>) {
+    /// Queues an ask for `cell` and wakes the lease client; `false` if there is no client.
+    pub fn ask(&self, cell: &Arc<Cell>) -> bool {
         if self.asks.send(cell.clone()).is_ok() {
             self.wake.notify_one();
+            true
         } else {
             cell.ask_failed();
+            false
         }
     }
 

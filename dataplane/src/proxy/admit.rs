@@ -305,11 +305,15 @@ impl Gate<'_> {
                 Err(Short::Blocked { until_ms }) => return Err(self.refusal(cell, until_ms, what)),
                 Err(Short::Lacks(n)) => n,
             };
-            if !self.limiter.connected() || !self.limiter.live(self.now_ms) {
+            if !self.limiter.connected()
+                || !self.limiter.live(self.now_ms)
+                || tokio::time::Instant::now() >= deadline
+            {
                 return self.unreachable(what);
             }
-            if cell.start_asking(lacks) {
-                self.limiter.ask(cell);
+            if cell.start_asking(lacks) && !self.limiter.ask(cell) {
+                // No lease client to ask.
+                return self.unreachable(what);
             }
             if tokio::time::timeout_at(deadline, waiting).await.is_err() {
                 return self.unreachable(what);
@@ -359,5 +363,231 @@ impl Gate<'_> {
         }
         self.limiter.metrics.limits_fail_open.inc();
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use drover_proto::pb;
+    use sha2::{Digest as _, Sha256};
+
+    use super::*;
+    use crate::limits::LeaseTable;
+    use crate::limits::cell::Grant;
+    use crate::metrics::Metrics;
+    use crate::policy::tenancy::{Found, Tenancy};
+
+    const SECRET: &str = "drv_0000000000000000000000000000000000000000001";
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn modules(on: &[Module]) -> Modules {
+        let mut m = Modules::default();
+        for module in on {
+            m.set(*module, true);
+        }
+        m
+    }
+
+    /// A key with `rpm` and a day cap (nano-USD), under a tenant that fails closed or not.
+    fn identity(table: &LeaseTable, rpm: u64, cap: i64, closed: bool) -> Identity {
+        let tenant = pb::Tenant {
+            id: 1,
+            name: "acme".into(),
+            fail_closed: closed,
+            ..Default::default()
+        };
+        let key = pb::VirtualKey {
+            id: "key_0000000000000001".into(),
+            tenant_id: 1,
+            hash: Sha256::digest(SECRET.as_bytes()).to_vec(),
+            limits: Some(pb::Limits {
+                rpm,
+                concurrency: 1,
+                ..Default::default()
+            }),
+            caps: vec![pb::Cap {
+                period: pb::CapPeriod::Day.into(),
+                limit_nano_usd: cap,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        match Tenancy::complete(&[tenant], &[key], table)
+            .unwrap()
+            .find(SECRET, NOW)
+        {
+            Found::Key(id) => id,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn limiter(wait_ms: u64) -> Arc<Limiter> {
+        let l = Arc::new(Limiter::new(
+            Duration::from_millis(wait_ms),
+            Arc::new(Metrics::default()),
+        ));
+        l.renew(NOW + 60_000, 60_000);
+        l.set_connected(true);
+        l
+    }
+
+    fn estimate(cost: i64) -> Estimate {
+        Estimate {
+            input_tokens: 10,
+            max_output_tokens: 100,
+            worst_cost_nano_usd: cost,
+            unpriced: false,
+        }
+    }
+
+    fn grant(cell: &Cell, period: i64, amount: i64) {
+        cell.apply(
+            &Grant {
+                period,
+                amount,
+                period_end_ms: NOW + 30_000,
+                limit: 2,
+                ..Grant::default()
+            },
+            NOW,
+        );
+    }
+
+    #[tokio::test]
+    async fn held_leases_admit_and_completion_gives_back_the_slot_and_the_unspent_reservation() {
+        let l = limiter(50);
+        let id = identity(&l.table, 2, 1_000, false);
+        let cells = id.key.cells.clone().unwrap();
+        let window = l.window(NOW);
+        grant(cells.requests.as_ref().unwrap(), window, 2);
+        grant(cells.concurrency.as_ref().unwrap(), 0, 1);
+        let spend = &cells.caps[0].1;
+        grant(spend, CapPeriod::Day.start(NOW), 1_000);
+        let on = modules(&[Module::RateLimit, Module::SpendCap]);
+
+        let first = admit(&l, on, &id, &estimate(600), NOW).await.unwrap().unwrap();
+        assert_eq!(first.headers.requests.unwrap().limit, 2);
+        // The one slot is taken: a second request in flight is refused once the control
+        // plane has nothing more to give.
+        let slot = cells.concurrency.as_ref().unwrap();
+        slot.apply(
+            &Grant {
+                retry_after_ms: 1_000,
+                ..Grant::default()
+            },
+            NOW,
+        );
+        let refused = admit(&l, on, &id, &estimate(100), NOW).await.unwrap_err();
+        assert!(matches!(refused, ProxyError::RateLimited { .. }), "{refused:?}");
+        assert_eq!(refused.status(), 429);
+        // The refused request gave back what it took before the slot: the request it counted.
+        assert_eq!(cells.requests.as_ref().unwrap().holding(), Some((window, 2, 1)));
+
+        let unacked = first.settle(50, 250);
+        assert_eq!(unacked.len(), 1);
+        assert_eq!(
+            spend.holding().map(|h| h.1),
+            Some(1_000),
+            "the cost is held until acknowledged"
+        );
+        for (cell, cost) in unacked {
+            cell.acked(cost);
+        }
+        assert_eq!(spend.holding().map(|h| h.1), Some(750));
+        // The slot is free again, and 750 of budget is left for the next reservation.
+        let second = admit(&l, on, &id, &estimate(700), NOW).await.unwrap().unwrap();
+        drop(second);
+        assert_eq!(
+            spend.holding().map(|h| h.1),
+            Some(750),
+            "dropped unsettled: all given back"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_for_the_grant_it_asked_for() {
+        let l = limiter(2_000);
+        let id = identity(&l.table, 5, 1_000, true);
+        let mut asks = l.take_asks().unwrap();
+        let window = l.window(NOW);
+        let granter = tokio::spawn(async move {
+            // The request, then the concurrency slot.
+            for period in [window, 0] {
+                let cell = asks.recv().await.unwrap();
+                assert_eq!(cell.take_need(), 1);
+                grant(&cell, period, 3);
+            }
+        });
+        let admitted = admit(&l, modules(&[Module::RateLimit]), &id, &estimate(0), NOW)
+            .await
+            .unwrap();
+        granter.await.unwrap();
+        assert!(admitted.is_some());
+        let requests = id.key.cells.as_ref().unwrap().requests.clone().unwrap();
+        assert_eq!(requests.holding(), Some((window, 3, 1)));
+    }
+
+    #[tokio::test]
+    async fn without_the_control_plane_a_tenant_fails_open_or_closed() {
+        let l = limiter(20);
+        l.set_connected(false);
+        let open = identity(&l.table, 5, 1_000, false);
+        let admitted = admit(&l, modules(&[Module::RateLimit]), &open, &estimate(0), NOW)
+            .await
+            .unwrap();
+        assert!(admitted.is_some());
+        assert_eq!(l.metrics.limits_fail_open.get(), 2, "the request and the slot");
+
+        let table = LeaseTable::default();
+        let closed = identity(&table, 5, 1_000, true);
+        let e = admit(&l, modules(&[Module::RateLimit]), &closed, &estimate(0), NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ProxyError::LimitsUnavailable { .. }), "{e:?}");
+        assert_eq!(e.status(), 503);
+        // Connected but the control plane never answers: the same after the lease wait.
+        l.set_connected(true);
+        let e = admit(&l, modules(&[Module::RateLimit]), &closed, &estimate(0), NOW)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ProxyError::LimitsUnavailable { .. }), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn caps_refuse_unpriced_models_and_name_the_cap_when_reached() {
+        let l = limiter(20);
+        let id = identity(&l.table, 5, 1_000, false);
+        let on = modules(&[Module::SpendCap]);
+        let unpriced = Estimate {
+            unpriced: true,
+            ..estimate(0)
+        };
+        let e = admit(&l, on, &id, &unpriced, NOW).await.unwrap_err();
+        assert!(e.to_string().contains("no price"), "{e}");
+        let spend = id.key.cells.as_ref().unwrap().caps[0].1.clone();
+        spend.apply(
+            &Grant {
+                period: CapPeriod::Day.start(NOW),
+                retry_after_ms: 5_000,
+                ..Grant::default()
+            },
+            NOW,
+        );
+        let e = admit(&l, on, &id, &estimate(10), NOW).await.unwrap_err();
+        assert_eq!(e.status(), 429);
+        assert!(
+            e.to_string()
+                .contains("spend cap of 0.000001000 USD per day of key key_0000000000000001 reached"),
+            "{e}"
+        );
+        // Modules off: nothing is taken or asked.
+        assert!(
+            admit(&l, Modules::default(), &id, &estimate(10), NOW)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }
