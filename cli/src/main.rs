@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::GlobalArgs;
-use crate::commands::{key, module, price, provider, route, status, tenant, usage};
+use crate::commands::{cap, key, limit, module, price, provider, route, status, tenant, usage};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +33,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once per process; `serve`'s flags outweigh every other command's"
+)]
 enum Command {
     /// Run the control plane and one data plane in one process, with a SQLite database (--db).
     Serve(serve::ServeArgs),
@@ -48,12 +52,19 @@ enum Command {
     /// Gateway modules: list, enable, disable.
     #[command(subcommand)]
     Module(module::ModuleCommand),
-    /// Tenants, who virtual keys belong to: create, list, suspend, resume, delete.
+    /// Tenants, who virtual keys belong to: create, list, update, suspend, resume, delete.
     #[command(subcommand)]
     Tenant(tenant::TenantCommand),
     /// Virtual keys: create (the secret is shown once), list, revoke, rotate.
     #[command(subcommand)]
     Key(key::KeyCommand),
+    /// Rate limits of tenants and keys (requests and tokens per minute, concurrency): set, list,
+    /// remove.
+    #[command(subcommand)]
+    Limit(limit::LimitCommand),
+    /// Spend caps of tenants and keys, in USD per day, month or in total: set, list, remove.
+    #[command(subcommand)]
+    Cap(cap::CapCommand),
     /// Policy version and the data planes connected, with the version each serves.
     Status(status::StatusArgs),
     /// Requests, tokens and cost from the usage ledger, filtered and grouped, with a total.
@@ -81,6 +92,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Module(c) => admin(module::run(c, global)),
         Command::Tenant(c) => admin(tenant::run(c, global)),
         Command::Key(c) => admin(key::run(c, global)),
+        Command::Limit(c) => admin(limit::run(c, global)),
+        Command::Cap(c) => admin(cap::run(c, global)),
         Command::Status(c) => admin(status::run(c, global)),
         Command::Usage(c) => admin(usage::run(c, global)),
     }

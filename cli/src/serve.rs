@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 use drover_controlplane::{
-    ControlArgs, ControlPlane, DEFAULT_HANDSHAKE_TIMEOUT, GrpcTls, usage_retention_days,
+    ControlArgs, ControlPlane, DEFAULT_HANDSHAKE_TIMEOUT, GrpcTls, LeaseTiming, usage_retention_days,
 };
 use drover_dataplane::DataPlane;
 use drover_proto::model::Secret;
@@ -59,6 +59,8 @@ pub struct Options {
     pub master_key: Option<Secret>,
     /// `None`: keep raw usage records forever.
     pub usage_retention: Option<Duration>,
+    /// The lease stream's time to live, heartbeat and rate window.
+    pub leases: LeaseTiming,
     pub proxy: drover_dataplane::ProxyArgs,
 }
 
@@ -85,6 +87,7 @@ impl ServeArgs {
             dataplane_token: secret(env("DROVER_DATAPLANE_TOKEN")),
             master_key: secret(env("DROVER_MASTER_KEY")),
             usage_retention: usage_retention_days(self.control.usage_retention_days),
+            leases: self.control.lease_timing()?,
             proxy: self.proxy,
         })
     }
@@ -106,6 +109,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
             usage_retention: options.usage_retention,
             tls: options.grpc_tls.clone(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            leases: options.leases,
         },
         control_shutdown.clone(),
     )

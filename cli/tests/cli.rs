@@ -86,6 +86,7 @@ impl TestControlPlane {
                 GrpcTls::load(&pki.cert, &pki.key).expect("TLS identity")
             }),
             handshake_timeout: drover_controlplane::DEFAULT_HANDSHAKE_TIMEOUT,
+            leases: drover_controlplane::LeaseTiming::default(),
         };
         let scheme = if tls { "https" } else { "http" };
         let running = ControlPlane::start(config, shutdown.clone())
@@ -750,10 +751,11 @@ async fn modules_not_implemented_cannot_be_enabled() {
     assert_eq!(names, ["auth", "rate_limit", "spend_cap", "audit", "redact"]);
     for m in modules.as_array().expect("an array") {
         assert_eq!(m["enabled"], json!(false), "{m}");
+        let implemented = ["auth", "rate_limit", "spend_cap"].contains(&m["name"].as_str().unwrap_or(""));
         assert_eq!(
             m["available"],
-            json!(m["name"] == "auth"),
-            "only auth is implemented in this version: {m}"
+            json!(implemented),
+            "auth, rate_limit and spend_cap are implemented in this version: {m}"
         );
     }
     let table = cp.run(&["module", "list"]).await;
@@ -766,7 +768,7 @@ async fn modules_not_implemented_cannot_be_enabled() {
     let start = cp.version().await;
 
     // Switching one on is refused with one line, and changes nothing.
-    for name in ["audit", "rate-limit", "spend_cap", "redact"] {
+    for name in ["audit", "redact"] {
         let out = cp.run(&["module", "enable", name]).await;
         let module = name.replace('-', "_");
         assert_eq!(
@@ -1784,4 +1786,322 @@ async fn tenants_and_keys_from_the_command_line() {
         .run(&["key", "create", "--tenant", "acme", "--models", "m,,x"])
         .await;
     assert!(empty.error().contains("--models"), "{empty}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rate limits, spend caps and a tenant's on-cp-loss mode
+// ---------------------------------------------------------------------------------------------
+
+/// Now, Unix milliseconds, at least 10 s away from a UTC midnight, so that usage reported now
+/// falls in the day a cap listing right after counts.
+async fn now_inside_a_day() -> i64 {
+    let now = || drover_proto::model::now_unix_ms();
+    let into_day = now() % DAY;
+    if !(10_000..DAY - 10_000).contains(&into_day) {
+        tokio::time::sleep(Duration::from_secs(21)).await;
+    }
+    now()
+}
+
+#[tokio::test]
+async fn limits_caps_and_on_cp_loss_from_the_command_line() {
+    let cp = TestControlPlane::start().await;
+    let created = cp
+        .list(&["tenant", "create", "acme", "--on-cp-loss", "closed"])
+        .await;
+    assert_eq!(created["on_cp_loss"], "closed");
+    let out = cp
+        .run(&["tenant", "update", "acme", "--on-cp-loss", "open"])
+        .await;
+    let v = changed_version(out.ok(), "tenant acme updated: on-cp-loss open");
+    assert_eq!(cp.list(&["tenant", "list"]).await[0]["on_cp_loss"], "open");
+    let table = cp.run(&["tenant", "list"]).await;
+    assert!(table.ok().contains("ON CP LOSS"), "{table}");
+    let key = cp.list(&["key", "create", "--tenant", "acme"]).await["id"]
+        .as_str()
+        .expect("key id")
+        .to_owned();
+
+    // Limits: set, merged, listed, removed.
+    let out = cp
+        .run(&["limit", "set", "--tenant", "acme", "--rpm", "600"])
+        .await;
+    assert_eq!(
+        changed_version(out.ok(), "limits of tenant acme set: rpm 600"),
+        v + 2
+    );
+    let out = cp
+        .run(&["limit", "set", "--tenant", "acme", "--concurrency", "4"])
+        .await;
+    changed_version(out.ok(), "limits of tenant acme set: rpm 600, concurrency 4");
+    let set = cp.list(&["limit", "set", "--key", &key, "--tpm", "90000"]).await;
+    assert_eq!(
+        set,
+        json!({"tenant": "acme", "key": key, "rpm": null, "tpm": 90000, "concurrency": null})
+    );
+    let limits = cp.list(&["limit", "list", "--tenant", "acme"]).await;
+    assert_eq!(
+        limits,
+        json!([
+            {"tenant": "acme", "key": null, "rpm": 600, "tpm": null, "concurrency": 4},
+            {"tenant": "acme", "key": key, "rpm": null, "tpm": 90000, "concurrency": null},
+        ])
+    );
+    let table = cp.run(&["limit", "list"]).await;
+    assert!(table.ok().starts_with("TENANT  KEY"), "{table}");
+    let out = cp
+        .run(&["limit", "remove", "--tenant", "acme", "--rpm", "--concurrency"])
+        .await;
+    assert!(
+        out.ok()
+            .starts_with("rpm, concurrency limit of tenant acme removed (policy version "),
+        "{out}"
+    );
+    let out = cp.run(&["limit", "remove", "--key", &key]).await;
+    assert!(
+        out.ok().starts_with(&format!("limits of key {key} removed")),
+        "{out}"
+    );
+    assert_eq!(cp.list(&["limit", "list"]).await, json!([]));
+    assert_eq!(cp.run(&["limit", "list"]).await.ok(), "no limits\n");
+
+    // Caps: exact amounts, the spend of the period from the ledger, removal.
+    let out = cp
+        .run(&[
+            "cap",
+            "set",
+            "--tenant",
+            "acme",
+            "--usd",
+            "10",
+            "--period",
+            "day",
+            "--soft-at",
+            "0.8",
+        ])
+        .await;
+    changed_version(out.ok(), "cap of tenant acme set: 10.000000 USD per day");
+    let set = cp
+        .list(&[
+            "cap",
+            "set",
+            "--key",
+            &key,
+            "--usd",
+            "0.3",
+            "--period",
+            "total",
+            "--allow-unpriced",
+        ])
+        .await;
+    assert_eq!(set["limit_nano_usd"], 300_000_000);
+    assert_eq!(set["limit_usd"], "0.300000");
+    assert_eq!(set["period_end"], Value::Null);
+    assert_eq!(set["allow_unpriced"], true);
+    let now = now_inside_a_day().await;
+    let spend = |id: &str, cost_nano_usd| pb::UsageRecord {
+        key_id: key.clone(),
+        ..usage_record(id, now - 1_000, "acme", "gpt-4o", cost_nano_usd)
+    };
+    ingest(&cp, vec![spend("c1", 100_000_001), spend("c2", 250_000_000)]).await;
+    let caps = cp.list(&["cap", "list"]).await;
+    assert_eq!(caps.as_array().expect("an array").len(), 2);
+    let day = &caps[0];
+    assert_eq!(
+        (day["tenant"].as_str(), day["period"].as_str()),
+        (Some("acme"), Some("day"))
+    );
+    assert_eq!(day["spent_usd"], "0.350000001");
+    assert_eq!(day["remaining_usd"], "9.649999999");
+    assert_eq!(day["soft_at"], 0.8);
+    let total = &caps[1];
+    assert_eq!(total["key"], json!(key));
+    assert_eq!(total["spent_nano_usd"], 350_000_001);
+    assert_eq!(total["remaining_usd"], "0.000000", "never below zero");
+    let table = cp.run(&["cap", "list", "--tenant", "acme"]).await;
+    let text = table.ok();
+    assert!(
+        text.starts_with("TENANT  KEY") && text.contains("0.350000001"),
+        "{table}"
+    );
+    let out = cp
+        .run(&["cap", "remove", "--tenant", "acme", "--period", "day"])
+        .await;
+    assert!(out.ok().starts_with("day cap of tenant acme removed"), "{out}");
+    let out = cp.run(&["cap", "remove", "--key", &key]).await;
+    assert!(
+        out.ok().starts_with(&format!("caps of key {key} removed")),
+        "{out}"
+    );
+    assert_eq!(cp.run(&["cap", "list"]).await.ok(), "no caps\n");
+}
+
+#[tokio::test]
+async fn bad_limits_and_caps_are_one_clear_line_and_change_nothing() {
+    let cp = TestControlPlane::start().await;
+    cp.run(&["tenant", "create", "acme"]).await.ok();
+    cp.run(&["tenant", "create", "gone"]).await.ok();
+    cp.run(&["tenant", "delete", "gone"]).await.ok();
+    let revoked = cp.list(&["key", "create", "--tenant", "acme"]).await["id"]
+        .as_str()
+        .expect("key id")
+        .to_owned();
+    cp.run(&["key", "revoke", &revoked]).await.ok();
+    cp.run(&["limit", "set", "--tenant", "acme", "--rpm", "5"])
+        .await
+        .ok();
+    cp.run(&[
+        "cap", "set", "--tenant", "acme", "--usd", "1", "--period", "month",
+    ])
+    .await
+    .ok();
+    let before = json!({
+        "version": cp.version().await,
+        "limits": cp.list(&["limit", "list"]).await,
+        "caps": cp.list(&["cap", "list"]).await,
+        "tenants": cp.list(&["tenant", "list"]).await,
+    });
+
+    let limit = |args: &[&str]| {
+        let mut argv = vec!["limit", "set", "--tenant", "acme"];
+        argv.extend_from_slice(args);
+        argv.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let refused: Vec<(Vec<String>, String)> = vec![
+        (
+            limit(&["--rpm", "0"]),
+            "--rpm: 0 is not a limit: it must be from 1 to 1000000000000".into(),
+        ),
+        (
+            limit(&["--tpm", "-5"]),
+            "--tpm: -5 is not a limit: it must be from 1 to 1000000000000".into(),
+        ),
+        (
+            limit(&["--concurrency", "2000000"]),
+            "--concurrency: 2000000 is not a limit: it must be from 1 to 1000000".into(),
+        ),
+        (
+            limit(&["--rpm", "many"]),
+            "--rpm: \"many\" is not a whole number".into(),
+        ),
+        (
+            limit(&[]),
+            "no limit given: set at least one of --rpm, --tpm and --concurrency".into(),
+        ),
+    ];
+    let cap = |usd: &str, extra: &[&str]| {
+        let mut argv = vec!["cap", "set", "--tenant", "acme", "--period", "day", "--usd", usd];
+        argv.extend_from_slice(extra);
+        argv.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let refused_caps: Vec<(Vec<String>, String)> = vec![
+        (
+            cap("-5", &[]),
+            "--usd: -5 is not a cap: it must be more than 0 USD".into(),
+        ),
+        (
+            cap("0", &[]),
+            "--usd: 0 is not a cap: it must be more than 0 USD".into(),
+        ),
+        (
+            cap("0.0000000001", &[]),
+            "--usd: 0.0000000001 has more than 9 decimal places (the smallest amount is 0.000000001 USD)"
+                .into(),
+        ),
+        (
+            cap("1e3", &[]),
+            "--usd: \"1e3\" is not an amount of USD, such as 25 or 0.50".into(),
+        ),
+        (
+            cap("2000000", &[]),
+            "--usd: 2000000 is not a cap: it must be at most 1000000 USD".into(),
+        ),
+        (
+            cap("5", &["--soft-at", "1.0"]),
+            "--soft-at: 1 is not a fraction between 0 and 1 (both excluded)".into(),
+        ),
+        (
+            cap("5", &["--soft-at", "-0.5"]),
+            "--soft-at: -0.5 is not a fraction between 0 and 1 (both excluded)".into(),
+        ),
+    ];
+    for (argv, message) in refused.into_iter().chain(refused_caps) {
+        let out = cp.run(&argv.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        assert_eq!(out.error(), message, "{out}");
+    }
+
+    // What only the control plane knows: owners that do not exist (any more).
+    let cases = [
+        (
+            vec!["limit", "set", "--tenant", "ghost", "--rpm", "5"],
+            "tenant \"ghost\" not found".to_owned(),
+        ),
+        (
+            vec!["limit", "set", "--key", "key_0000000000000000", "--rpm", "5"],
+            "key \"key_0000000000000000\" not found".to_owned(),
+        ),
+        (
+            vec!["limit", "remove", "--key", revoked.as_str()],
+            format!("key \"{revoked}\" not found: it is revoked"),
+        ),
+        (
+            vec![
+                "cap", "set", "--tenant", "gone", "--usd", "5", "--period", "total",
+            ],
+            "tenant \"gone\" not found".to_owned(),
+        ),
+        (
+            vec!["cap", "list", "--tenant", "gone"],
+            "tenant \"gone\" not found".to_owned(),
+        ),
+    ];
+    for (argv, message) in cases {
+        let out = cp.run(&argv).await;
+        assert_eq!(out.error(), message, "{out}");
+    }
+
+    // Usage errors, caught by the parser.
+    let out = cp
+        .run(&["cap", "set", "--tenant", "acme", "--usd", "5", "--period", "week"])
+        .await;
+    assert!(
+        out.usage_error()
+            .contains("\"week\" is not a period: day, month or total"),
+        "{out}"
+    );
+    let out = cp.run(&["limit", "set", "--rpm", "5"]).await;
+    assert!(
+        out.usage_error().contains("required arguments were not provided")
+            && out.stderr.contains("<--tenant <TENANT>|--key <KEY>>"),
+        "{out}"
+    );
+    let out = cp
+        .run(&[
+            "limit",
+            "remove",
+            "--tenant",
+            "acme",
+            "--key",
+            "key_0000000000000000",
+        ])
+        .await;
+    assert!(out.usage_error().contains("cannot be used with"), "{out}");
+    let out = cp
+        .run(&["tenant", "update", "acme", "--on-cp-loss", "maybe"])
+        .await;
+    assert!(out.usage_error().contains("neither open nor closed"), "{out}");
+    let out = cp.run(&["tenant", "update", "acme"]).await;
+    assert!(
+        out.usage_error().contains("required arguments were not provided")
+            && out.stderr.contains("--on-cp-loss <open|closed>"),
+        "{out}"
+    );
+
+    let after = json!({
+        "version": cp.version().await,
+        "limits": cp.list(&["limit", "list"]).await,
+        "caps": cp.list(&["cap", "list"]).await,
+        "tenants": cp.list(&["tenant", "list"]).await,
+    });
+    assert_eq!(after, before);
 }

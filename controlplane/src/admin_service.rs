@@ -16,6 +16,7 @@ use drover_proto::pb;
 use tonic::{Request, Response, Status};
 
 use crate::error::StoreError;
+use crate::limits_api;
 use crate::policy_service::DataPlanes;
 use crate::prices::PriceSource;
 use crate::store::Store;
@@ -42,41 +43,56 @@ fn invalid(e: InvalidPolicy) -> StoreError {
 impl pb::admin_service_server::AdminService for AdminApi {
     async fn set_limit(
         &self,
-        _: Request<pb::SetLimitRequest>,
+        request: Request<pb::SetLimitRequest>,
     ) -> Result<Response<pb::LimitResponse>, Status> {
-        Err(Status::unimplemented("rate limits are not available yet"))
+        Ok(Response::new(
+            limits_api::set_limit(&self.store, request.into_inner()).await?,
+        ))
     }
 
     async fn list_limits(
         &self,
-        _: Request<pb::ListLimitsRequest>,
+        request: Request<pb::ListLimitsRequest>,
     ) -> Result<Response<pb::ListLimitsResponse>, Status> {
-        Err(Status::unimplemented("rate limits are not available yet"))
+        Ok(Response::new(
+            limits_api::list_limits(&self.store, request.into_inner()).await?,
+        ))
     }
 
     async fn remove_limit(
         &self,
-        _: Request<pb::RemoveLimitRequest>,
+        request: Request<pb::RemoveLimitRequest>,
     ) -> Result<Response<pb::ChangeResponse>, Status> {
-        Err(Status::unimplemented("rate limits are not available yet"))
+        Ok(Response::new(
+            limits_api::remove_limit(&self.store, request.into_inner()).await?,
+        ))
     }
 
-    async fn set_cap(&self, _: Request<pb::SetCapRequest>) -> Result<Response<pb::CapResponse>, Status> {
-        Err(Status::unimplemented("spend caps are not available yet"))
+    async fn set_cap(
+        &self,
+        request: Request<pb::SetCapRequest>,
+    ) -> Result<Response<pb::CapResponse>, Status> {
+        Ok(Response::new(
+            limits_api::set_cap(&self.store, request.into_inner()).await?,
+        ))
     }
 
     async fn list_caps(
         &self,
-        _: Request<pb::ListCapsRequest>,
+        request: Request<pb::ListCapsRequest>,
     ) -> Result<Response<pb::ListCapsResponse>, Status> {
-        Err(Status::unimplemented("spend caps are not available yet"))
+        Ok(Response::new(
+            limits_api::list_caps(&self.store, request.into_inner()).await?,
+        ))
     }
 
     async fn remove_cap(
         &self,
-        _: Request<pb::RemoveCapRequest>,
+        request: Request<pb::RemoveCapRequest>,
     ) -> Result<Response<pb::ChangeResponse>, Status> {
-        Err(Status::unimplemented("spend caps are not available yet"))
+        Ok(Response::new(
+            limits_api::remove_cap(&self.store, request.into_inner()).await?,
+        ))
     }
 
     async fn add_provider(

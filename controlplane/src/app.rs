@@ -1,9 +1,11 @@
 //! Wiring: from a `Config` to a running control plane, and back down.
 //!
-//! `ControlPlane::start` resolves the secrets beside the database, opens the store, binds the
-//! gRPC listener (plaintext or TLS, each connection under a handshake deadline: `listener`)
-//! and spawns one tonic server carrying AdminService, PolicyService, UsageService,
-//! reflection and health, and the usage retention task. Cancelling the shutdown
+//! `ControlPlane::start` resolves the secrets beside the database, opens the store, starts the
+//! lease book (`lease_service::Leases`: its recovery time starts then), binds the gRPC
+//! listener (plaintext or TLS, each connection under a handshake deadline: `listener`) and
+//! spawns one tonic server carrying AdminService, PolicyService, UsageService, LeaseService,
+//! reflection and health, the usage retention task and the lease book's task (limits after
+//! every policy change, ledger events, garbage). Cancelling the shutdown
 //! token stops accepting, ends every policy stream and lets in-flight calls finish; `wait`
 //! returns once the server has stopped and the database is closed.
 
@@ -15,6 +17,7 @@ use std::time::Duration;
 use drover_proto::model::Secret;
 use drover_proto::pb;
 use drover_proto::pb::admin_service_server::AdminServiceServer;
+use drover_proto::pb::lease_service_server::LeaseServiceServer;
 use drover_proto::pb::policy_service_server::PolicyServiceServer;
 use drover_proto::pb::usage_service_server::{UsageService, UsageServiceServer};
 use tokio::task::JoinHandle;
@@ -27,13 +30,16 @@ use crate::admin_service::AdminApi;
 use crate::auth::{self, AdminToken, TokenCheck};
 use crate::config::{Config, master_key_file_for};
 use crate::error::{StartError, StopError};
+use crate::lease_service::{LeaseApi, LeaseCounters, Leases};
 use crate::listener::Incoming;
 use crate::policy_service::{DataPlanes, PolicyApi};
 use crate::secret_file;
 use crate::store::crypto::MasterKey;
 use crate::store::{Store, StoreThread};
 use crate::usage_service::{UsageApi, run_retention};
-use drover_proto::limits::{MAX_POLICY_MESSAGE_BYTES, MAX_REQUEST_BYTES, MAX_USAGE_MESSAGE_BYTES};
+use drover_proto::limits::{
+    MAX_LEASE_MESSAGE_BYTES, MAX_POLICY_MESSAGE_BYTES, MAX_REQUEST_BYTES, MAX_USAGE_MESSAGE_BYTES,
+};
 
 /// HTTP/2 pings on idle connections, so a vanished data plane is noticed.
 pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -42,7 +48,8 @@ pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TCP keepalive probes on idle connections, below HTTP/2 (e.g. through a NAT).
 pub const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// Most concurrent calls (HTTP/2 streams) on one connection. A data plane uses one for its
-/// policy stream and one at a time for usage reports; the CLI one per command.
+/// policy stream, one for its lease stream and one at a time for usage reports; the CLI one
+/// per command.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// How long, after shutdown, open connections may take to finish their calls before the
 /// server stops waiting for them (e.g. a client watching health forever).
@@ -55,6 +62,8 @@ pub struct ControlPlane {
     created_token_file: Option<PathBuf>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     retention: JoinHandle<()>,
+    lease_task: JoinHandle<()>,
+    leases: Arc<Leases>,
     store: Store,
     store_thread: StoreThread,
     stop: CancellationToken,
@@ -86,9 +95,22 @@ impl ControlPlane {
                     source,
                 })?;
         let stop = shutdown.child_token();
+        let leases = match Leases::start(store.clone(), config.leases).await {
+            Ok(leases) => leases,
+            Err(source) => {
+                if let Err(close) = store_thread.close().await {
+                    tracing::warn!(error = %close, "closing the store after a failed start");
+                }
+                return Err(StartError::Store {
+                    path: config.db_path.clone(),
+                    source,
+                });
+            }
+        };
         let listening = listen(
             &config,
             &store,
+            &leases,
             &prepared.admin.token,
             prepared.dataplane_token,
             &stop,
@@ -108,6 +130,7 @@ impl ControlPlane {
             config.usage_retention(),
             stop.clone(),
         ));
+        let lease_task = tokio::spawn(leases.clone().run(stop.clone()));
         let snapshot = store.current();
         tracing::info!(
             addr = %grpc_addr,
@@ -123,6 +146,8 @@ impl ControlPlane {
             created_token_file: prepared.admin.created_file,
             server,
             retention,
+            lease_task,
+            leases,
             store,
             store_thread,
             stop,
@@ -146,6 +171,12 @@ impl ControlPlane {
         Arc::new(UsageApi::new(self.store.clone()))
     }
 
+    /// What each data plane's lease streams carried so far (messages, asks, holdings, grants),
+    /// by data plane id: for benchmarks and diagnostics.
+    pub async fn lease_counters(&self) -> Vec<(String, LeaseCounters)> {
+        self.leases.counters().await
+    }
+
     /// The token file, when this start generated the admin token and wrote it there.
     pub fn created_token_file(&self) -> Option<&Path> {
         self.created_token_file.as_deref()
@@ -161,6 +192,8 @@ impl ControlPlane {
         // A retention pass in progress is cut between two of its transactions.
         self.retention.abort();
         let _ = self.retention.await;
+        // It ends with `stop`.
+        let _ = self.lease_task.await;
         let closed = self.store_thread.close().await;
         match served {
             Err(e) => Err(StopError::Task(format!("gRPC server task: {e}"))),
@@ -219,6 +252,7 @@ fn master_key_from_file(db_path: &Path) -> Result<MasterKey, StartError> {
 async fn listen(
     config: &Config,
     store: &Store,
+    leases: &Arc<Leases>,
     admin_token: &Secret,
     dataplane_token: Option<Secret>,
     stop: &CancellationToken,
@@ -239,13 +273,14 @@ async fn listen(
         config.tls.as_ref().map(|tls| tls.server_config()),
         config.handshake_timeout,
     );
-    let router = router(store, admin_token, dataplane_token.as_ref(), stop).await?;
+    let router = router(store, leases, admin_token, dataplane_token.as_ref(), stop).await?;
     let server = tokio::spawn(serve(router, incoming, stop.clone()));
     Ok((grpc_addr, server))
 }
 
 async fn router(
     store: &Store,
+    leases: &Arc<Leases>,
     admin_token: &Secret,
     dataplane_token: Option<&Secret>,
     stop: &CancellationToken,
@@ -260,6 +295,9 @@ async fn router(
     let usage = UsageServiceServer::new(UsageApi::new(store.clone()))
         .max_decoding_message_size(MAX_USAGE_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_USAGE_MESSAGE_BYTES);
+    let lease = LeaseServiceServer::new(LeaseApi::new(leases.clone(), stop.clone()))
+        .max_decoding_message_size(MAX_LEASE_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_LEASE_MESSAGE_BYTES);
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -270,6 +308,9 @@ async fn router(
         .await;
     health_reporter
         .set_serving::<UsageServiceServer<UsageApi>>()
+        .await;
+    health_reporter
+        .set_serving::<LeaseServiceServer<LeaseApi>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -288,6 +329,10 @@ async fn router(
         ))
         .add_service(InterceptedService::new(
             usage,
+            TokenCheck::dataplane(admin_token, dataplane_token),
+        ))
+        .add_service(InterceptedService::new(
+            lease,
             TokenCheck::dataplane(admin_token, dataplane_token),
         ))
         .add_service(health)

@@ -19,6 +19,21 @@ pub const DEFAULT_USAGE_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600
 /// the HTTP/2 preface before it is closed.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a lease lives without renewal (`--lease-ttl`).
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often data planes must send on their lease stream (`--lease-heartbeat`).
+pub const DEFAULT_LEASE_HEARTBEAT: Duration = Duration::from_secs(2);
+/// Length of a rate window (`--limit-window`).
+pub const DEFAULT_LIMIT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Shortest and longest time to live of a lease. After a restart the control plane grants
+/// nothing for one time to live, so a long one is an outage of every limited tenant.
+const LEASE_TTL_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(600));
+/// Shortest heartbeat: data planes must not be asked to send more often.
+const MIN_LEASE_HEARTBEAT: Duration = Duration::from_millis(10);
+/// Shortest and longest rate window.
+const LIMIT_WINDOW_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+
 /// Everything the control plane needs to start.
 #[derive(Clone)]
 pub struct Config {
@@ -42,6 +57,8 @@ pub struct Config {
     /// Time a new connection has to become an HTTP/2 connection (TLS handshake included).
     /// Usually [`DEFAULT_HANDSHAKE_TIMEOUT`].
     pub handshake_timeout: Duration,
+    /// The clock of the lease stream: time to live, heartbeat, rate window.
+    pub leases: LeaseTiming,
 }
 
 impl Config {
@@ -68,8 +85,127 @@ impl fmt::Debug for Config {
             .field("usage_retention", &self.usage_retention)
             .field("tls", &self.tls)
             .field("handshake_timeout", &self.handshake_timeout)
+            .field("leases", &self.leases)
             .finish()
     }
+}
+
+/// The clock of the lease protocol (docs/limits-and-caps.md), checked: a lease lives `ttl`
+/// without renewal, data planes send at least every `heartbeat` (less than half the time to
+/// live, so that one lost heartbeat never expires a lease), rate limits count per `window`.
+/// All whole milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseTiming {
+    ttl: Duration,
+    heartbeat: Duration,
+    window: Duration,
+}
+
+/// Why lease timings are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidLeaseTiming(String);
+
+impl LeaseTiming {
+    /// Checks the three: time to live from 100 ms to 10 min, heartbeat at least 10 ms and less
+    /// than half the time to live, window from 1 s to 24 h, each in whole milliseconds.
+    pub fn new(
+        ttl: Duration,
+        heartbeat: Duration,
+        window: Duration,
+    ) -> Result<LeaseTiming, InvalidLeaseTiming> {
+        let invalid = |msg: String| Err(InvalidLeaseTiming(msg));
+        for (flag, d) in [
+            ("--lease-ttl", ttl),
+            ("--lease-heartbeat", heartbeat),
+            ("--limit-window", window),
+        ] {
+            if d.subsec_nanos() % 1_000_000 != 0 {
+                return invalid(format!("{flag} {d:?} is not a whole number of milliseconds"));
+            }
+        }
+        if ttl < LEASE_TTL_RANGE.0 || ttl > LEASE_TTL_RANGE.1 {
+            return invalid(format!("--lease-ttl {ttl:?} is not from 100ms to 10m"));
+        }
+        if heartbeat < MIN_LEASE_HEARTBEAT || heartbeat.saturating_mul(2) >= ttl {
+            return invalid(format!(
+                "--lease-heartbeat {heartbeat:?} must be at least 10ms and less than half of --lease-ttl {ttl:?}"
+            ));
+        }
+        if window < LIMIT_WINDOW_RANGE.0 || window > LIMIT_WINDOW_RANGE.1 {
+            return invalid(format!("--limit-window {window:?} is not from 1s to 24h"));
+        }
+        Ok(LeaseTiming {
+            ttl,
+            heartbeat,
+            window,
+        })
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        self.heartbeat
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+}
+
+impl Default for LeaseTiming {
+    /// 10 s to live, a heartbeat every 2 s, windows of 60 s.
+    fn default() -> Self {
+        LeaseTiming {
+            ttl: DEFAULT_LEASE_TTL,
+            heartbeat: DEFAULT_LEASE_HEARTBEAT,
+            window: DEFAULT_LIMIT_WINDOW,
+        }
+    }
+}
+
+/// A duration given as a flag, in whole milliseconds up to `u32::MAX` (49 days): small, so
+/// that flattened flags keep the CLI's argument types small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlagDuration(u32);
+
+impl FlagDuration {
+    pub fn get(self) -> Duration {
+        Duration::from_millis(u64::from(self.0))
+    }
+
+    /// Parses a whole number and a unit, `ms`, `s`, `m` or `h` (`250ms`, `10s`, `1m`).
+    pub fn parse(raw: &str) -> Result<FlagDuration, String> {
+        let d = parse_duration(raw)?;
+        u32::try_from(d.as_millis())
+            .map(FlagDuration)
+            .map_err(|_| format!("{raw:?} is too long"))
+    }
+}
+
+/// A duration as the flags take it: a whole number and a unit, `ms`, `s`, `m` or `h`
+/// (`250ms`, `10s`, `1m`).
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let unit_at = raw
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{raw:?} has no unit: write e.g. 250ms, 10s, 1m or 1h"))?;
+    let (n, unit) = raw.split_at(unit_at);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{raw:?} is not a duration such as 250ms, 10s, 1m or 1h"))?;
+    let ms_per_unit = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{raw:?}: the unit must be ms, s, m or h")),
+    };
+    n.checked_mul(ms_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{raw:?} is too long"))
 }
 
 /// The gRPC listener's TLS identity: a certificate chain and its key, loaded, offering
@@ -190,8 +326,51 @@ pub struct ControlArgs {
     )]
     pub usage_retention_days: u32,
 
+    /// How long a lease (a data plane's slice of a rate limit or spend cap) lives without
+    /// renewal; after a restart the control plane grants nothing for this long (`10s`, `500ms`).
+    #[arg(
+        long,
+        env = "DROVER_LEASE_TTL",
+        default_value = "10s",
+        value_parser = FlagDuration::parse,
+        value_name = "DURATION"
+    )]
+    pub lease_ttl: FlagDuration,
+
+    /// How often data planes must send on their lease stream; less than half of --lease-ttl.
+    #[arg(
+        long,
+        env = "DROVER_LEASE_HEARTBEAT",
+        default_value = "2s",
+        value_parser = FlagDuration::parse,
+        value_name = "DURATION"
+    )]
+    pub lease_heartbeat: FlagDuration,
+
+    /// Length of a rate-limit window, aligned to the Unix epoch; rpm and tpm limits count per
+    /// window (so per minute only with the default).
+    #[arg(
+        long,
+        env = "DROVER_LIMIT_WINDOW",
+        default_value = "60s",
+        value_parser = FlagDuration::parse,
+        value_name = "DURATION"
+    )]
+    pub limit_window: FlagDuration,
+
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+impl ControlArgs {
+    /// The lease flags, checked.
+    pub fn lease_timing(&self) -> Result<LeaseTiming, InvalidLeaseTiming> {
+        LeaseTiming::new(
+            self.lease_ttl.get(),
+            self.lease_heartbeat.get(),
+            self.limit_window.get(),
+        )
+    }
 }
 
 /// The admin token file beside a database: `drover.db` → `drover.admin-token`.
@@ -234,6 +413,7 @@ mod tests {
             usage_retention: Some(Duration::ZERO),
             tls: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            leases: LeaseTiming::default(),
         };
         assert_eq!(c.usage_retention(), None);
         c.usage_retention = Some(Duration::from_secs(60));
@@ -251,12 +431,107 @@ mod tests {
             usage_retention: Some(DEFAULT_USAGE_RETENTION),
             tls: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            leases: LeaseTiming::default(),
         };
         let s = format!("{c:?}");
         assert!(
             !s.contains("tok-123") && !s.contains("dp-456") && !s.contains("key-789"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration(" 1h "), Ok(Duration::from_secs(3600)));
+        for bad in [
+            "10",
+            "s",
+            "-1s",
+            "1.5s",
+            "10 s",
+            "10d",
+            "",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert!(FlagDuration::parse("50d").is_err());
+        assert!(FlagDuration::parse("1200h").is_err(), "beyond 49 days");
+        assert_eq!(
+            FlagDuration::parse("2s").map(FlagDuration::get),
+            Ok(Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn lease_timings_are_checked() {
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        let d = LeaseTiming::default();
+        assert_eq!((d.ttl(), d.heartbeat(), d.window()), (s(10), s(2), s(60)));
+        assert!(LeaseTiming::new(ms(600), ms(100), s(1)).is_ok());
+        for (ttl, heartbeat, window, flag) in [
+            (ms(99), ms(10), s(60), "--lease-ttl"),
+            (s(601), s(2), s(60), "--lease-ttl"),
+            (s(10), s(5), s(60), "--lease-heartbeat"),
+            (s(10), ms(9), s(60), "--lease-heartbeat"),
+            (s(10), s(2), ms(999), "--limit-window"),
+            (s(10), s(2), s(86_401), "--limit-window"),
+            (
+                s(10),
+                Duration::from_micros(2_000_500),
+                s(60),
+                "--lease-heartbeat",
+            ),
+        ] {
+            let err = LeaseTiming::new(ttl, heartbeat, window).unwrap_err().to_string();
+            assert!(err.contains(flag), "{err}");
+        }
+    }
+
+    #[derive(clap::Parser)]
+    struct Control {
+        #[command(flatten)]
+        control: ControlArgs,
+    }
+
+    #[test]
+    fn lease_flags_default_and_parse() {
+        use clap::Parser as _;
+        let c = Control::try_parse_from(["cp"]).unwrap().control;
+        assert_eq!(c.lease_timing().unwrap(), LeaseTiming::default());
+        let c = Control::try_parse_from([
+            "cp",
+            "--lease-ttl",
+            "800ms",
+            "--lease-heartbeat",
+            "100ms",
+            "--limit-window",
+            "2s",
+        ])
+        .unwrap()
+        .control;
+        let t = c.lease_timing().unwrap();
+        assert_eq!(
+            (t.ttl(), t.heartbeat(), t.window()),
+            (
+                Duration::from_millis(800),
+                Duration::from_millis(100),
+                Duration::from_secs(2)
+            )
+        );
+        let e = Control::try_parse_from(["cp", "--lease-ttl", "10"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("has no unit"), "{e}");
+        let c = Control::try_parse_from(["cp", "--lease-ttl", "1s"])
+            .unwrap()
+            .control;
+        assert!(c.lease_timing().is_err(), "a 2s heartbeat is too long for 1s");
     }
 
     #[derive(clap::Parser)]

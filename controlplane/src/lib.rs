@@ -2,7 +2,9 @@
 //!
 //! It owns the SQLite store (on its own thread), serves the admin API (`AdminService`), streams
 //! versioned policy snapshots to the data planes (`PolicyService.Watch`) and ingests their usage
-//! exactly once (`UsageService.Report`), with gRPC reflection and health beside them.
+//! exactly once (`UsageService.Report`), grants the data planes leases on rate limits and spend
+//! caps (`LeaseService.Lease`, accounted in `leases::Book`), with gRPC reflection and health
+//! beside them.
 //! gRPC is served in plaintext or, with a [`GrpcTls`] identity, over TLS only.
 //! `ControlPlane::start` runs it inside any tokio runtime; the `drover-controlplane` binary and
 //! `drover serve` are thin wrappers around it.
@@ -12,6 +14,9 @@ mod app;
 mod auth;
 mod config;
 mod error;
+mod lease_service;
+mod leases;
+mod limits_api;
 mod listener;
 mod policy_service;
 mod prices;
@@ -26,10 +31,12 @@ pub use app::{
     TCP_KEEPALIVE,
 };
 pub use config::{
-    Config, ControlArgs, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_USAGE_RETENTION, GrpcTls, TlsArgs,
-    master_key_file_for, token_file_for, usage_retention_days,
+    Config, ControlArgs, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_LEASE_HEARTBEAT, DEFAULT_LEASE_TTL,
+    DEFAULT_LIMIT_WINDOW, DEFAULT_USAGE_RETENTION, FlagDuration, GrpcTls, InvalidLeaseTiming, LeaseTiming,
+    TlsArgs, master_key_file_for, parse_duration, token_file_for, usage_retention_days,
 };
 pub use error::{StartError, StopError, StoreError};
+pub use lease_service::{LeaseCounters, MAX_UNAPPLIED_ANSWERS};
 pub use listener::MAX_PENDING_HANDSHAKES;
 pub use prices::TAKEN as DEFAULT_PRICES_TAKEN;
 pub use store::usage::DEDUP_WINDOW as USAGE_DEDUP_WINDOW;

@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         usage_retention: usage_retention_days(args.control.usage_retention_days),
         tls: args.control.tls.load()?,
         handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        leases: args.control.lease_timing()?,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(process::cancel_on_signal(shutdown.clone()));

@@ -10,9 +10,9 @@ use drover_proto::model::now_unix_ms;
 use std::collections::HashSet;
 
 use drover_proto::model::{
-    InvalidPolicy, KEY_ID_BODY_LEN, KEY_ID_PREFIX, Labels, MAX_GRACE_SECS, SECRET_BODY_LEN, SECRET_PREFIX,
-    SHOWN_SECRET_LEN, validate_expiry, validate_key_id, validate_key_models, validate_key_name,
-    validate_label, validate_labels, validate_request_id, validate_tenant_name,
+    InvalidPolicy, KEY_ID_BODY_LEN, KEY_ID_PREFIX, Labels, MAX_GRACE_SECS, OnCpLoss, SECRET_BODY_LEN,
+    SECRET_PREFIX, SHOWN_SECRET_LEN, validate_expiry, validate_key_id, validate_key_models,
+    validate_key_name, validate_label, validate_labels, validate_request_id, validate_tenant_name,
 };
 use drover_proto::pb;
 use rand::Rng as _;
@@ -69,13 +69,19 @@ pub async fn create_tenant(
     validate_tenant_name("name", &r.name)?;
     validate_labels("labels", &r.labels)?;
     validate_request_id("request_id", &r.request_id)?;
+    let on_cp_loss = OnCpLoss::from_wire(r.on_cp_loss)?.unwrap_or_default();
     let labels: Labels = r.labels.into_iter().collect();
-    let idempotency = Idempotency::new(
-        "CreateTenant",
-        &r.request_id,
-        &[r.name.as_bytes(), encode_labels(&labels).as_bytes()],
-    );
-    let answer = store.create_tenant(r.name, labels, idempotency).await?;
+    let encoded = encode_labels(&labels);
+    let mut arguments = vec![r.name.as_bytes(), encoded.as_bytes()];
+    // Only a non-default mode is an argument, so that a retry of a create made before the
+    // mode existed (the same request, then) still matches.
+    if on_cp_loss != OnCpLoss::default() {
+        arguments.push(on_cp_loss.as_str().as_bytes());
+    }
+    let idempotency = Idempotency::new("CreateTenant", &r.request_id, &arguments);
+    let answer = store
+        .create_tenant(r.name, labels, on_cp_loss, idempotency)
+        .await?;
     if let Some(t) = &answer.tenant {
         tracing::info!(tenant = %t.name, version = answer.version, "tenant created");
     }
@@ -106,6 +112,7 @@ pub async fn update_tenant(
 ) -> Result<pb::TenantResponse, StoreError> {
     validate_tenant_name("name", &r.name)?;
     let state = tenant_state("state", r.state)?;
+    let on_cp_loss = OnCpLoss::from_wire(r.on_cp_loss)?;
     validate_labels("set_labels", &r.set_labels)?;
     let mut removing = HashSet::new();
     for (i, k) in r.remove_labels.iter().enumerate() {
@@ -121,10 +128,11 @@ pub async fn update_tenant(
         state,
         set_labels: r.set_labels.into_iter().collect(),
         remove_labels: r.remove_labels,
+        on_cp_loss,
     };
     let name = r.name;
     let answer = store.update_tenant(name.clone(), update).await?;
-    tracing::info!(tenant = %name, ?state, version = answer.version, "tenant updated");
+    tracing::info!(tenant = %name, ?state, ?on_cp_loss, version = answer.version, "tenant updated");
     Ok(answer)
 }
 

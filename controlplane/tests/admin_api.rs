@@ -96,27 +96,27 @@ async fn admin_api_round_trip_never_returns_a_stored_key() {
             .any(|p| p.model == "gpt-4o-mini" && p.source == "default")
     );
 
-    // No module is implemented in this version: switching one on is refused and changes
-    // nothing; switching one off is allowed.
+    // A module not implemented in this version: switching it on is refused and changes
+    // nothing; switching it off is allowed.
     let err = client
-        .set_module(authed(set_module("rate-limit", true), ADMIN))
+        .set_module(authed(set_module("redact", true), ADMIN))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(
         err.message(),
-        "module rate_limit is not available in this version of Drover: its flag would be recorded \
+        "module redact is not available in this version of Drover: its flag would be recorded \
          and distributed but change nothing on the request path, so it cannot be enabled"
     );
     let module = client
-        .set_module(authed(set_module("rate-limit", false), ADMIN))
+        .set_module(authed(set_module("redact", false), ADMIN))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(
         module.module.unwrap(),
         pb::Module {
-            name: "rate_limit".into(),
+            name: "redact".into(),
             enabled: false,
             available: false,
         }
@@ -133,7 +133,8 @@ async fn admin_api_round_trip_never_returns_a_stored_key() {
         .map(|m| (m.name, m.enabled, m.available))
         .collect();
     assert_eq!(modules.len(), 5);
-    assert!(modules.contains(&("rate_limit".into(), false, false)));
+    assert!(modules.contains(&("redact".into(), false, false)));
+    assert!(modules.contains(&("rate_limit".into(), false, true)));
     assert!(modules.contains(&("auth".into(), false, true)));
     let changed = client
         .set_price(authed(set_price("other-model", 2.0), ADMIN))

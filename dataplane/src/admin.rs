@@ -149,6 +149,42 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         m.usage_report_failures.get(),
     );
     counter(
+        "drover_rate_limited_total",
+        "Requests refused by a rate or concurrency limit (429).",
+        "",
+        m.rate_limited.get(),
+    );
+    counter(
+        "drover_spend_cap_refused_total",
+        "Requests refused by a hard spend cap (429).",
+        "",
+        m.spend_refused.get(),
+    );
+    counter(
+        "drover_spend_soft_cap_total",
+        "Requests admitted past a soft spend cap (with x-drover-spend-warning).",
+        "",
+        m.spend_soft_cap.get(),
+    );
+    counter(
+        "drover_limits_fail_open_total",
+        "Requests let through without a lease: the control plane was unreachable and the tenant fails open.",
+        "",
+        m.limits_fail_open.get(),
+    );
+    counter(
+        "drover_lease_messages_total",
+        "Messages sent on the lease stream to the control plane.",
+        "",
+        m.lease_messages.get(),
+    );
+    counter(
+        "drover_lease_answers_total",
+        "Answers received on the lease stream.",
+        "",
+        m.lease_answers.get(),
+    );
+    counter(
         "drover_connections_accepted_total",
         "HTTP connections accepted.",
         "",

@@ -130,19 +130,55 @@ pub struct TestControlPlane {
     db: PathBuf,
     addr: SocketAddr,
     tls: Option<TestTls>,
+    leases: drover_controlplane::LeaseTiming,
+}
+
+/// The lease clock of a test control plane (see `docs/limits-and-caps.md`), milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTimes {
+    pub ttl_ms: u64,
+    pub heartbeat_ms: u64,
+    pub window_ms: u64,
+}
+
+impl LeaseTimes {
+    fn timing(self) -> drover_controlplane::LeaseTiming {
+        drover_controlplane::LeaseTiming::new(
+            Duration::from_millis(self.ttl_ms),
+            Duration::from_millis(self.heartbeat_ms),
+            Duration::from_millis(self.window_ms),
+        )
+        .expect("valid lease times")
+    }
 }
 
 impl TestControlPlane {
     pub async fn start(db: &Path) -> Self {
-        Self::start_at(db, "127.0.0.1:0".parse().expect("addr"), None).await
+        Self::start_at(db, "127.0.0.1:0".parse().expect("addr"), None, Default::default()).await
     }
 
     /// Serving gRPC over TLS only.
     pub async fn start_tls(db: &Path, tls: TestTls) -> Self {
-        Self::start_at(db, "127.0.0.1:0".parse().expect("addr"), Some(tls)).await
+        Self::start_at(
+            db,
+            "127.0.0.1:0".parse().expect("addr"),
+            Some(tls),
+            Default::default(),
+        )
+        .await
     }
 
-    async fn start_at(db: &Path, addr: SocketAddr, tls: Option<TestTls>) -> Self {
+    /// With this lease clock instead of the defaults.
+    pub async fn start_with_leases(db: &Path, times: LeaseTimes) -> Self {
+        Self::start_at(db, "127.0.0.1:0".parse().expect("addr"), None, times.timing()).await
+    }
+
+    async fn start_at(
+        db: &Path,
+        addr: SocketAddr,
+        tls: Option<TestTls>,
+        leases: drover_controlplane::LeaseTiming,
+    ) -> Self {
         let shutdown = CancellationToken::new();
         let config = CpConfig {
             db_path: db.to_owned(),
@@ -153,6 +189,7 @@ impl TestControlPlane {
             usage_retention: None,
             tls: tls.as_ref().map(|t| t.identity.clone()),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            leases,
         };
         let mut last_err = None;
         // The port of a control plane just stopped can take a moment to be free again.
@@ -166,6 +203,7 @@ impl TestControlPlane {
                         db: db.to_owned(),
                         addr,
                         tls,
+                        leases,
                     };
                 }
                 Err(e) => {
@@ -214,7 +252,7 @@ impl TestControlPlane {
     /// Starts it again on the same database and port.
     pub async fn restart(&mut self) {
         assert!(self.cp.is_none(), "kill() first");
-        *self = Self::start_at(&self.db.clone(), self.addr, self.tls.clone()).await;
+        *self = Self::start_at(&self.db.clone(), self.addr, self.tls.clone(), self.leases).await;
     }
 }
 
@@ -301,6 +339,7 @@ pub struct GatewayBuilder {
     dataplanes: usize,
     tweak: Box<dyn Fn(&mut DpConfig) + Send>,
     tls: Option<TestTls>,
+    leases: Option<LeaseTimes>,
 }
 
 impl GatewayBuilder {
@@ -315,6 +354,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// The control plane's lease clock (time to live, heartbeat, rate window).
+    pub fn lease_times(mut self, times: LeaseTimes) -> Self {
+        self.leases = Some(times);
+        self
+    }
+
     /// Adjusts every data plane's configuration.
     pub fn configure(mut self, f: impl Fn(&mut DpConfig) + Send + 'static) -> Self {
         self.tweak = Box::new(f);
@@ -324,9 +369,10 @@ impl GatewayBuilder {
     pub async fn start(self) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("drover.db");
-        let cp = match self.tls {
-            Some(tls) => TestControlPlane::start_tls(&db, tls).await,
-            None => TestControlPlane::start(&db).await,
+        let cp = match (self.tls, self.leases) {
+            (Some(tls), _) => TestControlPlane::start_tls(&db, tls).await,
+            (None, Some(times)) => TestControlPlane::start_with_leases(&db, times).await,
+            (None, None) => TestControlPlane::start(&db).await,
         };
         let mut dps = Vec::new();
         for i in 0..self.dataplanes {
@@ -361,6 +407,90 @@ pub type HttpClient = hyper_util::client::legacy::Client<
     hyper_util::client::legacy::connect::HttpConnector,
     http_body_util::Full<bytes::Bytes>,
 >;
+
+/// Whose limit or cap: a tenant by name, or a key by id.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    Tenant(&'a str),
+    Key(&'a str),
+}
+
+impl Scope<'_> {
+    pub fn wire(self) -> pb::LimitScope {
+        pb::LimitScope {
+            scope: Some(match self {
+                Scope::Tenant(t) => pb::limit_scope::Scope::Tenant(t.to_owned()),
+                Scope::Key(k) => pb::limit_scope::Scope::KeyId(k.to_owned()),
+            }),
+        }
+    }
+}
+
+/// An HTTP client of the gateway that a task can own.
+#[derive(Clone)]
+pub struct Caller {
+    http: HttpClient,
+}
+
+impl Caller {
+    /// Sends a request and reads the whole response.
+    pub async fn send_to(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<bytes::Bytes>,
+    ) -> Reply {
+        use http_body_util::BodyExt;
+        let resp = self.open(base, method, path, headers, body).await;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// Sends a (streaming) request, reads the first piece of its body and goes away: a
+    /// caller that cuts a stream. Returns the status.
+    pub async fn stream_and_cut(
+        &self,
+        base: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<bytes::Bytes>,
+    ) -> http::StatusCode {
+        use http_body_util::BodyExt;
+        let resp = self.open(base, "POST", path, headers, body).await;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        let _ = body.frame().await;
+        status
+    }
+
+    async fn open(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<bytes::Bytes>,
+    ) -> http::Response<hyper::body::Incoming> {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("{base}{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(body.into()))
+            .expect("request");
+        self.http.request(req).await.expect("gateway answers")
+    }
+}
 
 /// A control plane, its data planes and an admin client.
 pub struct Gateway {
@@ -427,6 +557,7 @@ impl Gateway {
             dataplanes: 1,
             tweak: Box::new(|_| {}),
             tls: None,
+            leases: None,
         }
     }
 
@@ -677,25 +808,93 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: impl Into<bytes::Bytes>,
     ) -> Reply {
-        use http_body_util::BodyExt;
-        let mut req = http::Request::builder()
-            .method(method)
-            .uri(format!("{base}{path}"));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
+        self.clone_client()
+            .send_to(base, method, path, headers, body)
+            .await
+    }
+
+    /// An HTTP client of the gateway that tasks can own.
+    pub fn clone_client(&self) -> Caller {
+        Caller {
+            http: self.http.clone(),
         }
-        let req = req
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(body.into()))
-            .expect("request");
-        let resp = self.http.request(req).await.expect("gateway answers");
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-        Reply {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
+    }
+
+    /// Creates tenant `name` failing closed (`true`) or open when the control plane is away;
+    /// returns the policy version.
+    pub async fn tenant_on_cp_loss(&self, name: &str, closed: bool) -> u64 {
+        let on_cp_loss = if closed {
+            pb::OnCpLoss::Closed
+        } else {
+            pb::OnCpLoss::Open
+        };
+        self.admin
+            .clone()
+            .create_tenant(pb::CreateTenantRequest {
+                name: name.into(),
+                on_cp_loss: on_cp_loss.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("create tenant")
+            .into_inner()
+            .version
+    }
+
+    /// Sets the given rate limits of `scope`; returns the policy version.
+    pub async fn limit(
+        &self,
+        scope: Scope<'_>,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        concurrency: Option<u32>,
+    ) -> u64 {
+        self.admin
+            .clone()
+            .set_limit(pb::SetLimitRequest {
+                scope: Some(scope.wire()),
+                rpm,
+                tpm,
+                concurrency,
+            })
+            .await
+            .expect("set limit")
+            .into_inner()
+            .version
+    }
+
+    /// Sets a hard spend cap of `scope`, nano-USD; returns the policy version.
+    pub async fn cap(&self, scope: Scope<'_>, limit_nano_usd: i64, period: pb::CapPeriod) -> u64 {
+        self.admin
+            .clone()
+            .set_cap(pb::SetCapRequest {
+                scope: Some(scope.wire()),
+                period: period.into(),
+                limit_nano_usd,
+                ..Default::default()
+            })
+            .await
+            .expect("set cap")
+            .into_inner()
+            .version
+    }
+
+    /// Prices `model`, USD per million input and output tokens; returns the policy version.
+    pub async fn price(&self, model: &str, input: f64, output: f64) -> u64 {
+        self.admin
+            .clone()
+            .set_price(pb::SetPriceRequest {
+                price: Some(pb::Price {
+                    model: model.into(),
+                    input_per_mtok: input,
+                    output_per_mtok: output,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("set price")
+            .into_inner()
+            .version
     }
 
     /// `POST /v1/chat/completions` with one user message.

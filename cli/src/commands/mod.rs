@@ -2,7 +2,9 @@
 //! rules as the control plane (`drover_proto::model`) before connecting, makes the call and
 //! prints the result. Connecting and error wording live in `client`, formatting in `output`.
 
+pub mod cap;
 pub mod key;
+pub mod limit;
 pub mod module;
 pub mod price;
 pub mod provider;

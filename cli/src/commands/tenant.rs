@@ -1,9 +1,9 @@
-//! `drover tenant`: who virtual keys belong to. Create, list, suspend, resume, delete.
+//! `drover tenant`: who virtual keys belong to. Create, list, update, suspend, resume, delete.
 
 use std::collections::BTreeMap;
 
 use clap::Subcommand;
-use drover_proto::model::{validate_label, validate_tenant_name};
+use drover_proto::model::{OnCpLoss, validate_label, validate_tenant_name};
 use drover_proto::pb;
 use serde::Serialize;
 
@@ -21,12 +21,29 @@ pub enum TenantCommand {
         /// A label, `key=value`; repeat for more.
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// What data planes do with its requests that need a lease (a rate limit or spend cap
+        /// applies) while they cannot reach the control plane and hold none: let them through
+        /// (open, the default) or refuse them with a 503 (closed).
+        #[arg(long, value_name = "open|closed", value_parser = parse_on_cp_loss)]
+        on_cp_loss: Option<OnCpLoss>,
         /// Print the tenant as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// List tenants with their state, labels and active keys.
+    /// List tenants with their state, labels, active keys and on-cp-loss mode.
     List(ListArgs),
+    /// Change a tenant's on-cp-loss mode.
+    Update {
+        #[arg(value_parser = parse_name)]
+        name: String,
+        /// open: requests that need a lease go through while the control plane is away;
+        /// closed: they are refused with a 503.
+        #[arg(long, value_name = "open|closed", value_parser = parse_on_cp_loss, required = true)]
+        on_cp_loss: Option<OnCpLoss>,
+        /// Print the tenant as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Suspend a tenant: every data plane refuses its keys until it is resumed.
     Suspend {
         #[arg(value_parser = parse_name)]
@@ -52,6 +69,10 @@ fn parse_name(raw: &str) -> Result<String, String> {
     Ok(raw.to_owned())
 }
 
+fn parse_on_cp_loss(raw: &str) -> Result<OnCpLoss, String> {
+    OnCpLoss::parse(raw).ok_or_else(|| format!("{raw:?} is neither open nor closed"))
+}
+
 fn parse_label(raw: &str) -> Result<(String, String), String> {
     let (k, v) = raw
         .split_once('=')
@@ -68,6 +89,8 @@ pub struct TenantRow {
     pub labels: BTreeMap<String, String>,
     pub created_at: String,
     pub active_keys: u64,
+    /// `open` or `closed`.
+    pub on_cp_loss: &'static str,
 }
 
 impl From<pb::TenantInfo> for TenantRow {
@@ -76,6 +99,10 @@ impl From<pb::TenantInfo> for TenantRow {
             state: match t.state() {
                 pb::TenantState::Suspended => "suspended",
                 _ => "active",
+            },
+            on_cp_loss: match t.on_cp_loss() {
+                pb::OnCpLoss::Closed => OnCpLoss::Closed.as_str(),
+                _ => OnCpLoss::Open.as_str(),
             },
             name: t.name,
             labels: t.labels.into_iter().collect(),
@@ -86,12 +113,20 @@ impl From<pb::TenantInfo> for TenantRow {
 }
 
 fn table(rows: &[TenantRow]) -> Table {
-    let mut t = Table::new(["TENANT", "STATE", "ACTIVE KEYS", "CREATED", "LABELS"]);
+    let mut t = Table::new([
+        "TENANT",
+        "STATE",
+        "ACTIVE KEYS",
+        "ON CP LOSS",
+        "CREATED",
+        "LABELS",
+    ]);
     for r in rows {
         t.row([
             r.name.clone(),
             r.state.to_owned(),
             r.active_keys.to_string(),
+            r.on_cp_loss.to_owned(),
             r.created_at.clone(),
             r.labels
                 .iter()
@@ -106,14 +141,19 @@ fn table(rows: &[TenantRow]) -> Table {
 pub async fn run(command: TenantCommand, global: &GlobalArgs) -> anyhow::Result<()> {
     let mut client = Client::connect(global).await?;
     match command {
-        TenantCommand::Create { name, labels, json } => {
+        TenantCommand::Create {
+            name,
+            labels,
+            on_cp_loss,
+            json,
+        } => {
             let response = client
                 .admin
                 .create_tenant(pb::CreateTenantRequest {
                     name,
                     labels: labels.into_iter().collect(),
                     request_id: String::new(),
-                    on_cp_loss: 0,
+                    on_cp_loss: on_cp_loss.map_or(0, |o| pb::OnCpLoss::from(o).into()),
                 })
                 .await
                 .map_err(|s| client.error(s))?
@@ -149,6 +189,31 @@ pub async fn run(command: TenantCommand, global: &GlobalArgs) -> anyhow::Result<
                 output::print(&output::json(&rows)?)
             } else {
                 output::print_table(&table(&rows), "no tenants")
+            }
+        }
+        TenantCommand::Update {
+            name,
+            on_cp_loss,
+            json,
+        } => {
+            let response = client
+                .admin
+                .update_tenant(pb::UpdateTenantRequest {
+                    name,
+                    on_cp_loss: on_cp_loss.map_or(0, |o| pb::OnCpLoss::from(o).into()),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| client.error(s))?
+                .into_inner();
+            let tenant = TenantRow::from(response.tenant.unwrap_or_default());
+            if json {
+                output::print(&output::json(&tenant)?)
+            } else {
+                output::print_change(
+                    &format!("tenant {} updated: on-cp-loss {}", tenant.name, tenant.on_cp_loss),
+                    response.version,
+                )
             }
         }
         TenantCommand::Suspend { name } => set_state(&mut client, name, pb::TenantState::Suspended).await,
@@ -211,12 +276,18 @@ mod tests {
         ])
         .command
         {
-            Command::Tenant(TenantCommand::Create { name, labels, json }) => {
+            Command::Tenant(TenantCommand::Create {
+                name,
+                labels,
+                on_cp_loss,
+                json,
+            }) => {
                 assert_eq!(name, "acme");
                 assert_eq!(
                     labels,
                     [("team".into(), "search".into()), ("tier".into(), String::new())]
                 );
+                assert_eq!(on_cp_loss, None);
                 assert!(!json);
             }
             other => panic!("unexpected {other:?}"),
@@ -230,6 +301,39 @@ mod tests {
     }
 
     #[test]
+    fn parses_the_on_cp_loss_mode() {
+        assert!(matches!(
+            parse(&["drover", "tenant", "create", "acme", "--on-cp-loss", "closed"]).command,
+            Command::Tenant(TenantCommand::Create {
+                on_cp_loss: Some(OnCpLoss::Closed),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&[
+                "drover",
+                "tenant",
+                "update",
+                "acme",
+                "--on-cp-loss",
+                "open",
+                "--json"
+            ])
+            .command,
+            Command::Tenant(TenantCommand::Update {
+                on_cp_loss: Some(OnCpLoss::Open),
+                json: true,
+                ..
+            })
+        ));
+        assert!(
+            parse_err(&["drover", "tenant", "create", "acme", "--on-cp-loss", "maybe"])
+                .contains("\"maybe\" is neither open nor closed")
+        );
+        assert!(parse_err(&["drover", "tenant", "update", "acme"]).contains("--on-cp-loss"));
+    }
+
+    #[test]
     fn list_output() {
         let rows = vec![TenantRow::from(pb::TenantInfo {
             name: "acme".into(),
@@ -237,15 +341,18 @@ mod tests {
             labels: [("team".to_owned(), "search".to_owned())].into_iter().collect(),
             created_unix_ms: 1_764_979_200_000,
             active_keys: 2,
-            on_cp_loss: 0,
+            on_cp_loss: pb::OnCpLoss::Closed.into(),
         })];
         assert_eq!(
             table(&rows).render(),
-            "TENANT  STATE      ACTIVE KEYS  CREATED               LABELS\n\
-             acme    suspended  2            2025-12-06T00:00:00Z  team=search\n"
+            "TENANT  STATE      ACTIVE KEYS  ON CP LOSS  CREATED               LABELS\n\
+             acme    suspended  2            closed      2025-12-06T00:00:00Z  team=search\n"
         );
         let json: serde_json::Value = serde_json::from_str(&output::json(&rows).unwrap()).unwrap();
         assert_eq!(json[0]["labels"]["team"], "search");
         assert_eq!(json[0]["state"], "suspended");
+        assert_eq!(json[0]["on_cp_loss"], "closed");
+        let unspecified = TenantRow::from(pb::TenantInfo::default());
+        assert_eq!(unspecified.on_cp_loss, "open");
     }
 }

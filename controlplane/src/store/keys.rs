@@ -4,12 +4,14 @@
 //! the policy stream can show it went) or its expiry passes. A rotation moves the current hash
 //! to `previous_hash`, which keeps working until `previous_expires_unix_ms`. `models` holds the
 //! allow-list as lines (model names have no whitespace). `last_used_unix_ms` comes from the
-//! usage ledger and is not policy: it never changes `rev`.
+//! usage ledger and is not policy: it never changes `rev`; a change of the key's limits or caps
+//! (`store::limits`) does.
 
 use drover_proto::model::{self, Digest, quoted};
 use drover_proto::pb;
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
+use super::limits;
 use super::page::{Page, PageToken};
 use super::tenants::{id_sql, rev_sql};
 use crate::error::StoreError;
@@ -258,6 +260,15 @@ pub(super) fn rotate(
     Ok(())
 }
 
+/// Sets a key's `rev`: its limits or caps changed.
+pub(super) fn set_rev(conn: &Connection, id: &str, rev: u64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE keys SET rev = ?2 WHERE id = ?1",
+        params![id, rev_sql(rev)],
+    )?;
+    Ok(())
+}
+
 /// Records when keys were last used, from usage records. Not a policy change.
 pub(crate) fn touch(conn: &Connection, used: &[(String, i64)]) -> Result<(), StoreError> {
     let mut stmt = conn
@@ -273,13 +284,15 @@ fn blob_digest(blob: &[u8], what: &str) -> Result<Digest, StoreError> {
         .map_err(|_| StoreError::Corrupt(format!("{what} of {} bytes", blob.len())))
 }
 
-/// Keys as the policy stream sends them: with `since`, those changed after that version
-/// (usable ones, and the ids of revoked ones); without, every key neither revoked nor expired.
+/// Keys as the policy stream sends them, with their limits and caps: with `since`, those
+/// changed after that version (usable ones, and the ids of revoked ones); without, every key
+/// neither revoked nor expired.
 pub(super) fn changed_since(
     conn: &Connection,
     since: Option<u64>,
     now_unix_ms: i64,
 ) -> Result<(Vec<pb::VirtualKey>, Vec<String>), StoreError> {
+    let mut configs = limits::key_scopes(conn, "k.rev > ?1", &[&rev_sql(since.unwrap_or(0))])?;
     let mut stmt = conn.prepare_cached(
         "SELECT id, tenant_id, hash, models, expires_unix_ms, revoked_unix_ms, previous_hash,
                 previous_expires_unix_ms
@@ -306,6 +319,7 @@ pub(super) fn changed_since(
             }
             _ => None,
         };
+        let config = configs.remove(&id).map(|(_, c)| c).unwrap_or_default();
         let key = model::VirtualKey {
             id,
             tenant_id: u64::try_from(tenant_id)
@@ -317,8 +331,8 @@ pub(super) fn changed_since(
                 (at != 0).then_some(at)
             },
             previous,
-            limits: model::Limits::default(),
-            caps: Vec::new(),
+            limits: config.limits,
+            caps: config.caps,
         };
         live.push(pb::VirtualKey::from(&key));
     }

@@ -211,6 +211,43 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX idempotency_by_time ON idempotency(created_unix_ms);
     "#,
+    // 8: rate limits and spend caps of tenants and keys, and what a tenant's requests do when
+    // a data plane loses the control plane. A row of `limits` or `caps` belongs to exactly one
+    // tenant or key; a tenant or key has at most one `limits` row (a row has at least one
+    // limit) and one cap per period. Their changes set the owner's `rev`. Deleting a tenant or
+    // revoking a key deletes its rows. The `usage_daily` indexes serve a cap's spend in its
+    // period (by tenant name or key id); only new rollup rows touch them.
+    r#"
+    ALTER TABLE tenants ADD COLUMN on_cp_loss TEXT NOT NULL DEFAULT 'open'
+        CHECK (on_cp_loss IN ('open', 'closed'));
+
+    CREATE TABLE limits (
+        tenant_id INTEGER REFERENCES tenants(id),
+        key_id TEXT REFERENCES keys(id),
+        rpm INTEGER CHECK (rpm >= 1),
+        tpm INTEGER CHECK (tpm >= 1),
+        concurrency INTEGER CHECK (concurrency >= 1),
+        CHECK ((tenant_id IS NULL) != (key_id IS NULL)),
+        CHECK (rpm IS NOT NULL OR tpm IS NOT NULL OR concurrency IS NOT NULL)
+    ) STRICT;
+    CREATE UNIQUE INDEX limits_of_tenants ON limits(tenant_id) WHERE tenant_id IS NOT NULL;
+    CREATE UNIQUE INDEX limits_of_keys ON limits(key_id) WHERE key_id IS NOT NULL;
+
+    CREATE TABLE caps (
+        tenant_id INTEGER REFERENCES tenants(id),
+        key_id TEXT REFERENCES keys(id),
+        period TEXT NOT NULL CHECK (period IN ('day', 'month', 'total')),
+        limit_nano_usd INTEGER NOT NULL CHECK (limit_nano_usd >= 1),
+        soft_at REAL CHECK (soft_at > 0 AND soft_at < 1),
+        allow_unpriced INTEGER NOT NULL CHECK (allow_unpriced IN (0, 1)),
+        CHECK ((tenant_id IS NULL) != (key_id IS NULL))
+    ) STRICT;
+    CREATE UNIQUE INDEX caps_of_tenants ON caps(tenant_id, period) WHERE tenant_id IS NOT NULL;
+    CREATE UNIQUE INDEX caps_of_keys ON caps(key_id, period) WHERE key_id IS NOT NULL;
+
+    CREATE INDEX usage_daily_by_tenant ON usage_daily(tenant, day);
+    CREATE INDEX usage_daily_by_key ON usage_daily(key_id, day);
+    "#,
 ];
 
 /// Brings the schema up to date. Fails on a database from a newer build.
@@ -287,6 +324,44 @@ mod tests {
         assert_eq!((name.as_str(), env.as_str(), api_version), ("az", "K", None));
         conn.execute("UPDATE providers SET api_version = '2024-10-21'", [])
             .unwrap();
+    }
+
+    #[test]
+    fn a_version_7_tenant_fails_open_and_limits_and_caps_are_checked() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        create_at(&mut conn, 7).unwrap();
+        conn.execute(
+            "INSERT INTO tenants (name, labels, state, created_unix_ms, rev) VALUES ('acme', '', 'active', 1, 2)",
+            [],
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let mode: String = conn
+            .query_row("SELECT on_cp_loss FROM tenants", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "open");
+        let refused = [
+            "UPDATE tenants SET on_cp_loss = 'ajar'",
+            "INSERT INTO limits (tenant_id, rpm) VALUES (1, 0)",
+            "INSERT INTO limits (tenant_id) VALUES (1)",
+            "INSERT INTO limits (rpm) VALUES (5)",
+            "INSERT INTO caps (tenant_id, period, limit_nano_usd, allow_unpriced) VALUES (1, 'week', 5, 0)",
+            "INSERT INTO caps (tenant_id, period, limit_nano_usd, soft_at, allow_unpriced) VALUES (1, 'day', 5, 1.0, 0)",
+        ];
+        for sql in refused {
+            assert!(conn.execute(sql, []).is_err(), "{sql}");
+        }
+        conn.execute("INSERT INTO limits (tenant_id, rpm) VALUES (1, 5)", [])
+            .unwrap();
+        assert!(
+            conn.execute("INSERT INTO limits (tenant_id, tpm) VALUES (1, 5)", [])
+                .is_err(),
+            "one row per tenant"
+        );
+        let cap =
+            "INSERT INTO caps (tenant_id, period, limit_nano_usd, allow_unpriced) VALUES (1, 'day', 5, 0)";
+        conn.execute(cap, []).unwrap();
+        assert!(conn.execute(cap, []).is_err(), "one cap per period");
     }
 
     #[test]

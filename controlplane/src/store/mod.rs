@@ -14,6 +14,7 @@
 pub mod crypto;
 pub(crate) mod idempotency;
 pub(crate) mod keys;
+pub(crate) mod ledger;
 pub(crate) mod limits;
 pub(crate) mod meta;
 mod migrations;
@@ -85,6 +86,8 @@ struct Db {
     conn: Connection,
     cipher: Cipher,
     publisher: watch::Sender<Arc<Snapshot>>,
+    /// Where committed usage costs are told (`Store::subscribe_ledger`), once someone listens.
+    ledger: Option<mpsc::UnboundedSender<ledger::LedgerEvent>>,
 }
 
 impl Store {
@@ -319,7 +322,7 @@ fn run(
                         Err(_) => break,
                     }
                 }
-                usage::apply_group(&mut db.conn, group);
+                usage::apply_group(&mut db.conn, group, db.ledger.as_ref());
             }
             Msg::Close => break,
         }
@@ -393,6 +396,7 @@ fn open_db(path: &Path, key: &MasterKey) -> Result<Db, StoreError> {
         conn,
         cipher,
         publisher,
+        ledger: None,
     })
 }
 

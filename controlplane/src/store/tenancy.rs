@@ -6,13 +6,14 @@
 //! the new version; data planes then ask for what changed ([`Store::policy_update`]).
 
 use drover_proto::model::now_unix_ms;
-use drover_proto::model::{self, Digest, Labels, quoted};
+use drover_proto::model::{self, Digest, Labels, OnCpLoss, quoted};
 use drover_proto::pb;
 use rusqlite::Connection;
 
 use super::crypto::Cipher;
 use super::idempotency::{self, Idempotency};
 use super::keys::{self, KeyRow, KeyState, NewKey};
+use super::limits;
 use super::page::{Page, PageToken};
 use super::tenants::{self, TenantRow, TenantState};
 use super::{Db, Store, meta};
@@ -25,7 +26,7 @@ pub(super) enum Outcome<T> {
 }
 
 impl<T> Outcome<T> {
-    fn changed_if(changed: bool, value: T) -> Self {
+    pub(super) fn changed_if(changed: bool, value: T) -> Self {
         if changed {
             Outcome::Changed(value)
         } else {
@@ -48,6 +49,8 @@ pub struct TenantUpdate {
     pub state: Option<TenantState>,
     pub set_labels: Labels,
     pub remove_labels: Vec<String>,
+    /// `None`: as it is.
+    pub on_cp_loss: Option<OnCpLoss>,
 }
 
 impl Db {
@@ -99,7 +102,8 @@ fn once<M: prost::Message + Default>(
 }
 
 impl Store {
-    async fn tenancy<T: Send + 'static>(
+    /// Runs `f` on the store thread in a tenancy change (see `Db::change_tenancy`).
+    pub(super) async fn tenancy<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection, &Cipher, u64) -> Result<Outcome<T>, StoreError> + Send + 'static,
     ) -> Result<(T, u64), StoreError> {
@@ -111,13 +115,14 @@ impl Store {
         &self,
         name: String,
         labels: Labels,
+        on_cp_loss: OnCpLoss,
         idempotency: Option<Idempotency>,
     ) -> Result<pb::TenantResponse, StoreError> {
         let (answer, _) = self
             .tenancy(move |conn, cipher, rev| {
                 let now = now_unix_ms();
                 once(conn, cipher, idempotency.as_ref(), now, || {
-                    let row = tenants::insert(conn, &name, &labels, now, rev)?;
+                    let row = tenants::insert(conn, &name, &labels, on_cp_loss, now, rev)?;
                     Ok(pb::TenantResponse {
                         tenant: Some(tenants::info(conn, &row, now)?),
                         version: rev,
@@ -180,10 +185,14 @@ impl Store {
                     )
                     .into());
                 }
-                let state = update.state.unwrap_or(row.state);
-                let changed = tenants::update(conn, &row, state, &labels, rev)?;
-                let now = now_unix_ms();
-                let info = tenants::info(conn, &TenantRow { state, labels, ..row }, now)?;
+                let updated = TenantRow {
+                    state: update.state.unwrap_or(row.state),
+                    labels,
+                    on_cp_loss: update.on_cp_loss.unwrap_or(row.on_cp_loss),
+                    ..row.clone()
+                };
+                let changed = tenants::update(conn, &row, &updated, rev)?;
+                let info = tenants::info(conn, &updated, now_unix_ms())?;
                 Ok(Outcome::changed_if(changed, info))
             })
             .await?;
@@ -194,6 +203,7 @@ impl Store {
     }
 
     /// Deletes a tenant; refused while it has active keys unless `force`, which revokes them.
+    /// Its limits and caps, and its keys', are deleted with it.
     pub async fn delete_tenant(
         &self,
         name: String,
@@ -211,6 +221,7 @@ impl Store {
                     )));
                 }
                 let revoked = keys::revoke_all_of(conn, row.id, now, rev)?;
+                limits::drop_tenant(conn, row.id)?;
                 tenants::delete(conn, row.id, rev)?;
                 Ok(Outcome::Changed(revoked))
             })
@@ -283,12 +294,14 @@ impl Store {
         .await
     }
 
+    /// Revokes a key and deletes its limits and caps.
     pub async fn revoke_key(&self, id: String) -> Result<pb::KeyResponse, StoreError> {
         let (key, version) = self
             .tenancy(move |conn, _, rev| {
                 keys::get(conn, &id)?;
                 let now = now_unix_ms();
                 let changed = keys::revoke(conn, &id, now, rev)?;
+                limits::drop_key(conn, &id)?;
                 let info = keys::get(conn, &id)?.info(now);
                 Ok(Outcome::changed_if(changed, info))
             })
@@ -415,7 +428,7 @@ mod tests {
         let (store, thread) = open(&dir).await;
         let store_id = store.current().store_id.clone();
         let t = store
-            .create_tenant("acme".into(), Labels::new(), None)
+            .create_tenant("acme".into(), Labels::new(), OnCpLoss::Open, None)
             .await
             .unwrap();
         let v_tenant = t.version;
@@ -515,7 +528,7 @@ mod tests {
         assert_eq!(delta.removed_tenants.len(), 1);
         // Its name is free again, under a new id.
         store
-            .create_tenant("acme".into(), Labels::new(), None)
+            .create_tenant("acme".into(), Labels::new(), OnCpLoss::Open, None)
             .await
             .unwrap();
         let full = store.policy_update(None).await.unwrap().unwrap();
@@ -529,7 +542,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, thread) = open(&dir).await;
         store
-            .create_tenant("acme".into(), Labels::new(), None)
+            .create_tenant("acme".into(), Labels::new(), OnCpLoss::Open, None)
             .await
             .unwrap();
         let idem = |args: &[&[u8]]| Idempotency::new("CreateKey", "retry-1", args);
@@ -584,7 +597,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (store, thread) = open(&dir).await;
         store
-            .create_tenant("acme".into(), Labels::new(), None)
+            .create_tenant("acme".into(), Labels::new(), OnCpLoss::Open, None)
             .await
             .unwrap();
         store

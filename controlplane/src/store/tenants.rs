@@ -3,12 +3,14 @@
 //! A tenant is `active`, `suspended` or `deleted`. A deleted tenant keeps its row (and its id,
 //! never reused) so that the policy stream can tell data planes it went; its name is free for a
 //! new tenant. Labels are stored as `key=value` lines (keys have no `=`, values no control
-//! characters). Every change sets `rev` to the policy version it makes.
+//! characters). `on_cp_loss` is `open` or `closed`. Every change sets `rev` to the policy version
+//! it makes, including a change of the tenant's limits or caps (`store::limits`).
 
-use drover_proto::model::{Labels, quoted};
+use drover_proto::model::{self, Labels, OnCpLoss, quoted};
 use drover_proto::pb;
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
+use super::limits;
 use super::page::{Page, PageToken};
 use crate::error::StoreError;
 
@@ -74,20 +76,27 @@ pub struct TenantRow {
     pub state: TenantState,
     pub labels: Labels,
     pub created_unix_ms: i64,
+    pub on_cp_loss: OnCpLoss,
 }
 
-const COLUMNS: &str = "id, name, state, labels, created_unix_ms";
+const COLUMNS: &str = "id, name, state, labels, created_unix_ms, on_cp_loss";
+
+fn parse_on_cp_loss(text: &str) -> Result<OnCpLoss, StoreError> {
+    OnCpLoss::parse(text).ok_or_else(|| StoreError::Corrupt(format!("tenant on_cp_loss {text:?}")))
+}
 
 fn read(row: &Row<'_>) -> Result<TenantRow, StoreError> {
     let id: i64 = row.get(0)?;
     let state: String = row.get(2)?;
     let labels: String = row.get(3)?;
+    let on_cp_loss: String = row.get(5)?;
     Ok(TenantRow {
         id: u64::try_from(id).map_err(|_| StoreError::Corrupt(format!("tenant id {id}")))?,
         name: row.get(1)?,
         state: TenantState::parse(&state)?,
         labels: decode_labels(&labels),
         created_unix_ms: row.get(4)?,
+        on_cp_loss: parse_on_cp_loss(&on_cp_loss)?,
     })
 }
 
@@ -111,6 +120,7 @@ pub(super) fn insert(
     conn: &Connection,
     name: &str,
     labels: &Labels,
+    on_cp_loss: OnCpLoss,
     now_unix_ms: i64,
     rev: u64,
 ) -> Result<TenantRow, StoreError> {
@@ -118,33 +128,53 @@ pub(super) fn insert(
         return Err(StoreError::AlreadyExists(format!("tenant {}", quoted(name))));
     }
     conn.execute(
-        "INSERT INTO tenants (name, labels, state, created_unix_ms, rev) VALUES (?1, ?2, 'active', ?3, ?4)",
-        params![name, encode_labels(labels), now_unix_ms, rev_sql(rev)],
+        "INSERT INTO tenants (name, labels, state, created_unix_ms, rev, on_cp_loss)
+         VALUES (?1, ?2, 'active', ?3, ?4, ?5)",
+        params![
+            name,
+            encode_labels(labels),
+            now_unix_ms,
+            rev_sql(rev),
+            on_cp_loss.as_str()
+        ],
     )?;
     get(conn, name)
 }
 
-/// Writes a tenant's state and labels. Returns whether anything changed.
+/// Writes a tenant's state, labels and `on_cp_loss` as `updated` has them. Returns whether
+/// anything changed.
 pub(super) fn update(
     conn: &Connection,
     tenant: &TenantRow,
-    state: TenantState,
-    labels: &Labels,
+    updated: &TenantRow,
     rev: u64,
 ) -> Result<bool, StoreError> {
-    if tenant.state == state && &tenant.labels == labels {
+    if tenant.state == updated.state
+        && tenant.labels == updated.labels
+        && tenant.on_cp_loss == updated.on_cp_loss
+    {
         return Ok(false);
     }
     conn.execute(
-        "UPDATE tenants SET state = ?2, labels = ?3, rev = ?4 WHERE id = ?1",
+        "UPDATE tenants SET state = ?2, labels = ?3, on_cp_loss = ?4, rev = ?5 WHERE id = ?1",
         params![
             id_sql(tenant.id),
-            state.as_str(),
-            encode_labels(labels),
+            updated.state.as_str(),
+            encode_labels(&updated.labels),
+            updated.on_cp_loss.as_str(),
             rev_sql(rev)
         ],
     )?;
     Ok(true)
+}
+
+/// Sets a tenant's `rev`: its limits or caps changed.
+pub(super) fn set_rev(conn: &Connection, id: u64, rev: u64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE tenants SET rev = ?2 WHERE id = ?1",
+        params![id_sql(id), rev_sql(rev)],
+    )?;
+    Ok(())
 }
 
 /// Marks a tenant deleted.
@@ -191,20 +221,23 @@ pub(crate) fn info(conn: &Connection, t: &TenantRow, now_unix_ms: i64) -> Result
         labels: t.labels.clone().into_iter().collect(),
         created_unix_ms: t.created_unix_ms,
         active_keys: u64::try_from(active).unwrap_or(0),
-        on_cp_loss: pb::OnCpLoss::Open.into(),
+        on_cp_loss: pb::OnCpLoss::from(t.on_cp_loss).into(),
     })
 }
 
-/// Tenants as the policy stream sends them: with `since`, those changed after that version
-/// (live ones, and the ids of those deleted); without, every live tenant.
+/// Tenants as the policy stream sends them, with their limits and caps: with `since`, those
+/// changed after that version (live ones, and the ids of those deleted); without, every live
+/// tenant.
 pub(super) fn changed_since(
     conn: &Connection,
     since: Option<u64>,
 ) -> Result<(Vec<pb::Tenant>, Vec<u64>), StoreError> {
+    let (delta, since) = (since.is_some(), rev_sql(since.unwrap_or(0)));
+    let mut configs = limits::tenant_scopes(conn, "t.rev > ?1", &[&since])?;
     let mut stmt = conn.prepare_cached(
-        "SELECT id, name, state FROM tenants WHERE rev > ?1 AND (?2 OR state != 'deleted')",
+        "SELECT id, name, state, on_cp_loss FROM tenants WHERE rev > ?1 AND (?2 OR state != 'deleted')",
     )?;
-    let mut rows = stmt.query(params![rev_sql(since.unwrap_or(0)), since.is_some()])?;
+    let mut rows = stmt.query(params![since, delta])?;
     let (mut live, mut removed) = (Vec::new(), Vec::new());
     while let Some(row) = rows.next()? {
         let id: i64 = row.get(0)?;
@@ -212,14 +245,18 @@ pub(super) fn changed_since(
         let state: String = row.get(2)?;
         if state == "deleted" {
             removed.push(id);
-        } else {
-            live.push(pb::Tenant {
-                id,
-                name: row.get(1)?,
-                suspended: state == "suspended",
-                ..Default::default()
-            });
+            continue;
         }
+        let on_cp_loss: String = row.get(3)?;
+        let config = configs.remove(&id).map(|(_, c)| c).unwrap_or_default();
+        live.push(pb::Tenant::from(&model::Tenant {
+            id,
+            name: row.get(1)?,
+            suspended: state == "suspended",
+            limits: config.limits,
+            caps: config.caps,
+            on_cp_loss: parse_on_cp_loss(&on_cp_loss)?,
+        }));
     }
     Ok((live, removed))
 }

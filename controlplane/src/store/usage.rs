@@ -43,9 +43,11 @@ use std::time::Duration;
 
 use drover_proto::model::{MAX_USAGE_TIME_UNIX_MS, MS_PER_DAY, UsageRecord, UtcDay};
 use rusqlite::{Connection, TransactionBehavior, params};
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::oneshot;
 
 use super::Store;
+use super::ledger::{LedgerEvent, SpendDelta};
 use crate::error::StoreError;
 
 /// Raw rows deleted per compaction transaction.
@@ -284,12 +286,19 @@ type Rollups<'a> = HashMap<(UtcDay, &'a str, &'a str, &'a str, &'a str), UsageTo
 /// own, so every batch is applied whole or not at all and one batch's failure is never another's.
 /// (Savepoints would isolate batches too, but their sub-journal copies every page a batch
 /// touches; batches arrive validated, so a failure here is rare and the retry path is enough.)
-pub(super) fn apply_group(conn: &mut Connection, group: Vec<Pending>) {
+///
+/// The cost of what each committed transaction applied is told to `ledger` (the lease book)
+/// after its commit and before any batch is answered (`store::ledger`).
+pub(super) fn apply_group(
+    conn: &mut Connection,
+    group: Vec<Pending>,
+    ledger: Option<&UnboundedSender<LedgerEvent>>,
+) {
     let batches: Vec<(&str, &[UsageRecord])> = group
         .iter()
         .map(|p| (p.dataplane_id.as_str(), p.records.as_slice()))
         .collect();
-    let results: Vec<Result<Applied, StoreError>> = match apply(conn, &batches) {
+    let results: Vec<Result<Applied, StoreError>> = match apply(conn, &batches, ledger) {
         Ok(applied) => applied.into_iter().map(Ok).collect(),
         Err(e) if batches.len() == 1 => vec![Err(e)],
         Err(e) => {
@@ -297,7 +306,7 @@ pub(super) fn apply_group(conn: &mut Connection, group: Vec<Pending>) {
             batches
                 .iter()
                 .map(|batch| {
-                    apply(conn, std::slice::from_ref(batch))?
+                    apply(conn, std::slice::from_ref(batch), ledger)?
                         .pop()
                         .ok_or_else(|| StoreError::Corrupt("no result for a usage batch".to_owned()))
                 })
@@ -313,7 +322,11 @@ pub(super) fn apply_group(conn: &mut Connection, group: Vec<Pending>) {
 /// Applies batches of validated records in one transaction: new records are stored and added
 /// to the rollups; records already applied (before, or earlier in these batches) are counted as
 /// duplicates and change nothing. On error nothing is written.
-fn apply(conn: &mut Connection, batches: &[(&str, &[UsageRecord])]) -> Result<Vec<Applied>, StoreError> {
+fn apply(
+    conn: &mut Connection,
+    batches: &[(&str, &[UsageRecord])],
+    ledger: Option<&UnboundedSender<LedgerEvent>>,
+) -> Result<Vec<Applied>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let watermark = compacted_before(&tx)?;
     let mut rollups = Rollups::new();
@@ -324,7 +337,29 @@ fn apply(conn: &mut Connection, batches: &[(&str, &[UsageRecord])]) -> Result<Ve
     upsert_rollups(&tx, &rollups)?;
     super::keys::touch(&tx, &last_used(batches))?;
     tx.commit()?;
+    if ledger.is_some() {
+        super::ledger::tell(ledger, spend_deltas(&rollups));
+    }
     Ok(applied)
+}
+
+/// The cost of the records just applied, per (tenant, key, day), zero costs left out.
+fn spend_deltas(rollups: &Rollups<'_>) -> Vec<SpendDelta> {
+    let mut by_day: HashMap<(&str, &str, UtcDay), i64> = HashMap::new();
+    for ((day, tenant, key_id, _, _), totals) in rollups {
+        let cost = by_day.entry((tenant, key_id, *day)).or_default();
+        *cost = cost.saturating_add(totals.cost_nano_usd);
+    }
+    by_day
+        .into_iter()
+        .filter(|(_, cost)| *cost != 0)
+        .map(|((tenant, key_id, day), cost_nano_usd)| SpendDelta {
+            tenant: tenant.to_owned(),
+            key_id: key_id.to_owned(),
+            time_unix_ms: day.start_unix_ms(),
+            cost_nano_usd,
+        })
+        .collect()
 }
 
 /// When each key in `batches` was last used: "last used" of `drover key list` comes from here,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use drover_controlplane::{Config, ControlPlane, DEFAULT_HANDSHAKE_TIMEOUT, SHUTDOWN_GRACE};
+use drover_controlplane::{Config, ControlPlane, DEFAULT_HANDSHAKE_TIMEOUT, LeaseTiming, SHUTDOWN_GRACE};
 use drover_proto::pb;
 use drover_proto::pb::admin_service_client::AdminServiceClient;
 use drover_proto::pb::policy_service_client::PolicyServiceClient;
@@ -35,6 +35,7 @@ pub fn config(dir: &Path, grpc_addr: SocketAddr) -> Config {
         usage_retention: None,
         tls: None,
         handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        leases: LeaseTiming::default(),
     }
 }
 

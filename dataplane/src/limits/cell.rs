@@ -52,6 +52,9 @@ pub struct LeaseId {
 /// No period held yet.
 pub const NO_PERIOD: i64 = i64::MIN;
 
+/// How long a "no such limit" answer holds before the lease is asked for again.
+const UNLIMITED_FOR_MS: i64 = 5_000;
+
 /// Why a take failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Short {
@@ -59,6 +62,9 @@ pub enum Short {
     Lacks(i64),
     /// The control plane said nothing is left until this time (Unix ms).
     Blocked { until_ms: i64 },
+    /// The control plane cannot grant yet (it restarted and is recovering, or has not loaded
+    /// the limit): as if it were unreachable.
+    Unavailable,
 }
 
 /// A grant as the lease client applies it.
@@ -72,6 +78,7 @@ pub struct Grant {
     pub spent: i64,
     pub retry_after_ms: i64,
     pub unlimited: bool,
+    pub unavailable: bool,
 }
 
 /// One lease.
@@ -92,7 +99,11 @@ pub struct Cell {
     remaining: AtomicI64,
     ledger_spent: AtomicI64,
     blocked_until_ms: AtomicI64,
-    unlimited: AtomicBool,
+    /// Until then (Unix ms) the control plane cannot grant this lease.
+    unavailable_until_ms: AtomicI64,
+    /// Until then (Unix ms) the control plane says there is no such limit (this data plane's
+    /// policy is older than the control plane's): nothing is counted.
+    unlimited_until_ms: AtomicI64,
     /// Units waiting requests lack, gathered into the next ask.
     need: AtomicI64,
     /// An ask for this cell is queued or on the wire.
@@ -122,7 +133,8 @@ impl Cell {
             remaining: AtomicI64::new(0),
             ledger_spent: AtomicI64::new(0),
             blocked_until_ms: AtomicI64::new(0),
-            unlimited: AtomicBool::new(false),
+            unavailable_until_ms: AtomicI64::new(0),
+            unlimited_until_ms: AtomicI64::new(0),
             need: AtomicI64::new(0),
             asking: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
@@ -139,7 +151,7 @@ impl Cell {
     /// Takes `amount` units of `period` (requests, tokens, a spend reservation), or says what is
     /// missing. A spend reservation also counts as in use until it is settled.
     pub fn take(&self, period: i64, amount: i64, now_ms: i64) -> Result<(), Short> {
-        if self.unlimited.load(Relaxed) {
+        if self.is_unlimited(now_ms) {
             return Ok(());
         }
         if self.period.load(Relaxed) != period {
@@ -167,7 +179,7 @@ impl Cell {
 
     /// Takes one concurrency slot.
     pub fn take_slot(&self, now_ms: i64) -> Result<(), Short> {
-        if self.unlimited.load(Relaxed) {
+        if self.is_unlimited(now_ms) {
             return Ok(());
         }
         let mut used = self.in_use.load(Relaxed);
@@ -230,6 +242,8 @@ impl Cell {
         let until_ms = self.blocked_until_ms.load(Relaxed);
         if until_ms > now_ms {
             Short::Blocked { until_ms }
+        } else if self.unavailable_until_ms.load(Relaxed) > now_ms {
+            Short::Unavailable
         } else {
             Short::Lacks(lacks)
         }
@@ -258,15 +272,17 @@ impl Cell {
         self.need.swap(0, Relaxed)
     }
 
-    pub fn is_unlimited(&self) -> bool {
-        self.unlimited.load(Relaxed)
+    pub fn is_unlimited(&self, now_ms: i64) -> bool {
+        self.unlimited_until_ms.load(Relaxed) > now_ms
     }
 
     /// Applies a grant (its period must be the one held, a newer one, or none for concurrency)
     /// and wakes the requests waiting for it.
     pub fn apply(&self, g: &Grant, now_ms: i64) {
         self.asking.store(false, Relaxed);
-        self.unlimited.store(g.unlimited, Relaxed);
+        // Asked again a little later: a limit set again is counted again.
+        self.unlimited_until_ms
+            .store(if g.unlimited { now_ms + UNLIMITED_FOR_MS } else { 0 }, Relaxed);
         self.limit.store(g.limit, Relaxed);
         self.remaining.store(g.remaining, Relaxed);
         self.ledger_spent.store(g.spent, Relaxed);
@@ -294,9 +310,18 @@ impl Cell {
         if g.amount > 0 {
             self.last_grant.store(g.amount, Relaxed);
             self.blocked_until_ms.store(0, Relaxed);
-        } else if !g.unlimited {
-            self.blocked_until_ms
+            self.unavailable_until_ms.store(0, Relaxed);
+        } else if g.unavailable {
+            self.unavailable_until_ms
                 .store(now_ms + g.retry_after_ms.max(1), Relaxed);
+        } else if !g.unlimited {
+            // 0: a used-up total cap, until it changes; asking again once a second is cheap.
+            let wait = if g.retry_after_ms > 0 {
+                g.retry_after_ms
+            } else {
+                1_000
+            };
+            self.blocked_until_ms.store(now_ms + wait, Relaxed);
         }
         self.granted_notify.notify_waiters();
     }

@@ -148,8 +148,14 @@ impl Core {
                 if holdings.len() >= MAX_HOLDINGS {
                     break;
                 }
-                if cell.take_dirty() {
-                    holdings.push(self.holding(&cell).unwrap_or_else(|| self.given_back(&cell.id)));
+                if !cell.take_dirty() {
+                    continue;
+                }
+                match self.holding(&cell) {
+                    Some(h) => holdings.push(h),
+                    // Nothing held now: say so only if something was reported before.
+                    None if self.reported.contains_key(&cell.id) => holdings.push(self.given_back(&cell.id)),
+                    None => {}
                 }
             }
         }
@@ -342,6 +348,7 @@ fn grant(g: &pb::LeaseGrant) -> Grant {
         spent: g.spent,
         retry_after_ms: i64::from(g.retry_after_ms),
         unlimited: g.unlimited,
+        unavailable: g.unavailable,
     }
 }
 

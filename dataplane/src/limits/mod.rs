@@ -86,7 +86,7 @@ impl LeaseTable {
     pub fn collect_garbage(&self) -> Vec<Arc<Cell>> {
         let mut gone = Vec::new();
         self.cells.retain(|_, c| {
-            let unused = Arc::strong_count(c) == 1 && c.holding().is_none_or(|_| !c.in_flight());
+            let unused = Arc::strong_count(c) == 1 && !c.in_flight();
             if unused {
                 gone.push(c.clone());
             }

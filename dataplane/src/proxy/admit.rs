@@ -301,8 +301,15 @@ impl Gate<'_> {
                 Err(Short::Lacks(amount))
             };
             let lacks = match result {
-                Ok(()) => return Ok(true),
+                Ok(()) => {
+                    if cell.running_low() && cell.start_asking(0) {
+                        // Ahead of need: the next request finds the lease refilled.
+                        self.limiter.ask(cell);
+                    }
+                    return Ok(true);
+                }
                 Err(Short::Blocked { until_ms }) => return Err(self.refusal(cell, until_ms, what)),
+                Err(Short::Unavailable) => return self.unreachable(what),
                 Err(Short::Lacks(n)) => n,
             };
             if !self.limiter.connected()

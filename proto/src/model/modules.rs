@@ -6,7 +6,7 @@ use crate::pb;
 /// The modules this version implements on the request path: the one list the admin API, the CLI
 /// and the data plane consult. A module that is not here is recorded and distributed like any
 /// other flag but changes nothing, so the admin API refuses to switch it on.
-pub const AVAILABLE_MODULES: &[Module] = &[Module::Auth];
+pub const AVAILABLE_MODULES: &[Module] = &[Module::Auth, Module::RateLimit, Module::SpendCap];
 
 /// A gateway module that can be switched on at runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

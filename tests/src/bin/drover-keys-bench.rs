@@ -344,6 +344,7 @@ async fn main() -> anyhow::Result<()> {
         usage_retention: None,
         tls: None,
         handshake_timeout: drover_controlplane::DEFAULT_HANDSHAKE_TIMEOUT,
+        leases: drover_controlplane::LeaseTiming::default(),
     };
     let cp = ControlPlane::start(config, shutdown.clone()).await?;
     let mut mock = Command::new(std::env::current_exe()?.with_file_name("drover-mock"))
