@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use drover_proto::limits::{MAX_LEASE_ASKS, MAX_LEASE_HOLDINGS};
@@ -119,6 +119,9 @@ pub struct Leases {
     config_version: AtomicU64,
     /// One configuration load at a time; the others wait for it and find the book current.
     refreshing: Mutex<()>,
+    /// The lease horizon as stored: no lease this control plane granted or renewed can be
+    /// spent after it. Moved ahead (two times to live) before an answer would pass it.
+    horizon: AtomicI64,
 }
 
 struct State {
@@ -161,10 +164,11 @@ impl Leases {
     /// the store's current limits.
     pub async fn start(store: Store, timing: LeaseTiming) -> Result<Arc<Leases>, StoreError> {
         let ledger = store.subscribe_ledger().await?;
+        let horizon = store.lease_horizon().await?;
         let timing = Timing::from_durations(timing.ttl(), timing.heartbeat(), timing.window());
         let leases = Arc::new(Leases {
             state: Mutex::new(State {
-                book: Book::new(timing, now_unix_ms()),
+                book: Book::new(timing, now_unix_ms(), horizon),
                 ledger: Some(ledger),
                 counters: HashMap::new(),
             }),
@@ -172,6 +176,7 @@ impl Leases {
             timing,
             config_version: AtomicU64::new(0),
             refreshing: Mutex::new(()),
+            horizon: AtomicI64::new(horizon),
         });
         leases.refresh().await?;
         Ok(leases)
@@ -217,6 +222,23 @@ impl Leases {
             self.config_version.fetch_max(version, Ordering::AcqRel);
             tracing::debug!(version, "lease book configured");
         }
+        Ok(())
+    }
+
+    /// Makes sure the stored lease horizon covers an answer sent now (whose leases live one
+    /// time to live), so that a restart waits for them; written once per time to live.
+    async fn cover_horizon(&self) -> Result<(), Status> {
+        let ttl = i64::from(self.timing.ttl_ms);
+        let now = now_unix_ms();
+        if now + ttl <= self.horizon.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let next = now + 2 * ttl;
+        self.store
+            .extend_lease_horizon(next)
+            .await
+            .map_err(Status::from)?;
+        self.horizon.fetch_max(next, Ordering::AcqRel);
         Ok(())
     }
 
@@ -316,6 +338,9 @@ impl Session {
         if let Err(status) = self.leases.ensure_current().await {
             return self.end(status).await;
         }
+        if let Err(status) = self.leases.cover_horizon().await {
+            return self.end(status).await;
+        }
         let (epoch, answer) = self.leases.hello(&id, hello, &mut self.counters).await;
         tracing::debug!(dataplane = %id, epoch, "lease stream opened");
         if self.send(answer).await {
@@ -366,6 +391,9 @@ impl Session {
                 Err(invalid) => return self.refuse(invalid).await,
             };
             if let Err(status) = self.leases.ensure_current().await {
+                return self.end(status).await;
+            }
+            if let Err(status) = self.leases.cover_horizon().await {
                 return self.end(status).await;
             }
             match self.leases.message(id, epoch, message, &mut self.counters).await {

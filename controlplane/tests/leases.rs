@@ -231,6 +231,9 @@ async fn after_a_restart_nothing_is_granted_until_the_data_planes_reported() {
     let cfg = lease_config(dir.path());
     let (cp, shutdown) = start(cfg.clone()).await;
     let acme = limited_tenant(&cp, &mut admin(&cp).await, "acme").await;
+    // A data plane was answered (so it may hold leases) when the control plane went away.
+    let (before, _) = FakeDp::hello(&cp, "dp-a").await;
+    drop(before);
     stop(cp, shutdown).await;
 
     let (cp, shutdown) = start(cfg).await;
@@ -263,6 +266,10 @@ async fn after_a_restart_nothing_is_granted_until_the_data_planes_reported() {
     let (mut b, _) = FakeDp::hello(&cp, "dp-b").await;
     let refused = b.ask(&slots, 4, 1).await;
     assert_eq!(refused.amount, 0, "{refused:?}");
+    assert!(
+        refused.unavailable,
+        "recovering, not a limit reached: {refused:?}"
+    );
     assert!((1..=2_000).contains(&refused.retry_after_ms), "{refused:?}");
     assert_eq!((refused.limit, refused.remaining), (4, 1));
     // Scopes without a limit are said to be unlimited even now.

@@ -105,11 +105,15 @@ enum Limit {
 
 impl Book {
     /// A book created (the control plane started) at `now_unix_ms`: it grants nothing for one
-    /// time to live, and nothing of spend before the ledger's first load.
-    pub fn new(timing: Timing, now_unix_ms: i64) -> Book {
+    /// time to live, or until `horizon_unix_ms` if that is sooner (when no lease granted
+    /// before the start can still be alive, nothing waits), and nothing of spend before the
+    /// ledger's first load.
+    pub fn new(timing: Timing, now_unix_ms: i64, horizon_unix_ms: i64) -> Book {
         Book {
             timing,
-            recovery_until: now_unix_ms.saturating_add(i64::from(timing.ttl_ms)),
+            recovery_until: now_unix_ms
+                .saturating_add(i64::from(timing.ttl_ms))
+                .min(horizon_unix_ms),
             config: None,
             ledger: Ledger::default(),
             planes: HashMap::new(),

@@ -171,7 +171,7 @@ impl Plane {
 
 impl Sim {
     fn new(seed: u64, planes: usize) -> Sim {
-        let mut book = Book::new(TIMING, T0);
+        let mut book = Book::new(TIMING, T0, i64::MAX);
         book.configure(config());
         book.ledger_loaded(vec![PeriodSpend {
             scope: crate::store::ledger::SpendScope::Tenant("t".into()),

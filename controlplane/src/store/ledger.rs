@@ -83,6 +83,19 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Until when a lease granted or renewed before this start may still be spent.
+    pub async fn lease_horizon(&self) -> Result<i64, StoreError> {
+        self.call(|db| super::meta::lease_horizon(&db.conn)).await
+    }
+
+    /// Records that leases granted or renewed from now on may be spent until `unix_ms`.
+    pub async fn extend_lease_horizon(&self, unix_ms: i64) -> Result<(), StoreError> {
+        self.call(move |db| super::meta::extend_lease_horizon(&db.conn, unix_ms))
+            .await
+    }
+}
+
 /// Sends the cost of committed records, if someone listens.
 pub(super) fn tell(ledger: Option<&mpsc::UnboundedSender<LedgerEvent>>, deltas: Vec<SpendDelta>) {
     if let Some(ledger) = ledger

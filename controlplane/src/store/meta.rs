@@ -78,3 +78,21 @@ pub(super) fn bump(conn: &Connection, config: bool) -> Result<u64, StoreError> {
     )?;
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("policy version {v}")))
 }
+
+/// Until when (Unix ms) a lease granted or renewed by this store's control plane may be spent.
+pub(crate) fn lease_horizon(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(
+        conn.query_row("SELECT lease_horizon_unix_ms FROM meta WHERE id = 1", [], |row| {
+            row.get(0)
+        })?,
+    )
+}
+
+/// Moves the lease horizon to `unix_ms` if that is later.
+pub(crate) fn extend_lease_horizon(conn: &Connection, unix_ms: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE meta SET lease_horizon_unix_ms = max(lease_horizon_unix_ms, ?1) WHERE id = 1",
+        [unix_ms],
+    )?;
+    Ok(())
+}

@@ -248,6 +248,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX usage_daily_by_tenant ON usage_daily(tenant, day);
     CREATE INDEX usage_daily_by_key ON usage_daily(key_id, day);
     "#,
+    // 9: until when a lease this control plane granted (or renewed) may still be spent by a
+    // data plane: after a restart it grants nothing before then, so that leases held while it
+    // was away are reported first (docs/limits-and-caps.md).
+    r#"
+    ALTER TABLE meta ADD COLUMN lease_horizon_unix_ms INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// Brings the schema up to date. Fails on a database from a newer build.

@@ -259,15 +259,18 @@ impl Cell {
         last > 0 && left * 4 < last
     }
 
-    /// Marks the cell as asking; `true` if it was not already (the caller queues the ask).
+    /// Marks the cell as asking for at least `need` units (the shortfall of one waiting
+    /// request: a smaller grant would not let it through); `true` if it was not asking already
+    /// (the caller queues the ask). The next ask carries the largest such need; how much more
+    /// to ask for comes from the rate.
     pub fn start_asking(&self, need: i64) -> bool {
         if need > 0 {
-            self.need.fetch_add(need, Relaxed);
+            self.need.fetch_max(need, Relaxed);
         }
         !self.asking.swap(true, Relaxed)
     }
 
-    /// The units waiting requests lack, taken for an ask.
+    /// The largest shortfall of a waiting request, taken for an ask.
     pub fn take_need(&self) -> i64 {
         self.need.swap(0, Relaxed)
     }

@@ -43,6 +43,12 @@ impl Estimate {
 /// One thing admission took, to settle or give back.
 #[derive(Debug)]
 enum Taken {
+    /// A request counted: it stays counted however the request ends.
+    Request {
+        cell: Arc<Cell>,
+        period: i64,
+    },
+    /// The token estimate: corrected to the provider's count when the request ends.
     Tokens {
         cell: Arc<Cell>,
         period: i64,
@@ -76,6 +82,7 @@ impl Admission {
         let mut unacked = Vec::new();
         for taken in std::mem::take(&mut self.taken) {
             match taken {
+                Taken::Request { .. } => {}
                 Taken::Tokens { cell, period, amount } => cell.correct(period, amount - tokens),
                 Taken::Slot(cell) => cell.release_slot(),
                 Taken::Spend {
@@ -99,6 +106,7 @@ impl Drop for Admission {
     fn drop(&mut self) {
         for taken in self.taken.drain(..) {
             match taken {
+                Taken::Request { cell, period } => cell.correct(period, 1),
                 Taken::Tokens { cell, period, amount } => cell.correct(period, amount),
                 Taken::Slot(cell) => cell.release_slot(),
                 Taken::Spend {
@@ -165,10 +173,9 @@ async fn admit_rate(
     if let (Some(cell), Some(limit)) = (&cells.requests, cells.limits.rpm) {
         let what = format!("rate limit of {who}: {limit} requests {per}");
         if gate.take(cell, window, 1, &what).await? {
-            admission.taken.push(Taken::Tokens {
+            admission.taken.push(Taken::Request {
                 cell: cell.clone(),
                 period: window,
-                amount: 1,
             });
         }
         RateHeaders::tighten(&mut admission.headers.requests, headroom(cell));

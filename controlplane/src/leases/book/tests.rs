@@ -55,7 +55,7 @@ fn config(version: u64) -> LimitConfig {
 
 /// A configured book with the ledger loaded (empty), out of recovery at `T0`.
 fn book() -> Book {
-    let mut book = Book::new(TIMING, T0 - TTL);
+    let mut book = Book::new(TIMING, T0 - TTL, i64::MAX);
     book.configure(config(1));
     book.ledger_loaded(vec![]);
     book
@@ -151,7 +151,7 @@ impl Dp {
 
 #[test]
 fn recovery_grants_nothing_for_one_ttl_but_says_what_is_unlimited() {
-    let mut book = Book::new(TIMING, T0);
+    let mut book = Book::new(TIMING, T0, i64::MAX);
     book.configure(config(1));
     book.ledger_loaded(vec![]);
     let mut a = Dp::hello(&mut book, "a", vec![], T0);
@@ -178,8 +178,29 @@ fn recovery_grants_nothing_for_one_ttl_but_says_what_is_unlimited() {
 }
 
 #[test]
+fn recovery_ends_at_the_horizon_of_the_leases_granted_before_the_start() {
+    // The last lease granted before this start may be spent until T0 + 300.
+    let mut book = Book::new(TIMING, T0, T0 + 300);
+    book.configure(config(1));
+    book.ledger_loaded(vec![]);
+    let mut a = Dp::hello(&mut book, "a", vec![], T0);
+    let g = a.ask(&mut book, ask(&requests(), 10, 1), T0 + 100);
+    assert!(g.amount == 0 && g.unavailable && g.retry_after_ms == 200, "{g:?}");
+    let g = a.ask(&mut book, ask(&requests(), 10, 1), T0 + 300);
+    assert_eq!(
+        g.amount, 10,
+        "no lease from before the start can be alive any more"
+    );
+    // A store whose leases all expired long ago: nothing to wait for.
+    let mut fresh = Book::new(TIMING, T0, 0);
+    fresh.configure(config(1));
+    let mut b = Dp::hello(&mut fresh, "b", vec![], T0);
+    assert_eq!(b.ask(&mut fresh, ask(&requests(), 10, 1), T0).amount, 10);
+}
+
+#[test]
 fn before_the_first_configuration_nothing_is_granted_nor_called_unlimited() {
-    let mut book = Book::new(TIMING, T0 - TTL);
+    let mut book = Book::new(TIMING, T0 - TTL, i64::MAX);
     book.ledger_loaded(vec![]);
     let mut a = Dp::hello(&mut book, "a", vec![holding(&requests(), 30, 0)], T0);
     let g = a.ask(&mut book, ask(&requests(), 10, 1), T0);
@@ -403,7 +424,7 @@ fn grants_in_flight_are_counted_until_a_report_includes_them() {
 
 #[test]
 fn spend_waits_for_the_ledger_and_counts_its_settled_spend() {
-    let mut book = Book::new(TIMING, T0 - TTL);
+    let mut book = Book::new(TIMING, T0 - TTL, i64::MAX);
     book.configure(config(1));
     let day = spend(CapPeriod::Day, T0);
     let mut a = Dp::hello(&mut book, "a", vec![], T0);
