@@ -137,13 +137,14 @@ pub async fn admit(
     let rate = modules.is_enabled(Module::RateLimit);
     let spend = modules.is_enabled(Module::SpendCap);
     let scopes = [
-        (id.key.cells.as_ref(), format!("key {}", id.key.id)),
-        (id.tenant.cells.as_ref(), format!("tenant {}", id.tenant.name)),
+        (id.key.cells.as_ref(), Who::Key(&id.key.id)),
+        (id.tenant.cells.as_ref(), Who::Tenant(&id.tenant.name)),
     ];
     if !(rate || spend) || scopes.iter().all(|(c, _)| c.is_none()) {
         return Ok(None);
     }
     let mut admission = Admission::default();
+    admission.taken.reserve(4);
     let mut gate = Gate {
         limiter,
         closed: id.tenant.fails_closed(),
@@ -152,10 +153,10 @@ pub async fn admit(
     for (cells, who) in scopes {
         let Some(cells) = cells else { continue };
         if rate {
-            admit_rate(&mut gate, cells, &who, estimate, &mut admission).await?;
+            admit_rate(&mut gate, cells, who, estimate, &mut admission).await?;
         }
         if spend {
-            admit_spend(&mut gate, cells, &who, estimate, &mut admission).await?;
+            admit_spend(&mut gate, cells, who, estimate, &mut admission).await?;
         }
     }
     Ok(Some(admission))
@@ -164,14 +165,14 @@ pub async fn admit(
 async fn admit_rate(
     gate: &mut Gate<'_>,
     cells: &ScopeCells,
-    who: &str,
+    who: Who<'_>,
     estimate: &Estimate,
     admission: &mut Admission,
 ) -> Result<(), ProxyError> {
     let window = gate.limiter.window(gate.now_ms);
-    let per = per_window(gate.limiter.window_ms());
+    let per = || per_window(gate.limiter.window_ms());
     if let (Some(cell), Some(limit)) = (&cells.requests, cells.limits.rpm) {
-        let what = format!("rate limit of {who}: {limit} requests {per}");
+        let what = || format!("rate limit of {who}: {limit} requests {}", per());
         if gate.take(cell, window, 1, &what).await? {
             admission.taken.push(Taken::Request {
                 cell: cell.clone(),
@@ -181,7 +182,7 @@ async fn admit_rate(
         RateHeaders::tighten(&mut admission.headers.requests, headroom(cell));
     }
     if let (Some(cell), Some(limit)) = (&cells.tokens, cells.limits.tpm) {
-        let what = format!("rate limit of {who}: {limit} tokens {per}");
+        let what = || format!("rate limit of {who}: {limit} tokens {}", per());
         let amount = estimate.tokens();
         if gate.take(cell, window, amount, &what).await? {
             admission.taken.push(Taken::Tokens {
@@ -193,7 +194,7 @@ async fn admit_rate(
         RateHeaders::tighten(&mut admission.headers.tokens, headroom(cell));
     }
     if let (Some(cell), Some(limit)) = (&cells.concurrency, cells.limits.concurrency) {
-        let what = format!("concurrency limit of {who}: {limit} requests at once");
+        let what = || format!("concurrency limit of {who}: {limit} requests at once");
         if gate.take(cell, 0, 1, &what).await? {
             admission.taken.push(Taken::Slot(cell.clone()));
         }
@@ -204,7 +205,7 @@ async fn admit_rate(
 async fn admit_spend(
     gate: &mut Gate<'_>,
     cells: &ScopeCells,
-    who: &str,
+    who: Who<'_>,
     estimate: &Estimate,
     admission: &mut Admission,
 ) -> Result<(), ProxyError> {
@@ -218,7 +219,7 @@ async fn admit_spend(
             });
         }
         let period = cap_period(cell, cap.period, gate.now_ms);
-        let what = format!("{} of {who}", cap_text(cap));
+        let what = || format!("{} of {who}", cap_text(cap));
         let reserved = estimate.worst_cost_nano_usd.max(0);
         if gate.take(cell, period, reserved, &what).await? {
             admission.taken.push(Taken::Spend {
@@ -239,6 +240,25 @@ async fn admit_spend(
         }
     }
     Ok(())
+}
+
+/// Names a limit, when a message needs it.
+type Describe<'a> = dyn Fn() -> String + Sync + 'a;
+
+/// Whose limit: named only when a message needs it.
+#[derive(Debug, Clone, Copy)]
+enum Who<'a> {
+    Key(&'a str),
+    Tenant(&'a str),
+}
+
+impl std::fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Who::Key(id) => write!(f, "key {id}"),
+            Who::Tenant(name) => write!(f, "tenant {name}"),
+        }
+    }
 }
 
 /// The current period of a cap: the cell's while it lasts, else computed.
@@ -286,12 +306,13 @@ struct Gate<'a> {
 
 impl Gate<'_> {
     /// `Ok(true)`: taken; `Ok(false)`: let through without a lease (fail open); `Err`: refused.
+    /// `what` names the limit, for a refusal or a log line: made only then.
     async fn take(
         &mut self,
         cell: &Arc<Cell>,
         period: i64,
         amount: i64,
-        what: &str,
+        what: &Describe<'_>,
     ) -> Result<bool, ProxyError> {
         let deadline = tokio::time::Instant::now() + self.limiter.lease_wait();
         loop {
@@ -336,14 +357,14 @@ impl Gate<'_> {
         }
     }
 
-    fn refusal(&self, cell: &Cell, until_ms: i64, what: &str) -> ProxyError {
+    fn refusal(&self, cell: &Cell, until_ms: i64, what: &Describe<'_>) -> ProxyError {
         let metrics = &self.limiter.metrics;
         let mut headers = RateHeaders::default();
         match cell.id.resource {
             Resource::Spend(period) => {
                 metrics.spend_refused.inc();
                 return ProxyError::SpendCapReached {
-                    message: format!("{what} reached"),
+                    message: format!("{} reached", what()),
                     retry_after_secs: (period != CapPeriod::Total)
                         .then(|| retry_after_secs(until_ms, self.now_ms)),
                 };
@@ -354,24 +375,25 @@ impl Gate<'_> {
         }
         metrics.rate_limited.inc();
         ProxyError::RateLimited {
-            message: format!("{what} reached"),
+            message: format!("{} reached", what()),
             retry_after_secs: retry_after_secs(until_ms, self.now_ms),
             headers,
         }
     }
 
     /// The control plane cannot be asked: fail open (let through, counted) or closed.
-    fn unreachable(&self, what: &str) -> Result<bool, ProxyError> {
+    fn unreachable(&self, what: &Describe<'_>) -> Result<bool, ProxyError> {
         if self.closed {
             return Err(ProxyError::LimitsUnavailable {
                 message: format!(
-                    "the {what} cannot be checked: the control plane is unreachable and this tenant fails closed"
+                    "the {} cannot be checked: the control plane is unreachable and this tenant fails closed",
+                    what()
                 ),
             });
         }
         if self.limiter.log_fail_open(self.now_ms) {
             tracing::warn!(
-                limit = what,
+                limit = %what(),
                 "control plane unreachable and no lease left: letting requests through (fail open)"
             );
         }
