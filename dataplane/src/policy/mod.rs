@@ -329,6 +329,17 @@ impl PolicyConfig {
             .or_else(|| self.prices.get(model))
     }
 
+    /// The price of what `target` answers, as [`PolicyConfig::price`] finds it, without
+    /// building the `provider/model` key (the target has it).
+    pub fn target_price(&self, target: &CompiledTarget) -> Option<&model::Price> {
+        if self.prices.is_empty() {
+            return None;
+        }
+        self.prices
+            .get(target.id.as_str())
+            .or_else(|| self.prices.get(target.model.as_str()))
+    }
+
     /// A direct `provider/model` target, built for one request: `Ok(None)` when `name` names
     /// no provider of this policy, an error when the model cannot be sent to that provider
     /// (see [`model::validate_target_model`]: it would change the URL the provider receives).

@@ -438,7 +438,7 @@ fn estimate(
     let mut worst = 0i64;
     let mut unpriced = false;
     for t in candidates.iter().filter(|t| t.unusable.is_none()) {
-        match policy.config.price(&t.provider.name, &t.model) {
+        match policy.config.target_price(t) {
             Some(p) => {
                 worst = worst.max(
                     cost_nano_usd(input, p.input_per_mtok)
