@@ -164,6 +164,28 @@ impl Client {
     }
 }
 
+/// Items asked for at once by the list commands.
+pub const PAGE_SIZE: u32 = 1_000;
+
+/// Every item of a paginated list: `page` fetches the page of a token (empty: the first) and
+/// returns its items and the next page's token (empty: none).
+pub async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>, Status>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), Status>>,
+{
+    let mut all = Vec::new();
+    let mut token = String::new();
+    loop {
+        let (items, next) = page(token).await?;
+        all.extend(items);
+        if next.is_empty() {
+            return Ok(all);
+        }
+        token = next;
+    }
+}
+
 /// Which certificates the server may present: those chaining to `--ca`, else the webpki
 /// roots. `--ca` is refused for a plaintext server, where it would silently do nothing.
 fn trust(server: &str, ca: Option<&Path>) -> anyhow::Result<Trust> {

@@ -9,7 +9,7 @@ use drover_proto::pb;
 use serde::Serialize;
 
 use super::limit::{ScopeArgs, parse_tenant};
-use crate::client::{Client, GlobalArgs};
+use crate::client::{self, Client, GlobalArgs};
 use crate::output::{self, Table, nano_usd};
 
 /// Nano-USD in one USD.
@@ -265,25 +265,25 @@ pub async fn run(command: CapCommand, global: &GlobalArgs) -> anyhow::Result<()>
             }
         }
         CapCommand::List { tenant, json } => {
-            let mut rows = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .admin
-                    .list_caps(pb::ListCapsRequest {
-                        tenant: tenant.clone().unwrap_or_default(),
-                        page_size: 1_000,
-                        page_token,
-                    })
-                    .await
-                    .map_err(|s| client.error(s))?
-                    .into_inner();
-                rows.extend(page.caps.into_iter().map(CapRow::from));
-                if page.next_page_token.is_empty() {
-                    break;
+            let admin = client.admin.clone();
+            let rows = client::all_pages(|page_token| {
+                let mut admin = admin.clone();
+                let tenant = tenant.clone().unwrap_or_default();
+                async move {
+                    let page = admin
+                        .list_caps(pb::ListCapsRequest {
+                            tenant,
+                            page_size: client::PAGE_SIZE,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.caps, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await
+            .map_err(|s| client.error(s))?;
+            let rows: Vec<_> = rows.into_iter().map(CapRow::from).collect();
             if json {
                 output::print(&output::json(&rows)?)
             } else {

@@ -9,7 +9,7 @@ use drover_proto::pb;
 use serde::Serialize;
 
 use super::usage::parse_time;
-use crate::client::{Client, GlobalArgs};
+use crate::client::{self, Client, GlobalArgs};
 use crate::output::{self, Table};
 
 #[derive(Debug, Subcommand)]
@@ -241,26 +241,26 @@ pub async fn run(command: KeyCommand, global: &GlobalArgs) -> anyhow::Result<()>
             }
         }
         KeyCommand::List { tenant, json } => {
-            let mut rows = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .admin
-                    .list_keys(pb::ListKeysRequest {
-                        tenant: tenant.clone().unwrap_or_default(),
-                        state: 0,
-                        page_size: 1_000,
-                        page_token,
-                    })
-                    .await
-                    .map_err(|s| client.error(s))?
-                    .into_inner();
-                rows.extend(page.keys.into_iter().map(|k| KeyRow::new(k, None)));
-                if page.next_page_token.is_empty() {
-                    break;
+            let admin = client.admin.clone();
+            let rows = client::all_pages(|page_token| {
+                let mut admin = admin.clone();
+                let tenant = tenant.clone().unwrap_or_default();
+                async move {
+                    let page = admin
+                        .list_keys(pb::ListKeysRequest {
+                            tenant,
+                            state: 0,
+                            page_size: client::PAGE_SIZE,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.keys, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await
+            .map_err(|s| client.error(s))?;
+            let rows: Vec<_> = rows.into_iter().map(|k| KeyRow::new(k, None)).collect();
             if json {
                 output::print(&output::json(&rows)?)
             } else {

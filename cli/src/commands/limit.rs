@@ -10,7 +10,7 @@ use drover_proto::model::{
 use drover_proto::pb;
 use serde::Serialize;
 
-use crate::client::{Client, GlobalArgs};
+use crate::client::{self, Client, GlobalArgs};
 use crate::output::{self, Table};
 
 #[derive(Debug, Subcommand)]
@@ -244,25 +244,25 @@ pub async fn run(command: LimitCommand, global: &GlobalArgs) -> anyhow::Result<(
             }
         }
         LimitCommand::List { tenant, json } => {
-            let mut rows = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .admin
-                    .list_limits(pb::ListLimitsRequest {
-                        tenant: tenant.clone().unwrap_or_default(),
-                        page_size: 1_000,
-                        page_token,
-                    })
-                    .await
-                    .map_err(|s| client.error(s))?
-                    .into_inner();
-                rows.extend(page.limits.into_iter().map(LimitRow::from));
-                if page.next_page_token.is_empty() {
-                    break;
+            let admin = client.admin.clone();
+            let rows = client::all_pages(|page_token| {
+                let mut admin = admin.clone();
+                let tenant = tenant.clone().unwrap_or_default();
+                async move {
+                    let page = admin
+                        .list_limits(pb::ListLimitsRequest {
+                            tenant,
+                            page_size: client::PAGE_SIZE,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.limits, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await
+            .map_err(|s| client.error(s))?;
+            let rows: Vec<_> = rows.into_iter().map(LimitRow::from).collect();
             if json {
                 output::print(&output::json(&rows)?)
             } else {

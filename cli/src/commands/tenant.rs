@@ -8,7 +8,7 @@ use drover_proto::pb;
 use serde::Serialize;
 
 use super::ListArgs;
-use crate::client::{Client, GlobalArgs};
+use crate::client::{self, Client, GlobalArgs};
 use crate::output::{self, Table};
 
 #[derive(Debug, Subcommand)]
@@ -166,25 +166,24 @@ pub async fn run(command: TenantCommand, global: &GlobalArgs) -> anyhow::Result<
             }
         }
         TenantCommand::List(list) => {
-            let mut rows = Vec::new();
-            let mut page_token = String::new();
-            loop {
-                let page = client
-                    .admin
-                    .list_tenants(pb::ListTenantsRequest {
-                        page_size: 1_000,
-                        page_token,
-                        state: 0,
-                    })
-                    .await
-                    .map_err(|s| client.error(s))?
-                    .into_inner();
-                rows.extend(page.tenants.into_iter().map(TenantRow::from));
-                if page.next_page_token.is_empty() {
-                    break;
+            let admin = client.admin.clone();
+            let rows = client::all_pages(|page_token| {
+                let mut admin = admin.clone();
+                async move {
+                    let page = admin
+                        .list_tenants(pb::ListTenantsRequest {
+                            page_size: client::PAGE_SIZE,
+                            page_token,
+                            state: 0,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.tenants, page.next_page_token))
                 }
-                page_token = page.next_page_token;
-            }
+            })
+            .await
+            .map_err(|s| client.error(s))?;
+            let rows: Vec<_> = rows.into_iter().map(TenantRow::from).collect();
             if list.json {
                 output::print(&output::json(&rows)?)
             } else {
