@@ -36,35 +36,52 @@ impl RateHeaders {
 
     /// Writes the headers of `format` into `headers`.
     pub fn write(&self, format: ApiFormat, now_ms: i64, headers: &mut HeaderMap) {
-        for (kind, h) in [("requests", self.requests), ("tokens", self.tokens)] {
+        for (names, h) in [(&REQUESTS, self.requests), (&TOKENS, self.tokens)] {
             let Some(h) = h else { continue };
-            let (limit, remaining, reset) = match format {
-                ApiFormat::OpenAi => (
-                    format!("x-ratelimit-limit-{kind}"),
-                    format!("x-ratelimit-remaining-{kind}"),
-                    (
-                        format!("x-ratelimit-reset-{kind}"),
-                        go_duration(h.reset_ms - now_ms),
-                    ),
-                ),
-                ApiFormat::Anthropic => (
-                    format!("anthropic-ratelimit-{kind}-limit"),
-                    format!("anthropic-ratelimit-{kind}-remaining"),
-                    (format!("anthropic-ratelimit-{kind}-reset"), rfc3339(h.reset_ms)),
-                ),
+            let (names, reset) = match format {
+                ApiFormat::OpenAi => (&names.openai, go_duration(h.reset_ms - now_ms)),
+                ApiFormat::Anthropic => (&names.anthropic, rfc3339(h.reset_ms)),
             };
-            insert(headers, &limit, h.limit.to_string());
-            insert(headers, &remaining, h.remaining.max(0).to_string());
-            insert(headers, &reset.0, reset.1);
+            headers.insert(names[0].clone(), HeaderValue::from(h.limit));
+            headers.insert(names[1].clone(), HeaderValue::from(h.remaining.max(0)));
+            if let Ok(v) = HeaderValue::try_from(reset) {
+                headers.insert(names[2].clone(), v);
+            }
         }
     }
 }
 
-fn insert(headers: &mut HeaderMap, name: &str, value: String) {
-    if let (Ok(n), Ok(v)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-        headers.insert(n, v);
-    }
+/// The limit, remaining and reset headers of one kind, in each family's names.
+struct Names {
+    openai: [HeaderName; 3],
+    anthropic: [HeaderName; 3],
 }
+
+const REQUESTS: Names = Names {
+    openai: [
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ],
+    anthropic: [
+        HeaderName::from_static("anthropic-ratelimit-requests-limit"),
+        HeaderName::from_static("anthropic-ratelimit-requests-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-requests-reset"),
+    ],
+};
+
+const TOKENS: Names = Names {
+    openai: [
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ],
+    anthropic: [
+        HeaderName::from_static("anthropic-ratelimit-tokens-limit"),
+        HeaderName::from_static("anthropic-ratelimit-tokens-remaining"),
+        HeaderName::from_static("anthropic-ratelimit-tokens-reset"),
+    ],
+};
 
 /// A duration as OpenAI writes it: `20ms` below a second, else `1s`, `6m0s`, `1h2m3s`.
 pub fn go_duration(ms: i64) -> String {

@@ -314,31 +314,20 @@ impl Gate<'_> {
         amount: i64,
         what: &Describe<'_>,
     ) -> Result<bool, ProxyError> {
+        // The common case first: what is held covers it (no waiter registered, no clock read).
+        match self.try_take(cell, period, amount) {
+            Err(Short::Lacks(_)) => {}
+            other => return self.outcome(cell, other, what),
+        }
         let deadline = tokio::time::Instant::now() + self.limiter.lease_wait();
         loop {
+            // Registered before the second try, so a grant between the two is not missed.
             let waiting = cell.granted_notify.notified();
             tokio::pin!(waiting);
             waiting.as_mut().enable();
-            let result = if self.limiter.live(self.now_ms) {
-                if cell.id.resource == Resource::Concurrency {
-                    cell.take_slot(self.now_ms)
-                } else {
-                    cell.take(period, amount, self.now_ms)
-                }
-            } else {
-                Err(Short::Lacks(amount))
-            };
-            let lacks = match result {
-                Ok(()) => {
-                    if cell.running_low() && cell.start_asking(0) {
-                        // Ahead of need: the next request finds the lease refilled.
-                        self.limiter.ask(cell);
-                    }
-                    return Ok(true);
-                }
-                Err(Short::Blocked { until_ms }) => return Err(self.refusal(cell, until_ms, what)),
-                Err(Short::Unavailable) => return self.unreachable(what),
+            let lacks = match self.try_take(cell, period, amount) {
                 Err(Short::Lacks(n)) => n,
+                other => return self.outcome(cell, other, what),
             };
             if !self.limiter.connected()
                 || !self.limiter.live(self.now_ms)
@@ -354,6 +343,38 @@ impl Gate<'_> {
                 return self.unreachable(what);
             }
             self.now_ms = drover_proto::model::now_unix_ms();
+        }
+    }
+
+    /// One take from the lease held, if it may still be spent.
+    fn try_take(&self, cell: &Cell, period: i64, amount: i64) -> Result<(), Short> {
+        if !self.limiter.live(self.now_ms) {
+            return Err(Short::Lacks(amount));
+        }
+        if cell.id.resource == Resource::Concurrency {
+            cell.take_slot(self.now_ms)
+        } else {
+            cell.take(period, amount, self.now_ms)
+        }
+    }
+
+    /// What a take that did not lack anything means for the request.
+    fn outcome(
+        &self,
+        cell: &Arc<Cell>,
+        result: Result<(), Short>,
+        what: &Describe<'_>,
+    ) -> Result<bool, ProxyError> {
+        match result {
+            Ok(()) => {
+                if cell.running_low() && cell.start_asking(0) {
+                    // Ahead of need: the next request finds the lease refilled.
+                    self.limiter.ask(cell);
+                }
+                Ok(true)
+            }
+            Err(Short::Blocked { until_ms }) => Err(self.refusal(cell, until_ms, what)),
+            Err(Short::Unavailable | Short::Lacks(_)) => self.unreachable(what),
         }
     }
 
