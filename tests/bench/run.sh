@@ -14,19 +14,26 @@
 # two. drover-auth is a third instance with the auth module on and BENCH_AUTH_KEYS virtual keys (default 100,000)
 # in its policy; its requests carry one of them. Then drover-auth alternates runs with and without 100 key changes
 # per second (BENCH_CHURN_ROUNDS rounds, non-stream, each concurrency), for the p99 a request sees while keys change;
-# and drover-keys-bench measures key delivery (how fast, how many bytes, how much memory). It writes a Markdown report (tables, plus Drover's peak RSS) to bench-results/latest.md and prints it
-# on stdout once the run is over; progress goes to stderr only, so the two never mix in the report.
+# and drover-keys-bench measures key delivery (how fast, how many bytes, how much memory). drover-limits is a fourth
+# instance with auth, rate_limit and spend_cap on and BENCH_LIMIT_KEYS keys (default 10,000), each key and their
+# tenant with rate limits, a concurrency limit and a spend cap far above what the run can use (a price is set for
+# bench-model, as a cap refuses unpriced models): the report gives its cost against proxy-only drover and the lease
+# traffic of its data plane (drover_lease_messages_total per second of each measured run), and the run fails,
+# after the report, if any of its requests was refused or let through without a lease (fail-open). It writes a
+# Markdown report (tables, plus Drover's peak RSS) to bench-results/latest.md and prints it on stdout once the run
+# is over; progress goes to stderr only, so the two never mix in the report.
 #
 # Environment (all optional):
 #   BENCH_DURATION      length of each measured run, wrk syntax (default 10s)
 #   BENCH_WARMUP        unmeasured warm-up before each run (default 2s)
 #   BENCH_CONCURRENCY   connection counts (default "1 64")
-#   BENCH_TARGETS       any of "direct nginx drover drover-no-usage drover-anthropic drover-cached drover-auth"
-#                       (default all seven)
+#   BENCH_TARGETS       any of "direct nginx drover drover-no-usage drover-anthropic drover-cached drover-auth
+#                       drover-limits" (default all eight)
 #   BENCH_MODES         any of "non-stream stream" (default both)
 #   BENCH_USAGE_ROUNDS  extra alternating drover / drover-no-usage runs (non-stream, highest concurrency) for a
 #                       steadier usage reporting cost: the median of their req/s ratios (default 3; 0: none)
 #   BENCH_AUTH_KEYS     virtual keys in drover-auth's policy, and for the key delivery measurement (default 100000)
+#   BENCH_LIMIT_KEYS    virtual keys of drover-limits, each with its own limits and cap (default 10000)
 #   BENCH_CHURN_ROUNDS  rounds of drover-auth with and without key churn (default 2; 0: none)
 #   BENCH_CHURN_RATE    key changes per second during the churn runs (default 100)
 #   BENCH_SPLIT_ROUNDS  rounds of the split deployment: drover-controlplane and two drover-dataplane processes,
@@ -45,8 +52,9 @@ cd "$ROOT"
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 CONCURRENCY=${BENCH_CONCURRENCY:-"1 64"}
-TARGETS=${BENCH_TARGETS:-"direct nginx drover drover-no-usage drover-anthropic drover-cached drover-auth"}
+TARGETS=${BENCH_TARGETS:-"direct nginx drover drover-no-usage drover-anthropic drover-cached drover-auth drover-limits"}
 AUTH_KEYS=${BENCH_AUTH_KEYS:-100000}
+LIMIT_KEYS=${BENCH_LIMIT_KEYS:-10000}
 CHURN_ROUNDS=${BENCH_CHURN_ROUNDS:-2}
 CHURN_RATE=${BENCH_CHURN_RATE:-100}
 MODES=${BENCH_MODES:-"non-stream stream"}
@@ -63,7 +71,10 @@ TMP_NAME=drover-bench
 source "$ROOT/tests/bench/lib.sh"
 chmod 755 "$TMP" # nginx workers drop root and must reach their files here
 wants() { [[ " $TARGETS " == *" $1 "* ]]; }
-wants_drover() { wants drover || wants drover-anthropic || wants drover-cached || wants drover-no-usage || wants drover-auth; }
+wants_drover() {
+  wants drover || wants drover-anthropic || wants drover-cached || wants drover-no-usage || wants drover-auth ||
+    wants drover-limits
+}
 
 # ---- tools ------------------------------------------------------------------------------------------------
 NGINX=$(command -v nginx || true)
@@ -89,6 +100,7 @@ bins=(--bin drover-mock)
 wants_drover && bins+=(--bin drover)
 ((SPLIT_ROUNDS > 0)) && bins+=(--bin drover --bin drover-controlplane --bin drover-dataplane)
 wants drover-auth && bins+=(--bin drover-keys-bench --bin drover-dataplane)
+wants drover-limits && bins+=(--bin drover-keys-bench)
 log "building release: cargo build --release ${bins[*]}"
 cargo build --release "${bins[@]}"
 
@@ -244,6 +256,66 @@ if wants drover-auth; then
   TARGET_PATH[drover-auth]=/v1/chat/completions TARGET_BODY[drover-auth]=""
   TARGET_HEADERS[drover-auth]="Authorization: Bearer $AUTH_SECRET"
 fi
+if wants drover-limits; then
+  start_drover drover-limits
+  LIMITS_PID=$DROVER_PID LIMITS_HTTP=$DROVER_HTTP LIMITS_GRPC=$DROVER_GRPC
+  limits_cli() { "$BIN/drover" --server "http://127.0.0.1:$LIMITS_GRPC" --token "$ADMIN_TOKEN" "$@"; }
+  # A cap refuses a model without a price, and the mock's bench-model has no built-in one.
+  limits_cli price set bench-model --input 0.15 --output 0.6 >/dev/null
+  # Limits and caps far above what a run can use (rpm and tpm at their largest, 10^12; 100,000 requests in flight;
+  # 1M USD in total), on the tenant and on every key: each request takes from all of them, and none is refused.
+  LIMIT_RATE=1000000000000 LIMIT_CONCURRENCY=100000 LIMIT_CAP_NANO_USD=1000000000000000
+  log "drover-limits: creating $LIMIT_KEYS virtual keys, with limits and a cap on each and on their tenant"
+  LIMITS_SECRET=$("$BIN/drover-keys-bench" seed --server "http://127.0.0.1:$LIMITS_GRPC" --token "$ADMIN_TOKEN" \
+    --keys "$LIMIT_KEYS" --rpm "$LIMIT_RATE" --tpm "$LIMIT_RATE" --limit-concurrency "$LIMIT_CONCURRENCY" \
+    --cap-nano-usd "$LIMIT_CAP_NANO_USD" --tenant-rpm "$LIMIT_RATE" --tenant-tpm "$LIMIT_RATE" \
+    --tenant-limit-concurrency "$LIMIT_CONCURRENCY" --tenant-cap-nano-usd "$LIMIT_CAP_NANO_USD" --cap-period total \
+    2>"$TMP/limits-seed.log") || { cat "$TMP/limits-seed.log" >&2; die "drover-limits: creating keys and limits failed"; }
+  while read -r seed_line; do log "  $seed_line"; done <"$TMP/limits-seed.log"
+  for module in rate_limit spend_cap auth; do limits_cli module enable "$module" >/dev/null; done
+  # The policy with all three modules on has reached the data plane when it serves the control plane's version.
+  policy_version=$(limits_cli status --json | grep -o '"version": *[0-9]*' | head -n1 | grep -o '[0-9]*$')
+  [[ -n $policy_version ]] || die "drover-limits: no policy version in \`drover status --json\`"
+  served=0
+  for _ in $(seq 300); do
+    served=$(curl -s --max-time 5 "http://127.0.0.1:$LIMITS_HTTP/metrics" |
+      awk '$1 == "drover_policy_version" { v = $2 } END { print v + 0 }')
+    ((served >= policy_version)) && break
+    sleep 0.1
+  done
+  ((served >= policy_version)) || die "drover-limits: the data plane serves policy version $served, not $policy_version"
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' \
+    --data-binary "@$TMP/non-stream.json" "http://127.0.0.1:$LIMITS_HTTP/v1/chat/completions" || true)
+  [[ $code == 401 ]] || die "drover-limits: a request without a key answered $code, not 401"
+  # Counters of its data plane, one line: lease messages sent, requests rate limited, refused by a spend cap, and let
+  # through without a lease (fail-open).
+  limits_counters() {
+    curl -sf --max-time 5 "http://127.0.0.1:$LIMITS_HTTP/metrics" | awk '
+      $1 == "drover_lease_messages_total" { m = $2; seen = 1 }
+      $1 == "drover_rate_limited_total" { r = $2 }
+      $1 == "drover_spend_cap_refused_total" { s = $2 }
+      $1 == "drover_limits_fail_open_total" { f = $2 }
+      END { if (!seen) exit 1; printf "%d %d %d %d\n", m, r, s, f }'
+  }
+  # Ready when a request with a key succeeds through the leases: not refused, and not let through by fail-open
+  # (a control plane just started can take a moment to grant).
+  ready=""
+  for _ in $(seq 100); do
+    read -r _ r0 s0 f0 < <(limits_counters) || die "drover-limits: no lease counters in /metrics"
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' \
+      -H "authorization: Bearer $LIMITS_SECRET" --data-binary "@$TMP/non-stream.json" \
+      "http://127.0.0.1:$LIMITS_HTTP/v1/chat/completions" || true)
+    read -r m1 r1 s1 f1 < <(limits_counters) || die "drover-limits: no lease counters in /metrics"
+    if [[ $code == 200 ]] && ((m1 > 0 && r1 == r0 && s1 == s0 && f1 == f0)); then ready=1; break; fi
+    sleep 0.2
+  done
+  [[ -n $ready ]] || { tail -30 "$TMP/drover-limits.log" >&2
+    die "drover-limits: a request with a key answered $code (rate limited $((r1 - r0)), spend cap $((s1 - s0)), fail-open $((f1 - f0))), not 200 through the leases"; }
+  log "drover-limits on 127.0.0.1:$LIMITS_HTTP (auth, rate_limit and spend_cap on, $LIMIT_KEYS keys)"
+  URL[drover-limits]="http://127.0.0.1:$LIMITS_HTTP"
+  TARGET_PATH[drover-limits]=/v1/chat/completions TARGET_BODY[drover-limits]=""
+  TARGET_HEADERS[drover-limits]="Authorization: Bearer $LIMITS_SECRET"
+fi
 if wants drover || wants drover-anthropic || wants drover-cached; then
   start_drover drover
   GW_PID=$DROVER_PID HTTP_PORT=$DROVER_HTTP
@@ -305,13 +377,44 @@ rps_of() { awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[
 NPROC=$(nproc)
 ROWS=()
 declare -A RPS=() P50=() # by "target mode conns", for the translation cost lines
+LEASE_LINES=() LIMITS_REFUSED=() # drover-limits: lease traffic per measured run; runs with refusals or fail-opens
+LIMITS_TOTALS=(0 0 0) # drover-limits: rate limited, spend cap refused, fail-open, over all its runs and warm-ups
 for target in $TARGETS; do
   [[ -n ${URL[$target]:-} ]] ||
-    die "unknown target '$target' (expected direct, nginx, drover, drover-no-usage, drover-anthropic, drover-cached or drover-auth)"
+    die "unknown target '$target' (expected direct, nginx, drover, drover-no-usage, drover-anthropic, drover-cached, drover-auth or drover-limits)"
   for mode in $MODES; do
     [[ -f $TMP/$mode.json ]] || die "unknown mode '$mode' (expected non-stream or stream)"
     for conns in $CONCURRENCY; do
-      line=$(measure "$target" "$mode" "$conns") || true
+      if [[ $target == drover-limits ]]; then
+        # The data plane's counters before the warm-up, between it and the measured run, and after.
+        before=$(limits_counters) || die "drover-limits: /metrics does not answer"
+        measure "$target" "$mode" "$conns" warm-up
+        between=$(limits_counters) || die "drover-limits: /metrics does not answer"
+        log "$target $mode c=$conns: $DURATION"
+        started=${EPOCHREALTIME/[.,]/} # µs
+        line=$(measure "$target" "$mode" "$conns" measured) || true
+        ended=${EPOCHREALTIME/[.,]/}
+        after=$(limits_counters) || die "drover-limits: /metrics does not answer"
+        read -r _ r0 s0 f0 <<<"$before"
+        read -r m1 _ <<<"$between"
+        read -r m2 r2 s2 f2 <<<"$after"
+        LIMITS_TOTALS=($((LIMITS_TOTALS[0] + r2 - r0)) $((LIMITS_TOTALS[1] + s2 - s0)) $((LIMITS_TOTALS[2] + f2 - f0)))
+        if ((r2 > r0 || s2 > s0 || f2 > f0)); then
+          LIMITS_REFUSED+=("$mode c=$conns: rate limited $((r2 - r0)), spend cap refused $((s2 - s0)), fail-open $((f2 - f0))")
+          log "  drover-limits: ${LIMITS_REFUSED[-1]} (must all be 0)"
+        fi
+        if [[ -n $line ]]; then
+          LEASE_LINES+=("$(awk -v mode="$mode" -v conns="$conns" -v n=$((m2 - m1)) -v t0="$started" -v t1="$ended" '{
+              for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] + 0 }
+              secs = (t1 - t0) / 1e6
+              printf "- %s, c=%d: %.1f lease messages/s (%d in %.1f s; %.3f per 1,000 requests)", mode, conns,
+                n / secs, n, secs, (f["requests"] > 0 ? 1000 * n / f["requests"] : 0)
+            }' <<<"$line")")
+          log "  drover-limits lease traffic ${LEASE_LINES[-1]#- }"
+        fi
+      else
+        line=$(measure "$target" "$mode" "$conns") || true
+      fi
       if [[ -z $line ]]; then
         ROWS+=("| $target | $mode | $conns | failed | | | |")
         continue
@@ -521,6 +624,31 @@ mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-bina
     echo
     compare drover-auth drover
   fi
+  if wants drover && wants drover-limits; then
+    echo
+    echo "Limits cost (drover-limits: auth, rate_limit and spend_cap on, $LIMIT_KEYS keys, each key and their tenant with"
+    echo "rpm and tpm 10^12, concurrency 100,000 and a total cap of 1M USD, so nothing is refused but every request takes"
+    echo "from all of them; vs proxy-only drover; p50 difference, req/s ratio; target: req/s ×0.90 or more, p50 at c=1"
+    echo "+20 µs or less):"
+    echo
+    compare drover-limits drover
+  fi
+  if wants drover-auth && wants drover-limits; then
+    echo
+    echo "Limits beyond auth (drover-limits, $LIMIT_KEYS keys, vs drover-auth, $AUTH_KEYS keys; p50 difference, req/s ratio):"
+    echo
+    compare drover-limits drover-auth
+  fi
+  if wants drover-limits; then
+    echo
+    echo "Lease traffic (drover-limits: lease stream messages its data plane sent to the control plane during each"
+    echo "measured run, \`drover_lease_messages_total\`):"
+    echo
+    if ((${#LEASE_LINES[@]})); then printf '%s\n' "${LEASE_LINES[@]}"; else echo "- n/a (every run failed)"; fi
+    echo
+    printf 'Refused or let through without a lease across all drover-limits runs and warm-ups (must be 0): rate limited %d, spend cap %d, fail-open %d.\n' \
+      "${LIMITS_TOTALS[@]}"
+  fi
   if ((${#CHURN_LINES[@]})); then
     echo
     echo "Key churn (drover-auth, non-stream; each round a run without changes, then one while drover-keys-bench"
@@ -552,8 +680,15 @@ mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-bina
 mkdir -p "$(dirname "$OUT")"
 cp "$TMP/report.md" "$OUT"
 log "written to ${OUT#"$ROOT"/}"
-if [[ ${BENCH_README:-0} == 1 ]]; then
+if [[ ${BENCH_README:-0} == 1 ]] && ((${#LIMITS_REFUSED[@]})); then
+  log "README.md not changed: drover-limits requests were refused or failed open"
+elif [[ ${BENCH_README:-0} == 1 ]]; then
   replace_region "$ROOT/README.md" bench-report "$TMP/report.md"
   log "README.md: benchmark report replaced"
 fi
 cat "$OUT"
+((${#LIMITS_REFUSED[@]} == 0)) ||
+  die "drover-limits: requests were refused or let through without a lease, so its rows do not measure the lease path: $(
+    IFS=';'
+    echo "${LIMITS_REFUSED[*]}"
+  )"

@@ -59,14 +59,18 @@ struct Args {
 #[derive(clap::Subcommand, Debug)]
 enum Mode {
     /// Create keys in a running control plane (and its tenant if needed); print the secret of
-    /// one of them on stdout.
+    /// one of them on stdout. With the limit and cap flags, also set those rate limits and that
+    /// spend cap on every key created, and the `--tenant-…` ones on the tenant.
     Seed {
         #[command(flatten)]
         remote: Remote,
         #[arg(long, default_value_t = 100_000)]
         keys: usize,
+        /// Admin calls at once (CreateKey, then SetLimit and SetCap).
         #[arg(long, default_value_t = 64)]
         concurrency: usize,
+        #[command(flatten)]
+        limits: SeedLimits,
     },
     /// Change keys of a running control plane at a steady rate until killed: create one, revoke
     /// the one created before, and so on (each create and each revoke is one change).
@@ -77,6 +81,128 @@ enum Mode {
         #[arg(long, default_value_t = 100)]
         rate: u32,
     },
+}
+
+/// Rate limits and spend caps `seed` sets (each kind only when given).
+#[derive(clap::Args, Debug, Clone)]
+struct SeedLimits {
+    /// Requests per minute of every key.
+    #[arg(long, value_name = "N")]
+    rpm: Option<u64>,
+    /// Tokens per minute of every key.
+    #[arg(long, value_name = "N")]
+    tpm: Option<u64>,
+    /// Requests in flight of every key.
+    #[arg(long, value_name = "N")]
+    limit_concurrency: Option<u32>,
+    /// Spend cap of every key, nano-USD, over `--cap-period`.
+    #[arg(long, value_name = "NANO_USD")]
+    cap_nano_usd: Option<i64>,
+    /// Requests per minute of the tenant (all its keys together).
+    #[arg(long, value_name = "N")]
+    tenant_rpm: Option<u64>,
+    /// Tokens per minute of the tenant.
+    #[arg(long, value_name = "N")]
+    tenant_tpm: Option<u64>,
+    /// Requests in flight of the tenant.
+    #[arg(long, value_name = "N")]
+    tenant_limit_concurrency: Option<u32>,
+    /// Spend cap of the tenant, nano-USD, over `--cap-period`.
+    #[arg(long, value_name = "NANO_USD")]
+    tenant_cap_nano_usd: Option<i64>,
+    /// The period of both caps.
+    #[arg(long, value_enum, default_value_t = Period::Total)]
+    cap_period: Period,
+}
+
+/// A spend cap's period.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Period {
+    Day,
+    Month,
+    Total,
+}
+
+impl From<Period> for pb::CapPeriod {
+    fn from(p: Period) -> Self {
+        match p {
+            Period::Day => pb::CapPeriod::Day,
+            Period::Month => pb::CapPeriod::Month,
+            Period::Total => pb::CapPeriod::Total,
+        }
+    }
+}
+
+/// One scope's limits and cap, as admin requests; `None` for what is not set.
+struct ScopeLimits {
+    limit: Option<pb::SetLimitRequest>,
+    cap: Option<pb::SetCapRequest>,
+}
+
+impl ScopeLimits {
+    fn new(
+        scope: pb::limit_scope::Scope,
+        (rpm, tpm, concurrency): (Option<u64>, Option<u64>, Option<u32>),
+        cap_nano_usd: Option<i64>,
+        period: Period,
+    ) -> Self {
+        let scope = Some(pb::LimitScope { scope: Some(scope) });
+        let limit = (rpm.is_some() || tpm.is_some() || concurrency.is_some()).then(|| pb::SetLimitRequest {
+            scope: scope.clone(),
+            rpm,
+            tpm,
+            concurrency,
+        });
+        let cap = cap_nano_usd.map(|limit_nano_usd| pb::SetCapRequest {
+            scope,
+            period: pb::CapPeriod::from(period) as i32,
+            limit_nano_usd,
+            ..Default::default()
+        });
+        ScopeLimits { limit, cap }
+    }
+
+    fn calls(&self) -> usize {
+        usize::from(self.limit.is_some()) + usize::from(self.cap.is_some())
+    }
+
+    async fn apply(self, admin: &mut Admin) -> anyhow::Result<()> {
+        if let Some(limit) = self.limit {
+            let scope = limit.scope.clone();
+            admin
+                .set_limit(limit)
+                .await
+                .with_context(|| format!("SetLimit of {scope:?}"))?;
+        }
+        if let Some(cap) = self.cap {
+            let scope = cap.scope.clone();
+            admin
+                .set_cap(cap)
+                .await
+                .with_context(|| format!("SetCap of {scope:?}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl SeedLimits {
+    fn of_tenant(&self, tenant: &str) -> ScopeLimits {
+        ScopeLimits::new(
+            pb::limit_scope::Scope::Tenant(tenant.to_owned()),
+            (self.tenant_rpm, self.tenant_tpm, self.tenant_limit_concurrency),
+            self.tenant_cap_nano_usd,
+            self.cap_period,
+        )
+    }
+
+    fn of_key(&self, id: String) -> ScopeLimits {
+        ScopeLimits::new(
+            pb::limit_scope::Scope::KeyId(id),
+            (self.rpm, self.tpm, self.limit_concurrency),
+            self.cap_nano_usd,
+            self.cap_period,
+        )
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -233,36 +359,82 @@ async fn create_key_of(admin: &mut Admin, tenant: &str) -> anyhow::Result<pb::Ke
         .into_inner())
 }
 
-/// Creates `total` keys of `tenant`, `concurrency` calls at a time. Returns how long it took and
-/// the secret of one of them.
+/// Keys created by `create_keys`.
+struct Created {
+    elapsed: Duration,
+    /// The secret of one of them.
+    secret: String,
+    /// The ids of all of them.
+    ids: Vec<String>,
+}
+
+/// Creates `total` keys of `tenant`, `concurrency` calls at a time.
 async fn create_keys(
     admin: &Admin,
     tenant: &str,
     total: usize,
     concurrency: usize,
-) -> anyhow::Result<(Duration, String)> {
+) -> anyhow::Result<Created> {
     let created = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency.max(1))
         .map(|_| {
             let (mut admin, created, tenant) = (admin.clone(), created.clone(), tenant.to_owned());
             tokio::spawn(async move {
-                let mut first = None;
+                let (mut first, mut ids) = (None, Vec::new());
                 while created.fetch_add(1, Ordering::Relaxed) < total {
                     let key = create_key_of(&mut admin, &tenant).await?;
                     first.get_or_insert(key.secret);
+                    ids.push(key.key.context("CreateKey answered without the key")?.id);
                 }
-                anyhow::Ok(first)
+                anyhow::Ok((first, ids))
             })
         })
         .collect();
-    let mut secret = None;
+    let (mut secret, mut ids) = (None, Vec::with_capacity(total));
     for w in workers {
-        if let Some(s) = w.await?? {
+        let (first, mine) = w.await??;
+        if let Some(s) = first {
             secret.get_or_insert(s);
         }
+        ids.extend(mine);
     }
-    Ok((started.elapsed(), secret.context("no key was created")?))
+    Ok(Created {
+        elapsed: started.elapsed(),
+        secret: secret.context("no key was created")?,
+        ids,
+    })
+}
+
+/// Sets `limits` on every key of `ids`, `concurrency` keys at a time. Returns the admin calls made.
+async fn set_key_limits(
+    admin: &Admin,
+    limits: &SeedLimits,
+    ids: Vec<String>,
+    concurrency: usize,
+) -> anyhow::Result<usize> {
+    let per_key = limits.of_key(String::new()).calls();
+    if per_key == 0 {
+        return Ok(0);
+    }
+    let calls = ids.len() * per_key;
+    let (ids, next) = (Arc::new(ids), Arc::new(AtomicUsize::new(0)));
+    let limits = Arc::new(limits.clone());
+    let workers: Vec<_> = (0..concurrency.max(1))
+        .map(|_| {
+            let (mut admin, ids, next, limits) = (admin.clone(), ids.clone(), next.clone(), limits.clone());
+            tokio::spawn(async move {
+                while let Some(id) = ids.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    limits.of_key(id.clone()).apply(&mut admin).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await??;
+    }
+    Ok(calls)
 }
 
 /// Creates `tenant` unless it exists.
@@ -280,16 +452,29 @@ async fn ensure_tenant(admin: &mut Admin, tenant: &str) -> anyhow::Result<()> {
     }
 }
 
-async fn seed(remote: &Remote, keys: usize, concurrency: usize) -> anyhow::Result<()> {
+async fn seed(remote: &Remote, keys: usize, concurrency: usize, limits: &SeedLimits) -> anyhow::Result<()> {
     let mut admin = admin_client(&remote.server, &remote.token).await?;
     ensure_tenant(&mut admin, &remote.tenant).await?;
-    let (elapsed, secret) = create_keys(&admin, &remote.tenant, keys, concurrency).await?;
+    let created = create_keys(&admin, &remote.tenant, keys, concurrency).await?;
     eprintln!(
         "[keys] {keys} keys in {:.1} s ({:.0}/s)",
-        elapsed.as_secs_f64(),
-        keys as f64 / elapsed.as_secs_f64()
+        created.elapsed.as_secs_f64(),
+        keys as f64 / created.elapsed.as_secs_f64()
     );
-    println!("{secret}");
+    let started = Instant::now();
+    let tenant = limits.of_tenant(&remote.tenant);
+    let mut calls = tenant.calls();
+    tenant.apply(&mut admin).await?;
+    calls += set_key_limits(&admin, limits, created.ids, concurrency).await?;
+    if calls > 0 {
+        let elapsed = started.elapsed();
+        eprintln!(
+            "[keys] limits and caps: {calls} SetLimit/SetCap calls in {:.1} s ({:.0}/s)",
+            elapsed.as_secs_f64(),
+            calls as f64 / elapsed.as_secs_f64()
+        );
+    }
+    println!("{}", created.secret);
     Ok(())
 }
 
@@ -329,7 +514,8 @@ async fn main() -> anyhow::Result<()> {
             remote,
             keys,
             concurrency,
-        }) => return seed(remote, *keys, *concurrency).await,
+            limits,
+        }) => return seed(remote, *keys, *concurrency, limits).await,
         Some(Mode::Churn { remote, rate }) => return churn(remote, *rate).await,
         None => {}
     }
@@ -411,7 +597,11 @@ async fn main() -> anyhow::Result<()> {
 
     eprintln!("[keys] creating {} keys", args.keys);
     // The keys.
-    let (create_elapsed, secret) = create_keys(&admin, "bench", args.keys, args.concurrency).await?;
+    let Created {
+        elapsed: create_elapsed,
+        secret,
+        ..
+    } = create_keys(&admin, "bench", args.keys, args.concurrency).await?;
 
     eprintln!("[keys] starting {} fresh data planes", args.dataplanes);
     // Fresh data planes: from process start to serving the keys.
