@@ -15,7 +15,7 @@ mod auth;
 mod config;
 mod error;
 mod lease_service;
-mod leases;
+pub mod leases;
 mod limits_api;
 mod listener;
 mod policy_service;
@@ -36,7 +36,8 @@ pub use config::{
     TlsArgs, master_key_file_for, parse_duration, token_file_for, usage_retention_days,
 };
 pub use error::{StartError, StopError, StoreError};
-pub use lease_service::{LeaseCounters, MAX_UNAPPLIED_ANSWERS};
+pub use lease_service::LeaseCounters;
+pub use leases::wire::MAX_UNAPPLIED_ANSWERS;
 pub use listener::MAX_PENDING_HANDSHAKES;
 pub use prices::TAKEN as DEFAULT_PRICES_TAKEN;
 pub use store::usage::DEDUP_WINDOW as USAGE_DEDUP_WINDOW;

@@ -6,7 +6,12 @@
 //! (`configure`), the settled spend of the usage ledger (`ledger_loaded`, `ledger_applied`)
 //! and what each data plane holds, and answers each data plane's lease messages with grants.
 //! The types here are the book's view of a lease message, already validated: the wire types
-//! stop in `lease_service`, which also owns the streams, authentication and the clock.
+//! stop in [`wire`], which checks and converts them; `lease_service` owns the streams,
+//! authentication and the clock.
+//!
+//! Public for the lease simulation in `tests/`, which drives the book with real data-plane
+//! lease clients and no sockets; with it the store's types the book takes (the limits in force,
+//! the ledger's sums and costs).
 //!
 //! Not here: the streams (`crate::lease_service`), the limits as stored
 //! (`crate::store::limits`), the ledger's sums (`crate::store::ledger`).
@@ -15,12 +20,15 @@ mod book;
 mod ledger;
 #[cfg(test)]
 mod sim;
+pub mod wire;
 
 use std::time::Duration;
 
 use drover_proto::model::CapPeriod;
 
-pub use book::{Book, Superseded};
+pub use crate::store::ledger::{PeriodSpend, SpendDelta, SpendScope};
+pub use crate::store::limits::{LimitConfig, ScopeConfig};
+pub use book::{Book, BookStats, Superseded};
 
 /// Whose limit a lease is a slice of.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -409,15 +409,30 @@ impl Cell {
         given
     }
 
-    /// Forgets everything held (the lease expired or the stream to the control plane was lost
-    /// for longer than its time to live). Reservations and slots in use stay until released.
+    /// The lease expired (no answer renewed it for a time to live): forgets what is unspent,
+    /// and keeps holding what is used: requests and tokens spent in the period, slots in use,
+    /// budget reserved by requests in flight or spent and not yet acknowledged. They are in the
+    /// next holding reported (a hello after a reconnect lists them), so a control plane that
+    /// still counts them, or counts them again, is not told that they were given back.
     pub fn expire(&self) {
-        self.balance.store(0, Relaxed);
+        let balance = self.balance.swap(0, Relaxed);
         match self.id.resource {
-            Resource::Concurrency => self.granted.store(0, Relaxed),
+            Resource::Requests | Resource::Tokens => {
+                let _ = self
+                    .granted
+                    .fetch_update(Relaxed, Relaxed, |g| Some((g - balance).max(0)));
+            }
+            Resource::Concurrency => self.granted.store(self.in_use.load(Relaxed), Relaxed),
             Resource::Spend(_) => {}
-            _ => self.granted.store(0, Relaxed),
         }
+        self.last_grant.store(0, Relaxed);
+        self.dirty.store(true, Relaxed);
+    }
+
+    /// The period held is over: nothing of it is worth anything any more.
+    pub fn end_period(&self) {
+        self.balance.store(0, Relaxed);
+        self.granted.store(0, Relaxed);
         self.last_grant.store(0, Relaxed);
         self.period.store(NO_PERIOD, Relaxed);
     }
@@ -567,6 +582,47 @@ mod tests {
         assert!(c.take_dirty());
         assert_eq!(c.give_back_if_idle(1), 850);
         assert_eq!(c.holding(), None);
+    }
+
+    #[test]
+    fn an_expired_lease_keeps_holding_what_is_used() {
+        let requests = cell(Resource::Requests);
+        requests.apply(&grant(7, 10), 0);
+        requests.take(7, 3, 0).unwrap();
+        requests.take_dirty();
+        requests.expire();
+        assert!(requests.take_dirty(), "the holding went down");
+        assert_eq!(
+            requests.holding(),
+            Some((7, 3, 3)),
+            "spent in the window for good"
+        );
+        assert_eq!(requests.take(7, 1, 0), Err(Short::Lacks(1)));
+        requests.apply(&grant(7, 5), 0);
+        requests.take(7, 1, 0).unwrap();
+        assert_eq!(requests.holding(), Some((7, 8, 4)));
+        requests.end_period();
+        assert_eq!(requests.holding(), None);
+
+        let slots = cell(Resource::Concurrency);
+        slots.apply(&grant(0, 3), 0);
+        slots.take_slot(0).unwrap();
+        slots.take_slot(0).unwrap();
+        slots.expire();
+        assert_eq!(slots.holding(), Some((0, 2, 0)), "the slots in use");
+        assert!(slots.take_slot(0).is_err());
+
+        let spend = cell(Resource::Spend(CapPeriod::Day));
+        spend.apply(&grant(5, 1_000), 0);
+        spend.take(5, 400, 0).unwrap();
+        spend.take(5, 100, 0).unwrap();
+        spend.settle(5, 100, 60);
+        spend.expire();
+        assert_eq!(
+            spend.holding(),
+            Some((5, 460, 0)),
+            "reserved, and spent but not acknowledged"
+        );
     }
 
     #[test]

@@ -286,7 +286,7 @@ impl Core {
                 && period < window
             {
                 // A window over: nothing of it is worth anything.
-                cell.expire();
+                cell.end_period();
             }
         }
         if !self.limiter.live(now_ms) && !self.expired {
@@ -508,6 +508,32 @@ mod tests {
         assert!(beat.asks.is_empty() && beat.holdings.is_empty());
         // An answer that skips a message ends the asks of the skipped one.
         assert!(core.on_answer(answer(9, vec![]), NOW).is_err());
+    }
+
+    #[test]
+    fn a_hello_after_an_expiry_still_reports_what_was_spent() {
+        let (mut core, limiter) = core();
+        let scope = limiter.table.scope(&Scope::Tenant(7), &rpm(100), &[]).unwrap();
+        let cell = scope.requests.clone().unwrap();
+        core.hello(NOW);
+        core.on_answer(answer(1, vec![]), NOW).unwrap();
+        cell.start_asking(1);
+        limiter.ask(&cell);
+        core.poll(NOW, false).unwrap();
+        let window = limiter.window(NOW);
+        core.on_answer(answer(2, vec![granted(window, 40)]), NOW).unwrap();
+        for _ in 0..3 {
+            cell.take(window, 1, NOW).unwrap();
+        }
+        // Cut off for longer than the time to live: nothing may be spent any more, but what
+        // was spent counts until the window ends, so the next hello reports it (a control plane
+        // that expired this data plane meanwhile would otherwise forget it and grant it again).
+        core.disconnected();
+        core.tick(NOW + 10_500);
+        assert!(cell.take(window, 1, NOW + 10_500).is_err());
+        let hello = core.hello(NOW + 11_000);
+        assert_eq!(hello.holdings.len(), 1);
+        assert_eq!((hello.holdings[0].held, hello.holdings[0].spent), (3, 3));
     }
 
     #[test]
