@@ -7,7 +7,9 @@
 #   PROFILE_MODE=stream PROFILE_CONCURRENCY=1 bash tests/bench/profile.sh
 #
 # Environment (all optional): PROFILE_MODE (non-stream | stream), PROFILE_CONCURRENCY (default 64),
-# PROFILE_DURATION (default 10s), PROFILE_USAGE (on | off, default on), PROFILE_TOP (functions listed, 25).
+# PROFILE_DURATION (default 10s), PROFILE_USAGE (on | off, default on), PROFILE_TOP (functions listed, 25),
+# PROFILE_LIMITS (on: auth, rate_limit and spend_cap on, the request's key and its tenant with rpm, tpm,
+# concurrency and a cap too high to refuse; default off).
 # Needs perf (apt: linux-perf) and wrk; run as root or with kernel.perf_event_paranoid <= 1.
 set -euo pipefail
 
@@ -17,6 +19,7 @@ MODE=${PROFILE_MODE:-non-stream}
 CONNS=${PROFILE_CONCURRENCY:-64}
 DURATION=${PROFILE_DURATION:-10s}
 USAGE=${PROFILE_USAGE:-on}
+LIMITS=${PROFILE_LIMITS:-off}
 TOP=${PROFILE_TOP:-25}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 LOG_TAG=profile
@@ -52,7 +55,32 @@ cli route set bench-model --target mock/bench-model
 wait_200 30 "$pid" -X POST -H 'content-type: application/json' --data-binary "@$TMP/body.json" \
   "http://127.0.0.1:$http/v1/chat/completions" || die "a request through drover does not succeed"
 
-export BENCH_BODY_FILE=$TMP/body.json BENCH_PATH=/v1/chat/completions BENCH_HEADERS="Authorization: Bearer bench"
+secret=bench
+if [[ $LIMITS == on ]]; then
+  cli price set bench-model --input 0.15 --output 0.6
+  cli tenant create bench
+  secret=$("$BIN/drover" --server "http://127.0.0.1:$grpc" --token bench key create --tenant bench --json |
+    sed -n 's/.*"key": *"\([^"]*\)".*/\1/p')
+  [[ -n $secret ]] || die "no key created"
+  key_id=$("$BIN/drover" --server "http://127.0.0.1:$grpc" --token bench key list --json |
+    sed -n 's/.*"id": *"\(key_[^"]*\)".*/\1/p' | head -n1)
+  for scope in "--tenant bench" "--key $key_id"; do
+    # shellcheck disable=SC2086
+    cli limit set $scope --rpm 1000000000000 --tpm 1000000000000 --concurrency 100000
+    # shellcheck disable=SC2086
+    cli cap set $scope --usd 1000000 --period total
+  done
+  for module in auth rate_limit spend_cap; do cli module enable "$module"; done
+  # The policy reaches the data plane within moments; the first lease a moment later.
+  for _ in $(seq 50); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'content-type: application/json' \
+      -H "Authorization: Bearer $secret" --data-binary "@$TMP/body.json" "http://127.0.0.1:$http/v1/chat/completions")
+    [[ $code == 200 ]] && break
+    sleep 0.2
+  done
+  [[ $code == 200 ]] || die "a request with the key answered $code"
+fi
+export BENCH_BODY_FILE=$TMP/body.json BENCH_PATH=/v1/chat/completions BENCH_HEADERS="Authorization: Bearer $secret"
 threads=$((CONNS < $(nproc) ? CONNS : $(nproc)))
 wrk_run() { wrk -t "$threads" -c "$CONNS" --timeout 10s --latency -s "$ROOT/tests/bench/chat.lua" -d "$1" \
   "http://127.0.0.1:$http"; }
@@ -65,10 +93,10 @@ line=$(wrk_run "$DURATION" 2>&1 | grep '^BENCH ' || true)
 wait "$perf_pid" || true
 requests=$(awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "requests") print kv[2] } }' <<<"$line")
 
-OUT=${PROFILE_OUT:-$ROOT/bench-results/profile-$MODE-c$CONNS.md}
+OUT=${PROFILE_OUT:-$ROOT/bench-results/profile-$MODE-c$CONNS$([[ $LIMITS == on ]] && echo -limits).md}
 mkdir -p "$(dirname "$OUT")"
 {
-  echo "### Profile: $MODE, c=$CONNS, usage reporting $USAGE ($(date -u '+%Y-%m-%d'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
+  echo "### Profile: $MODE, c=$CONNS, usage reporting $USAGE, limits $LIMITS ($(date -u '+%Y-%m-%d'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
   echo
   echo "wrk: $line"
   echo
