@@ -16,6 +16,7 @@ use drover_proto::pb;
 use tonic::{Request, Response, Status};
 
 use crate::error::StoreError;
+use crate::lease_service::{LeaseCounters, Leases};
 use crate::limits_api;
 use crate::policy_service::DataPlanes;
 use crate::prices::PriceSource;
@@ -27,11 +28,17 @@ use crate::tenancy_api;
 pub struct AdminApi {
     store: Store,
     dataplanes: Arc<DataPlanes>,
+    /// For the lease traffic of each data plane in `Status`.
+    leases: Arc<Leases>,
 }
 
 impl AdminApi {
-    pub fn new(store: Store, dataplanes: Arc<DataPlanes>) -> Self {
-        AdminApi { store, dataplanes }
+    pub fn new(store: Store, dataplanes: Arc<DataPlanes>, leases: Arc<Leases>) -> Self {
+        AdminApi {
+            store,
+            dataplanes,
+            leases,
+        }
     }
 }
 
@@ -350,10 +357,23 @@ impl pb::admin_service_server::AdminService for AdminApi {
 
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::StatusResponse>, Status> {
         let snapshot = self.store.current();
+        let mut dataplanes = self.dataplanes.list();
+        let traffic: std::collections::HashMap<String, LeaseCounters> =
+            self.leases.counters().await.into_iter().collect();
+        for d in &mut dataplanes {
+            d.leases = traffic.get(&d.id).map(|c| pb::LeaseTraffic {
+                streams: c.streams,
+                messages: c.messages,
+                asks: c.asks,
+                granted: c.granted,
+                refused: c.refused,
+                holdings: c.holdings,
+            });
+        }
         Ok(Response::new(pb::StatusResponse {
             version: snapshot.version,
             store_id: snapshot.store_id.clone(),
-            dataplanes: self.dataplanes.list(),
+            dataplanes,
         }))
     }
 

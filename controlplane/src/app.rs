@@ -286,7 +286,7 @@ async fn router(
     stop: &CancellationToken,
 ) -> Result<Router, StartError> {
     let dataplanes = Arc::new(DataPlanes::default());
-    let admin = AdminServiceServer::new(AdminApi::new(store.clone(), dataplanes.clone()))
+    let admin = AdminServiceServer::new(AdminApi::new(store.clone(), dataplanes.clone(), leases.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_POLICY_MESSAGE_BYTES);
     let policy = PolicyServiceServer::new(PolicyApi::new(store.clone(), dataplanes, stop.clone()))

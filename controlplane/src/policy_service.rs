@@ -344,6 +344,8 @@ impl DataPlanes {
                 last_seen_unix_ms: e.last_seen_unix_ms,
                 unavailable_providers: e.unavailable.iter().map(Into::into).collect(),
                 unusable_targets: e.unusable.iter().map(Into::into).collect(),
+                // Filled in by `AdminService.Status` from the lease streams.
+                leases: None,
             })
             .collect();
         drop(registry);

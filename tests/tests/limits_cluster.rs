@@ -169,6 +169,23 @@ async fn a_request_limit_holds_across_three_data_planes_over_several_windows() {
         "{ok} admitted, limit {limit} over {windows} windows: leases stranded"
     );
     assert_eq!(gw.metric("drover_limits_fail_open_total").await, 0);
+    // `drover status` shows each data plane's lease traffic.
+    let status = gw.status().await;
+    assert_eq!(status.dataplanes.len(), 3);
+    for d in &status.dataplanes {
+        let l = d
+            .leases
+            .as_ref()
+            .unwrap_or_else(|| panic!("no lease traffic for {}", d.id));
+        assert!(
+            l.streams >= 1 && l.messages > l.asks / 10 && l.granted > 0,
+            "{d:?}"
+        );
+        assert!(
+            l.refused > 0,
+            "demand exceeded the limit on every data plane: {d:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,5 +1,5 @@
-//! `drover status`: the policy version, and each data plane with the version it serves and the
-//! providers and route targets of that version it cannot use.
+//! `drover status`: the policy version, and each data plane with the version it serves, the
+//! providers and route targets of that version it cannot use, and its lease traffic.
 
 use drover_proto::model::now_unix_ms;
 
@@ -47,6 +47,21 @@ pub struct DataPlaneRow {
     /// Route targets of the version it serves that it never sends (failover skips them; a
     /// request with no other target gets a 503).
     pub unusable_targets: Vec<UnusableRow>,
+    /// Its lease stream (rate limits and spend caps) since the control plane started; `null`
+    /// if it never opened one.
+    pub leases: Option<LeaseRow>,
+}
+
+/// What a data plane's lease streams carried, in `status --json`.
+#[derive(Debug, Serialize)]
+pub struct LeaseRow {
+    pub streams: u64,
+    pub messages: u64,
+    pub asks: u64,
+    /// Asks that got units, and asks that got none.
+    pub granted: u64,
+    pub refused: u64,
+    pub holdings: u64,
 }
 
 /// A route target a data plane cannot use, in `status --json`.
@@ -101,6 +116,14 @@ impl From<pb::StatusResponse> for StatusView {
                             reason: u.reason,
                         })
                         .collect(),
+                    leases: d.leases.map(|l| LeaseRow {
+                        streams: l.streams,
+                        messages: l.messages,
+                        asks: l.asks,
+                        granted: l.granted,
+                        refused: l.refused,
+                        holdings: l.holdings,
+                    }),
                 })
                 .collect(),
         }
@@ -131,6 +154,7 @@ impl StatusView {
             "CONNECTED",
             "LAST SEEN",
             "UNAVAILABLE",
+            "LEASE MESSAGES",
             "LAST ERROR",
         ]);
         for d in &self.dataplanes {
@@ -163,6 +187,9 @@ impl StatusView {
                         .collect::<Vec<_>>()
                         .join(",")
                 },
+                d.leases.as_ref().map_or("-".to_owned(), |l| {
+                    format!("{} ({} asks, {} refused)", l.messages, l.asks, l.refused)
+                }),
                 error,
             ]);
         }
@@ -260,6 +287,14 @@ mod tests {
                         target: "az/team/gpt-4o".into(),
                         reason: "\"team/gpt-4o\" cannot be used with provider kind azure".into(),
                     }],
+                    leases: Some(pb::LeaseTraffic {
+                        streams: 1,
+                        messages: 412,
+                        asks: 30,
+                        granted: 27,
+                        refused: 3,
+                        holdings: 120,
+                    }),
                 },
                 pb::DataPlaneStatus {
                     id: "dp-b".into(),
@@ -281,6 +316,7 @@ mod tests {
                         },
                     ],
                     unusable_targets: vec![],
+                    leases: None,
                 },
             ],
         })
@@ -306,9 +342,9 @@ mod tests {
              store id        st-1\n\
              data planes     2 (1 connected)\n\
              \n\
-             ID    HTTP ADDR       SERVES       CONNECTED  LAST SEEN  UNAVAILABLE  LAST ERROR\n\
-             dp-a  127.0.0.1:8080  7 (current)  yes        3s ago     -            -\n\
-             dp-b  -               6 (behind)   no         2h ago     groq,local   version 7 rejected: route \"x\": bad thing\n\
+             ID    HTTP ADDR       SERVES       CONNECTED  LAST SEEN  UNAVAILABLE  LEASE MESSAGES            LAST ERROR\n\
+             dp-a  127.0.0.1:8080  7 (current)  yes        3s ago     -            412 (30 asks, 3 refused)  -\n\
+             dp-b  -               6 (behind)   no         2h ago     groq,local   -                         version 7 rejected: route \"x\": bad thing\n\
              \n\
              unavailable providers (requests to them get 503):\n  \
              dp-b  groq: environment variable GROQ_API_KEY is not set on this data plane\n  \
@@ -350,8 +386,10 @@ mod tests {
                     "target": "az/team/gpt-4o",
                     "reason": "\"team/gpt-4o\" cannot be used with provider kind azure",
                 }],
+                "leases": {"streams": 1, "messages": 412, "asks": 30, "granted": 27, "refused": 3, "holdings": 120},
             })
         );
+        assert_eq!(json["dataplanes"][1]["leases"], serde_json::Value::Null);
         assert_eq!(json["dataplanes"][1]["unusable_targets"], serde_json::json!([]));
         assert_eq!(
             json["dataplanes"][1]["unavailable_providers"],
