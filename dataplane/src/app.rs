@@ -72,15 +72,21 @@ fn cors(origins: &[HeaderValue]) -> Option<CorsLayer> {
             .allow_origin(allow)
             .allow_methods([Method::GET, Method::POST])
             .allow_headers(AllowHeaders::mirror_request())
-            .expose_headers([
-                proxy::X_REQUEST_ID,
-                proxy::X_DROVER_PROVIDER,
-                proxy::X_DROVER_MODEL,
-                proxy::X_DROVER_CACHE,
-                proxy::X_DROVER_COST_USD,
-                proxy::X_DROVER_DROPPED,
-                http::header::RETRY_AFTER,
-            ])
+            .expose_headers(
+                [
+                    proxy::X_REQUEST_ID,
+                    proxy::X_DROVER_PROVIDER,
+                    proxy::X_DROVER_MODEL,
+                    proxy::X_DROVER_CACHE,
+                    proxy::X_DROVER_COST_USD,
+                    proxy::X_DROVER_DROPPED,
+                    proxy::X_DROVER_SPEND_WARNING,
+                    http::header::RETRY_AFTER,
+                ]
+                .into_iter()
+                .chain(crate::formats::ratelimit::header_names())
+                .collect::<Vec<_>>(),
+            )
             .max_age(Duration::from_secs(600)),
     )
 }

@@ -51,6 +51,13 @@ impl RateHeaders {
     }
 }
 
+/// Every rate-limit header name, of both families (for CORS: browser callers may read them).
+pub fn header_names() -> impl Iterator<Item = HeaderName> {
+    [REQUESTS, TOKENS]
+        .into_iter()
+        .flat_map(|n| n.openai.into_iter().chain(n.anthropic))
+}
+
 /// The limit, remaining and reset headers of one kind, in each family's names.
 struct Names {
     openai: [HeaderName; 3],

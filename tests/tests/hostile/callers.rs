@@ -491,6 +491,13 @@ async fn no_cors_headers_unless_an_origin_is_allowed() {
     );
     assert!(answered.contains("access-control-expose-headers:"), "{answered}");
     assert!(answered.contains("x-request-id"), "{answered}");
+    for name in [
+        "x-ratelimit-remaining-requests",
+        "anthropic-ratelimit-tokens-reset",
+        "x-drover-spend-warning",
+    ] {
+        assert!(answered.contains(name), "{name} not exposed: {answered}");
+    }
 }
 
 #[tokio::test]
