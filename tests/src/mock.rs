@@ -659,7 +659,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Re
                         async move {
                             let guard = InFlight::enter(&shared);
                             let resp = handle(shared, req).await?;
-                            Ok::<_, ResetConnection>(resp.map(|inner| UnsyncBoxBody::new(Guarded { inner, _guard: guard })))
+                            Ok::<_, ResetConnection>(resp.map(|inner| UnsyncBoxBody::new(Guarded { inner, guard: Some(guard) })))
                         }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -873,10 +873,11 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted as in flight until it is dropped.
+/// A response body that keeps its request counted as in flight until its last frame is handed
+/// to the connection (before the client can have read it), or until it is dropped unfinished.
 struct Guarded {
     inner: MockBody,
-    _guard: InFlight,
+    guard: Option<InFlight>,
 }
 
 impl http_body::Body for Guarded {
@@ -887,7 +888,16 @@ impl http_body::Body for Guarded {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        let ended = match &polled {
+            std::task::Poll::Ready(None | Some(Err(_))) => true,
+            std::task::Poll::Ready(Some(Ok(_))) => self.inner.is_end_stream(),
+            std::task::Poll::Pending => false,
+        };
+        if ended {
+            self.guard.take();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
