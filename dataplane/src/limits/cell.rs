@@ -11,7 +11,8 @@
 //!   requests in flight (`in_use`), and settled but not yet acknowledged (`unacked`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 
 use drover_proto::model::CapPeriod;
 use tokio::sync::Notify;
@@ -182,27 +183,19 @@ impl Cell {
         if self.is_unlimited(now_ms) {
             return Ok(());
         }
-        let mut used = self.in_use.load(Relaxed);
-        loop {
-            if used >= self.granted.load(Relaxed) {
-                return Err(self.short(1, now_ms));
-            }
-            match self
-                .in_use
-                .compare_exchange_weak(used, used + 1, Relaxed, Relaxed)
-            {
-                Ok(_) => break,
-                Err(now) => used = now,
-            }
+        // Taken first, checked after (a give-back does the opposite), both in one total order,
+        // so that a slot is never both taken here and given back to the control plane.
+        let in_use = self.in_use.fetch_add(1, SeqCst) + 1;
+        if in_use > self.granted.load(SeqCst) {
+            self.in_use.fetch_sub(1, SeqCst);
+            return Err(self.short(1, now_ms));
         }
         self.used(1, now_ms);
         Ok(())
     }
 
     pub fn release_slot(&self) {
-        let _ = self
-            .in_use
-            .fetch_update(Relaxed, Relaxed, |u| Some((u - 1).max(0)));
+        let _ = self.in_use.fetch_update(SeqCst, SeqCst, |u| Some((u - 1).max(0)));
     }
 
     /// Gives back `amount` taken from `period` and not used (a request refused later in
@@ -380,13 +373,17 @@ impl Cell {
         }
         let given = match self.id.resource {
             Resource::Concurrency => {
-                let keep = self.in_use.load(Relaxed) + 1;
-                let mut given = 0;
-                let _ = self.granted.fetch_update(Relaxed, Relaxed, |g| {
-                    given = (g - keep).max(0);
-                    Some(g - given)
-                });
-                given
+                // Given back first, checked after (a take does the opposite): slots a request took
+                // meanwhile are kept.
+                let spare = (self.granted.load(SeqCst) - self.in_use.load(SeqCst) - 1).max(0);
+                let left = self.granted.fetch_sub(spare, SeqCst) - spare;
+                let taken = self.in_use.load(SeqCst);
+                if taken > left {
+                    self.granted.fetch_add(taken - left, SeqCst);
+                    spare - (taken - left).min(spare)
+                } else {
+                    spare
+                }
             }
             resource => {
                 let b = self.balance.swap(0, Relaxed);
@@ -623,6 +620,40 @@ mod tests {
             Some((5, 460, 0)),
             "reserved, and spent but not acknowledged"
         );
+    }
+
+    #[test]
+    fn a_slot_is_never_both_taken_and_given_back() {
+        let c = Arc::new(cell(Resource::Concurrency));
+        c.apply(&grant(0, 2), 0);
+        let stop = Arc::new(AtomicBool::new(false));
+        let takers: Vec<_> = (0..2)
+            .map(|_| {
+                let (c, stop) = (c.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Relaxed) {
+                        if c.take_slot(0).is_ok() {
+                            // Never more slots in use than this data plane holds (plus the
+                            // other taker's attempt not yet undone).
+                            assert!(c.in_use.load(SeqCst) <= c.granted.load(SeqCst) + 1);
+                            c.release_slot();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..20_000 {
+            // Give back everything but one spare, then be granted one more.
+            c.give_back_if_idle(i64::MAX);
+            c.apply(&grant(0, 1), 0);
+            // In use: at most what is held, plus each taker's attempt not yet undone.
+            let (in_use, granted) = (c.in_use.load(SeqCst), c.granted.load(SeqCst));
+            assert!(in_use <= granted + 2, "{in_use} slots in use of {granted} held");
+        }
+        stop.store(true, Relaxed);
+        for t in takers {
+            t.join().unwrap();
+        }
     }
 
     #[test]

@@ -314,6 +314,11 @@ impl Gate<'_> {
         amount: i64,
         what: &Describe<'_>,
     ) -> Result<bool, ProxyError> {
+        if cell.is_unlimited(self.now_ms) {
+            // The control plane has no such limit (this policy is older than its own): nothing
+            // is taken, so nothing is settled.
+            return Ok(false);
+        }
         // The common case first: what is held covers it (no waiter registered, no clock read).
         match self.try_take(cell, period, amount) {
             Err(Short::Lacks(_)) => {}
