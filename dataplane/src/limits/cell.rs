@@ -24,16 +24,6 @@ pub enum Scope {
     Key(Arc<str>),
 }
 
-impl Scope {
-    /// How the scope is named to callers (`tenant acme`, `key key_…`).
-    pub fn describe(&self, tenant_name: &str) -> String {
-        match self {
-            Scope::Tenant(_) => format!("tenant {tenant_name}"),
-            Scope::Key(id) => format!("key {id}"),
-        }
-    }
-}
-
 /// What a lease counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Resource {

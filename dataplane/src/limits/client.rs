@@ -81,10 +81,6 @@ impl Core {
         }
     }
 
-    pub fn limiter(&self) -> &Arc<Limiter> {
-        &self.limiter
-    }
-
     /// How often to tick: a quarter of the heartbeat.
     pub fn tick_every(&self) -> Duration {
         Duration::from_millis(u64::try_from(self.heartbeat_ms / 4).unwrap_or(500).max(10))
