@@ -17,9 +17,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("drover_descriptor.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    tonic_prost_build::configure()
+    // Serialize (to JSON, for the audit log's copy of each admin request): every message, with
+    // each secret written as "[redacted]", so no serialization of a request can carry one.
+    let mut builder = tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_fds(fds)?;
+        .type_attribute(".drover.v1", "#[derive(serde::Serialize)]");
+    for secret in [
+        "drover.v1.AddProviderRequest.credential.api_key",
+        "drover.v1.Provider.credential.api_key",
+        "drover.v1.KeyWithSecretResponse.secret",
+        "drover.v1.AdminWithTokenResponse.token",
+    ] {
+        builder = builder.field_attribute(secret, "#[serde(serialize_with = \"crate::redacted\")]");
+    }
+    builder.compile_fds(fds)?;
     Ok(())
 }

@@ -59,6 +59,8 @@ pub struct Options {
     pub master_key: Option<Secret>,
     /// `None`: keep raw usage records forever.
     pub usage_retention: Option<Duration>,
+    /// `None`: keep audit records forever.
+    pub audit_retention: Option<Duration>,
     /// The lease stream's time to live, heartbeat and rate window.
     pub leases: LeaseTiming,
     pub proxy: drover_dataplane::ProxyArgs,
@@ -87,6 +89,7 @@ impl ServeArgs {
             dataplane_token: secret(env("DROVER_DATAPLANE_TOKEN")),
             master_key: secret(env("DROVER_MASTER_KEY")),
             usage_retention: usage_retention_days(self.control.usage_retention_days),
+            audit_retention: usage_retention_days(self.control.audit_retention),
             leases: self.control.lease_timing()?,
             proxy: self.proxy,
         })
@@ -107,6 +110,7 @@ pub async fn run(options: Options, shutdown: CancellationToken) -> anyhow::Resul
             dataplane_token: options.dataplane_token.map(|t| t.expose().to_owned()),
             master_key: options.master_key.map(|k| k.expose().to_owned()),
             usage_retention: options.usage_retention,
+            audit_retention: options.audit_retention,
             tls: options.grpc_tls.clone(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             leases: options.leases,

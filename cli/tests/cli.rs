@@ -81,6 +81,7 @@ impl TestControlPlane {
             dataplane_token: None,
             master_key: None,
             usage_retention: None,
+            audit_retention: None,
             tls: tls.then(|| {
                 let pki = Pki::issue(dir.path());
                 GrpcTls::load(&pki.cert, &pki.key).expect("TLS identity")

@@ -27,7 +27,8 @@ use tonic::transport::Server;
 use tonic::transport::server::{Router, TcpIncoming};
 
 use crate::admin_service::AdminApi;
-use crate::auth::{self, AdminToken, TokenCheck};
+use crate::audit_api::Refusals;
+use crate::auth::{self, AdminGuard, AdminToken, TokenCheck};
 use crate::config::{Config, master_key_file_for};
 use crate::error::{StartError, StopError};
 use crate::lease_service::{LeaseApi, LeaseCounters, Leases};
@@ -128,6 +129,7 @@ impl ControlPlane {
         let retention = tokio::spawn(run_retention(
             store.clone(),
             config.usage_retention(),
+            config.audit_retention.filter(|d| !d.is_zero()),
             stop.clone(),
         ));
         let lease_task = tokio::spawn(leases.clone().run(stop.clone()));
@@ -286,9 +288,17 @@ async fn router(
     stop: &CancellationToken,
 ) -> Result<Router, StartError> {
     let dataplanes = Arc::new(DataPlanes::default());
-    let admin = AdminServiceServer::new(AdminApi::new(store.clone(), dataplanes.clone(), leases.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES)
-        .max_encoding_message_size(MAX_POLICY_MESSAGE_BYTES);
+    let refusals = Arc::new(Refusals::new(store.clone()));
+    let admin = AdminServiceServer::new(AdminApi::new(
+        store.clone(),
+        dataplanes.clone(),
+        leases.clone(),
+        refusals.clone(),
+        stop.clone(),
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
+    .max_encoding_message_size(MAX_POLICY_MESSAGE_BYTES);
+    let admin = AdminGuard::new(admin, admin_token.clone(), store.identities(), refusals);
     let policy = PolicyServiceServer::new(PolicyApi::new(store.clone(), dataplanes, stop.clone()))
         .max_decoding_message_size(MAX_REQUEST_BYTES)
         .max_encoding_message_size(MAX_POLICY_MESSAGE_BYTES);
@@ -322,7 +332,7 @@ async fn router(
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .add_service(InterceptedService::new(admin, TokenCheck::admin(admin_token)))
+        .add_service(admin)
         .add_service(InterceptedService::new(
             policy,
             TokenCheck::dataplane(admin_token, dataplane_token),

@@ -1,19 +1,33 @@
-//! Who may call the gRPC services: the admin token, the data plane token, and where the admin
-//! token comes from.
+//! Who may call the gRPC services: the admin API's guard (the bootstrap token or an admin
+//! identity's, and the role check of `roles::RULES`), the data plane token, and where the
+//! bootstrap token comes from.
 //!
-//! Tokens travel as `authorization: Bearer TOKEN` and are compared in constant time. They are
-//! never logged. Reflection and health are not behind a token.
+//! Tokens travel as `authorization: Bearer TOKEN`. The bootstrap and data plane tokens are
+//! compared in constant time; an identity's token is looked up by its SHA-256 (a token has 190
+//! random bits, so its hash reveals nothing to time). Tokens are never logged. Reflection and
+//! health are not behind a token.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use drover_proto::model::Secret;
 use rand::Rng as _;
+use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
+use tokio::sync::watch;
+use tonic::server::NamedService;
+use tonic::transport::server::TcpConnectInfo;
 
+use crate::audit_api::{self, Caller, Refusals};
 use crate::config::token_file_for;
 use crate::error::StartError;
+use crate::roles::{self, Identity};
 use crate::secret_file;
+use crate::store::admins::Identities;
 
 /// Prefix of generated admin tokens, so a leaked one is recognisable (e.g. by secret scanners).
 const ADMIN_TOKEN_PREFIX: &str = "drv_admin_";
@@ -54,7 +68,8 @@ pub(crate) fn non_empty(what: &str, token: &str) -> Result<Secret, StartError> {
     Ok(Secret::new(token))
 }
 
-fn generate_admin_token() -> String {
+/// A new admin token: `drv_admin_` and 32 random characters (about 190 bits).
+pub(crate) fn generate_admin_token() -> String {
     let random: String = rand::rng()
         .sample_iter(rand::distr::Alphanumeric)
         .take(ADMIN_TOKEN_RANDOM_LEN)
@@ -71,14 +86,6 @@ pub struct TokenCheck {
 }
 
 impl TokenCheck {
-    /// Admits the admin token only.
-    pub fn admin(admin: &Secret) -> Self {
-        TokenCheck {
-            tokens: Arc::from([admin.clone()]),
-            refusal: "missing or invalid admin token",
-        }
-    }
-
     /// Admits the data plane token and the admin token.
     pub fn dataplane(admin: &Secret, dataplane: Option<&Secret>) -> Self {
         let tokens: Vec<Secret> = std::iter::once(admin).chain(dataplane).cloned().collect();
@@ -110,6 +117,129 @@ impl tonic::service::Interceptor for TokenCheck {
     }
 }
 
+/// Wraps `AdminServiceServer`: authenticates each call, checks the caller's role against the
+/// RPC's rule, and hands the handler a [`Caller`]; a refused call is answered here
+/// (UNAUTHENTICATED or PERMISSION_DENIED) and recorded in the audit log, and never reaches the
+/// service.
+#[derive(Clone)]
+pub struct AdminGuard<S> {
+    inner: S,
+    keys: Arc<GuardKeys>,
+}
+
+struct GuardKeys {
+    root: Secret,
+    identities: watch::Receiver<Identities>,
+    refusals: Arc<Refusals>,
+}
+
+/// The prefix of every `AdminService` method path.
+const ADMIN_PATH: &str = "/drover.v1.AdminService/";
+
+impl<S> AdminGuard<S> {
+    pub fn new(
+        inner: S,
+        root: Secret,
+        identities: watch::Receiver<Identities>,
+        refusals: Arc<Refusals>,
+    ) -> Self {
+        AdminGuard {
+            inner,
+            keys: Arc::new(GuardKeys {
+                root,
+                identities,
+                refusals,
+            }),
+        }
+    }
+}
+
+impl GuardKeys {
+    /// The identity a bearer token is, if any.
+    fn identify(&self, token: &str) -> Option<Identity> {
+        if constant_time_eq(self.root.expose().as_bytes(), token.as_bytes()) {
+            return Some(Identity::root());
+        }
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.identities.borrow().get(&hash).cloned()
+    }
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for AdminGuard<S>
+where
+    S: tower_service::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let source = request
+            .extensions()
+            .get::<TcpConnectInfo>()
+            .and_then(TcpConnectInfo::remote_addr);
+        let rpc = request
+            .uri()
+            .path()
+            .strip_prefix(ADMIN_PATH)
+            .unwrap_or_default()
+            .to_owned();
+        let presented = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .and_then(|token| self.keys.identify(token));
+        let refusal = match (presented, roles::rule_of(&rpc)) {
+            (None, _) => Err((
+                audit_api::anonymous(&rpc, source),
+                tonic::Status::unauthenticated("missing or invalid admin token"),
+            )),
+            (Some(identity), Some(rule)) => match rule.refuses(&identity) {
+                Some(why) => {
+                    let caller = Caller { identity, source };
+                    Err((caller.entry(&rpc, &()), tonic::Status::permission_denied(why)))
+                }
+                None => Ok(Caller { identity, source }),
+            },
+            // Not a method of the service: tonic answers UNIMPLEMENTED.
+            (Some(identity), None) => Ok(Caller { identity, source }),
+        };
+        match refusal {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                // The clone that was made ready is the one to call.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(inner.call(request))
+            }
+            Err((entry, status)) => {
+                let refusals = self.keys.refusals.clone();
+                Box::pin(async move {
+                    refusals.record(entry, &status, source).await;
+                    Ok(status.into_http())
+                })
+            }
+        }
+    }
+}
+
+impl<S: NamedService> NamedService for AdminGuard<S> {
+    const NAME: &'static str = S::NAME;
+}
+
 /// The token of an `authorization: Bearer TOKEN` value.
 fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
@@ -136,10 +266,10 @@ mod tests {
     }
 
     #[test]
-    fn admin_check_takes_the_admin_token_only() {
+    fn the_data_plane_check_takes_its_tokens_only() {
         let admin = Secret::new("admin-tok");
         let dp = Secret::new("dp-tok");
-        let mut check = TokenCheck::admin(&admin);
+        let mut check = TokenCheck::dataplane(&admin, None);
         assert!(check.call(request(Some("Bearer admin-tok"))).is_ok());
         assert!(check.call(request(Some("bearer  admin-tok "))).is_ok());
         for bad in [

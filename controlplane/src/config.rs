@@ -52,6 +52,9 @@ pub struct Config {
     /// totals stay exact, per-request detail and sub-day time ranges go. `None` (or zero): keep
     /// raw records forever. Usually [`DEFAULT_USAGE_RETENTION`].
     pub usage_retention: Option<Duration>,
+    /// Age after which audit records are pruned from the start of the chain (the checkpoint
+    /// keeps it verifiable). `None` (or zero): keep them forever, the default.
+    pub audit_retention: Option<Duration>,
     /// TLS on the gRPC listener; `None` serves plaintext gRPC.
     pub tls: Option<GrpcTls>,
     /// Time a new connection has to become an HTTP/2 connection (TLS handshake included).
@@ -83,6 +86,7 @@ impl fmt::Debug for Config {
             .field("dataplane_token", &redacted(&self.dataplane_token))
             .field("master_key", &redacted(&self.master_key))
             .field("usage_retention", &self.usage_retention)
+            .field("audit_retention", &self.audit_retention)
             .field("tls", &self.tls)
             .field("handshake_timeout", &self.handshake_timeout)
             .field("leases", &self.leases)
@@ -326,6 +330,16 @@ pub struct ControlArgs {
     )]
     pub usage_retention_days: u32,
 
+    /// Days audit records are kept; older ones are pruned from the start of the chain, which
+    /// stays verifiable from the checkpoint they leave. 0 (the default) keeps them forever.
+    #[arg(
+        long,
+        env = "DROVER_AUDIT_RETENTION",
+        default_value_t = 0,
+        value_name = "DAYS"
+    )]
+    pub audit_retention: u32,
+
     /// How long a lease (a data plane's slice of a rate limit or spend cap) lives without
     /// renewal; after a restart the control plane grants nothing for this long (`10s`, `500ms`).
     #[arg(
@@ -411,6 +425,7 @@ mod tests {
             dataplane_token: None,
             master_key: None,
             usage_retention: Some(Duration::ZERO),
+            audit_retention: None,
             tls: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             leases: LeaseTiming::default(),
@@ -429,6 +444,7 @@ mod tests {
             dataplane_token: Some("dp-456".into()),
             master_key: Some("key-789".into()),
             usage_retention: Some(DEFAULT_USAGE_RETENTION),
+            audit_retention: None,
             tls: None,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             leases: LeaseTiming::default(),

@@ -27,6 +27,9 @@ pub enum StoreError {
     /// The change conflicts with the current state (e.g. removing a provider routes still use).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The caller's role or tenant scope does not reach what it asked for.
+    #[error("{0}")]
+    Forbidden(String),
     /// SQLite failed.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -63,6 +66,7 @@ impl From<StoreError> for tonic::Status {
             StoreError::NotFound(_) | StoreError::NotFoundWhy(_) => tonic::Status::not_found(e.to_string()),
             StoreError::AlreadyExists(_) => tonic::Status::already_exists(e.to_string()),
             StoreError::FailedPrecondition(msg) => tonic::Status::failed_precondition(msg),
+            StoreError::Forbidden(msg) => tonic::Status::permission_denied(msg),
             StoreError::Closed => tonic::Status::unavailable("the control plane is shutting down"),
             StoreError::Sqlite(ref err) if is_busy(err) => {
                 tracing::warn!(error = %err, "store busy");

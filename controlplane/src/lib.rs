@@ -11,6 +11,8 @@
 
 mod admin_service;
 mod app;
+mod audit;
+mod audit_api;
 mod auth;
 mod config;
 mod error;
@@ -20,6 +22,7 @@ mod limits_api;
 mod listener;
 mod policy_service;
 mod prices;
+mod roles;
 mod secret_file;
 mod snapshot;
 mod store;

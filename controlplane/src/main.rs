@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
         dataplane_token: secret_from_env("DROVER_DATAPLANE_TOKEN")?,
         master_key: secret_from_env("DROVER_MASTER_KEY")?,
         usage_retention: usage_retention_days(args.control.usage_retention_days),
+        audit_retention: usage_retention_days(args.control.audit_retention),
         tls: args.control.tls.load()?,
         handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         leases: args.control.lease_timing()?,

@@ -44,7 +44,8 @@ pub fn new_secret() -> NewSecret {
     }
 }
 
-fn new_key_id() -> String {
+/// A new key id: `key_` and 16 random characters.
+pub fn new_key_id() -> String {
     format!("{KEY_ID_PREFIX}{}", random_alnum(KEY_ID_BODY_LEN))
 }
 
@@ -146,9 +147,11 @@ pub async fn delete_tenant(
     Ok(answer)
 }
 
+/// Creates key `id` (from [`new_key_id`]).
 pub async fn create_key(
     store: &Store,
     r: pb::CreateKeyRequest,
+    id: String,
 ) -> Result<pb::KeyWithSecretResponse, StoreError> {
     validate_tenant_name("tenant", &r.tenant)?;
     validate_key_name("name", &r.name)?;
@@ -166,7 +169,7 @@ pub async fn create_key(
         ],
     );
     let key = NewKey {
-        id: new_key_id(),
+        id,
         tenant_id: 0,
         name: r.name,
         prefix: String::new(),

@@ -83,11 +83,31 @@ impl pb::usage_service_server::UsageService for UsageApi {
     }
 }
 
+/// Audit records pruned per transaction.
+const AUDIT_PRUNE_BATCH: u32 = 10_000;
+
 /// Runs a retention pass now and then every [`RETENTION_INTERVAL`], until `stop`.
 /// `retention` `None` keeps raw records forever (ids of records compacted earlier are still
 /// forgotten after the dedup window).
-pub(crate) async fn run_retention(store: Store, retention: Option<Duration>, stop: CancellationToken) {
+/// `audit` `Some` also prunes audit records older than that.
+pub(crate) async fn run_retention(
+    store: Store,
+    retention: Option<Duration>,
+    audit: Option<Duration>,
+    stop: CancellationToken,
+) {
     loop {
+        if let Some(age) = audit {
+            let before = now_unix_ms().saturating_sub(i64::try_from(age.as_millis()).unwrap_or(i64::MAX));
+            match store.prune_audit(before, AUDIT_PRUNE_BATCH).await {
+                Ok(0) => {}
+                Ok(pruned) => {
+                    tracing::info!(pruned, before_unix_ms = before, "audit retention: records pruned")
+                }
+                Err(StoreError::Closed) => return,
+                Err(e) => tracing::warn!(error = %e, "audit retention pass failed; retrying later"),
+            }
+        }
         match store.compact_usage(retention, now_unix_ms()).await {
             Ok(done) if done.deleted > 0 || done.forgotten > 0 => tracing::info!(
                 compacted = done.deleted,

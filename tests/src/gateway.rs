@@ -187,6 +187,7 @@ impl TestControlPlane {
             dataplane_token: Some("test-dataplane-token".to_owned()),
             master_key: None,
             usage_retention: None,
+            audit_retention: None,
             tls: tls.as_ref().map(|t| t.identity.clone()),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             leases,

@@ -254,6 +254,52 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE meta ADD COLUMN lease_horizon_unix_ms INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 10: admin identities (tokens as SHA-256; a name is unique among the active ones) and the
+    // hash-chained audit log, with the checkpoint retention leaves where it pruned.
+    r#"
+    CREATE TABLE admins (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('viewer', 'operator', 'admin')),
+        tenant_id INTEGER REFERENCES tenants(id),
+        token_hash BLOB NOT NULL UNIQUE,
+        token_prefix TEXT NOT NULL,
+        created_unix_ms INTEGER NOT NULL,
+        created_by TEXT NOT NULL,
+        revoked_unix_ms INTEGER
+    ) STRICT;
+    CREATE UNIQUE INDEX admins_by_name ON admins(name) WHERE revoked_unix_ms IS NULL;
+
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        time_unix_ms INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        role TEXT NOT NULL,
+        actor_tenant TEXT NOT NULL,
+        source TEXT NOT NULL,
+        rpc TEXT NOT NULL,
+        target TEXT NOT NULL,
+        tenant_id INTEGER,
+        request TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        message TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        unrecorded INTEGER NOT NULL,
+        prev_hash BLOB NOT NULL,
+        hash BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_by_time ON audit(time_unix_ms);
+    CREATE INDEX audit_by_tenant ON audit(tenant_id, seq) WHERE tenant_id IS NOT NULL;
+
+    CREATE TABLE audit_checkpoint (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        time_unix_ms INTEGER NOT NULL,
+        pruned INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO audit_checkpoint (id, seq, hash, time_unix_ms, pruned) VALUES (1, 0, zeroblob(32), 0, 0);
+    "#,
 ];
 
 /// Brings the schema up to date. Fails on a database from a newer build.

@@ -11,6 +11,8 @@
 //! `drover_proto::model` values; only cross-row checks (a route's providers exist, a removed
 //! provider is unused) happen in the transaction.
 
+pub(crate) mod admins;
+pub(crate) mod audit;
 pub mod crypto;
 pub(crate) mod idempotency;
 pub(crate) mod keys;
@@ -29,11 +31,11 @@ pub(crate) mod usage;
 
 pub use tenancy::{NewSecret, TenantUpdate};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use drover_proto::model::{Module, Price, Provider, Route, Snapshot};
+use drover_proto::model::{Module, Price, Provider, Route, Snapshot, now_unix_ms};
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -73,6 +75,11 @@ enum Msg {
 pub struct Store {
     tx: mpsc::Sender<Msg>,
     snapshots: Snapshots,
+    identities: watch::Receiver<admins::Identities>,
+    audit_head: watch::Receiver<u64>,
+    path: Arc<PathBuf>,
+    /// The audit record a change through this handle writes with it (`Store::audited`).
+    audit: Option<Arc<crate::audit::Entry>>,
 }
 
 /// The store thread itself; `close` stops it and waits until the database is closed.
@@ -88,6 +95,17 @@ struct Db {
     publisher: watch::Sender<Arc<Snapshot>>,
     /// Where committed usage costs are told (`Store::subscribe_ledger`), once someone listens.
     ledger: Option<mpsc::UnboundedSender<ledger::LedgerEvent>>,
+    /// The audit chain's head.
+    audit: audit::Log,
+    /// The admin identities in force, republished after each change to them.
+    identities: watch::Sender<admins::Identities>,
+}
+
+/// What the store thread hands back once it is ready.
+struct Ready {
+    snapshots: Snapshots,
+    identities: watch::Receiver<admins::Identities>,
+    audit_head: watch::Receiver<u64>,
 }
 
 impl Store {
@@ -96,13 +114,14 @@ impl Store {
     pub async fn open(path: &Path, key: MasterKey) -> Result<(Store, StoreThread), StoreError> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (ready_tx, ready_rx) = oneshot::channel();
-        let path = path.to_owned();
+        let path = Arc::new(path.to_owned());
+        let thread_path = path.clone();
         let handle = std::thread::Builder::new()
             .name("drover-store".into())
-            .spawn(move || run(&path, &key, rx, ready_tx))
+            .spawn(move || run(&thread_path, &key, rx, ready_tx))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the store thread: {e}")))?;
-        let snapshots = match ready_rx.await {
-            Ok(Ok(snapshots)) => snapshots,
+        let ready = match ready_rx.await {
+            Ok(Ok(ready)) => ready,
             Ok(Err(e)) => {
                 let _ = handle.join();
                 return Err(e);
@@ -115,10 +134,39 @@ impl Store {
         Ok((
             Store {
                 tx: tx.clone(),
-                snapshots,
+                snapshots: ready.snapshots,
+                identities: ready.identities,
+                audit_head: ready.audit_head,
+                path,
+                audit: None,
             },
             StoreThread { tx, handle },
         ))
+    }
+
+    /// A handle whose changes each write `entry` (completed with the outcome and the policy
+    /// version) to the audit log, in the change's own transaction; a change that turns out to
+    /// change nothing writes it as `unchanged`.
+    pub fn audited(&self, entry: crate::audit::Entry) -> Store {
+        Store {
+            audit: Some(Arc::new(entry)),
+            ..self.clone()
+        }
+    }
+
+    /// The admin identities in force.
+    pub fn identities(&self) -> watch::Receiver<admins::Identities> {
+        self.identities.clone()
+    }
+
+    /// The position of the newest committed audit record, as it changes.
+    pub fn audit_head(&self) -> watch::Receiver<u64> {
+        self.audit_head.clone()
+    }
+
+    /// Where the database is.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// A receiver of every snapshot published from now on, marked as having seen the current one.
@@ -156,7 +204,8 @@ impl Store {
     where
         F: FnOnce(&Connection, &Cipher) -> Result<bool, StoreError> + Send + 'static,
     {
-        self.call(move |db| db.change(f)).await
+        let audit = self.audit.clone();
+        self.call(move |db| db.change(audit.as_deref(), f)).await
     }
 
     /// Adds a provider, or replaces the one of the same name when `replace` is set.
@@ -248,7 +297,7 @@ impl StoreThread {
 }
 
 impl Db {
-    fn change<F>(&mut self, f: F) -> Result<u64, StoreError>
+    fn change<F>(&mut self, audit: Option<&crate::audit::Entry>, f: F) -> Result<u64, StoreError>
     where
         F: FnOnce(&Connection, &Cipher) -> Result<bool, StoreError>,
     {
@@ -256,14 +305,61 @@ impl Db {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         if !f(&tx, &self.cipher)? {
-            // Nothing changed: the transaction rolls back when dropped, the version stays.
-            return meta::version(&tx);
+            // Nothing changed: the transaction rolls back, the version stays.
+            drop(tx);
+            let version = meta::version(&self.conn)?;
+            self.record_unchanged(audit, version)?;
+            return Ok(version);
         }
         let version = meta::bump(&tx, true)?;
         let snapshot = snapshot::load(&tx, &self.cipher)?;
+        let record = audit
+            .map(|entry| self.audit.write(&tx, entry, version, now_unix_ms()))
+            .transpose()?;
         tx.commit()?;
+        if let Some(record) = &record {
+            self.audit.committed(record);
+        }
         self.publisher.send_replace(Arc::new(snapshot));
         Ok(version)
+    }
+
+    /// Appends `entry` to the audit log in a transaction of its own.
+    fn append_audit(
+        &mut self,
+        entry: &crate::audit::Entry,
+        version: u64,
+    ) -> Result<crate::audit::Record, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let record = self.audit.write(&tx, entry, version, now_unix_ms())?;
+        tx.commit()?;
+        self.audit.committed(&record);
+        Ok(record)
+    }
+
+    /// The record of an audited call that found nothing to change.
+    fn record_unchanged(
+        &mut self,
+        audit: Option<&crate::audit::Entry>,
+        version: u64,
+    ) -> Result<(), StoreError> {
+        if let Some(entry) = audit {
+            let entry = crate::audit::Entry {
+                outcome: crate::audit::UNCHANGED.to_owned(),
+                ..entry.clone()
+            };
+            self.append_audit(&entry, version)?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the identities in force again (after a change to them or to a tenant).
+    fn reload_identities(&mut self) -> Result<(), StoreError> {
+        let identities = admins::load_active(&self.conn)?;
+        self.identities.send_replace(identities);
+        Ok(())
     }
 }
 
@@ -280,7 +376,7 @@ fn run(
     path: &Path,
     key: &MasterKey,
     mut rx: mpsc::Receiver<Msg>,
-    ready: oneshot::Sender<Result<Snapshots, StoreError>>,
+    ready: oneshot::Sender<Result<Ready, StoreError>>,
 ) {
     let mut db = match open_db(path, key) {
         Ok(db) => db,
@@ -289,7 +385,12 @@ fn run(
             return;
         }
     };
-    if ready.send(Ok(db.publisher.subscribe())).is_err() {
+    let handles = Ready {
+        snapshots: db.publisher.subscribe(),
+        identities: db.identities.subscribe(),
+        audit_head: db.audit.subscribe(),
+    };
+    if ready.send(Ok(handles)).is_err() {
         return;
     }
     // A message taken off the queue while gathering usage batches, to run next.
@@ -392,11 +493,15 @@ fn open_db(path: &Path, key: &MasterKey) -> Result<Db, StoreError> {
     tx.commit()?;
     let snapshot = snapshot::load(&conn, &cipher)?;
     let (publisher, _) = watch::channel(Arc::new(snapshot));
+    let audit = audit::Log::load(&conn)?;
+    let (identities, _) = watch::channel(admins::load_active(&conn)?);
     Ok(Db {
         conn,
         cipher,
         publisher,
         ledger: None,
+        audit,
+        identities,
     })
 }
 

@@ -58,6 +58,7 @@ impl Db {
     /// reports a change. Returns its value and the version after the call.
     fn change_tenancy<T>(
         &mut self,
+        audit: Option<&crate::audit::Entry>,
         f: impl FnOnce(&Connection, &Cipher, u64) -> Result<Outcome<T>, StoreError>,
     ) -> Result<(T, u64), StoreError> {
         let tx = self
@@ -65,9 +66,19 @@ impl Db {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version = meta::bump(&tx, false)?;
         match f(&tx, &self.cipher, version)? {
-            Outcome::Unchanged(value) => Ok((value, version - 1)),
+            Outcome::Unchanged(value) => {
+                drop(tx);
+                self.record_unchanged(audit, version - 1)?;
+                Ok((value, version - 1))
+            }
             Outcome::Changed(value) => {
+                let record = audit
+                    .map(|entry| self.audit.write(&tx, entry, version, now_unix_ms()))
+                    .transpose()?;
                 tx.commit()?;
+                if let Some(record) = &record {
+                    self.audit.committed(record);
+                }
                 let current = self.publisher.borrow().clone();
                 let next = model::Snapshot {
                     version,
@@ -82,7 +93,7 @@ impl Db {
 
 /// Runs `make` unless `idempotency` names an earlier call, whose answer is returned instead;
 /// records the new answer for retries.
-fn once<M: prost::Message + Default>(
+pub(super) fn once<M: prost::Message + Default>(
     conn: &Connection,
     cipher: &Cipher,
     idempotency: Option<&Idempotency>,
@@ -107,7 +118,8 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection, &Cipher, u64) -> Result<Outcome<T>, StoreError> + Send + 'static,
     ) -> Result<(T, u64), StoreError> {
-        self.call(move |db| db.change_tenancy(f)).await
+        let audit = self.audit.clone();
+        self.call(move |db| db.change_tenancy(audit.as_deref(), f)).await
     }
 
     /// Creates a tenant. With `idempotency`, a repeated call gets the first call's answer.
@@ -226,6 +238,8 @@ impl Store {
                 Ok(Outcome::Changed(revoked))
             })
             .await?;
+        // Identities scoped to it reach nothing now.
+        self.call(|db| db.reload_identities()).await?;
         Ok(pb::DeleteTenantResponse {
             version,
             revoked_keys: revoked,
@@ -263,6 +277,19 @@ impl Store {
             })
             .await?;
         Ok(answer)
+    }
+
+    /// The id of the tenant key `id` belongs to (revoked keys included); `None` for no key.
+    pub async fn key_tenant(&self, id: String) -> Result<Option<i64>, StoreError> {
+        self.call(move |db| {
+            use rusqlite::OptionalExtension as _;
+            Ok(db
+                .conn
+                .prepare_cached("SELECT tenant_id FROM keys WHERE id = ?1")?
+                .query_row([id], |r| r.get(0))
+                .optional()?)
+        })
+        .await
     }
 
     pub async fn get_key(&self, id: String) -> Result<pb::KeyResponse, StoreError> {

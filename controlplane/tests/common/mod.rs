@@ -33,6 +33,7 @@ pub fn config(dir: &Path, grpc_addr: SocketAddr) -> Config {
         dataplane_token: Some(DATAPLANE.into()),
         master_key: None,
         usage_retention: None,
+        audit_retention: None,
         tls: None,
         handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         leases: LeaseTiming::default(),

@@ -227,6 +227,7 @@ async fn main() -> anyhow::Result<()> {
         dataplane_token: Some(DATAPLANE_TOKEN.to_owned()),
         master_key: None,
         usage_retention: None,
+        audit_retention: None,
         tls: None,
         handshake_timeout: drover_controlplane::DEFAULT_HANDSHAKE_TIMEOUT,
         leases: drover_controlplane::LeaseTiming::default(),
