@@ -279,6 +279,9 @@ pub fn describe_status(status: &Status, server: &str, token: &TokenSource) -> St
             "the control plane at {server} did not answer within {} s",
             REQUEST_TIMEOUT.as_secs()
         ),
+        // An identity whose role or tenant scope does not reach the call: the control plane
+        // names the identity, the call and what it would need.
+        Code::PermissionDenied if !status.message().is_empty() => message(),
         Code::Unauthenticated | Code::PermissionDenied => match token {
             TokenSource::Given(_) => {
                 "the admin token was rejected (set DROVER_ADMIN_TOKEN or --token)".to_owned()

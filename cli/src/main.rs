@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::GlobalArgs;
-use crate::commands::{cap, key, limit, module, price, provider, route, status, tenant, usage};
+use crate::commands::{audit, cap, key, limit, module, price, provider, route, status, tenant, usage};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,6 +69,13 @@ enum Command {
     Status(status::StatusArgs),
     /// Requests, tokens and cost from the usage ledger, filtered and grouped, with a total.
     Usage(usage::UsageArgs),
+    /// Admin identities with their own tokens and roles: create (the token is shown once), list,
+    /// revoke.
+    #[command(subcommand)]
+    Admin(commands::admin::AdminCommand),
+    /// The hash-chained audit log of admin calls: tail (and follow), export, verify, anchor.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +103,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cap(c) => admin(cap::run(c, global)),
         Command::Status(c) => admin(status::run(c, global)),
         Command::Usage(c) => admin(usage::run(c, global)),
+        Command::Admin(c) => admin(commands::admin::run(c, global)),
+        Command::Audit(c) => admin(audit::run(c, global)),
     }
 }
 

@@ -2106,3 +2106,571 @@ async fn bad_limits_and_caps_are_one_clear_line_and_change_nothing() {
     });
     assert_eq!(after, before);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Admin identities and the audit log
+// ---------------------------------------------------------------------------------------------
+
+/// Every field `admin create --json` prints.
+const CREATED_ADMIN_FIELDS: [&str; 6] = ["name", "role", "tenant", "token", "token_prefix", "created_at"];
+
+/// Creates an admin identity through the CLI (`--json`) and returns its token.
+async fn create_admin(cp: &TestControlPlane, args: &[&str]) -> String {
+    let created = cp.list(&[&["admin", "create"][..], args].concat()).await;
+    for field in CREATED_ADMIN_FIELDS {
+        assert!(created.get(field).is_some(), "{field} in {created}");
+    }
+    let token = created["token"].as_str().expect("a token").to_owned();
+    assert!(token.starts_with("drv_admin_"), "{created}");
+    let prefix = created["token_prefix"].as_str().expect("a prefix");
+    assert!(
+        !prefix.is_empty() && token.starts_with(prefix) && prefix.len() < token.len(),
+        "{created}"
+    );
+    token
+}
+
+/// The records `drover audit ... --json` (or `export`) printed: one JSON object per line.
+#[track_caller]
+fn json_lines(out: &Output) -> Vec<Value> {
+    out.ok()
+        .lines()
+        .map(|line| {
+            let record = parse_json(line, out);
+            assert!(record.is_object(), "one object per line:\n{out}");
+            record
+        })
+        .collect()
+}
+
+/// The first record for `rpc` on `target`.
+#[track_caller]
+fn record_of<'a>(records: &'a [Value], rpc: &str, target: &str) -> &'a Value {
+    records
+        .iter()
+        .find(|r| r["rpc"] == rpc && r["target"] == target)
+        .unwrap_or_else(|| panic!("a {rpc} record on {target} in {records:#?}"))
+}
+
+#[tokio::test]
+async fn admin_identities_are_created_listed_and_revoked() {
+    let cp = TestControlPlane::start().await;
+    cp.run(&["tenant", "create", "acme"]).await.ok();
+
+    // Text: the token, once, and that it is shown only this time.
+    let out = cp.run(&["admin", "create", "ops", "--role", "operator"]).await;
+    let text = out.ok();
+    assert!(
+        text.starts_with("admin ops created with role operator")
+            && text.contains("\ndrv_admin_")
+            && text.contains("only time"),
+        "{out}"
+    );
+    let ops_token = text
+        .lines()
+        .find(|l| l.starts_with("drv_admin_"))
+        .expect("the token on a line of its own")
+        .to_owned();
+
+    // JSON, each role, one scoped to a tenant.
+    let boss = create_admin(&cp, &["boss", "--role", "admin"]).await;
+    let auditor = create_admin(&cp, &["auditor", "--role", "viewer"]).await;
+    let scoped = create_admin(&cp, &["acme-viewer", "--role", "viewer", "--tenant", "acme"]).await;
+    let tokens = [&ops_token, &boss, &auditor, &scoped];
+    for (i, a) in tokens.iter().enumerate() {
+        assert!(tokens[i + 1..].iter().all(|b| a != b), "tokens are distinct");
+    }
+    let created = cp.list(&["admin", "create", "ci", "--role", "operator"]).await;
+    assert_eq!(created["name"], "ci");
+    assert_eq!(created["role"], "operator");
+    assert_eq!(created["tenant"], Value::Null);
+    assert!(
+        created["created_at"].as_str().unwrap().ends_with('Z'),
+        "{created}"
+    );
+
+    // The listing: root first, every identity with its role and scope, never a token.
+    let admins = cp.list(&["admin", "list"]).await;
+    let rows = admins.as_array().expect("an array");
+    let names: Vec<&str> = rows.iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names[0], "root", "{admins}");
+    for (name, role, tenant) in [
+        ("root", "admin", Value::Null),
+        ("ops", "operator", Value::Null),
+        ("boss", "admin", Value::Null),
+        ("auditor", "viewer", Value::Null),
+        ("acme-viewer", "viewer", json!("acme")),
+        ("ci", "operator", Value::Null),
+    ] {
+        let row = rows
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {admins}"));
+        assert_eq!(row["role"], role, "{row}");
+        assert_eq!(row["tenant"], tenant, "{row}");
+        assert_eq!(row["state"], "active", "{row}");
+    }
+    let ops = rows.iter().find(|a| a["name"] == "ops").unwrap();
+    assert_eq!(ops["created_by"], "root");
+    assert!(ops_token.starts_with(ops["token_prefix"].as_str().unwrap()));
+    for token in tokens {
+        assert!(
+            !admins.to_string().contains(token.as_str()),
+            "a listing never shows a token"
+        );
+    }
+    let out = cp.run(&["admin", "list"]).await;
+    let table = out.ok();
+    assert!(table.starts_with("NAME "), "{out}");
+    for header in ["ROLE", "TENANT", "PREFIX", "CREATED", "CREATED BY", "STATE"] {
+        assert!(table.lines().next().unwrap().contains(header), "{header}: {out}");
+    }
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("acme-viewer ") && l.contains(" acme ")),
+        "{out}"
+    );
+
+    // An identity's token works until it is revoked; revoking twice is refused.
+    let as_ops = |args: &[&str]| {
+        cp.drover_without_token()
+            .args(["--token", &ops_token])
+            .args(args.iter())
+            .run()
+    };
+    as_ops(&["provider", "list"]).await.ok();
+    let out = cp.run(&["admin", "revoke", "ops"]).await;
+    assert!(out.ok().starts_with("admin ops revoked"), "{out}");
+    let admins = cp.list(&["admin", "list"]).await;
+    let ops = admins
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "ops")
+        .unwrap();
+    assert_eq!(ops["state"], "revoked", "{admins}");
+    let out = as_ops(&["provider", "list"]).await;
+    assert!(out.error().contains("rejected"), "{out}");
+    let again = cp.run(&["admin", "revoke", "ops"]).await;
+    let message = again.error();
+    assert!(
+        message.contains("ops") && message.contains("not found"),
+        "{again}"
+    );
+    let root = cp.run(&["admin", "revoke", "root"]).await;
+    assert!(root.error().contains("root"), "{root}");
+
+    // Bad input is refused before anything is sent.
+    let out = cp.run(&["admin", "create", "Bad", "--role", "viewer"]).await;
+    assert!(out.usage_error().contains("name"), "{out}");
+    let out = cp.run(&["admin", "create", "x", "--role", "owner"]).await;
+    assert!(out.usage_error().contains("owner"), "{out}");
+    let out = cp.run(&["admin", "create", "x"]).await;
+    assert!(
+        out.usage_error().contains("required arguments were not provided")
+            && out.stderr.contains("--role <ROLE>"),
+        "{out}"
+    );
+    let out = cp.run(&["admin", "create", "boss", "--role", "viewer"]).await;
+    assert!(out.error().contains("boss"), "{out}");
+    let out = cp
+        .run(&["admin", "create", "x", "--role", "viewer", "--tenant", "nobody"])
+        .await;
+    assert!(out.error().contains("nobody"), "{out}");
+}
+
+#[tokio::test]
+async fn a_viewer_token_reads_but_may_not_change_anything() {
+    let cp = TestControlPlane::start().await;
+    cp.run(&["tenant", "create", "acme"]).await.ok();
+    let viewer = create_admin(&cp, &["auditor", "--role", "viewer"]).await;
+
+    // --token and DROVER_ADMIN_TOKEN both carry it.
+    let by_flag = cp
+        .drover_without_token()
+        .args(["--token", &viewer, "tenant", "list", "--json"])
+        .run()
+        .await;
+    assert_eq!(parse_json(by_flag.ok(), &by_flag)[0]["name"], "acme");
+    let as_viewer = || cp.drover_without_token().env("DROVER_ADMIN_TOKEN", &viewer);
+    let by_env = as_viewer().args(["tenant", "list", "--json"]).run().await;
+    assert_eq!(parse_json(by_env.ok(), &by_env)[0]["name"], "acme");
+    as_viewer().args(["audit", "tail"]).run().await.ok();
+    as_viewer().args(["audit", "verify"]).run().await.ok();
+
+    let version = cp.version().await;
+    let out = as_viewer().args(["tenant", "create", "beta"]).run().await;
+    assert!(out.error().contains("may not call CreateTenant"), "{out}");
+    let out = as_viewer()
+        .args(["admin", "create", "sneaky", "--role", "admin"])
+        .run()
+        .await;
+    assert!(out.error().contains("may not call CreateAdmin"), "{out}");
+    assert_eq!(cp.version().await, version, "a refused call changes nothing");
+    assert_eq!(cp.list(&["tenant", "list"]).await.as_array().unwrap().len(), 1);
+
+    // The refusal is on the record, with who was refused.
+    let out = cp.run(&["audit", "tail", "--json", "--actor", "auditor"]).await;
+    let records = json_lines(&out);
+    let refused = records
+        .iter()
+        .find(|r| r["rpc"] == "CreateTenant")
+        .unwrap_or_else(|| panic!("a refused CreateTenant in {records:#?}"));
+    assert_eq!(refused["outcome"], "permission_denied");
+    assert_eq!(refused["role"], "viewer");
+}
+
+#[tokio::test]
+async fn the_audit_log_is_tailed_verified_anchored_and_exported() {
+    let cp = TestControlPlane::start().await;
+    cp.run(&["tenant", "create", "acme"]).await.ok();
+    create_admin(&cp, &["auditor", "--role", "viewer"]).await;
+    cp.run(&["tenant", "suspend", "acme"]).await.ok();
+
+    // tail --json: the newest records, oldest first, with every field, by root.
+    let out = cp.run(&["audit", "tail", "--json"]).await;
+    let records = json_lines(&out);
+    let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "oldest first: {seqs:?}");
+    let created = record_of(&records, "CreateTenant", "tenant/acme");
+    assert_eq!(created["actor"], "root");
+    assert_eq!(created["role"], "admin");
+    assert_eq!(created["outcome"], "ok");
+    assert_eq!(
+        created["request"]["name"], "acme",
+        "the request is embedded as JSON"
+    );
+    assert!(created["time"].as_str().unwrap().ends_with('Z'), "{created}");
+    assert!(created["time_unix_ms"].as_i64().unwrap() > 0, "{created}");
+    for field in [
+        "seq",
+        "time",
+        "time_unix_ms",
+        "actor",
+        "role",
+        "actor_tenant",
+        "source",
+        "rpc",
+        "target",
+        "request",
+        "outcome",
+        "message",
+        "version",
+        "unrecorded",
+        "prev_hash",
+        "hash",
+    ] {
+        assert!(created.get(field).is_some(), "{field} in {created}");
+    }
+    let admin = record_of(&records, "CreateAdmin", "admin/auditor");
+    assert_eq!(admin["actor"], "root");
+    assert!(
+        !out.stdout.contains("drv_admin_"),
+        "no token reaches the audit log:\n{out}"
+    );
+    let newest = *seqs.last().unwrap();
+
+    // -n: the newest only; text: one readable line per record.
+    let out = cp.run(&["audit", "tail", "-n", "1", "--json"]).await;
+    let last = json_lines(&out);
+    assert_eq!(last.len(), 1, "{out}");
+    assert_eq!(last[0]["seq"], newest);
+    let out = cp.run(&["audit", "tail"]).await;
+    let line = out
+        .ok()
+        .lines()
+        .find(|l| l.contains("CreateTenant"))
+        .unwrap_or_else(|| panic!("a CreateTenant line:\n{out}"));
+    assert!(
+        line.starts_with(&format!("#{}  ", created["seq"]))
+            && line.contains("  root(admin)  ")
+            && line.contains("  tenant/acme  ")
+            && line.ends_with("  ok"),
+        "{line}"
+    );
+    let out = cp.run(&["audit", "tail", "--actor", "nobody", "--json"]).await;
+    assert_eq!(out.ok(), "", "{out}");
+    let out = cp
+        .run(&["audit", "tail", "--since", "2999-01-01", "--json"])
+        .await;
+    assert_eq!(out.ok(), "", "{out}");
+
+    // verify: intact, with the head as an anchor to keep.
+    let out = cp.run(&["audit", "verify"]).await;
+    let text = out.ok();
+    assert!(
+        text.starts_with(&format!("audit log intact: {newest} record(s) checked")),
+        "{out}"
+    );
+    let anchor = text
+        .lines()
+        .find_map(|l| l.strip_prefix("anchor: "))
+        .unwrap_or_else(|| panic!("an anchor line:\n{out}"))
+        .to_owned();
+    let (seq, hash) = anchor.split_once(':').expect("SEQ:HASH");
+    assert_eq!(seq, newest.to_string());
+    assert_eq!(hash.len(), 64, "{anchor}");
+    assert_eq!(hash, last[0]["hash"], "the anchor is the newest record's hash");
+    let out = cp.run(&["audit", "anchor"]).await;
+    assert_eq!(out.ok(), format!("{anchor}\n"));
+    let out = cp.run(&["audit", "anchor", "--json"]).await;
+    let json_anchor = parse_json(out.ok(), &out);
+    assert_eq!(json_anchor["anchor"], json!(anchor));
+    assert_eq!(json_anchor["seq"], newest);
+    let out = cp.run(&["audit", "verify", "--json"]).await;
+    let report = parse_json(out.ok(), &out);
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["records"], newest);
+    assert_eq!(report["head"]["seq"], newest);
+    assert_eq!(report["head"]["hash"], hash);
+    assert_eq!(report["checkpoint"]["seq"], 0);
+    assert_eq!(report["first_bad_seq"], 0);
+
+    // A later change; the anchor still verifies.
+    cp.run(&["tenant", "resume", "acme"]).await.ok();
+    let out = cp.run(&["audit", "verify", "--anchor", &anchor]).await;
+    assert!(
+        out.ok().starts_with("audit log intact") && out.ok().contains("reaches the anchor"),
+        "{out}"
+    );
+    let out = cp.run(&["audit", "anchor"]).await;
+    assert_ne!(out.ok(), format!("{anchor}\n"), "the head moved on");
+
+    // An anchor the chain does not reach fails, and says where.
+    let forged = format!("{seq}:{}", "0".repeat(64));
+    let out = cp.run(&["audit", "verify", "--anchor", &forged]).await;
+    assert!(out.error().contains("first_bad_seq"), "{out}");
+    let out = cp.run(&["audit", "verify", "--anchor", &forged, "--json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out}");
+    let report = parse_json(&out.stdout, &out);
+    assert_eq!(report["ok"], false, "{report}");
+    assert!(report["first_bad_seq"].as_u64().unwrap() > 0, "{report}");
+    assert!(!report["problem"].as_str().unwrap().is_empty(), "{report}");
+    assert!(out.stderr.starts_with("error: "), "{out}");
+
+    // A malformed anchor is a usage error, before anything is sent.
+    for bad in [
+        "12",
+        "x:abc",
+        &format!("{seq}:{}", &hash[1..]),
+        &format!("-1:{hash}"),
+    ] {
+        let out = cp.run(&["audit", "verify", &format!("--anchor={bad}")]).await;
+        assert!(out.usage_error().contains("SEQ:HASH"), "{out}");
+    }
+
+    // export: every record, one JSON object per line, each linked to the one before.
+    let out = cp.run(&["audit", "export", "--format", "jsonl"]).await;
+    let exported = json_lines(&out);
+    assert_eq!(exported.len() as u64, newest + 1, "{out}");
+    assert_eq!(exported[0]["seq"], 1);
+    assert_eq!(exported[0]["prev_hash"], json!("0".repeat(64)));
+    for pair in exported.windows(2) {
+        assert_eq!(pair[1]["seq"], pair[0]["seq"].as_u64().unwrap() + 1);
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"], "{pair:#?}");
+        assert_eq!(pair[1]["hash"].as_str().unwrap().len(), 64);
+    }
+    assert_eq!(
+        exported.iter().find(|r| r["seq"] == newest).unwrap()["hash"],
+        hash
+    );
+    let out = cp.run(&["audit", "export"]).await;
+    assert_eq!(json_lines(&out), exported, "jsonl is the default");
+    let out = cp.run(&["audit", "export", "--since", "2999-01-01"]).await;
+    assert_eq!(out.ok(), "");
+    let out = cp
+        .run(&["audit", "export", "--since", "2000-01-01T00:00:00Z"])
+        .await;
+    assert_eq!(json_lines(&out), exported);
+    let out = cp.run(&["audit", "export", "--format", "csv"]).await;
+    assert!(out.usage_error().contains("csv"), "{out}");
+}
+
+#[tokio::test]
+async fn audit_export_pages_through_more_records_than_one_page() {
+    let cp = TestControlPlane::start().await;
+    let mut client = pb::admin_service_client::AdminServiceClient::connect(cp.url.clone())
+        .await
+        .expect("admin service reachable");
+    // Setting a module to the state it has changes nothing but is still recorded.
+    for _ in 0..1_005 {
+        let mut request = tonic::Request::new(pb::SetModuleRequest {
+            name: "rate_limit".into(),
+            enabled: true,
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {TOKEN}").parse().expect("header"),
+        );
+        client.set_module(request).await.expect("module set");
+    }
+    let out = cp.run(&["audit", "export"]).await;
+    let exported = json_lines(&out);
+    assert_eq!(exported.len(), 1_005);
+    for (i, pair) in exported.windows(2).enumerate() {
+        assert_eq!(pair[0]["seq"], i as u64 + 1);
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"]);
+    }
+    let out = cp.run(&["audit", "tail", "-n", "1000", "--json"]).await;
+    let tail = json_lines(&out);
+    assert_eq!(tail.len(), 1_000);
+    assert_eq!(tail[0]["seq"], 6);
+    assert_eq!(tail[999]["seq"], 1_005);
+    let out = cp.run(&["audit", "tail", "-n", "1001"]).await;
+    assert!(out.usage_error().contains("1001"), "{out}");
+}
+
+/// A `drover` process left running, its stdout read line by line.
+struct Running {
+    child: Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    args: String,
+}
+
+impl Drover {
+    /// Starts the command without waiting for it; its stdout arrives a line at a time.
+    fn spawn(self) -> Running {
+        let Drover { mut cmd, args, .. } = self;
+        let mut child = cmd
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("drover starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            args: args.join(" "),
+        }
+    }
+}
+
+impl Running {
+    /// Lines until one satisfies `wanted` (returned with those before it); fails the test if
+    /// none does within `COMMAND_TIMEOUT` or the output ends first.
+    async fn until(&mut self, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) => {
+                    let done = wanted(&line);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Ok(None) => panic!("`drover {}` ended its output early: {seen:#?}", self.args),
+                Err(_) => panic!(
+                    "`drover {}` did not print the line wanted within {COMMAND_TIMEOUT:?}: {seen:#?}",
+                    self.args
+                ),
+            }
+        }
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for the exit status.
+    async fn interrupt(&mut self) -> ExitStatus {
+        let sent = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -INT failed");
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "`drover {}` did not stop within {COMMAND_TIMEOUT:?} of SIGINT",
+                self.args
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[tokio::test]
+async fn audit_tail_follow_prints_each_new_record_once_until_ctrl_c() {
+    let cp = TestControlPlane::start().await;
+    cp.run(&["tenant", "create", "before"]).await.ok();
+    let mut follow = cp.drover().args(["audit", "tail", "--follow", "--json"]).spawn();
+    let is = |target: &'static str| move |line: &str| line.contains(&format!("\"target\":\"{target}\""));
+
+    // The backlog first, then each change as it is made.
+    let mut lines = follow.until(is("tenant/before")).await;
+    cp.run(&["tenant", "create", "during"]).await.ok();
+    lines.extend(follow.until(is("tenant/during")).await);
+    create_admin(&cp, &["watcher", "--role", "viewer"]).await;
+    lines.extend(follow.until(is("admin/watcher")).await);
+
+    let records: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
+        .collect();
+    let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "every record once, in order: {seqs:?}"
+    );
+    let during = records.iter().find(|r| r["target"] == "tenant/during").unwrap();
+    assert_eq!(during["actor"], "root");
+    assert_eq!(during["rpc"], "CreateTenant");
+
+    // Ctrl-C ends it cleanly.
+    let status = follow.interrupt().await;
+    assert!(status.success(), "exit 0 on Ctrl-C, got {status}");
+
+    // Text follow with --actor: only that actor's records.
+    let watcher = create_admin(&cp, &["watcher2", "--role", "viewer"]).await;
+    let mut follow = cp
+        .drover()
+        .args(["audit", "tail", "-f", "-n", "0", "--actor", "watcher2"])
+        .spawn();
+    // A refused call by watcher2, retried until the follower (which starts at the head) has
+    // seen one: its stream may begin after the first attempt.
+    let refused = async {
+        loop {
+            let out = cp
+                .drover_without_token()
+                .args(["--token", &watcher, "tenant", "create", "nope"])
+                .run()
+                .await;
+            assert_eq!(out.status.code(), Some(1), "{out}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let seen = tokio::select! {
+        seen = follow.until(|l| l.contains("CreateTenant")) => seen,
+        () = refused => unreachable!(),
+    };
+    let line = seen.last().unwrap();
+    assert!(
+        line.starts_with('#') && line.contains("  watcher2(viewer)  ") && line.contains("permission_denied"),
+        "{seen:#?}"
+    );
+    assert!(seen.iter().all(|l| l.contains("watcher2")), "{seen:#?}");
+}

@@ -110,9 +110,9 @@ impl Refusals {
     /// Records that the call `entry` drafts was refused with `status`, unless its source is
     /// over its budget (then it is counted, and the next record from it says how many).
     pub async fn record(&self, mut entry: Entry, status: &tonic::Status, source: Option<SocketAddr>) {
-        let Some(unrecorded) = self
-            .budget
-            .admit(source.map(|s| s.ip()), &entry.actor, tokio::time::Instant::now())
+        let Some(unrecorded) =
+            self.budget
+                .admit(source.map(|s| s.ip()), &entry.actor, tokio::time::Instant::now())
         else {
             return;
         };

@@ -11,7 +11,7 @@
 
 mod admin_service;
 mod app;
-mod audit;
+pub mod audit;
 mod audit_api;
 mod auth;
 mod config;

@@ -14,7 +14,8 @@
 # two. drover-auth is a third instance with the auth module on and BENCH_AUTH_KEYS virtual keys (default 100,000)
 # in its policy; its requests carry one of them. Then drover-auth alternates runs with and without 100 key changes
 # per second (BENCH_CHURN_ROUNDS rounds, non-stream, each concurrency), for the p99 a request sees while keys change;
-# and drover-keys-bench measures key delivery (how fast, how many bytes, how much memory). drover-limits is a fourth
+# and drover-keys-bench measures key delivery (how fast, how many bytes, how much memory), and the admin API with
+# its audit log (key creations per second, each with its audit record; `VerifyAudit` over a long chain). drover-limits is a fourth
 # instance with auth, rate_limit and spend_cap on and BENCH_LIMIT_KEYS keys (default 10,000), each key and their
 # tenant with rate limits, a concurrency limit and a spend cap far above what the run can use (a price is set for
 # bench-model, as a cap refuses unpriced models): the report gives its cost against proxy-only drover and the lease
@@ -36,6 +37,7 @@
 #   BENCH_LIMIT_KEYS    virtual keys of drover-limits, each with its own limits and cap (default 10000)
 #   BENCH_CHURN_ROUNDS  rounds of drover-auth with and without key churn (default 2; 0: none)
 #   BENCH_CHURN_RATE    key changes per second during the churn runs (default 100)
+#   BENCH_AUDIT_RECORDS records in the audit chain `VerifyAudit` walks (default 1000000; 0: skip the audit part)
 #   BENCH_SPLIT_ROUNDS  rounds of the split deployment: drover-controlplane and two drover-dataplane processes,
 #                       usage reporting on and off, alternating (non-stream, highest concurrency); reports
 #                       each data plane's CPU per request and the control plane's per record (default 3; 0: none)
@@ -57,6 +59,7 @@ AUTH_KEYS=${BENCH_AUTH_KEYS:-100000}
 LIMIT_KEYS=${BENCH_LIMIT_KEYS:-10000}
 CHURN_ROUNDS=${BENCH_CHURN_ROUNDS:-2}
 CHURN_RATE=${BENCH_CHURN_RATE:-100}
+AUDIT_RECORDS=${BENCH_AUDIT_RECORDS:-1000000}
 MODES=${BENCH_MODES:-"non-stream stream"}
 NGINX_WORKERS=${BENCH_NGINX_WORKERS:-auto}
 USAGE_ROUNDS=${BENCH_USAGE_ROUNDS:-3}
@@ -101,6 +104,7 @@ wants_drover && bins+=(--bin drover)
 ((SPLIT_ROUNDS > 0)) && bins+=(--bin drover --bin drover-controlplane --bin drover-dataplane)
 wants drover-auth && bins+=(--bin drover-keys-bench --bin drover-dataplane)
 wants drover-limits && bins+=(--bin drover-keys-bench)
+((AUDIT_RECORDS > 0)) && bins+=(--bin drover-keys-bench)
 log "building release: cargo build --release ${bins[*]}"
 cargo build --release "${bins[@]}"
 
@@ -496,6 +500,12 @@ if wants drover-auth; then
   KEYS_REPORT=$("$BIN/drover-keys-bench" --keys "$AUTH_KEYS" 2>"$TMP/keys-bench.log") ||
     { tail -20 "$TMP/keys-bench.log" >&2; KEYS_REPORT=""; log "key delivery measurement failed"; }
 fi
+AUDIT_REPORT=""
+if ((AUDIT_RECORDS > 0)); then
+  log "admin API and audit log: drover-keys-bench audit --records $AUDIT_RECORDS"
+  AUDIT_REPORT=$("$BIN/drover-keys-bench" audit --records "$AUDIT_RECORDS" 2>"$TMP/audit-bench.log") ||
+    { tail -20 "$TMP/audit-bench.log" >&2; AUDIT_REPORT=""; log "audit measurement failed"; }
+fi
 
 # ---- split deployment -------------------------------------------------------------------------------------
 # A control plane process and two data plane processes, one with usage reporting off; the data planes' CPU time
@@ -661,6 +671,12 @@ mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-bina
     echo "Key delivery (\`drover-keys-bench --keys $AUTH_KEYS\`):"
     echo
     sed '1,/^$/d' <<<"$KEYS_REPORT"
+  fi
+  if [[ -n $AUDIT_REPORT ]]; then
+    echo
+    echo "Admin API and audit log (\`drover-keys-bench audit --records $AUDIT_RECORDS\`):"
+    echo
+    sed '1,/^$/d' <<<"$AUDIT_REPORT"
   fi
   if ((${#SPLIT_LINES[@]})); then
     echo

@@ -2,6 +2,8 @@
 //! rules as the control plane (`drover_proto::model`) before connecting, makes the call and
 //! prints the result. Connecting and error wording live in `client`, formatting in `output`.
 
+pub mod admin;
+pub mod audit;
 pub mod cap;
 pub mod key;
 pub mod limit;

@@ -190,13 +190,7 @@ impl Db {
                 Ok(value)
             }
             Outcome::Changed(value) => {
-                let record = audit
-                    .map(|entry| self.audit.write(&tx, entry, version, now_unix_ms()))
-                    .transpose()?;
-                tx.commit()?;
-                if let Some(record) = &record {
-                    self.audit.committed(record);
-                }
+                super::commit_audited(tx, &mut self.audit, audit, version)?;
                 self.reload_identities()?;
                 Ok(value)
             }

@@ -313,13 +313,7 @@ impl Db {
         }
         let version = meta::bump(&tx, true)?;
         let snapshot = snapshot::load(&tx, &self.cipher)?;
-        let record = audit
-            .map(|entry| self.audit.write(&tx, entry, version, now_unix_ms()))
-            .transpose()?;
-        tx.commit()?;
-        if let Some(record) = &record {
-            self.audit.committed(record);
-        }
+        commit_audited(tx, &mut self.audit, audit, version)?;
         self.publisher.send_replace(Arc::new(snapshot));
         Ok(version)
     }
@@ -361,6 +355,24 @@ impl Db {
         self.identities.send_replace(identities);
         Ok(())
     }
+}
+
+/// Writes `audit` (if any) as the change's record at `version` and commits `tx`; the chain's
+/// head moves only once the commit succeeded.
+fn commit_audited(
+    tx: rusqlite::Transaction<'_>,
+    log: &mut audit::Log,
+    audit: Option<&crate::audit::Entry>,
+    version: u64,
+) -> Result<(), StoreError> {
+    let record = audit
+        .map(|entry| log.write(&tx, entry, version, now_unix_ms()))
+        .transpose()?;
+    tx.commit()?;
+    if let Some(record) = &record {
+        log.committed(record);
+    }
+    Ok(())
 }
 
 fn quoted_list(names: &[String]) -> String {

@@ -72,13 +72,7 @@ impl Db {
                 Ok((value, version - 1))
             }
             Outcome::Changed(value) => {
-                let record = audit
-                    .map(|entry| self.audit.write(&tx, entry, version, now_unix_ms()))
-                    .transpose()?;
-                tx.commit()?;
-                if let Some(record) = &record {
-                    self.audit.committed(record);
-                }
+                super::commit_audited(tx, &mut self.audit, audit, version)?;
                 let current = self.publisher.borrow().clone();
                 let next = model::Snapshot {
                     version,
