@@ -2493,11 +2493,11 @@ async fn audit_export_pages_through_more_records_than_one_page() {
     let mut client = pb::admin_service_client::AdminServiceClient::connect(cp.url.clone())
         .await
         .expect("admin service reachable");
-    // Setting a module to the state it has changes nothing but is still recorded.
-    for _ in 0..1_005 {
+    // Switching a module on and off: each call a change, each with its record.
+    for i in 0..1_005 {
         let mut request = tonic::Request::new(pb::SetModuleRequest {
             name: "rate_limit".into(),
-            enabled: true,
+            enabled: i % 2 == 0,
         });
         request.metadata_mut().insert(
             "authorization",

@@ -75,7 +75,10 @@ impl AdminApi {
             // Only reachable if the service were mounted without its guard.
             return Err(Status::unauthenticated("missing or invalid admin token"));
         };
-        let entry = caller.entry(rpc, request.get_ref());
+        let entry = crate::audit::Entry {
+            budget: Some(self.refusals.budget()),
+            ..caller.entry(rpc, request.get_ref())
+        };
         Ok((
             Call {
                 api: self,
@@ -505,7 +508,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
             format!("tenant/{}", r.name),
             Some(TenantRef::Name(r.name.clone())),
         );
-        let result = tenancy_api::create_tenant(&call.store(), r).await;
+        let result = tenancy_api::create_tenant(&call.store(), r, &call.caller.identity.name).await;
         call.answer(result).await
     }
 
@@ -586,9 +589,11 @@ impl pb::admin_service_server::AdminService for AdminApi {
         let (mut call, r) = self.begin("CreateKey", request)?;
         let id = tenancy_api::new_key_id();
         call.target(format!("key/{id}"), Some(TenantRef::Name(r.tenant.clone())));
+        // A retry answered from its first call creates no key: its record names the tenant.
+        call.entry.unchanged_target = Some(format!("tenant/{}", r.tenant));
         let result = async {
             call.tenant(&r.tenant)?;
-            tenancy_api::create_key(&call.store(), r, id).await
+            tenancy_api::create_key(&call.store(), r, id, &call.caller.identity.name).await
         }
         .await;
         call.answer(result).await
@@ -642,7 +647,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         call.target(format!("key/{}", r.id), Some(TenantRef::Key(r.id.clone())));
         let result = async {
             call.key(&r.id).await?;
-            tenancy_api::rotate_key(&call.store(), r).await
+            tenancy_api::rotate_key(&call.store(), r, &call.caller.identity.name).await
         }
         .await;
         call.answer(result).await
@@ -685,6 +690,19 @@ impl pb::admin_service_server::AdminService for AdminApi {
             if !r.key_id.is_empty() {
                 call.key(&r.key_id).await?;
             }
+            if let Some(scope) = call.scope() {
+                // Usage is kept by tenant name; an earlier, deleted tenant of the same name is
+                // another tenant.
+                r.since_unix_ms = r.since_unix_ms.max(scope.created_unix_ms);
+                if r.until_unix_ms != 0 && r.until_unix_ms <= r.since_unix_ms {
+                    let zero = usage_row("", &UsageTotals::default());
+                    let grouped = r.group_by != pb::UsageGroupBy::Unspecified as i32;
+                    return Ok(pb::UsageReport {
+                        rows: if grouped { vec![] } else { vec![zero.clone()] },
+                        total: Some(zero),
+                    });
+                }
+            }
             let filter = usage_filter(&r).map_err(invalid)?;
             let grouped = filter.group_by != GroupBy::None;
             let groups = self.store.query_usage(filter).await?;
@@ -721,10 +739,17 @@ impl pb::admin_service_server::AdminService for AdminApi {
                 validate_tenant_name("tenant", &r.tenant)?;
             }
             validate_request_id("request_id", &r.request_id)?;
+            // Bound to the caller: another admin repeating the request id gets ALREADY_EXISTS,
+            // never the token.
             let idempotency = Idempotency::new(
                 "CreateAdmin",
                 &r.request_id,
-                &[r.name.as_bytes(), role.as_str().as_bytes(), r.tenant.as_bytes()],
+                &[
+                    r.name.as_bytes(),
+                    role.as_str().as_bytes(),
+                    r.tenant.as_bytes(),
+                    call.caller.identity.name.as_bytes(),
+                ],
             );
             let token = crate::auth::generate_admin_token();
             let new = NewAdmin {
@@ -794,7 +819,7 @@ impl pb::admin_service_server::AdminService for AdminApi {
         request: Request<pb::FollowAuditRequest>,
     ) -> Result<Response<Self::FollowAuditStream>, Status> {
         let (call, r) = self.begin("FollowAudit", request)?;
-        let result = audit_api::follow_audit(self.store.clone(), &call.caller, r, self.stop.clone());
+        let result = audit_api::follow_audit(self.store.clone(), call.caller.clone(), r, self.stop.clone());
         call.answer(result).await
     }
 

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 #[expect(clippy::disallowed_types, reason = "see RefusalBudget")]
 use std::sync::Mutex;
 
@@ -34,6 +35,13 @@ pub const UNCHANGED: &str = "unchanged";
 
 /// The actor of records the control plane writes itself (retention).
 pub const SYSTEM_ACTOR: &str = "drover";
+/// The RPC name of retention's records. Its target is the checkpoint it left, `audit/SEQ:HASH`.
+pub const PRUNE_RPC: &str = "PruneAudit";
+
+/// The target of the record retention writes when it moves the checkpoint to `checkpoint`.
+pub fn prune_target(checkpoint: Anchor) -> String {
+    format!("audit/{}:{}", checkpoint.seq, hex(&checkpoint.hash))
+}
 
 /// Which tenant a record concerns, as the call names it; the store resolves it to the tenant's
 /// id in the transaction that writes the record, so a tenant-scoped identity reads its own.
@@ -59,6 +67,13 @@ pub struct Entry {
     pub outcome: String,
     pub message: String,
     pub unrecorded: u64,
+    /// The target a call that turns out to change nothing is recorded with, when not `target`
+    /// (a retried create answered from its first call names no new thing).
+    pub unchanged_target: Option<String>,
+    /// The caller's address, and the budget its records of calls that changed nothing are
+    /// counted against (so repeating a call that changes nothing cannot fill the disk either).
+    pub source_ip: Option<IpAddr>,
+    pub budget: Option<Arc<RefusalBudget>>,
 }
 
 /// One record as stored.
@@ -205,6 +220,8 @@ pub struct Walk {
     records: u64,
     /// The anchor to check, and the hash the walk found at its position.
     anchor: Option<(Anchor, Option<Hash>)>,
+    /// The target of the newest retention record walked.
+    pruned_to: Option<String>,
 }
 
 impl Walk {
@@ -216,6 +233,7 @@ impl Walk {
             recent: VecDeque::from([checkpoint]),
             records: 0,
             anchor: anchor.map(|a| (a, found)),
+            pruned_to: None,
         }
     }
 
@@ -278,6 +296,9 @@ impl Walk {
         }
         self.recent.push_back(self.head);
         self.records += 1;
+        if r.rpc == PRUNE_RPC && r.actor == SYSTEM_ACTOR {
+            self.pruned_to = Some(r.target.clone());
+        }
         if let Some((a, found)) = &mut self.anchor
             && a.seq == r.seq
         {
@@ -286,8 +307,23 @@ impl Walk {
         Ok(())
     }
 
-    /// After the last record: whether the chain still reaches the anchor, unchanged.
+    /// After the last record: whether the chain's start is where retention left it, and
+    /// whether the chain still reaches the anchor, unchanged.
     pub fn finish(&self) -> Result<(), Problem> {
+        // Retention moves the checkpoint and says so in a record of the chain; a checkpoint no
+        // such record names was moved by hand.
+        if self.checkpoint.seq > 0
+            && self.pruned_to.as_deref() != Some(prune_target(self.checkpoint).as_str())
+        {
+            return Err(Problem {
+                seq: self.checkpoint.seq,
+                what: format!(
+                    "the chain starts after #{} but no retention record names that checkpoint: \
+                     records were deleted from the start",
+                    self.checkpoint.seq
+                ),
+            });
+        }
         let Some((anchor, found)) = self.anchor else {
             return Ok(());
         };
@@ -326,7 +362,9 @@ impl Walk {
 /// Refusals one source may have recorded at once, and per second after that.
 const SOURCE_BURST: f64 = 30.0;
 const SOURCE_PER_SEC: f64 = 1.0;
-/// The same for all sources together, so many sources cannot fill the disk either.
+/// The same for all sources together, so many sources cannot fill the disk either; callers
+/// without a valid token and identities have one each, so that a flood of the first cannot
+/// keep the refusals of the second out of the log.
 const ALL_BURST: f64 = 300.0;
 const ALL_PER_SEC: f64 = 10.0;
 /// Sources tracked at once; past this, sources not tracked share one budget.
@@ -370,7 +408,9 @@ struct Budgets {
     sources: HashMap<(Option<IpAddr>, String), Bucket>,
     /// Shared by the sources not tracked while `sources` is full.
     overflow: Option<Bucket>,
-    all: Option<Bucket>,
+    /// All callers without a valid token, and all identities.
+    anonymous: Option<Bucket>,
+    identified: Option<Bucket>,
 }
 
 impl RefusalBudget {
@@ -378,29 +418,32 @@ impl RefusalBudget {
     /// so, with how many refusals of the same were left out since its last record. Each
     /// identity has a budget per source, so one caller's flood does not hide another's.
     pub fn admit(&self, source: Option<IpAddr>, actor: &str, now: Instant) -> Option<u64> {
-        let source = (source, actor.to_owned());
+        let key = (source, actor.to_owned());
         let mut b = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let Budgets {
             sources,
             overflow,
-            all,
+            anonymous,
+            identified,
         } = &mut *b;
-        let tracked = sources.contains_key(&source);
+        let tracked = sources.contains_key(&key);
         if !tracked && sources.len() >= MAX_SOURCES {
-            // Forget sources whose budget is whole again.
+            // Forget sources whose budget is whole again (with what they had left out: a
+            // source quiet for half a minute starts over).
             sources.retain(|_, bucket| {
                 bucket.refill(SOURCE_BURST, SOURCE_PER_SEC, now);
-                bucket.tokens < SOURCE_BURST || bucket.dropped > 0
+                bucket.tokens < SOURCE_BURST
             });
         }
         let mine = if tracked || sources.len() < MAX_SOURCES {
             sources
-                .entry(source)
+                .entry(key)
                 .or_insert_with(|| Bucket::full(SOURCE_BURST, now))
         } else {
             overflow.get_or_insert_with(|| Bucket::full(SOURCE_BURST, now))
         };
         mine.refill(SOURCE_BURST, SOURCE_PER_SEC, now);
+        let all = if actor.is_empty() { anonymous } else { identified };
         let all = all.get_or_insert_with(|| Bucket::full(ALL_BURST, now));
         all.refill(ALL_BURST, ALL_PER_SEC, now);
         if mine.tokens < 1.0 || all.tokens < 1.0 {
@@ -586,11 +629,24 @@ mod tests {
 
     #[test]
     fn a_walk_from_a_checkpoint_starts_there() {
-        let c = chain(10);
+        let mut c = chain(10);
         let checkpoint = Anchor {
             seq: 4,
             hash: c[3].hash,
         };
+        // Without the retention record that names it, the checkpoint was moved by hand.
+        let mut w = Walk::new(checkpoint, None);
+        for r in &c[4..] {
+            w.push(r).unwrap();
+        }
+        let p = w.finish().unwrap_err();
+        assert!(p.what.contains("deleted from the start"), "{}", p.what);
+        let mut prune = c[9].clone();
+        (prune.seq, prune.actor, prune.rpc) = (11, SYSTEM_ACTOR.into(), PRUNE_RPC.into());
+        prune.target = prune_target(checkpoint);
+        prune.prev_hash = c[9].hash;
+        prune.hash = prune.digest();
+        c.push(prune);
         let mut w = Walk::new(
             checkpoint,
             Some(Anchor {
@@ -602,10 +658,19 @@ mod tests {
             w.push(r).unwrap();
         }
         w.finish().unwrap();
-        assert_eq!((w.records(), w.head().seq), (6, 10));
+        assert_eq!((w.records(), w.head().seq), (7, 11));
         let mut w = Walk::new(checkpoint, None);
         let p = w.push(&c[5]).unwrap_err();
         assert!(p.what.contains("start"), "{}", p.what);
+        // Another checkpoint than the one the chain starts from.
+        let mut w = Walk::new(
+            Anchor {
+                seq: 4,
+                hash: [9; 32],
+            },
+            None,
+        );
+        assert!(w.push(&c[4]).is_err());
     }
 
     #[test]
@@ -642,6 +707,10 @@ mod tests {
             recorded += usize::from(budget.admit(ip, "", t0 + Duration::from_secs(1)).is_some());
         }
         assert!(recorded as f64 <= ALL_BURST + ALL_PER_SEC, "{recorded}");
+        // That flood of callers without a token leaves identities their own overall budget.
+        let c = Some("10.0.0.3".parse().unwrap());
+        assert_eq!(budget.admit(c, "vera", t0 + Duration::from_secs(1)), Some(0));
+        assert_eq!(budget.admit(c, "", t0 + Duration::from_secs(1)), None);
         // Sources tracked stay bounded.
         for i in 0..10_000u32 {
             let ip = Some(IpAddr::from(std::net::Ipv4Addr::from(0x0c00_0000 + i)));

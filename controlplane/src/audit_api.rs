@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use drover_proto::model::InvalidPolicy;
 use drover_proto::pb;
@@ -46,6 +47,7 @@ impl Caller {
                 .unwrap_or_default(),
             tenant: self.identity.tenant.as_ref().map(|t| TenantRef::Id(t.id)),
             request: request_json(request),
+            source_ip: self.source.map(|s| s.ip()),
             ..anonymous(rpc, self.source)
         }
     }
@@ -96,15 +98,20 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 /// Records refused calls, as many as the budget allows per source.
 pub struct Refusals {
     store: Store,
-    budget: RefusalBudget,
+    budget: Arc<RefusalBudget>,
 }
 
 impl Refusals {
     pub fn new(store: Store) -> Refusals {
         Refusals {
             store,
-            budget: RefusalBudget::default(),
+            budget: Arc::default(),
         }
+    }
+
+    /// The budget, for records of calls that change nothing.
+    pub fn budget(&self) -> Arc<RefusalBudget> {
+        self.budget.clone()
     }
 
     /// Records that the call `entry` drafts was refused with `status`, unless its source is
@@ -178,13 +185,20 @@ pub type FollowStream =
 
 /// Sends the records after the starting point that match, then each new one as it commits,
 /// until the caller hangs up or the control plane stops.
+/// The stream ends with UNAUTHENTICATED when the caller's identity is revoked (or its tenant
+/// deleted) while it follows.
 pub fn follow_audit(
     store: Store,
-    caller: &Caller,
+    caller: Caller,
     r: pb::FollowAuditRequest,
     stop: CancellationToken,
 ) -> Result<FollowStream, StoreError> {
-    let base = filter(caller, r.after_seq, FOLLOW_BATCH, &r.actor, r.since_unix_ms)?;
+    let base = filter(&caller, r.after_seq, FOLLOW_BATCH, &r.actor, r.since_unix_ms)?;
+    let mut identities = store.identities();
+    let who = caller.identity;
+    let mut still_valid =
+        move || who.name == crate::roles::ROOT || identities.borrow_and_update().values().any(|i| *i == who);
+    let mut revoked = store.identities();
     if r.backlog > MAX_PAGE_SIZE {
         return Err(
             InvalidPolicy::new("backlog", format!("{} is more than {MAX_PAGE_SIZE}", r.backlog)).into(),
@@ -214,6 +228,14 @@ pub fn follow_audit(
                 }
             }
             loop {
+                if !still_valid() {
+                    let _ = tx
+                        .send(Err(tonic::Status::unauthenticated(
+                            "the identity following the audit log was revoked",
+                        )))
+                        .await;
+                    return Ok(());
+                }
                 head.borrow_and_update();
                 let (records, covered) = store
                     .list_audit(Filter {
@@ -230,6 +252,7 @@ pub fn follow_audit(
                 if records.len() < FOLLOW_BATCH as usize && *head.borrow() <= cursor {
                     tokio::select! {
                         changed = head.changed() => if changed.is_err() { return Ok(()) },
+                        changed = revoked.changed() => if changed.is_err() { return Ok(()) },
                         () = tx.closed() => return Ok(()),
                         () = stop.cancelled() => return Ok(()),
                     }

@@ -65,6 +65,9 @@ impl fmt::Display for Role {
 pub struct TenantScope {
     pub id: i64,
     pub name: String,
+    /// When the tenant was created: usage is kept by tenant name, and a name can belong to a
+    /// deleted tenant before, so a scoped identity's usage starts here.
+    pub created_unix_ms: i64,
 }
 
 /// An authenticated caller of the admin API.
@@ -278,6 +281,7 @@ mod tests {
             tenant: tenant.map(|n| TenantScope {
                 id: 1,
                 name: n.into(),
+                created_unix_ms: 0,
             }),
         };
         let create_key = rule_of("CreateKey").unwrap();

@@ -63,9 +63,19 @@ fn key_state(field: &str, state: i32) -> Result<Option<KeyState>, InvalidPolicy>
     Ok(KeyState::from_wire(state))
 }
 
+/// A request id binds a retry to its caller: another identity repeating it is refused
+/// (ALREADY_EXISTS), never answered with the first call's answer. `root`'s calls hash as they
+/// did before identities existed.
+fn caller_argument<'a>(arguments: &mut Vec<&'a [u8]>, actor: &'a str) {
+    if actor != crate::roles::ROOT {
+        arguments.push(actor.as_bytes());
+    }
+}
+
 pub async fn create_tenant(
     store: &Store,
     r: pb::CreateTenantRequest,
+    actor: &str,
 ) -> Result<pb::TenantResponse, StoreError> {
     validate_tenant_name("name", &r.name)?;
     validate_labels("labels", &r.labels)?;
@@ -79,6 +89,7 @@ pub async fn create_tenant(
     if on_cp_loss != OnCpLoss::default() {
         arguments.push(on_cp_loss.as_str().as_bytes());
     }
+    caller_argument(&mut arguments, actor);
     let idempotency = Idempotency::new("CreateTenant", &r.request_id, &arguments);
     let answer = store
         .create_tenant(r.name, labels, on_cp_loss, idempotency)
@@ -152,22 +163,23 @@ pub async fn create_key(
     store: &Store,
     r: pb::CreateKeyRequest,
     id: String,
+    actor: &str,
 ) -> Result<pb::KeyWithSecretResponse, StoreError> {
     validate_tenant_name("tenant", &r.tenant)?;
     validate_key_name("name", &r.name)?;
     validate_key_models("models", &r.models)?;
     validate_expiry("expires_unix_ms", r.expires_unix_ms, now_unix_ms())?;
     validate_request_id("request_id", &r.request_id)?;
-    let idempotency = Idempotency::new(
-        "CreateKey",
-        &r.request_id,
-        &[
-            r.tenant.as_bytes(),
-            r.name.as_bytes(),
-            r.models.join("\n").as_bytes(),
-            &r.expires_unix_ms.to_le_bytes(),
-        ],
-    );
+    let models = r.models.join("\n");
+    let expires = r.expires_unix_ms.to_le_bytes();
+    let mut arguments = vec![
+        r.tenant.as_bytes(),
+        r.name.as_bytes(),
+        models.as_bytes(),
+        &expires,
+    ];
+    caller_argument(&mut arguments, actor);
+    let idempotency = Idempotency::new("CreateKey", &r.request_id, &arguments);
     let key = NewKey {
         id,
         tenant_id: 0,
@@ -220,6 +232,7 @@ pub async fn revoke_key(store: &Store, r: pb::RevokeKeyRequest) -> Result<pb::Ke
 pub async fn rotate_key(
     store: &Store,
     r: pb::RotateKeyRequest,
+    actor: &str,
 ) -> Result<pb::KeyWithSecretResponse, StoreError> {
     validate_key_id("id", &r.id)?;
     if r.grace_secs > MAX_GRACE_SECS {
@@ -230,11 +243,10 @@ pub async fn rotate_key(
         .into());
     }
     validate_request_id("request_id", &r.request_id)?;
-    let idempotency = Idempotency::new(
-        "RotateKey",
-        &r.request_id,
-        &[r.id.as_bytes(), &r.grace_secs.to_le_bytes()],
-    );
+    let grace = r.grace_secs.to_le_bytes();
+    let mut arguments = vec![r.id.as_bytes(), &grace];
+    caller_argument(&mut arguments, actor);
+    let idempotency = Idempotency::new("RotateKey", &r.request_id, &arguments);
     let grace_ms = i64::from(r.grace_secs) * 1000;
     let answer = store
         .rotate_key(r.id.clone(), new_secret(), grace_ms, idempotency)

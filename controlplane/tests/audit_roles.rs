@@ -346,6 +346,77 @@ async fn a_tenant_scoped_identity_sees_and_touches_only_its_tenant() {
         .tenants;
     assert_eq!(tenants.len(), 1);
     assert_eq!(tenants[0].name, "acme");
+    // Usage: its own tenant's rows only, whatever the grouping.
+    let now = drover_proto::model::now_unix_ms();
+    let record = |id: &str, tenant: &str, key: &str, cost| pb::UsageRecord {
+        request_id: id.into(),
+        // After the tenants were created: a scoped identity's usage starts at its tenant's creation.
+        time_unix_ms: now,
+        tenant: tenant.into(),
+        key_id: key.into(),
+        alias: "m".into(),
+        provider: "p".into(),
+        model: "m".into(),
+        cost_nano_usd: cost,
+        status: 200,
+        endpoint: "/v1/chat/completions".into(),
+        ..Default::default()
+    };
+    pb::usage_service_client::UsageServiceClient::connect(format!("http://{}", cp.grpc_addr()))
+        .await
+        .unwrap()
+        .report(authed(
+            pb::UsageBatch {
+                dataplane_id: "dp-1".into(),
+                records: vec![
+                    record("r1", "acme", &mine, 5),
+                    record("r2", "other", &theirs, 7),
+                    // Of an earlier tenant called acme, deleted before this one was created.
+                    pb::UsageRecord {
+                        time_unix_ms: now - 60_000,
+                        ..record("r0", "acme", "key_0000000000000000", 11)
+                    },
+                ],
+            },
+            DATAPLANE,
+        ))
+        .await
+        .unwrap();
+    for group_by in [
+        pb::UsageGroupBy::Unspecified,
+        pb::UsageGroupBy::Tenant,
+        pb::UsageGroupBy::Key,
+    ] {
+        let report = c
+            .query_usage(authed(
+                pb::UsageQuery {
+                    group_by: group_by as i32,
+                    ..Default::default()
+                },
+                &acme,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(report.total.unwrap().cost_nano_usd, 5, "{group_by:?}");
+        assert!(
+            report
+                .rows
+                .iter()
+                .all(|r| r.group != "other" && r.group != theirs)
+        );
+    }
+    let e = c
+        .query_usage(authed(
+            pb::UsageQuery {
+                key_id: theirs.clone(),
+                ..Default::default()
+            },
+            &acme,
+        ))
+        .await
+        .unwrap_err();
+    denied(e, &theirs);
     // Its own tenant's limits work.
     c.set_limit(authed(
         pb::SetLimitRequest {
@@ -581,6 +652,145 @@ async fn every_change_and_every_refusal_leaves_one_record_without_secrets() {
     assert!(last.unrecorded >= 50, "{last:?}");
     assert!(!records.iter().any(|r| r.request.contains("drv_admin_guess")));
 
+    // The rest of the changes, each one record naming its target.
+    let tenant_scope = || {
+        Some(pb::LimitScope {
+            scope: Some(pb::limit_scope::Scope::Tenant("acme".into())),
+        })
+    };
+    let newest = async |c: &mut Client, before: usize| {
+        let records = audit(c, ADMIN).await;
+        assert_eq!(records.len(), before + 1, "{:?}", &records[before..]);
+        let last = records.last().unwrap().clone();
+        (records.len(), (last.rpc, last.outcome, last.target))
+    };
+    let n = records.len();
+    let calls: Vec<(&str, &str, &str)> = vec![
+        ("SetLimit", "ok", "tenant/acme"),
+        ("SetLimit", "invalid_argument", ""),
+        ("RemoveLimit", "ok", "tenant/acme"),
+        ("SetCap", "ok", "tenant/acme"),
+        ("RemoveCap", "ok", "tenant/acme"),
+        ("UpdateTenant", "ok", "tenant/acme"),
+        ("RemovePrice", "ok", "price/m1"),
+        ("RemoveRoute", "ok", "route/chat"),
+        ("RemoveProvider", "ok", "provider/openai"),
+        ("RevokeAdmin", "ok", "admin/vera"),
+        ("DeleteTenant", "ok", "tenant/acme"),
+    ];
+    let mut n = n;
+    for (rpc, outcome, target) in calls {
+        let result = match (rpc, outcome) {
+            ("SetLimit", "ok") => c
+                .set_limit(authed(
+                    pb::SetLimitRequest {
+                        scope: tenant_scope(),
+                        rpm: Some(10),
+                        ..Default::default()
+                    },
+                    ADMIN,
+                ))
+                .await
+                .map(|_| ()),
+            ("SetLimit", _) => c
+                .set_limit(authed(pb::SetLimitRequest::default(), ADMIN))
+                .await
+                .map(|_| ()),
+            ("RemoveLimit", _) => c
+                .remove_limit(authed(
+                    pb::RemoveLimitRequest {
+                        scope: tenant_scope(),
+                        ..Default::default()
+                    },
+                    ADMIN,
+                ))
+                .await
+                .map(|_| ()),
+            ("SetCap", _) => c
+                .set_cap(authed(
+                    pb::SetCapRequest {
+                        scope: tenant_scope(),
+                        period: pb::CapPeriod::Total as i32,
+                        limit_nano_usd: 1_000_000,
+                        ..Default::default()
+                    },
+                    ADMIN,
+                ))
+                .await
+                .map(|_| ()),
+            ("RemoveCap", _) => c
+                .remove_cap(authed(
+                    pb::RemoveCapRequest {
+                        scope: tenant_scope(),
+                        ..Default::default()
+                    },
+                    ADMIN,
+                ))
+                .await
+                .map(|_| ()),
+            ("UpdateTenant", _) => c
+                .update_tenant(authed(
+                    pb::UpdateTenantRequest {
+                        name: "acme".into(),
+                        state: pb::TenantState::Suspended as i32,
+                        ..Default::default()
+                    },
+                    ADMIN,
+                ))
+                .await
+                .map(|_| ()),
+            ("RemovePrice", _) => c
+                .remove_price(authed(pb::RemovePriceRequest { model: "m1".into() }, ADMIN))
+                .await
+                .map(|_| ()),
+            ("RemoveRoute", _) => c
+                .remove_route(authed(pb::RemoveRouteRequest { alias: "chat".into() }, ADMIN))
+                .await
+                .map(|_| ()),
+            ("RemoveProvider", _) => c
+                .remove_provider(authed(
+                    pb::RemoveProviderRequest {
+                        name: "openai".into(),
+                    },
+                    ADMIN,
+                ))
+                .await
+                .map(|_| ()),
+            ("RevokeAdmin", _) => c
+                .revoke_admin(authed(pb::RevokeAdminRequest { name: "vera".into() }, ADMIN))
+                .await
+                .map(|_| ()),
+            ("DeleteTenant", _) => c
+                .delete_tenant(authed(
+                    pb::DeleteTenantRequest {
+                        name: "acme".into(),
+                        force: true,
+                    },
+                    ADMIN,
+                ))
+                .await
+                .map(|_| ()),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(result.is_ok(), outcome == "ok", "{rpc}: {result:?}");
+        let (len, last) = newest(&mut c, n).await;
+        n = len;
+        assert_eq!(
+            (last.0.as_str(), last.1.as_str(), last.2.as_str()),
+            (rpc, outcome, target)
+        );
+    }
+    // Every RPC that changes state has now left an `ok` record.
+    let records = audit(&mut c, ADMIN).await;
+    for (rpc, changes, ..) in docs_table() {
+        if changes {
+            assert!(
+                records.iter().any(|r| r.rpc == rpc && r.outcome == "ok"),
+                "no ok record of {rpc}"
+            );
+        }
+    }
+
     let v = verify(&mut c, None).await;
     assert!(v.ok, "{v:?}");
     assert_eq!(v.records, records.len() as u64);
@@ -708,6 +918,31 @@ async fn retention_prunes_from_the_start_and_the_chain_still_verifies() {
     let mut c = admin(&cp).await;
     let v = verify(&mut c, None).await;
     assert!(!v.ok, "{v:?}");
+    stop(cp, shutdown).await;
+}
+
+#[tokio::test]
+async fn records_deleted_from_the_start_with_the_checkpoint_moved_to_match_are_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+    let mut c = admin(&cp).await;
+    make_changes(&mut c, 5).await;
+    let head = verify(&mut c, None).await.head.unwrap();
+    stop(cp, shutdown).await;
+    // Everything deleted, the checkpoint set to the head: an empty chain that starts there.
+    let conn = rusqlite::Connection::open(dir.path().join("drover.db")).unwrap();
+    conn.execute_batch(
+        "UPDATE audit_checkpoint SET seq = (SELECT MAX(seq) FROM audit),
+             hash = (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1);
+         DELETE FROM audit;",
+    )
+    .unwrap();
+    drop(conn);
+    let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+    let mut c = admin(&cp).await;
+    let v = verify(&mut c, Some(head)).await;
+    assert!(!v.ok, "{v:?}");
+    assert!(v.problem.contains("deleted from the start"), "{}", v.problem);
     stop(cp, shutdown).await;
 }
 
@@ -874,5 +1109,104 @@ async fn a_control_plane_killed_in_a_burst_of_changes_keeps_chain_and_store_in_a
             "an acknowledged key was lost: {id}"
         );
     }
+    stop(cp, shutdown).await;
+}
+
+#[tokio::test]
+async fn retries_are_bound_to_their_caller_and_a_revoked_follower_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+    let mut c = admin(&cp).await;
+    create_tenant(&mut c, "acme").await;
+    let ada = identity(&mut c, "ada", pb::AdminRole::Admin, "").await;
+    let bob = identity(&mut c, "bob", pb::AdminRole::Admin, "").await;
+    let create = |token: &str| {
+        authed(
+            pb::CreateKeyRequest {
+                tenant: "acme".into(),
+                request_id: "retry-1".into(),
+                ..Default::default()
+            },
+            token,
+        )
+    };
+    let first = c.create_key(create(&ada)).await.unwrap().into_inner();
+    let again = c.create_key(create(&ada)).await.unwrap().into_inner();
+    assert_eq!(first.secret, again.secret, "a retry gets the first answer");
+    // Another identity with the same request id never gets that answer.
+    let e = c.create_key(create(&bob)).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists, "{e:?}");
+    let records = audit(&mut c, ADMIN).await;
+    let id = first.key.unwrap().id;
+    let outcomes: Vec<_> = records
+        .iter()
+        .filter(|r| r.rpc == "CreateKey")
+        .map(|r| (r.actor.as_str(), r.outcome.as_str(), r.target.as_str()))
+        .collect();
+    let target = format!("key/{id}");
+    assert_eq!(
+        outcomes,
+        [
+            ("ada", "ok", target.as_str()),
+            ("ada", "unchanged", "tenant/acme"),
+            ("bob", "already_exists", outcomes[2].2),
+        ]
+    );
+    // The reserved names.
+    for name in ["root", "drover"] {
+        let e = c
+            .create_admin(authed(
+                pb::CreateAdminRequest {
+                    name: name.into(),
+                    role: pb::AdminRole::Viewer as i32,
+                    ..Default::default()
+                },
+                ADMIN,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::AlreadyExists, "{name}: {e:?}");
+    }
+
+    // Calls that change nothing, repeated, are recorded up to the caller's budget.
+    let before = audit(&mut c, ADMIN).await.len();
+    for _ in 0..100 {
+        c.set_module(authed(set_module("auth", false), &ada))
+            .await
+            .unwrap();
+    }
+    let records = audit(&mut c, ADMIN).await;
+    let unchanged = records.len() - before;
+    assert!(
+        (20..=40).contains(&unchanged),
+        "{unchanged} records of 100 unchanged calls"
+    );
+    assert!(
+        records[before..]
+            .iter()
+            .all(|r| r.outcome == "unchanged" && r.actor == "ada")
+    );
+
+    // A follower revoked while it follows is cut off.
+    let mut follower = c
+        .follow_audit(authed(pb::FollowAuditRequest::default(), &bob))
+        .await
+        .unwrap()
+        .into_inner();
+    c.revoke_admin(authed(pb::RevokeAdminRequest { name: "bob".into() }, ADMIN))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match follower.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the revoked follower was never cut off");
+    assert_eq!(ended, Some(Code::Unauthenticated));
     stop(cp, shutdown).await;
 }

@@ -12,6 +12,7 @@ use super::crypto::Cipher;
 use super::idempotency::Idempotency;
 use super::tenancy::{Outcome, once};
 use super::{Db, Store, meta};
+use crate::audit::SYSTEM_ACTOR;
 use crate::error::StoreError;
 use crate::roles::{Identity, ROOT, Role, TenantScope};
 
@@ -33,7 +34,7 @@ pub struct NewAdmin {
 /// Identities whose token works now: not revoked, and scoped to no tenant or to a live one.
 pub(super) fn load_active(conn: &Connection) -> Result<Identities, StoreError> {
     let mut stmt = conn.prepare(
-        "SELECT a.name, a.role, a.token_hash, a.tenant_id, t.name, t.state
+        "SELECT a.name, a.role, a.token_hash, a.tenant_id, t.name, t.state, t.created_unix_ms
          FROM admins a LEFT JOIN tenants t ON t.id = a.tenant_id
          WHERE a.revoked_unix_ms IS NULL",
     )?;
@@ -46,23 +47,24 @@ pub(super) fn load_active(conn: &Connection) -> Result<Identities, StoreError> {
             r.get::<_, Option<i64>>(3)?,
             r.get::<_, Option<String>>(4)?,
             r.get::<_, Option<String>>(5)?,
+            r.get::<_, Option<i64>>(6)?,
         ))
     })?;
     for row in rows {
-        let (name, role, hash, tenant_id, tenant_name, tenant_state) = row?;
-        let Some(role) = Role::parse(&role) else {
-            return Err(StoreError::Corrupt(format!("admin {name:?} has role {role:?}")));
-        };
-        let Ok(hash) = Digest::try_from(hash.as_slice()) else {
-            return Err(StoreError::Corrupt(format!(
-                "admin {name:?} has a bad token hash"
-            )));
+        let (name, role, hash, tenant_id, tenant_name, tenant_state, tenant_created) = row?;
+        // A row that cannot be read grants nothing, and does not stop the others (or a
+        // revocation) from taking effect.
+        let (Some(role), Ok(hash)) = (Role::parse(&role), Digest::try_from(hash.as_slice())) else {
+            tracing::error!(admin = %name, "an admin identity in the database cannot be read; it is refused");
+            continue;
         };
         let tenant = match (tenant_id, tenant_name) {
             (None, _) => None,
-            (Some(id), Some(name)) if tenant_state.as_deref() != Some("deleted") => {
-                Some(TenantScope { id, name })
-            }
+            (Some(id), Some(name)) if tenant_state.as_deref() != Some("deleted") => Some(TenantScope {
+                id,
+                name,
+                created_unix_ms: tenant_created.unwrap_or(0),
+            }),
             // Its tenant is gone: so is everything it could reach.
             (Some(_), _) => continue,
         };
@@ -74,9 +76,11 @@ pub(super) fn load_active(conn: &Connection) -> Result<Identities, StoreError> {
 /// Adds an identity. ALREADY_EXISTS while one of that name is active; NOT_FOUND for an unknown
 /// tenant.
 pub(super) fn insert(conn: &Connection, new: &NewAdmin, now: i64) -> Result<(), StoreError> {
-    if new.name == ROOT {
+    if new.name == ROOT || new.name == SYSTEM_ACTOR {
         return Err(StoreError::AlreadyExists(format!(
-            "admin {ROOT:?} (the bootstrap token's identity)"
+            "admin {:?} (reserved: {ROOT:?} is the bootstrap token's identity, {SYSTEM_ACTOR:?} the \
+             control plane's own in the audit log)",
+            new.name
         )));
     }
     let tenant_id = match &new.tenant {
@@ -190,8 +194,11 @@ impl Db {
                 Ok(value)
             }
             Outcome::Changed(value) => {
+                // Read in the transaction, published once it commits: a revocation is in force
+                // when the caller hears of it.
+                let identities = load_active(&tx)?;
                 super::commit_audited(tx, &mut self.audit, audit, version)?;
-                self.reload_identities()?;
+                self.identities.send_replace(identities);
                 Ok(value)
             }
         }

@@ -10,7 +10,9 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use tokio::sync::watch;
 
-use crate::audit::{Anchor, Entry, GENESIS, Hash, Problem, Record, SYSTEM_ACTOR, TenantRef, Walk};
+use crate::audit::{
+    Anchor, Entry, GENESIS, Hash, PRUNE_RPC, Problem, Record, SYSTEM_ACTOR, TenantRef, Walk, prune_target,
+};
 use crate::error::StoreError;
 
 /// The chain's newest record (or the checkpoint, when there is none), as the store thread
@@ -292,8 +294,8 @@ pub(super) fn prune(
     let deleted = u64::try_from(deleted).unwrap_or(0);
     let entry = Entry {
         actor: SYSTEM_ACTOR.to_owned(),
-        rpc: "PruneAudit".to_owned(),
-        target: format!("audit/#{seq}"),
+        rpc: PRUNE_RPC.to_owned(),
+        target: prune_target(anchor(seq, &hash)?),
         outcome: crate::audit::OK.to_owned(),
         message: format!(
             "retention pruned {deleted} record(s) older than {before_unix_ms} (Unix ms), through #{seq}"

@@ -333,26 +333,33 @@ impl Db {
         Ok(record)
     }
 
-    /// The record of an audited call that found nothing to change.
+    /// The record of an audited call that found nothing to change, within the caller's budget
+    /// (like a refusal's: nothing changed, so repeating it must not fill the disk).
     fn record_unchanged(
         &mut self,
         audit: Option<&crate::audit::Entry>,
         version: u64,
     ) -> Result<(), StoreError> {
-        if let Some(entry) = audit {
-            let entry = crate::audit::Entry {
-                outcome: crate::audit::UNCHANGED.to_owned(),
-                ..entry.clone()
-            };
-            self.append_audit(&entry, version)?;
-        }
-        Ok(())
-    }
-
-    /// Publishes the identities in force again (after a change to them or to a tenant).
-    fn reload_identities(&mut self) -> Result<(), StoreError> {
-        let identities = admins::load_active(&self.conn)?;
-        self.identities.send_replace(identities);
+        let Some(entry) = audit else {
+            return Ok(());
+        };
+        let unrecorded = match &entry.budget {
+            Some(budget) => match budget.admit(entry.source_ip, &entry.actor, tokio::time::Instant::now()) {
+                Some(unrecorded) => unrecorded,
+                None => return Ok(()),
+            },
+            None => 0,
+        };
+        let entry = crate::audit::Entry {
+            outcome: crate::audit::UNCHANGED.to_owned(),
+            target: entry
+                .unchanged_target
+                .clone()
+                .unwrap_or_else(|| entry.target.clone()),
+            unrecorded,
+            ..entry.clone()
+        };
+        self.append_audit(&entry, version)?;
         Ok(())
     }
 }

@@ -56,9 +56,12 @@ pub struct TenantUpdate {
 impl Db {
     /// Runs `f` in a write transaction at the next policy version; commits and publishes when it
     /// reports a change. Returns its value and the version after the call.
+    /// With `identities`, also publishes the admin identities in force again, as the change
+    /// leaves them (a deleted tenant takes the identities scoped to it along).
     fn change_tenancy<T>(
         &mut self,
         audit: Option<&crate::audit::Entry>,
+        identities: bool,
         f: impl FnOnce(&Connection, &Cipher, u64) -> Result<Outcome<T>, StoreError>,
     ) -> Result<(T, u64), StoreError> {
         let tx = self
@@ -72,7 +75,11 @@ impl Db {
                 Ok((value, version - 1))
             }
             Outcome::Changed(value) => {
+                let identities = identities.then(|| super::admins::load_active(&tx)).transpose()?;
                 super::commit_audited(tx, &mut self.audit, audit, version)?;
+                if let Some(identities) = identities {
+                    self.identities.send_replace(identities);
+                }
                 let current = self.publisher.borrow().clone();
                 let next = model::Snapshot {
                     version,
@@ -113,7 +120,8 @@ impl Store {
         f: impl FnOnce(&Connection, &Cipher, u64) -> Result<Outcome<T>, StoreError> + Send + 'static,
     ) -> Result<(T, u64), StoreError> {
         let audit = self.audit.clone();
-        self.call(move |db| db.change_tenancy(audit.as_deref(), f)).await
+        self.call(move |db| db.change_tenancy(audit.as_deref(), false, f))
+            .await
     }
 
     /// Creates a tenant. With `idempotency`, a repeated call gets the first call's answer.
@@ -215,25 +223,26 @@ impl Store {
         name: String,
         force: bool,
     ) -> Result<pb::DeleteTenantResponse, StoreError> {
+        let audit = self.audit.clone();
         let (revoked, version) = self
-            .tenancy(move |conn, _, rev| {
-                let row = tenants::get(conn, &name)?;
-                let now = now_unix_ms();
-                let active = keys::count_active(conn, row.id, now)?;
-                if active > 0 && !force {
-                    return Err(StoreError::FailedPrecondition(format!(
-                        "tenant {} has {active} active key(s); revoke them first, or delete with force",
-                        quoted(&name)
-                    )));
-                }
-                let revoked = keys::revoke_all_of(conn, row.id, now, rev)?;
-                limits::drop_tenant(conn, row.id)?;
-                tenants::delete(conn, row.id, rev)?;
-                Ok(Outcome::Changed(revoked))
+            .call(move |db| {
+                db.change_tenancy(audit.as_deref(), true, move |conn, _, rev| {
+                    let row = tenants::get(conn, &name)?;
+                    let now = now_unix_ms();
+                    let active = keys::count_active(conn, row.id, now)?;
+                    if active > 0 && !force {
+                        return Err(StoreError::FailedPrecondition(format!(
+                            "tenant {} has {active} active key(s); revoke them first, or delete with force",
+                            quoted(&name)
+                        )));
+                    }
+                    let revoked = keys::revoke_all_of(conn, row.id, now, rev)?;
+                    limits::drop_tenant(conn, row.id)?;
+                    tenants::delete(conn, row.id, rev)?;
+                    Ok(Outcome::Changed(revoked))
+                })
             })
             .await?;
-        // Identities scoped to it reach nothing now.
-        self.call(|db| db.reload_identities()).await?;
         Ok(pb::DeleteTenantResponse {
             version,
             revoked_keys: revoked,
