@@ -490,3 +490,95 @@ async fn anthropic_caller_reaches_an_openai_provider_faithfully() {
     assert_eq!(sent["messages"][3]["tool_call_id"], "toolu_1");
     assert_eq!(sent["messages"][3]["content"], "found");
 }
+
+#[tokio::test]
+async fn structured_output_reaches_anthropic_as_a_forced_tool_and_comes_back_as_the_text() {
+    let (gw, up) = setup(MockProvider::anthropic(), ProviderKind::Anthropic).await;
+    let schema = json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": {
+        "type": "object",
+        "properties": {"input": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["input"]
+    }}});
+    for (format, stream) in [
+        (schema.clone(), false),
+        (schema, true),
+        (json!({"type": "json_object"}), false),
+        (json!({"type": "json_object"}), true),
+    ] {
+        let body = json!({"model": "m", "stream": stream, "response_format": format,
+                          "messages": [{"role": "user", "content": "give me JSON"}]});
+        let reply = gw.send("POST", "/v1/chat/completions", body.to_string()).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("x-drover-dropped"), None, "{format}");
+        let (text, calls, finish) = if stream {
+            openai_stream(&reply)
+        } else {
+            let body = reply.json();
+            let message = &body["choices"][0]["message"];
+            assert!(message.get("tool_calls").is_none_or(Value::is_null), "{body}");
+            (
+                message["content"].as_str().unwrap().to_owned(),
+                vec![],
+                body["choices"][0]["finish_reason"].as_str().map(str::to_owned),
+            )
+        };
+        // What OpenAI would send: the JSON as the content, finish reason stop, no tool call.
+        let answer: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        assert_eq!(answer["input"], "give me JSON", "{format} stream={stream}");
+        assert!(calls.is_empty(), "{calls:?}");
+        assert_eq!(finish.as_deref(), Some("stop"), "{format} stream={stream}");
+        // Anthropic got one tool with the requested schema, and was made to call it.
+        let sent: Value = serde_json::from_slice(&up.last_request().unwrap().body).unwrap();
+        assert_eq!(sent["tools"].as_array().unwrap().len(), 1, "{sent}");
+        assert_eq!(sent["tools"][0]["name"], "json_output");
+        assert_eq!(
+            sent["tool_choice"],
+            json!({"type": "tool", "name": "json_output"})
+        );
+        if format["type"] == "json_schema" {
+            assert_eq!(sent["tools"][0]["input_schema"]["required"], json!(["input"]));
+        }
+    }
+
+    // With the caller's own tools beside it, some tool must be called, and the caller's call
+    // comes back as a tool call.
+    let body = json!({"model": "m", "tools": weather_tool_openai(), "response_format": {"type": "json_object"},
+                      "messages": [{"role": "user", "content": "weather in Paris?"}]});
+    let reply = gw.send("POST", "/v1/chat/completions", body.to_string()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let sent: Value = serde_json::from_slice(&up.last_request().unwrap().body).unwrap();
+    assert_eq!(sent["tool_choice"]["type"], "any", "{sent}");
+    assert_eq!(sent["tools"].as_array().unwrap().len(), 2);
+    let body = reply.json();
+    assert_eq!(
+        body["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+
+    // strict: asked of the model, not enforced: named, and refused under x-drover-strict.
+    let body = json!({"model": "m", "response_format": {"type": "json_schema", "json_schema": {
+        "name": "answer", "strict": true, "schema": {"type": "object", "properties": {}}}},
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let reply = gw.send("POST", "/v1/chat/completions", body.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-drover-dropped"), Some("response_format.strict"));
+    let calls = up.calls();
+    let reply = gw
+        .send_to(
+            &gw.url(),
+            "POST",
+            "/v1/chat/completions",
+            &[("x-drover-strict", "true")],
+            body,
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(
+        reply.text().contains("response_format.strict"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(up.calls(), calls);
+}

@@ -12,6 +12,7 @@ pub mod json;
 pub mod openai;
 pub mod ratelimit;
 pub mod sse;
+pub mod structured;
 pub mod tap;
 #[cfg(test)]
 pub(crate) mod test_support;

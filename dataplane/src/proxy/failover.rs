@@ -202,7 +202,7 @@ pub async fn dispatch(
                 // The provider is healthy; the request is not.
                 target.health.on_success(now_ms());
                 let translated_from = match prepared.wire {
-                    Wire::Translate { provider } => Some(provider),
+                    Wire::Translate { provider, .. } => Some(provider),
                     Wire::Passthrough { .. } => None,
                 };
                 return Err(ProxyError::Rejected {

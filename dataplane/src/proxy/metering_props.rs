@@ -231,7 +231,7 @@ impl Stream {
             ),
             (true, ApiFormat::Anthropic) => run(Passthrough::new(StreamKind::Anthropic, false), pieces),
             (false, _) => run(
-                Translate::new(self.provider, self.ingress, self.include_usage),
+                Translate::new(self.provider, self.ingress, self.include_usage, false),
                 pieces,
             ),
         }

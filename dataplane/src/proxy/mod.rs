@@ -41,7 +41,7 @@ use crate::formats::ir::ChatResponse;
 use crate::formats::json::{BodyError, ShallowBody};
 use crate::formats::tap::StreamKind;
 use crate::formats::{ApiFormat, Ingress};
-use crate::formats::{anthropic, gemini, openai};
+use crate::formats::{anthropic, gemini, openai, structured};
 use crate::policy::{CompiledRoute, CompiledTarget, Policy};
 use crate::state::AppState;
 use call::Call;
@@ -536,7 +536,13 @@ fn respond(call: &Call<'_>, d: Dispatched, done: &mut Completion) -> Result<Repl
             );
             Reply::Whole { resp, answer }
         }
-        (Answer::Buffered { body, .. }, Wire::Translate { provider }) => {
+        (
+            Answer::Buffered { body, .. },
+            Wire::Translate {
+                provider,
+                output_tool,
+            },
+        ) => {
             if call.stream {
                 return Err(ProxyError::BadUpstream {
                     message: "the provider did not stream its answer".into(),
@@ -547,7 +553,10 @@ fn respond(call: &Call<'_>, d: Dispatched, done: &mut Completion) -> Result<Repl
                 Family::Anthropic => anthropic::decode_response(&body),
                 Family::Gemini => gemini::decode_response(&body),
             };
-            let answer = decoded.map_err(|e| ProxyError::BadUpstream { message: e.0 })?;
+            let mut answer = decoded.map_err(|e| ProxyError::BadUpstream { message: e.0 })?;
+            if output_tool {
+                structured::unwrap_response(&mut answer.parts, &mut answer.stop);
+            }
             done.meter().usage(answer.usage);
             let mut dropped = d.dropped.clone();
             let body: Bytes = match format {
@@ -572,9 +581,17 @@ fn respond(call: &Call<'_>, d: Dispatched, done: &mut Completion) -> Result<Repl
                         && call.stream_usage != StreamUsage::Wanted;
                     relay::Relayed::Pass(relay::Passthrough::new(kind, strip))
                 }
-                Wire::Translate { provider } => {
+                Wire::Translate {
+                    provider,
+                    output_tool,
+                } => {
                     let include_usage = call.canonical().map(|(r, _)| r.include_usage).unwrap_or(false);
-                    relay::Relayed::Translate(relay::Translate::new(provider, format, include_usage))
+                    relay::Relayed::Translate(relay::Translate::new(
+                        provider,
+                        format,
+                        include_usage,
+                        output_tool,
+                    ))
                 }
             };
             let (mut head, ()) = Response::new(()).into_parts();

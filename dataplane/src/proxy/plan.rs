@@ -8,7 +8,7 @@ use crate::formats::ir::Dropped;
 use crate::formats::json::{BodyError, ShallowBody, splice};
 use crate::formats::tap::StreamKind;
 use crate::formats::{Family, Ingress};
-use crate::formats::{anthropic, gemini, openai};
+use crate::formats::{anthropic, gemini, openai, structured};
 use crate::policy::CompiledTarget;
 use crate::providers::{Op, Upstream};
 use crate::proxy::call::Call;
@@ -18,8 +18,10 @@ use crate::proxy::call::Call;
 pub enum Wire {
     /// Same format both ways: bytes are relayed as they come; `kind` tells how its stream ends.
     Passthrough { kind: StreamKind },
-    /// The provider's format in, the caller's format out.
-    Translate { provider: Family },
+    /// The provider's format in, the caller's format out. `output_tool`: the caller's
+    /// structured output travels as a tool call, turned back into text on the way out
+    /// (`formats::structured`).
+    Translate { provider: Family, output_tool: bool },
 }
 
 /// A request ready to send to one target.
@@ -42,6 +44,13 @@ pub enum Skip {
     Invalid(BodyError),
 }
 
+fn translate(provider: Family) -> Wire {
+    Wire::Translate {
+        provider,
+        output_tool: false,
+    }
+}
+
 pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Prepared<'a>, Skip> {
     let provider = &target.provider;
     let family = provider.family;
@@ -52,11 +61,9 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
         (Ingress::Responses, Family::OpenAi) => (Op::Responses, pass(StreamKind::Responses)),
         (Ingress::Messages, Family::Anthropic) => (Op::Messages, pass(StreamKind::Anthropic)),
         (Ingress::CountTokens, Family::Anthropic) => (Op::CountTokens, pass(StreamKind::Anthropic)),
-        (Ingress::ChatCompletions, Family::Anthropic) => (Op::Messages, Wire::Translate { provider: family }),
-        (Ingress::Messages, Family::OpenAi) => (Op::Chat, Wire::Translate { provider: family }),
-        (Ingress::ChatCompletions | Ingress::Messages, Family::Gemini) => {
-            (Op::Generate, Wire::Translate { provider: family })
-        }
+        (Ingress::ChatCompletions, Family::Anthropic) => (Op::Messages, translate(family)),
+        (Ingress::Messages, Family::OpenAi) => (Op::Chat, translate(family)),
+        (Ingress::ChatCompletions | Ingress::Messages, Family::Gemini) => (Op::Generate, translate(family)),
         (ingress, _) => {
             return Err(Skip::Unsupported(format!(
                 "provider `{}` ({}) does not offer {}",
@@ -75,6 +82,7 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
         )));
     }
     let mut dropped = Dropped::default();
+    let mut wire = wire;
     let body = match wire {
         Wire::Passthrough { .. } => {
             let body = splice(call.body, call.model_span.clone(), &target.model_json);
@@ -85,9 +93,13 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
                 body
             }
         }
-        Wire::Translate { provider } => {
+        Wire::Translate { provider, .. } => {
             let (req, decode_dropped) = call.canonical().map_err(Skip::Invalid)?;
             dropped = decode_dropped.clone();
+            wire = Wire::Translate {
+                provider,
+                output_tool: provider == Family::Anthropic && structured::uses_output_tool(req),
+            };
             match provider {
                 Family::OpenAi => openai::encode_request(req, &target.model, &mut dropped),
                 Family::Anthropic => anthropic::encode_request(req, &target.model, &mut dropped),

@@ -30,7 +30,7 @@ use crate::formats::Family;
 use crate::formats::ir::{Delta, StreamEvent, Usage};
 use crate::formats::sse::{SseFramer, split_events};
 use crate::formats::tap::{StreamKind, StreamTap};
-use crate::formats::{StreamDecode, StreamEncode, anthropic, gemini, openai};
+use crate::formats::{StreamDecode, StreamEncode, anthropic, gemini, openai, structured};
 use crate::metrics::Metrics;
 use crate::proxy::complete::{Completion, Ending};
 
@@ -109,10 +109,12 @@ pub struct Translate {
     buf: BytesMut,
     done: bool,
     content_chars: usize,
+    /// The caller's structured output came as a tool call: turned back into text.
+    unwrap: Option<structured::StreamUnwrap>,
 }
 
 impl Translate {
-    pub fn new(provider: Family, caller: ApiFormat, include_usage: bool) -> Self {
+    pub fn new(provider: Family, caller: ApiFormat, include_usage: bool, output_tool: bool) -> Self {
         Translate {
             decoder: match provider {
                 Family::OpenAi => Box::new(openai::StreamDecoder::new()),
@@ -126,6 +128,7 @@ impl Translate {
             buf: BytesMut::new(),
             done: false,
             content_chars: 0,
+            unwrap: output_tool.then(structured::StreamUnwrap::default),
         }
     }
 
@@ -134,6 +137,13 @@ impl Translate {
             if self.done {
                 return;
             }
+            let event = match &mut self.unwrap {
+                Some(unwrap) => match unwrap.map(event) {
+                    Some(event) => event,
+                    None => continue,
+                },
+                None => event,
+            };
             match &event {
                 StreamEvent::Done | StreamEvent::Error(_) => self.done = true,
                 StreamEvent::Delta { delta, .. } => {

@@ -15,6 +15,7 @@ use super::{
 };
 use crate::formats::ir::{self, Part};
 use crate::formats::json::{BodyError, ShallowBody};
+use crate::formats::structured;
 
 /// `max_tokens` sent to Anthropic when the request names none (Anthropic requires one).
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
@@ -452,7 +453,9 @@ fn is_noop(key: &str, value: &Value) -> bool {
 /// * `thinking` with a budget → `{type: enabled}`, without → `{type: adaptive}`.
 ///   `reasoning_effort` without `thinking` becomes a thinking budget (low 1024, medium 2048,
 ///   high 4096; `none`: no thinking); beside `thinking`, or unknown, it is dropped.
-/// * Dropped: `response_format` (JSON object / schema), `temperature` above 1 (clamped),
+/// * `response_format` (JSON object / schema) becomes a tool the model is made to call
+///   (`structured::output_tool`); what that cannot carry is dropped.
+/// * Dropped: `temperature` above 1 (clamped),
 ///   thinking blocks without a signature, empty text blocks carrying `cache_control`,
 ///   non-text/image parts of a tool result, and every `extra` field Anthropic does not accept
 ///   (by name; `n: 1`, `logprobs: false`, zero penalties and nulls count as absent).
@@ -484,9 +487,11 @@ pub fn encode_request(req: &ir::ChatRequest, model: &str, dropped: &mut ir::Drop
         messages.push(MessageOut { role, content });
     }
 
+    let output = structured::output_tool(req, dropped);
     let tools: Vec<ToolOut<'_>> = req
         .tools
         .iter()
+        .chain(output.as_ref().map(|(tool, _)| tool))
         .map(|t| ToolOut {
             name: &t.name,
             description: t.description.as_deref(),
@@ -501,7 +506,11 @@ pub fn encode_request(req: &ir::ChatRequest, model: &str, dropped: &mut ir::Drop
 
     let has_tools = !tools.is_empty();
     let disable_parallel_tool_use = req.parallel_tool_calls.map(|p| !p);
-    let tool_choice = match &req.tool_choice {
+    let tool_choice = output
+        .as_ref()
+        .map(|(_, choice)| choice)
+        .or(req.tool_choice.as_ref());
+    let tool_choice = match tool_choice {
         // Without tools, "auto" and "none" say nothing, and Anthropic refuses a choice without tools.
         None | Some(ir::ToolChoice::Auto | ir::ToolChoice::None) if !has_tools => None,
         None => disable_parallel_tool_use.map(|d| ToolChoiceWire::Auto {
@@ -571,13 +580,6 @@ pub fn encode_request(req: &ir::ChatRequest, model: &str, dropped: &mut ir::Drop
             t
         }
     });
-
-    if matches!(
-        req.response_format,
-        Some(ir::ResponseFormat::JsonObject | ir::ResponseFormat::JsonSchema { .. })
-    ) {
-        dropped.add("response_format");
-    }
 
     let mut extra = Vec::new();
     for (key, value) in &req.extra {
@@ -1165,6 +1167,30 @@ mod tests {
     }
 
     #[test]
+    fn structured_output_travels_as_a_tool_the_model_must_call() {
+        let req = ir::ChatRequest {
+            response_format: Some(ir::ResponseFormat::JsonSchema {
+                name: "person".into(),
+                schema: json!({"type": "object", "properties": {"name": {"type": "string"}}}),
+                strict: None,
+            }),
+            ..simple_request()
+        };
+        let mut dropped = ir::Dropped::default();
+        let body: Value = serde_json::from_slice(&encode_request(&req, "claude", &mut dropped)).unwrap();
+        assert!(dropped.is_empty(), "{dropped:?}");
+        assert_eq!(body["tools"][0]["name"], structured::OUTPUT_TOOL);
+        assert_eq!(
+            body["tools"][0]["input_schema"]["properties"]["name"]["type"],
+            "string"
+        );
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type": "tool", "name": structured::OUTPUT_TOOL})
+        );
+    }
+
+    #[test]
     fn reports_what_anthropic_cannot_express() {
         let cases: Vec<(&str, ir::ChatRequest, &[&str])> = vec![
             (
@@ -1177,6 +1203,19 @@ mod tests {
                     }),
                     ..simple_request()
                 },
+                // Carried by a tool the model must call; nothing checks it kept to the schema.
+                &["response_format.strict"],
+            ),
+            (
+                "json schema of an array",
+                ir::ChatRequest {
+                    response_format: Some(ir::ResponseFormat::JsonSchema {
+                        name: "w".into(),
+                        schema: json!({"type": "array"}),
+                        strict: None,
+                    }),
+                    ..simple_request()
+                },
                 &["response_format"],
             ),
             (
@@ -1185,7 +1224,7 @@ mod tests {
                     response_format: Some(ir::ResponseFormat::JsonObject),
                     ..simple_request()
                 },
-                &["response_format"],
+                &[],
             ),
             (
                 "text format",
