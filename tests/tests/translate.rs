@@ -582,3 +582,335 @@ async fn structured_output_reaches_anthropic_as_a_forced_tool_and_comes_back_as_
     );
     assert_eq!(up.calls(), calls);
 }
+
+/// The Responses API to providers that do not speak it: Anthropic, Gemini and Azure chat
+/// deployments, through the canonical model.
+#[tokio::test]
+async fn responses_calls_reach_every_provider_kind_translated() {
+    for (mock, kind) in [
+        (MockProvider::anthropic(), ProviderKind::Anthropic),
+        (MockProvider::gemini(), ProviderKind::Gemini),
+        (MockProvider::azure(), ProviderKind::Azure),
+    ] {
+        let (gw, up) = setup(mock, kind).await;
+        // A string input with instructions.
+        let body = json!({"model": "m", "instructions": "You are terse.", "input": "hello world",
+                          "max_output_tokens": 200});
+        let reply = gw.send("POST", "/v1/responses", body.to_string()).await;
+        assert_eq!(reply.status, 200, "{kind:?}: {}", reply.text());
+        let r = reply.json();
+        assert_eq!(r["object"], "response", "{r}");
+        assert_eq!(r["status"], "completed");
+        assert!(r["id"].as_str().unwrap().starts_with("resp_"), "{r}");
+        let output = r["output"].as_array().unwrap();
+        assert_eq!(output.len(), 1, "{r}");
+        assert_eq!(output[0]["type"], "message");
+        assert_eq!(output[0]["role"], "assistant");
+        assert_eq!(output[0]["content"][0]["type"], "output_text");
+        assert_eq!(output[0]["content"][0]["text"], "mock reply to: hello world");
+        assert!(r["usage"]["input_tokens"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["usage"]["output_tokens"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(
+            r["usage"]["total_tokens"].as_u64().unwrap(),
+            r["usage"]["input_tokens"].as_u64().unwrap() + r["usage"]["output_tokens"].as_u64().unwrap()
+        );
+        assert!(r["usage"]["input_tokens_details"]["cached_tokens"].is_u64());
+        let sent = String::from_utf8_lossy(&up.last_request().unwrap().body).into_owned();
+        assert!(
+            sent.contains("You are terse.") && sent.contains("hello world"),
+            "{kind:?}: {sent}"
+        );
+
+        // A tool round trip: the call as a function_call item, its output sent back.
+        let tools = json!([{"type": "function", "name": "get_weather", "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]);
+        let body = json!({"model": "m", "tools": tools, "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "weather in Paris?"}]}]});
+        let reply = gw.send("POST", "/v1/responses", body.to_string()).await;
+        assert_eq!(reply.status, 200, "{kind:?}: {}", reply.text());
+        let r = reply.json();
+        let call = r["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["type"] == "function_call")
+            .unwrap_or_else(|| panic!("{kind:?}: no function_call in {r}"))
+            .clone();
+        assert_eq!(call["name"], "get_weather");
+        assert!(
+            serde_json::from_str::<Value>(call["arguments"].as_str().unwrap())
+                .unwrap()
+                .is_object()
+        );
+        let call_id = call["call_id"].as_str().unwrap().to_owned();
+        let body = json!({"model": "m", "tools": tools, "input": [
+            {"role": "user", "content": "weather in Paris?"},
+            {"type": "function_call", "call_id": call_id, "name": "get_weather", "arguments": call["arguments"]},
+            {"type": "function_call_output", "call_id": call_id, "output": "sunny"}]});
+        let reply = gw.send("POST", "/v1/responses", body.to_string()).await;
+        assert_eq!(reply.status, 200, "{kind:?}: {}", reply.text());
+        let r = reply.json();
+        assert_eq!(
+            r["output"][0]["content"][0]["text"], "mock reply to: sunny",
+            "{kind:?}: {r}"
+        );
+        let sent = String::from_utf8_lossy(&up.last_request().unwrap().body).into_owned();
+        // Gemini matches results to calls by name; the others by id.
+        let by_id = kind != ProviderKind::Gemini;
+        assert!(
+            sent.contains("sunny") && (!by_id || sent.contains(&call_id)),
+            "{kind:?}: {sent}"
+        );
+
+        // State this gateway does not keep is refused, naming the field; nothing goes upstream.
+        let calls = up.calls();
+        for (field, value) in [
+            ("previous_response_id", json!("resp_123")),
+            ("store", json!(true)),
+            ("background", json!(true)),
+        ] {
+            let mut body = json!({"model": "m", "input": "hi"});
+            body[field] = value;
+            let reply = gw.send("POST", "/v1/responses", body.to_string()).await;
+            assert_eq!(reply.status, 400, "{kind:?} {field}: {}", reply.text());
+            assert_eq!(reply.json()["error"]["param"], field, "{}", reply.text());
+        }
+        assert_eq!(up.calls(), calls, "{kind:?}");
+
+        // Streamed: the event sequence the SDKs expect, each with its sequence number.
+        let reply = gw
+            .send(
+                "POST",
+                "/v1/responses",
+                json!({"model": "m", "input": "hello world", "stream": true}).to_string(),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{kind:?}: {}", reply.text());
+        let events = reply.named_events();
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names[..2],
+            ["response.created", "response.in_progress"],
+            "{kind:?}: {names:?}"
+        );
+        assert_eq!(names.last(), Some(&"response.completed"), "{kind:?}: {names:?}");
+        for required in [
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+        ] {
+            assert!(
+                names.contains(&required),
+                "{kind:?}: {required} missing from {names:?}"
+            );
+        }
+        let mut text = String::new();
+        for (i, (name, data)) in events.iter().enumerate() {
+            assert_eq!(data["type"], name.as_str());
+            assert_eq!(data["sequence_number"], i, "{data}");
+            if name == "response.output_text.delta" {
+                text.push_str(data["delta"].as_str().unwrap());
+            }
+        }
+        assert_eq!(text, "mock reply to: hello world", "{kind:?}");
+        let done = &events.last().unwrap().1;
+        assert_eq!(done["response"]["output"][0]["content"][0]["text"], text.as_str());
+        assert!(
+            done["response"]["usage"]["output_tokens"].as_u64().unwrap() > 0,
+            "{done}"
+        );
+
+        // Streamed tool calls: argument deltas, then the whole call.
+        let body = json!({"model": "m", "stream": true, "tools": tools, "input": "weather in Paris?"});
+        let reply = gw.send("POST", "/v1/responses", body.to_string()).await;
+        assert_eq!(reply.status, 200, "{kind:?}: {}", reply.text());
+        let events = reply.named_events();
+        let args_done = events
+            .iter()
+            .find(|(n, _)| n == "response.function_call_arguments.done")
+            .unwrap_or_else(|| panic!("{kind:?}: {events:?}"));
+        let args = &args_done.1;
+        assert_eq!(args["name"], "get_weather");
+        assert!(
+            serde_json::from_str::<Value>(args["arguments"].as_str().unwrap())
+                .unwrap()
+                .is_object()
+        );
+        assert_eq!(events.last().unwrap().0, "response.completed");
+
+        // Cut upstream: an error event, never a completion.
+        up.script(vec![Fault::CutStream { after_chunks: 2 }]);
+        let reply = gw
+            .send(
+                "POST",
+                "/v1/responses",
+                json!({"model": "m", "input": "hello there my friend", "stream": true}).to_string(),
+            )
+            .await;
+        let names: Vec<String> = reply.named_events().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names.last().map(String::as_str),
+            Some("error"),
+            "{kind:?}: {names:?}"
+        );
+        assert!(
+            !names.iter().any(|n| n == "response.completed"),
+            "{kind:?}: {names:?}"
+        );
+    }
+}
+
+/// A real client crate's Responses API, through an Anthropic route and a Gemini route: a plain
+/// call and a tool round trip.
+#[tokio::test]
+async fn async_openai_responses_client_works_through_anthropic_and_gemini() {
+    use async_openai::Client;
+    use async_openai::config::OpenAIConfig;
+    use async_openai::types::responses::{
+        CreateResponseArgs, Function, Input, InputItem, OutputContent, ResponseEvent, Status, ToolDefinition,
+    };
+
+    for (mock, kind) in [
+        (MockProvider::anthropic(), ProviderKind::Anthropic),
+        (MockProvider::gemini(), ProviderKind::Gemini),
+    ] {
+        let (gw, _up) = setup(mock, kind).await;
+        let client = Client::with_config(
+            OpenAIConfig::new()
+                .with_api_base(format!("{}/v1", gw.url()))
+                .with_api_key("unused"),
+        );
+        let request = CreateResponseArgs::default()
+            .model("m")
+            .instructions("You are terse.")
+            .input(Input::Text("hello sdk".into()))
+            .build()
+            .unwrap();
+        let answer = client.responses().create(request).await.unwrap();
+        assert_eq!(answer.status, Status::Completed, "{kind:?}");
+        let text = answer
+            .output
+            .iter()
+            .find_map(|o| match o {
+                OutputContent::Message(m) => serde_json::to_value(&m.content[0]).ok(),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{kind:?}: no message in {:?}", answer.output));
+        assert_eq!(text["text"], "mock reply to: hello sdk", "{kind:?}");
+        assert!(answer.usage.unwrap().total_tokens > 0);
+
+        let weather = ToolDefinition::Function(Function {
+            name: "get_weather".into(),
+            parameters: json!({"type": "object", "properties": {"city": {"type": "string"}}}),
+            strict: false,
+            description: Some("Weather for a city".into()),
+        });
+        let request = CreateResponseArgs::default()
+            .model("m")
+            .tools(vec![weather.clone()])
+            .input(Input::Text("weather in Paris?".into()))
+            .build()
+            .unwrap();
+        let answer = client.responses().create(request).await.unwrap();
+        let call = answer
+            .output
+            .iter()
+            .find_map(|o| match o {
+                OutputContent::FunctionCall(c) => Some(c.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{kind:?}: no function call in {:?}", answer.output));
+        assert_eq!(call.name, "get_weather");
+        let request = CreateResponseArgs::default()
+            .model("m")
+            .tools(vec![weather])
+            .input(Input::Items(vec![
+                InputItem::Custom(json!({"role": "user", "content": "weather in Paris?"})),
+                InputItem::Custom(json!({"type": "function_call", "call_id": call.call_id,
+                                         "name": call.name, "arguments": call.arguments})),
+                InputItem::Custom(json!({"type": "function_call_output", "call_id": call.call_id,
+                                         "output": "sunny"})),
+            ]))
+            .build()
+            .unwrap();
+        let answer = client.responses().create(request).await.unwrap();
+        let text = answer
+            .output
+            .iter()
+            .find_map(|o| match o {
+                OutputContent::Message(m) => serde_json::to_value(&m.content[0]).ok(),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{kind:?}: no message in {:?}", answer.output));
+        assert_eq!(text["text"], "mock reply to: sunny", "{kind:?}");
+
+        // Streamed: every event parses as the client's own types, in order, to a completion.
+        let request = CreateResponseArgs::default()
+            .model("m")
+            .input(Input::Text("hello stream".into()))
+            .stream(true)
+            .build()
+            .unwrap();
+        let mut stream = client.responses().create_stream(request).await.unwrap();
+        let (mut deltas, mut completed) = (String::new(), false);
+        // The client reads until it sees the completion (Responses streams send no [DONE]; it
+        // reports the end of the connection after it as an error).
+        while let Some(event) = futures_util::StreamExt::next(&mut stream).await {
+            match event.unwrap_or_else(|e| panic!("{kind:?}: {e}")) {
+                ResponseEvent::ResponseOutputTextDelta(d) => deltas.push_str(&d.delta),
+                ResponseEvent::ResponseCompleted(_) => {
+                    completed = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(deltas, "mock reply to: hello stream", "{kind:?}");
+        assert!(completed, "{kind:?}");
+    }
+}
+
+/// A translated Responses stream is metered with the provider's own counts, exactly once; a
+/// cut one is billed for what was produced.
+#[tokio::test]
+async fn translated_responses_streams_are_metered_with_the_providers_counts() {
+    let (gw, _up) = setup(MockProvider::anthropic(), ProviderKind::Anthropic).await;
+    let reply = gw
+        .send(
+            "POST",
+            "/v1/responses",
+            json!({"model": "m", "input": "count me", "stream": true}).to_string(),
+        )
+        .await;
+    let events = reply.named_events();
+    let (name, done) = events.last().unwrap();
+    assert_eq!(name, "response.completed");
+    let total = gw.wait_for_usage(1).await;
+    assert_eq!(total.requests, 1);
+    assert_eq!(
+        total.input_tokens,
+        done["response"]["usage"]["input_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(
+        total.output_tokens,
+        done["response"]["usage"]["output_tokens"].as_u64().unwrap()
+    );
+    assert!(total.output_tokens > 0);
+
+    let (gw, up) = setup(MockProvider::anthropic(), ProviderKind::Anthropic).await;
+    up.script(vec![Fault::CutStream { after_chunks: 3 }]);
+    let reply = gw
+        .send(
+            "POST",
+            "/v1/responses",
+            json!({"model": "m", "input": "a longer prompt to cut short", "stream": true}).to_string(),
+        )
+        .await;
+    assert_eq!(reply.named_events().last().unwrap().0, "error");
+    let total = gw.wait_for_usage(1).await;
+    assert_eq!(total.requests, 1);
+    assert!(total.input_tokens > 0 && total.output_tokens > 0, "{total:?}");
+}

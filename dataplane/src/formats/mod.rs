@@ -11,6 +11,7 @@ pub mod ir;
 pub mod json;
 pub mod openai;
 pub mod ratelimit;
+pub mod responses;
 pub mod sse;
 pub mod structured;
 pub mod tap;
@@ -79,5 +80,11 @@ impl StreamEncode for openai::StreamEncoder {
 impl StreamEncode for anthropic::StreamEncoder {
     fn encode(&mut self, event: &StreamEvent, out: &mut BytesMut) {
         anthropic::StreamEncoder::encode(self, event, out);
+    }
+}
+
+impl StreamEncode for responses::StreamEncoder {
+    fn encode(&mut self, event: &StreamEvent, out: &mut BytesMut) {
+        responses::StreamEncoder::encode(self, event, out);
     }
 }

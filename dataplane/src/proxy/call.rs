@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue};
 
 use crate::formats::ir::{ChatRequest, Dropped};
 use crate::formats::json::BodyError;
-use crate::formats::{ApiFormat, Ingress, anthropic, openai};
+use crate::formats::{ApiFormat, Ingress, anthropic, openai, responses};
 use crate::proxy::plan::StreamUsage;
 
 /// A request on its way through the phases.
@@ -61,6 +61,10 @@ impl<'a> Call<'a> {
     pub fn canonical(&self) -> Result<(&ChatRequest, &Dropped), BodyError> {
         self.canonical
             .get_or_init(|| match self.ingress.format() {
+                ApiFormat::OpenAi if self.ingress == Ingress::Responses => {
+                    let mut dropped = Dropped::default();
+                    responses::decode_request(self.body, &mut dropped).map(|r| (r, dropped))
+                }
                 ApiFormat::OpenAi => {
                     let mut dropped = Dropped::default();
                     openai::decode_request_reporting(self.body, &mut dropped).map(|r| (r, dropped))

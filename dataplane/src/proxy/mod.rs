@@ -41,7 +41,7 @@ use crate::formats::ir::ChatResponse;
 use crate::formats::json::{BodyError, ShallowBody};
 use crate::formats::tap::StreamKind;
 use crate::formats::{ApiFormat, Ingress};
-use crate::formats::{anthropic, gemini, openai, structured};
+use crate::formats::{anthropic, gemini, openai, responses, structured};
 use crate::policy::{CompiledRoute, CompiledTarget, Policy};
 use crate::state::AppState;
 use call::Call;
@@ -559,9 +559,15 @@ fn respond(call: &Call<'_>, d: Dispatched, done: &mut Completion) -> Result<Repl
             }
             done.meter().usage(answer.usage);
             let mut dropped = d.dropped.clone();
-            let body: Bytes = match format {
-                ApiFormat::OpenAi => openai::encode_response(&answer, &mut dropped),
-                ApiFormat::Anthropic => anthropic::encode_response(&answer, &mut dropped),
+            let body: Bytes = match (call.ingress, format) {
+                (Ingress::Responses, _) => {
+                    let (req, _) = call
+                        .canonical()
+                        .map_err(|e| ProxyError::BadUpstream { message: e.message })?;
+                    responses::encode_response(&answer, req)
+                }
+                (_, ApiFormat::OpenAi) => openai::encode_response(&answer, &mut dropped),
+                (_, ApiFormat::Anthropic) => anthropic::encode_response(&answer, &mut dropped),
             };
             let mut resp = (StatusCode::OK, body.clone()).into_response();
             resp.headers_mut()
@@ -585,13 +591,19 @@ fn respond(call: &Call<'_>, d: Dispatched, done: &mut Completion) -> Result<Repl
                     provider,
                     output_tool,
                 } => {
-                    let include_usage = call.canonical().map(|(r, _)| r.include_usage).unwrap_or(false);
-                    relay::Relayed::Translate(relay::Translate::new(
-                        provider,
-                        format,
-                        include_usage,
-                        output_tool,
-                    ))
+                    let canonical = call.canonical().ok().map(|(r, _)| r);
+                    let translate = match (call.ingress, canonical) {
+                        (Ingress::Responses, Some(req)) => relay::Translate::with_encoder(
+                            provider,
+                            Box::new(responses::StreamEncoder::new(responses::echo(req))),
+                            output_tool,
+                        ),
+                        (_, req) => {
+                            let include_usage = req.is_some_and(|r| r.include_usage);
+                            relay::Translate::new(provider, format, include_usage, output_tool)
+                        }
+                    };
+                    relay::Relayed::Translate(translate)
                 }
             };
             let (mut head, ()) = Response::new(()).into_parts();

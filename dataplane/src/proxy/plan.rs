@@ -58,7 +58,14 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
         (Ingress::ChatCompletions, Family::OpenAi) => (Op::Chat, pass(StreamKind::OpenAiChunks)),
         (Ingress::Completions, Family::OpenAi) => (Op::Completions, pass(StreamKind::OpenAiChunks)),
         (Ingress::Embeddings, Family::OpenAi) => (Op::Embeddings, pass(StreamKind::OpenAiChunks)),
-        (Ingress::Responses, Family::OpenAi) => (Op::Responses, pass(StreamKind::Responses)),
+        // Azure's chat deployments, and providers of other formats, get the Responses call
+        // translated through the canonical model.
+        (Ingress::Responses, Family::OpenAi) if provider.offers(Op::Responses) => {
+            (Op::Responses, pass(StreamKind::Responses))
+        }
+        (Ingress::Responses, Family::OpenAi) => (Op::Chat, translate(family)),
+        (Ingress::Responses, Family::Anthropic) => (Op::Messages, translate(family)),
+        (Ingress::Responses, Family::Gemini) => (Op::Generate, translate(family)),
         (Ingress::Messages, Family::Anthropic) => (Op::Messages, pass(StreamKind::Anthropic)),
         (Ingress::CountTokens, Family::Anthropic) => (Op::CountTokens, pass(StreamKind::Anthropic)),
         (Ingress::ChatCompletions, Family::Anthropic) => (Op::Messages, translate(family)),

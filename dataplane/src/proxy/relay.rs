@@ -115,16 +115,23 @@ pub struct Translate {
 
 impl Translate {
     pub fn new(provider: Family, caller: ApiFormat, include_usage: bool, output_tool: bool) -> Self {
+        let encoder: Box<dyn StreamEncode> = match caller {
+            ApiFormat::OpenAi => Box::new(openai::StreamEncoder::new(include_usage)),
+            ApiFormat::Anthropic => Box::new(anthropic::StreamEncoder::new()),
+        };
+        Self::with_encoder(provider, encoder, output_tool)
+    }
+
+    /// The provider's stream, encoded by `encoder` (e.g. a Responses stream, which echoes its
+    /// request).
+    pub fn with_encoder(provider: Family, encoder: Box<dyn StreamEncode>, output_tool: bool) -> Self {
         Translate {
             decoder: match provider {
                 Family::OpenAi => Box::new(openai::StreamDecoder::new()),
                 Family::Anthropic => Box::new(anthropic::StreamDecoder::new()),
                 Family::Gemini => Box::new(gemini::StreamDecoder::new()),
             },
-            encoder: match caller {
-                ApiFormat::OpenAi => Box::new(openai::StreamEncoder::new(include_usage)),
-                ApiFormat::Anthropic => Box::new(anthropic::StreamEncoder::new()),
-            },
+            encoder,
             buf: BytesMut::new(),
             done: false,
             content_chars: 0,

@@ -28,6 +28,7 @@ pub mod tap;
 pub mod usage;
 
 pub use error::{decode_error, encode_error, error_body, error_event, responses_error_event};
+pub(crate) use request::image_source;
 pub use request::{decode_request, decode_request_reporting, encode_request};
 pub use response::{decode_response, encode_response};
 pub use stream::{StreamDecoder, StreamEncoder};

@@ -473,7 +473,7 @@ fn decode_part(item: Value, i: usize, j: usize, dropped: &mut ir::Dropped) -> Re
 }
 
 /// An image URL → IR source: `data:` URLs become inline base64, anything else stays a URL.
-fn image_source(url: String) -> Option<ImageSource> {
+pub(crate) fn image_source(url: String) -> Option<ImageSource> {
     let Some(rest) = url.strip_prefix("data:") else {
         return Some(ImageSource::Url(url));
     };
