@@ -165,21 +165,7 @@ fn decode_input(raw: &RawValue, req: &mut ChatRequest, dropped: &mut ir::Dropped
             "function_call_output" => {
                 let call_id = string(&item, "call_id")
                     .ok_or_else(|| bad_input(format!("input[{i}].call_id is required")))?;
-                let content = match item.get("output") {
-                    Some(Value::String(text)) => vec![text_part(text.clone())],
-                    Some(Value::Array(parts)) => parts
-                        .iter()
-                        .map(|p| content_part(i, p, dropped))
-                        .collect::<Result<Vec<_>, _>>()?
-                        .into_iter()
-                        .flatten()
-                        .collect(),
-                    _ => {
-                        return Err(bad_input(format!(
-                            "input[{i}].output must be a string or content parts"
-                        )));
-                    }
-                };
+                let content = parts_of(i, item.get("output"), "output", dropped)?;
                 push(
                     req,
                     Role::User,
@@ -215,21 +201,7 @@ fn decode_message(
     dropped: &mut ir::Dropped,
 ) -> Result<(), BodyError> {
     let role = item.get("role").and_then(Value::as_str).unwrap_or_default();
-    let parts: Vec<Part> = match item.get("content") {
-        Some(Value::String(text)) => vec![text_part(text.clone())],
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .map(|p| content_part(i, p, dropped))
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .flatten()
-            .collect(),
-        _ => {
-            return Err(bad_input(format!(
-                "input[{i}].content must be a string or content parts"
-            )));
-        }
-    };
+    let parts = parts_of(i, item.get("content"), "content", dropped)?;
     match role {
         "user" => parts.into_iter().for_each(|p| push(req, Role::User, p)),
         "assistant" => parts.into_iter().for_each(|p| push(req, Role::Assistant, p)),
@@ -251,6 +223,28 @@ fn decode_message(
         }
     }
     Ok(())
+}
+
+/// The parts of `input[i].<field>`: a string, or content parts.
+fn parts_of(
+    i: usize,
+    value: Option<&Value>,
+    field: &str,
+    dropped: &mut ir::Dropped,
+) -> Result<Vec<Part>, BodyError> {
+    match value {
+        Some(Value::String(text)) => Ok(vec![text_part(text.clone())]),
+        Some(Value::Array(parts)) => {
+            let mut out = Vec::with_capacity(parts.len());
+            for p in parts {
+                out.extend(content_part(i, p, dropped)?);
+            }
+            Ok(out)
+        }
+        _ => Err(bad_input(format!(
+            "input[{i}].{field} must be a string or content parts"
+        ))),
+    }
 }
 
 /// A content part: text (`input_text`, `output_text`) or an image; `None` for what is dropped.
