@@ -8,7 +8,11 @@
 # mode), for non-stream and stream chat completions at concurrency 1 and 64, with wrk. A fourth target,
 # drover-anthropic, sends the same conversation as an Anthropic Messages request (`POST /v1/messages`) to the
 # same Drover instance, which translates it to OpenAI chat for the mock and translates the answer back; the
-# report adds the cost of that translation next to the same-format drover rows. A second Drover instance,
+# report adds the cost of that translation next to the same-format drover rows. drover-responses sends the same
+# conversation as an OpenAI Responses request (`POST /v1/responses`) and drover-structured as a chat completion
+# with a JSON schema `response_format`, both to an alias whose provider speaks Anthropic Messages (the same mock):
+# Drover translates the first through the canonical model and sends the second as a forced tool, whose call it
+# turns back into the text. A second Drover instance,
 # drover-no-usage (`drover serve --usage-reporting off`: requests are metered but no usage records are kept),
 # is measured right after drover, and the report gives the cost of usage reporting as the req/s ratio of the
 # two. drover-auth is a third instance with the auth module on and BENCH_AUTH_KEYS virtual keys (default 100,000)
@@ -28,8 +32,8 @@
 #   BENCH_DURATION      length of each measured run, wrk syntax (default 10s)
 #   BENCH_WARMUP        unmeasured warm-up before each run (default 2s)
 #   BENCH_CONCURRENCY   connection counts (default "1 64")
-#   BENCH_TARGETS       any of "direct nginx drover drover-no-usage drover-anthropic drover-cached drover-auth
-#                       drover-limits" (default all eight)
+#   BENCH_TARGETS       any of "direct nginx drover drover-no-usage drover-anthropic drover-responses
+#                       drover-structured drover-cached drover-auth drover-limits" (default all ten)
 #   BENCH_MODES         any of "non-stream stream" (default both)
 #   BENCH_USAGE_ROUNDS  extra alternating drover / drover-no-usage runs (non-stream, highest concurrency) for a
 #                       steadier usage reporting cost: the median of their req/s ratios (default 3; 0: none)
@@ -54,7 +58,7 @@ cd "$ROOT"
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 CONCURRENCY=${BENCH_CONCURRENCY:-"1 64"}
-TARGETS=${BENCH_TARGETS:-"direct nginx drover drover-no-usage drover-anthropic drover-cached drover-auth drover-limits"}
+TARGETS=${BENCH_TARGETS:-"direct nginx drover drover-no-usage drover-anthropic drover-responses drover-structured drover-cached drover-auth drover-limits"}
 AUTH_KEYS=${BENCH_AUTH_KEYS:-100000}
 LIMIT_KEYS=${BENCH_LIMIT_KEYS:-10000}
 CHURN_ROUNDS=${BENCH_CHURN_ROUNDS:-2}
@@ -76,7 +80,7 @@ chmod 755 "$TMP" # nginx workers drop root and must reach their files here
 wants() { [[ " $TARGETS " == *" $1 "* ]]; }
 wants_drover() {
   wants drover || wants drover-anthropic || wants drover-cached || wants drover-no-usage || wants drover-auth ||
-    wants drover-limits
+    wants drover-limits || wants drover-responses || wants drover-structured
 }
 
 # ---- tools ------------------------------------------------------------------------------------------------
@@ -129,6 +133,20 @@ anthropic_body false >"$TMP/anthropic-non-stream.json"
 anthropic_body true >"$TMP/anthropic-stream.json"
 ANTHROPIC_BODY_BYTES=$(wc -c <"$TMP/anthropic-non-stream.json")
 ANTHROPIC_HEADERS=$'anthropic-version: 2023-06-01\nx-api-key: bench'
+# The same conversation as an OpenAI Responses request, to the alias whose provider speaks Anthropic Messages.
+responses_body() {
+  printf '{"model":"bench-claude","max_output_tokens":64,"stream":%s,' "$1"
+  printf '"instructions":"You are a helpful assistant. Answer in one short paragraph.",'
+  printf '"input":"Summarize this text: %s"}' "$filler"
+}
+responses_body false >"$TMP/responses-non-stream.json"
+responses_body true >"$TMP/responses-stream.json"
+RESPONSES_BODY_BYTES=$(wc -c <"$TMP/responses-non-stream.json")
+# The same chat request asking for structured output (a JSON schema), to that alias.
+for mode in non-stream stream; do
+  sed 's/"bench-model"/"bench-claude"/; s/^{/{"response_format":{"type":"json_schema","json_schema":{"name":"summary","schema":{"type":"object","properties":{"summary":{"type":"string"}},"required":["summary"]}}},/' \
+    "$TMP/$mode.json" >"$TMP/structured-$mode.json"
+done
 # The same chat request to an alias whose answers are cached: every request after the first is a hit.
 for mode in non-stream stream; do
   sed 's/"bench-model"/"bench-cached"/' "$TMP/$mode.json" >"$TMP/cached-$mode.json"
@@ -142,6 +160,12 @@ done
 TARGET_PATH[drover-anthropic]=/v1/messages
 TARGET_BODY[drover-anthropic]=anthropic-
 TARGET_HEADERS[drover-anthropic]=$ANTHROPIC_HEADERS
+TARGET_PATH[drover-responses]=/v1/responses
+TARGET_BODY[drover-responses]=responses-
+TARGET_HEADERS[drover-responses]="Authorization: Bearer bench"
+TARGET_PATH[drover-structured]=/v1/chat/completions
+TARGET_BODY[drover-structured]=structured-
+TARGET_HEADERS[drover-structured]="Authorization: Bearer bench"
 TARGET_PATH[drover-cached]=/v1/chat/completions
 TARGET_BODY[drover-cached]=cached-
 TARGET_HEADERS[drover-cached]="Authorization: Bearer bench"
@@ -224,6 +248,8 @@ start_drover() {
   cli provider add mock --kind openai-compatible --base-url "http://$MOCK_ADDR/v1" >/dev/null
   cli route set bench-model --target mock/bench-model >/dev/null
   cli route set bench-cached --target mock/bench-model --cache-ttl 3600 >/dev/null
+  cli provider add mock-anthropic --kind anthropic --base-url "http://$MOCK_ADDR/v1" --api-key bench >/dev/null
+  cli route set bench-claude --target mock-anthropic/bench-model >/dev/null
   wait_200 30 "$pid" -X POST -H 'content-type: application/json' --data-binary "@$TMP/non-stream.json" \
     "http://127.0.0.1:$http/v1/chat/completions" ||
     { tail -30 "$TMP/$name.log" >&2; die "$name: a chat completion through drover does not succeed"; }
@@ -320,9 +346,38 @@ if wants drover-limits; then
   TARGET_PATH[drover-limits]=/v1/chat/completions TARGET_BODY[drover-limits]=""
   TARGET_HEADERS[drover-limits]="Authorization: Bearer $LIMITS_SECRET"
 fi
-if wants drover || wants drover-anthropic || wants drover-cached; then
+if wants drover || wants drover-anthropic || wants drover-cached || wants drover-responses || wants drover-structured; then
   start_drover drover
   GW_PID=$DROVER_PID HTTP_PORT=$DROVER_HTTP
+  # Responses and structured output through the Anthropic-format alias: one request of each mode must come back
+  # whole before anything is measured.
+  check_translated() { # target, path, body file, pattern the answer must hold, last stream line wanted
+    local target=$1 path=$2 file=$3 pattern=$4 last=$5 code tail_line
+    code=$(curl -s --max-time 10 -X POST -H 'content-type: application/json' -o "$TMP/check-$target.out" \
+      -w '%{http_code}' --data-binary "@$TMP/$file-non-stream.json" "http://127.0.0.1:$HTTP_PORT$path" || true)
+    if [[ $code != 200 ]] || ! grep -Eq "$pattern" "$TMP/check-$target.out"; then
+      head -c 2000 "$TMP/check-$target.out" >&2; echo >&2; tail -30 "$TMP/drover.log" >&2
+      die "$target: a non-stream POST $path answered HTTP $code, not 200 matching /$pattern/"
+    fi
+    code=$(curl -s -N --max-time 10 -X POST -H 'content-type: application/json' -o "$TMP/check-$target-stream.out" \
+      -w '%{http_code}' --data-binary "@$TMP/$file-stream.json" "http://127.0.0.1:$HTTP_PORT$path" || true)
+    tail_line=$(grep -E '^(event|data):' "$TMP/check-$target-stream.out" | grep -F "$last" | tail -n1 || true)
+    if [[ $code != 200 || -z $tail_line ]]; then
+      head -c 4000 "$TMP/check-$target-stream.out" >&2; echo >&2; tail -30 "$TMP/drover.log" >&2
+      die "$target: a stream POST $path answered HTTP $code without '$last'"
+    fi
+  }
+  if wants drover-responses; then
+    check_translated drover-responses /v1/responses responses '"status" *: *"completed"' 'event: response.completed'
+    RESPONSES_EVENTS=$(grep -c '^event:' "$TMP/check-drover-responses-stream.out" || true)
+    log "drover-responses: translated non-stream and stream answers check out"
+  fi
+  if wants drover-structured; then
+    check_translated drover-structured /v1/chat/completions structured '"finish_reason" *: *"stop"' 'data: [DONE]'
+    grep -q 'tool_calls' "$TMP/check-drover-structured.out" &&
+      die "drover-structured: the forced tool's call reached the caller as a tool call"
+    log "drover-structured: structured output through a forced tool checks out"
+  fi
   if wants drover-anthropic; then
     # One request of each mode through the translation must come back whole before anything is measured.
     anthropic_curl=(curl -s --max-time 10 -X POST -H 'anthropic-version: 2023-06-01' -H 'x-api-key: bench'
@@ -348,6 +403,8 @@ if wants drover || wants drover-anthropic || wants drover-cached; then
   URL[drover]="http://127.0.0.1:$HTTP_PORT"
   URL[drover-anthropic]="http://127.0.0.1:$HTTP_PORT"
   URL[drover-cached]="http://127.0.0.1:$HTTP_PORT"
+  URL[drover-responses]="http://127.0.0.1:$HTTP_PORT"
+  URL[drover-structured]="http://127.0.0.1:$HTTP_PORT"
 fi
 
 # ---- runs -------------------------------------------------------------------------------------------------
@@ -385,7 +442,7 @@ LEASE_LINES=() LIMITS_REFUSED=() # drover-limits: lease traffic per measured run
 LIMITS_TOTALS=(0 0 0) # drover-limits: rate limited, spend cap refused, fail-open, over all its runs and warm-ups
 for target in $TARGETS; do
   [[ -n ${URL[$target]:-} ]] ||
-    die "unknown target '$target' (expected direct, nginx, drover, drover-no-usage, drover-anthropic, drover-cached, drover-auth or drover-limits)"
+    die "unknown target '$target' (expected direct, nginx, drover, drover-no-usage, drover-anthropic, drover-responses, drover-structured, drover-cached, drover-auth or drover-limits)"
   for mode in $MODES; do
     [[ -f $TMP/$mode.json ]] || die "unknown mode '$mode' (expected non-stream or stream)"
     for conns in $CONCURRENCY; do
@@ -605,6 +662,15 @@ mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-bina
     echo "same Drover instance and mock; Drover translates it to OpenAI chat and the answer back (an Anthropic"
     echo "\`message\`, or ${ANTHROPIC_EVENTS:-?} Anthropic SSE events ending in \`message_stop\` when streaming)."
   fi
+  if wants drover-responses; then
+    echo "drover-responses: the same conversation as \`POST /v1/responses\` (OpenAI Responses, $RESPONSES_BODY_BYTES-byte body) to an alias"
+    echo "whose provider speaks Anthropic Messages (the same mock); Drover translates it through the canonical model and the"
+    echo "answer back (a \`response\` object, or ${RESPONSES_EVENTS:-?} Responses SSE events ending in \`response.completed\`)."
+  fi
+  if wants drover-structured; then
+    echo "drover-structured: the chat request with a JSON schema \`response_format\`, to that alias: sent as a forced tool, whose"
+    echo "call comes back as the message content."
+  fi
   echo "wrk, the proxy under test and the mock all share this machine's cores over 127.0.0.1."
   echo
   echo "| target | mode | concurrency | req/s | p50 | p99 | errors |"
@@ -615,6 +681,18 @@ mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-bina
     echo "Translation cost (drover-anthropic vs same-format drover; p50 difference, req/s ratio):"
     echo
     compare drover-anthropic drover
+  fi
+  if wants drover && wants drover-responses; then
+    echo
+    echo "Responses translation cost (drover-responses, Responses in and Anthropic out, vs same-format drover; p50 difference, req/s ratio):"
+    echo
+    compare drover-responses drover
+  fi
+  if wants drover && wants drover-structured; then
+    echo
+    echo "Structured output cost (drover-structured, JSON schema through a forced Anthropic tool, vs same-format drover):"
+    echo
+    compare drover-structured drover
   fi
   if wants drover && wants drover-no-usage; then
     echo

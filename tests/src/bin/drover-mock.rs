@@ -1,6 +1,8 @@
-//! drover-mock: a fast OpenAI-format provider with fixed answers, for the load benchmark
-//! (`tests/bench/run.sh`). Serves `POST /v1/chat/completions`, non-stream and stream (with the usage chunk
-//! when `stream_options.include_usage` is true), over HTTP/1.1 with keep-alive, on a multi-threaded runtime.
+//! drover-mock: a fast provider with fixed answers, for the load benchmark (`tests/bench/run.sh`). Serves
+//! `POST /v1/chat/completions` (OpenAI format), non-stream and stream (with the usage chunk when
+//! `stream_options.include_usage` is true), and `POST /v1/messages` (Anthropic format), non-stream and
+//! stream: a text answer, or a call of the tool the request forces (`tool_choice` `{"type":"tool"}`, as a
+//! gateway sends structured output), over HTTP/1.1 with keep-alive, on a multi-threaded runtime.
 //!
 //! Answers are rendered once at startup by the same code as the test mock (`drover_tests::mock::openai`), so
 //! they have the real shapes; per request the server only reads the body and scans it for `"stream": true`.
@@ -16,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use clap::Parser;
-use drover_tests::mock::{Reply, ReplyOptions, openai};
+use drover_tests::mock::{Reply, ReplyOptions, anthropic, openai};
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Either, Full, StreamBody};
@@ -47,6 +49,11 @@ struct Answers {
     completion: Bytes,
     events: Arc<[Bytes]>,
     events_with_usage: Arc<[Bytes]>,
+    /// Anthropic Messages: text, and a forced tool's call; whole and streamed.
+    message: Bytes,
+    message_events: Arc<[Bytes]>,
+    tool_message: Bytes,
+    tool_events: Arc<[Bytes]>,
     not_found: Bytes,
 }
 
@@ -93,14 +100,57 @@ impl Answers {
         else {
             bail!("a stream chat completion rendered as JSON");
         };
+        let messages = |stream: bool, tool: bool| -> anyhow::Result<Reply> {
+            let mut req = json!({
+                "model": "bench-model",
+                "max_tokens": 256,
+                "system": "You are a helpful assistant.",
+                "messages": [{ "role": "user", "content": "Tell me something." }]
+            });
+            if tool {
+                req["tools"] = json!([{ "name": "json_output", "input_schema": { "type": "object" } }]);
+                req["tool_choice"] = json!({ "type": "tool", "name": "json_output" });
+            }
+            if stream {
+                req["stream"] = json!(true);
+            }
+            let mut headers = http::HeaderMap::new();
+            headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+            Ok(anthropic::route(
+                &Method::POST,
+                "/v1/messages",
+                &headers,
+                req.to_string().as_bytes(),
+                &options,
+                1,
+            ))
+        };
+        let whole = |reply: Reply| match reply {
+            Reply::Json { body, .. } => Ok(body),
+            Reply::Events { .. } => bail!("a non-stream message rendered as events"),
+        };
+        let frames_of = |reply: Reply| -> anyhow::Result<Arc<[Bytes]>> {
+            match reply {
+                Reply::Events { frames, .. } => Ok(frames.into()),
+                Reply::Json { .. } => bail!("a stream message rendered as JSON"),
+            }
+        };
+        let message = whole(messages(false, false)?)?;
+        let message_events = frames_of(messages(true, false)?)?;
+        let tool_message = whole(messages(false, true)?)?;
+        let tool_events = frames_of(messages(true, true)?)?;
         let not_found = json!({ "error": {
-            "message": "Invalid URL (drover-mock serves POST /v1/chat/completions only)",
+            "message": "Invalid URL (drover-mock serves POST /v1/chat/completions and /v1/messages only)",
             "type": "invalid_request_error", "param": null, "code": null
         } });
         Ok(Answers {
             completion,
             events: events.into(),
             events_with_usage: with_usage.into(),
+            message,
+            message_events,
+            tool_message,
+            tool_events,
             not_found: Bytes::from(not_found.to_string()),
         })
     }
@@ -150,14 +200,48 @@ fn with_type(mut response: Response<Body>, content_type: &'static str) -> Respon
     response
 }
 
+fn stream_of(frames: &Arc<[Bytes]>) -> Response<Body> {
+    let frames = FrameIter {
+        frames: Arc::clone(frames),
+        next: 0,
+    };
+    with_type(
+        Response::new(Either::Right(StreamBody::new(futures_util::stream::iter(frames)))),
+        "text/event-stream",
+    )
+}
+
+/// An Anthropic Messages answer: the forced tool's call when the request forces one.
+fn message(answers: &Answers, body: &[u8]) -> Response<Body> {
+    let needle = b"\"type\":\"tool\"";
+    let forced = body.windows(needle.len()).any(|w| w == needle);
+    match (flag(body, b"\"stream\""), forced) {
+        (true, true) => stream_of(&answers.tool_events),
+        (true, false) => stream_of(&answers.message_events),
+        (false, true) => with_type(
+            Response::new(Either::Left(Full::new(answers.tool_message.clone()))),
+            "application/json",
+        ),
+        (false, false) => with_type(
+            Response::new(Either::Left(Full::new(answers.message.clone()))),
+            "application/json",
+        ),
+    }
+}
+
 async fn answer(answers: Arc<Answers>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-    let is_chat = req.method() == Method::POST && req.uri().path() == "/v1/chat/completions";
+    let post = req.method() == Method::POST;
+    let is_chat = post && req.uri().path() == "/v1/chat/completions";
+    let is_message = post && req.uri().path() == "/v1/messages";
     let body = req
         .into_body()
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    if is_message {
+        return Ok(message(&answers, &body));
+    }
     if !is_chat {
         let mut response = Response::new(Either::Left(Full::new(answers.not_found.clone())));
         *response.status_mut() = StatusCode::NOT_FOUND;
@@ -172,12 +256,7 @@ async fn answer(answers: Arc<Answers>, req: Request<Incoming>) -> Result<Respons
     } else {
         &answers.events
     };
-    let frames = FrameIter {
-        frames: Arc::clone(frames),
-        next: 0,
-    };
-    let response = Response::new(Either::Right(StreamBody::new(futures_util::stream::iter(frames))));
-    Ok(with_type(response, "text/event-stream"))
+    Ok(stream_of(frames))
 }
 
 async fn serve(listener: TcpListener, answers: Arc<Answers>) {
@@ -256,5 +335,44 @@ mod tests {
         );
         assert_eq!(answers.events_with_usage.len(), answers.events.len() + 1);
         assert_eq!(answers.events.last().unwrap().as_ref(), b"data: [DONE]\n\n");
+        let message: serde_json::Value = serde_json::from_slice(&answers.message).unwrap();
+        assert_eq!(message["type"], "message");
+        assert_eq!(message["content"][0]["type"], "text");
+        let tool: serde_json::Value = serde_json::from_slice(&answers.tool_message).unwrap();
+        assert_eq!(tool["content"][0]["name"], "json_output");
+        assert!(
+            answers
+                .message_events
+                .last()
+                .unwrap()
+                .starts_with(b"event: message_stop")
+        );
+        assert!(
+            answers
+                .tool_events
+                .iter()
+                .any(|e| e.windows(16).any(|w| w == b"input_json_delta"))
+        );
+    }
+
+    #[test]
+    fn a_forced_tool_gets_its_call() {
+        let answers = Answers::render(4).unwrap();
+        let whole = |body: &[u8]| match message(&answers, body).into_body() {
+            Either::Left(full) => full,
+            Either::Right(_) => panic!("streamed"),
+        };
+        let forced = br#"{"model":"m","tool_choice":{"type":"tool","name":"json_output"}}"#;
+        assert_eq!(
+            format!("{:?}", whole(forced)),
+            format!("{:?}", Full::new(answers.tool_message.clone()))
+        );
+        let plain = br#"{"model":"m"}"#;
+        assert_eq!(
+            format!("{:?}", whole(plain)),
+            format!("{:?}", Full::new(answers.message.clone()))
+        );
+        let stream = br#"{"model":"m","stream":true}"#;
+        assert!(matches!(message(&answers, stream).into_body(), Either::Right(_)));
     }
 }
