@@ -194,11 +194,8 @@ pub fn follow_audit(
     stop: CancellationToken,
 ) -> Result<FollowStream, StoreError> {
     let base = filter(&caller, r.after_seq, FOLLOW_BATCH, &r.actor, r.since_unix_ms)?;
-    let mut identities = store.identities();
     let who = caller.identity;
-    let mut still_valid =
-        move || who.name == crate::roles::ROOT || identities.borrow_and_update().values().any(|i| *i == who);
-    let mut revoked = store.identities();
+    let mut identities = store.identities();
     if r.backlog > MAX_PAGE_SIZE {
         return Err(
             InvalidPolicy::new("backlog", format!("{} is more than {MAX_PAGE_SIZE}", r.backlog)).into(),
@@ -228,7 +225,9 @@ pub fn follow_audit(
                 }
             }
             loop {
-                if !still_valid() {
+                let still_valid = who.name == crate::roles::ROOT
+                    || identities.borrow_and_update().values().any(|i| *i == who);
+                if !still_valid {
                     let _ = tx
                         .send(Err(tonic::Status::unauthenticated(
                             "the identity following the audit log was revoked",
@@ -252,7 +251,7 @@ pub fn follow_audit(
                 if records.len() < FOLLOW_BATCH as usize && *head.borrow() <= cursor {
                     tokio::select! {
                         changed = head.changed() => if changed.is_err() { return Ok(()) },
-                        changed = revoked.changed() => if changed.is_err() { return Ok(()) },
+                        changed = identities.changed() => if changed.is_err() { return Ok(()) },
                         () = tx.closed() => return Ok(()),
                         () = stop.cancelled() => return Ok(()),
                     }

@@ -135,6 +135,8 @@ struct GuardKeys {
 
 /// The prefix of every `AdminService` method path.
 const ADMIN_PATH: &str = "/drover.v1.AdminService/";
+/// How a refusal record names a path that is no RPC of the service.
+const UNKNOWN_RPC: &str = "unknown";
 
 impl<S> AdminGuard<S> {
     pub fn new(
@@ -190,27 +192,28 @@ where
             .extensions()
             .get::<TcpConnectInfo>()
             .and_then(TcpConnectInfo::remote_addr);
-        let rpc = request
+        // The RPC's own name, never the caller's text: a refusal record names only RPCs that exist.
+        let rule = request
             .uri()
             .path()
             .strip_prefix(ADMIN_PATH)
-            .unwrap_or_default()
-            .to_owned();
+            .and_then(roles::rule_of);
+        let rpc = rule.map_or(UNKNOWN_RPC, |r| r.rpc);
         let presented = request
             .headers()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(bearer)
             .and_then(|token| self.keys.identify(token));
-        let refusal = match (presented, roles::rule_of(&rpc)) {
+        let refusal = match (presented, rule) {
             (None, _) => Err((
-                audit_api::anonymous(&rpc, source),
+                audit_api::anonymous(rpc, source),
                 tonic::Status::unauthenticated("missing or invalid admin token"),
             )),
             (Some(identity), Some(rule)) => match rule.refuses(&identity) {
                 Some(why) => {
                     let caller = Caller { identity, source };
-                    Err((caller.entry(&rpc, &()), tonic::Status::permission_denied(why)))
+                    Err((caller.entry(rpc, &()), tonic::Status::permission_denied(why)))
                 }
                 None => Ok(Caller { identity, source }),
             },

@@ -4,8 +4,6 @@
 //! transaction as every change. `key_check` is a value encrypted under the master key at
 //! creation, so a wrong key is caught at startup rather than on the first stored credential.
 
-use std::fmt::Write as _;
-
 use rand::Rng as _;
 use rusqlite::{Connection, OptionalExtension as _};
 
@@ -43,10 +41,7 @@ pub(super) fn init(conn: &Connection, cipher: &Cipher) -> Result<(), StoreError>
 
 fn new_store_id() -> String {
     let bytes: [u8; 16] = rand::rng().random();
-    bytes.iter().fold(String::with_capacity(32), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    crate::audit::hex(&bytes)
 }
 
 pub(crate) fn store_id(conn: &Connection) -> Result<String, StoreError> {

@@ -106,8 +106,9 @@ pub fn unwrap_response(parts: &mut Vec<Part>, stop: &mut StopReason) {
 /// finish reason says `stop` unless another tool was called.
 #[derive(Debug, Default)]
 pub struct StreamUnwrap {
-    /// Indexes of the blocks left out, and of the output tool's block.
-    skipped: Vec<usize>,
+    /// The text block being left out (blocks never interleave, so one at a time), and the
+    /// output tool's block.
+    skipping: Option<usize>,
     output: Option<usize>,
     other_calls: bool,
 }
@@ -125,7 +126,7 @@ impl StreamUnwrap {
                     })
                 }
                 BlockKind::Text => {
-                    self.skipped.push(index);
+                    self.skipping = Some(index);
                     None
                 }
                 kind => {
@@ -136,7 +137,7 @@ impl StreamUnwrap {
                 }
             },
             StreamEvent::Delta { index, delta } => {
-                if self.skipped.contains(&index) {
+                if self.skipping == Some(index) {
                     return None;
                 }
                 let delta = match delta {
@@ -145,7 +146,7 @@ impl StreamUnwrap {
                 };
                 Some(StreamEvent::Delta { index, delta })
             }
-            StreamEvent::BlockStop { index } if self.skipped.contains(&index) => None,
+            StreamEvent::BlockStop { index } if self.skipping == Some(index) => None,
             StreamEvent::Finish {
                 stop: StopReason::ToolUse,
             } if self.output.is_some() && !self.other_calls => Some(StreamEvent::Finish {

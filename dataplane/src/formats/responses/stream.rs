@@ -30,6 +30,11 @@ enum ItemKind {
     Call { call_id: String, name: String },
 }
 
+/// Text, reasoning and arguments a stream holds for its final `response.completed` event (which
+/// repeats every output item whole), bytes; past it the stream ends with an `error` event, as an
+/// upstream answer past the same size would.
+pub const MAX_HELD_BYTES: usize = 64 << 20;
+
 /// Encodes one translated stream for a Responses caller.
 #[derive(Debug)]
 pub struct StreamEncoder {
@@ -42,6 +47,8 @@ pub struct StreamEncoder {
     items: Vec<Item>,
     stop: StopReason,
     usage: Usage,
+    /// Bytes of text held in `items`.
+    held: usize,
     closed: bool,
 }
 
@@ -56,6 +63,7 @@ impl StreamEncoder {
             items: Vec::new(),
             stop: StopReason::EndTurn,
             usage: Usage::default(),
+            held: 0,
             closed: false,
         }
     }
@@ -179,6 +187,18 @@ impl StreamEncoder {
                     Delta::ToolArguments(t) => ("response.function_call_arguments.delta", t),
                     Delta::Signature(_) => return,
                 };
+                self.held += text.len();
+                if self.held > MAX_HELD_BYTES {
+                    self.fail(
+                        "response_too_large",
+                        &format!(
+                            "the answer is longer than the {} MiB a translated stream holds",
+                            MAX_HELD_BYTES >> 20
+                        ),
+                        out,
+                    );
+                    return;
+                }
                 self.items[n].text.push_str(text);
                 let mut body = obj([
                     ("item_id", json!(self.items[n].id)),
@@ -290,18 +310,23 @@ impl StreamEncoder {
                     crate::formats::ir::ErrorKind::Overloaded => "server_is_overloaded",
                     _ => "server_error",
                 };
-                self.event(
-                    "error",
-                    obj([
-                        ("code", json!(code)),
-                        ("message", json!(e.message)),
-                        ("param", Value::Null),
-                    ]),
-                    out,
-                );
-                self.closed = true;
+                self.fail(code, &e.message, out);
             }
         }
+    }
+
+    /// Ends the stream with an `error` event; nothing follows.
+    fn fail(&mut self, code: &str, message: &str, out: &mut BytesMut) {
+        self.event(
+            "error",
+            obj([
+                ("code", json!(code)),
+                ("message", json!(message)),
+                ("param", Value::Null),
+            ]),
+            out,
+        );
+        self.closed = true;
     }
 }
 
@@ -483,5 +508,30 @@ mod tests {
         let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(kinds, ["response.created", "response.in_progress", "error"]);
         assert_eq!(events[2].1["code"], "server_is_overloaded");
+    }
+
+    #[test]
+    fn what_a_stream_holds_for_its_final_event_is_bounded() {
+        let chunk = "x".repeat(1 << 20);
+        let mut events = vec![
+            StreamEvent::Start {
+                id: "m".into(),
+                model: "x".into(),
+            },
+            StreamEvent::BlockStart {
+                index: 0,
+                kind: BlockKind::Text,
+            },
+        ];
+        events.extend((0..=(MAX_HELD_BYTES >> 20)).map(|_| StreamEvent::Delta {
+            index: 0,
+            delta: Delta::Text(chunk.clone()),
+        }));
+        events.push(StreamEvent::Done);
+        let out = run(&events);
+        let (last, data) = out.last().unwrap();
+        assert_eq!(last, "error");
+        assert_eq!(data["code"], "response_too_large");
+        assert!(!out.iter().any(|(k, _)| k == "response.completed"));
     }
 }
