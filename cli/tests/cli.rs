@@ -405,6 +405,8 @@ async fn providers_are_added_listed_and_removed_without_showing_a_key() {
             "2024-10-21",
             "--api-key-env",
             "AZURE_OPENAI_API_KEY",
+            "--responses-api",
+            "translate",
         ])
         .await;
     assert_eq!(changed_version(out.ok(), "provider azure added"), start + 3);
@@ -420,6 +422,7 @@ async fn providers_are_added_listed_and_removed_without_showing_a_key() {
                 "base_url": "https://api.anthropic.com/",
                 "credential": "stored",
                 "api_version": null,
+                "responses_api": null,
             },
             {
                 "name": "azure",
@@ -427,6 +430,7 @@ async fn providers_are_added_listed_and_removed_without_showing_a_key() {
                 "base_url": "https://res.openai.azure.com/",
                 "credential": "env:AZURE_OPENAI_API_KEY",
                 "api_version": "2024-10-21",
+                "responses_api": "translate",
             },
             {
                 "name": "openai",
@@ -434,16 +438,17 @@ async fn providers_are_added_listed_and_removed_without_showing_a_key() {
                 "base_url": "https://api.openai.com/v1",
                 "credential": "env:OPENAI_API_KEY",
                 "api_version": null,
+                "responses_api": "relay",
             },
         ])
     );
     let table = cp.run(&["provider", "list"]).await;
     assert_eq!(
         table.ok(),
-        "NAME       KIND       BASE URL                       CREDENTIAL                API VERSION\n\
-         anthropic  anthropic  https://api.anthropic.com/     stored                    -\n\
-         azure      azure      https://res.openai.azure.com/  env:AZURE_OPENAI_API_KEY  2024-10-21\n\
-         openai     openai     https://api.openai.com/v1      env:OPENAI_API_KEY        -\n"
+        "NAME       KIND       BASE URL                       CREDENTIAL                API VERSION  RESPONSES\n\
+         anthropic  anthropic  https://api.anthropic.com/     stored                    -            -\n\
+         azure      azure      https://res.openai.azure.com/  env:AZURE_OPENAI_API_KEY  2024-10-21   translate\n\
+         openai     openai     https://api.openai.com/v1      env:OPENAI_API_KEY        -            relay\n"
     );
     outputs.push(table);
     assert_eq!(cp.version().await, start + 3);
@@ -492,6 +497,7 @@ async fn providers_are_added_listed_and_removed_without_showing_a_key() {
             "base_url": "https://api.anthropic.com/",
             "credential": "stored",
             "api_version": null,
+            "responses_api": null,
         }])
     );
     assert_eq!(cp.version().await, start + 6);

@@ -594,6 +594,19 @@ impl Gateway {
         base_url: &str,
         env: &str,
     ) -> Result<u64, tonic::Status> {
+        self.try_provider_responses(name, kind, base_url, env, pb::ResponsesApi::Unspecified)
+            .await
+    }
+
+    /// [`Gateway::try_provider`] with how it gets Responses API calls.
+    pub async fn try_provider_responses(
+        &self,
+        name: &str,
+        kind: pb::ProviderKind,
+        base_url: &str,
+        env: &str,
+        responses_api: pb::ResponsesApi,
+    ) -> Result<u64, tonic::Status> {
         self.admin
             .clone()
             .add_provider(pb::AddProviderRequest {
@@ -603,9 +616,26 @@ impl Gateway {
                 credential: Some(pb::add_provider_request::Credential::ApiKeyEnv(env.into())),
                 replace: true,
                 api_version: String::new(),
+                responses_api: responses_api as i32,
             })
             .await
             .map(|r| r.into_inner().version)
+    }
+
+    /// Adds a provider of any kind that gets Responses API calls as `responses_api` says.
+    pub async fn provider_responses(
+        &self,
+        name: &str,
+        kind: pb::ProviderKind,
+        base_url: &str,
+        responses_api: pb::ResponsesApi,
+    ) -> u64 {
+        let v = self
+            .try_provider_responses(name, kind, base_url, "TEST_PROVIDER_API_KEY", responses_api)
+            .await
+            .expect("add provider");
+        self.wait_all(v).await;
+        v
     }
 
     /// Adds an OpenAI-compatible provider (credential: env `TEST_PROVIDER_API_KEY`).

@@ -51,6 +51,7 @@ fn provider(name: &str, url: &str) -> pb::AddProviderRequest {
         credential: None,
         replace: false,
         api_version: String::new(),
+        responses_api: 0,
     }
 }
 
@@ -223,6 +224,7 @@ async fn unavailable_modules_cannot_be_switched_on_and_stored_keys_never_come_ba
             )),
             replace: false,
             api_version: String::new(),
+            responses_api: 0,
         })
         .await
         .unwrap()

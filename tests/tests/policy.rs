@@ -136,6 +136,7 @@ fn snapshot(version: u64, up: &MockProvider, route: (&str, &str, &str)) -> pb::S
             base_url: up.base_url(),
             credential: None,
             api_version: String::new(),
+            responses_api: 0,
         }],
         routes: vec![pb::Route {
             alias: route.0.into(),

@@ -221,7 +221,8 @@ async fn responses_api_is_relayed_and_its_streams_are_checked_and_metered() {
         .configure(|c| c.usage.flush_interval = std::time::Duration::from_millis(20))
         .start()
         .await;
-    gw.provider("up", &up.base_url()).await;
+    gw.provider_kind("up", drover_proto::pb::ProviderKind::Openai, &up.base_url())
+        .await;
     gw.route("r", &["up/gpt-4.1"]).await;
 
     let whole = r#"{"id":"resp_1","object":"response","status":"completed","model":"gpt-4.1","output":[{"type":"message","role":"assistant","content":[{"type":"output_text","text":"hi"}]}],"usage":{"input_tokens":11,"output_tokens":2,"total_tokens":13}}"#;

@@ -3,15 +3,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test code")]
 
-use drover_proto::pb::ProviderKind;
+use drover_proto::pb::{ProviderKind, ResponsesApi};
 use drover_tests::mock::MockBuilder;
 use drover_tests::{Fault, Gateway, MockProvider};
 use serde_json::{Value, json};
 
 async fn setup(mock: MockBuilder, kind: ProviderKind) -> (Gateway, MockProvider) {
+    setup_responses(mock, kind, ResponsesApi::Unspecified).await
+}
+
+/// [`setup`] with a provider that gets Responses API calls as `responses_api` says.
+async fn setup_responses(
+    mock: MockBuilder,
+    kind: ProviderKind,
+    responses_api: ResponsesApi,
+) -> (Gateway, MockProvider) {
     let up = mock.start().await;
     let gw = Gateway::builder().start().await;
-    gw.provider_kind("up", kind, &up.base_url()).await;
+    gw.provider_responses("up", kind, &up.base_url(), responses_api)
+        .await;
     let model = match kind {
         ProviderKind::Anthropic => "claude-sonnet-4-5",
         ProviderKind::Gemini => "gemini-2.5-flash",
@@ -583,16 +593,133 @@ async fn structured_output_reaches_anthropic_as_a_forced_tool_and_comes_back_as_
     assert_eq!(up.calls(), calls);
 }
 
-/// The Responses API to providers that do not speak it: Anthropic, Gemini and Azure chat
-/// deployments, through the canonical model.
+/// The Responses API to providers that have it: relayed untouched, stateful fields included,
+/// to OpenAI and to Azure's v1 endpoint (the deployment as `model`, no `api-version`), and to
+/// an OpenAI-compatible server set to relay; an OpenAI provider set to translate gets chat.
+#[tokio::test]
+async fn responses_calls_are_relayed_untouched_where_the_provider_has_the_endpoint() {
+    let answer = r#"{"id": "resp_67ccd2bed1ec8190", "object": "response", "status": "completed", "model": "gpt-4.1-2025-04-14", "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": "hi", "annotations": []}]}], "usage": {"input_tokens": 11, "output_tokens": 2, "total_tokens": 13}}"#;
+    let body = r#"{"model":"m","input":"hello","previous_response_id":"resp_prev","store":true}"#;
+    for (mock, kind, mode, path, model) in [
+        (
+            MockProvider::azure(),
+            ProviderKind::Azure,
+            ResponsesApi::Unspecified,
+            "/openai/v1/responses",
+            "my-deployment",
+        ),
+        (
+            MockProvider::openai(),
+            ProviderKind::Openai,
+            ResponsesApi::Unspecified,
+            "/v1/responses",
+            "gpt-4o-mini",
+        ),
+        (
+            MockProvider::openai(),
+            ProviderKind::OpenaiCompatible,
+            ResponsesApi::Relay,
+            "/v1/responses",
+            "gpt-4o-mini",
+        ),
+    ] {
+        let (gw, up) = setup_responses(mock, kind, mode).await;
+        up.script(vec![Fault::replay(200, "application/json", answer)]);
+        let reply = gw.send("POST", "/v1/responses", body).await;
+        assert_eq!(reply.status, 200, "{kind:?}: {}", reply.text());
+        assert_eq!(
+            reply.text(),
+            answer,
+            "{kind:?}: the answer is relayed byte for byte"
+        );
+        let sent = up.last_request().unwrap();
+        assert_eq!(sent.path, path, "{kind:?}");
+        assert_eq!(
+            sent.query, None,
+            "{kind:?}: Azure's v1 surface takes no api-version"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&sent.body),
+            body.replace(r#""model":"m""#, &format!(r#""model":"{model}""#)),
+            "{kind:?}: only the model is replaced"
+        );
+        let auth = if kind == ProviderKind::Azure {
+            "api-key"
+        } else {
+            "authorization"
+        };
+        assert!(sent.header(auth).is_some(), "{kind:?}");
+
+        let stream = "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":1,\"response\":{\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n";
+        up.script(vec![Fault::replay(200, "text/event-stream", stream)]);
+        let reply = gw
+            .send(
+                "POST",
+                "/v1/responses",
+                r#"{"model":"m","input":"hello","stream":true}"#,
+            )
+            .await;
+        assert_eq!(
+            reply.text(),
+            stream,
+            "{kind:?}: the stream is relayed byte for byte"
+        );
+    }
+
+    let (gw, up) = setup_responses(
+        MockProvider::openai(),
+        ProviderKind::Openai,
+        ResponsesApi::Translate,
+    )
+    .await;
+    let reply = gw
+        .send("POST", "/v1/responses", r#"{"model":"m","input":"hello"}"#)
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(up.last_request().unwrap().path, "/v1/chat/completions");
+    assert_eq!(
+        reply.json()["output"][0]["content"][0]["text"],
+        "mock reply to: hello"
+    );
+    let reply = gw
+        .send(
+            "POST",
+            "/v1/responses",
+            r#"{"model":"m","input":"hi","previous_response_id":"resp_1"}"#,
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert_eq!(reply.json()["error"]["param"], "previous_response_id");
+}
+
+/// The Responses API to providers that do not speak it, through the canonical model:
+/// Anthropic, Gemini, OpenAI-compatible servers (by default) and Azure deployments set to
+/// translate.
 #[tokio::test]
 async fn responses_calls_reach_every_provider_kind_translated() {
-    for (mock, kind) in [
-        (MockProvider::anthropic(), ProviderKind::Anthropic),
-        (MockProvider::gemini(), ProviderKind::Gemini),
-        (MockProvider::azure(), ProviderKind::Azure),
+    for (mock, kind, mode) in [
+        (
+            MockProvider::anthropic(),
+            ProviderKind::Anthropic,
+            ResponsesApi::Unspecified,
+        ),
+        (
+            MockProvider::gemini(),
+            ProviderKind::Gemini,
+            ResponsesApi::Unspecified,
+        ),
+        (
+            MockProvider::azure(),
+            ProviderKind::Azure,
+            ResponsesApi::Translate,
+        ),
+        (
+            MockProvider::openai(),
+            ProviderKind::OpenaiCompatible,
+            ResponsesApi::Unspecified,
+        ),
     ] {
-        let (gw, up) = setup(mock, kind).await;
+        let (gw, up) = setup_responses(mock, kind, mode).await;
         // A string input with instructions.
         let body = json!({"model": "m", "instructions": "You are terse.", "input": "hello world",
                           "max_output_tokens": 200});

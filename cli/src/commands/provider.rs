@@ -5,7 +5,7 @@ use std::io::{self, BufRead, IsTerminal, Write};
 
 use anyhow::{anyhow, bail};
 use clap::{Args, Subcommand};
-use drover_proto::model::{self, ProviderKind, Secret};
+use drover_proto::model::{self, ProviderKind, ResponsesApi, Secret};
 use drover_proto::pb;
 use drover_proto::pb::add_provider_request::Credential;
 use serde::Serialize;
@@ -49,6 +49,13 @@ pub struct AddArgs {
     #[arg(long, value_name = "VERSION", value_parser = parse_api_version)]
     api_version: Option<String>,
 
+    /// How OpenAI Responses API calls (POST /v1/responses) reach it: `relay` to its own
+    /// Responses endpoint, or `translate` to chat completions (kinds openai, azure and
+    /// openai-compatible only; default: relay for openai and azure, translate for
+    /// openai-compatible).
+    #[arg(long, value_name = "MODE", value_parser = parse_responses_api)]
+    responses_api: Option<ResponsesApi>,
+
     /// Replace the provider of the same name instead of failing.
     #[arg(long)]
     replace: bool,
@@ -86,6 +93,10 @@ fn parse_kind(raw: &str) -> Result<ProviderKind, String> {
 fn parse_api_version(raw: &str) -> Result<String, String> {
     model::validate_api_version(raw).map_err(|e| e.reason)?;
     Ok(raw.to_owned())
+}
+
+fn parse_responses_api(raw: &str) -> Result<ResponsesApi, String> {
+    ResponsesApi::parse(raw).map_err(|e| e.reason)
 }
 
 fn parse_url(raw: &str) -> Result<String, String> {
@@ -146,6 +157,7 @@ impl AddArgs {
             credential: self.credential.resolve(stdin)?,
             replace: self.replace,
             api_version: self.api_version.clone().unwrap_or_default(),
+            responses_api: ResponsesApi::to_wire(self.responses_api) as i32,
         };
         model::Provider::try_from(&request)?;
         Ok(request)
@@ -162,16 +174,31 @@ pub struct ProviderRow {
     pub credential: String,
     /// Azure OpenAI `api-version`; `null`: the data plane's default.
     pub api_version: Option<String>,
+    /// How Responses API calls reach it (`relay` or `translate`, the kind's default when not
+    /// set); `null` for kinds that are always translated to.
+    pub responses_api: Option<String>,
 }
 
 impl From<pb::ProviderInfo> for ProviderRow {
     fn from(p: pb::ProviderInfo) -> Self {
+        let kind = ProviderKind::ALL
+            .into_iter()
+            .find(|k| k.to_wire() as i32 == p.kind);
+        let set = match pb::ResponsesApi::try_from(p.responses_api) {
+            Ok(pb::ResponsesApi::Relay) => Some(ResponsesApi::Relay),
+            Ok(pb::ResponsesApi::Translate) => Some(ResponsesApi::Translate),
+            _ => None,
+        };
+        let responses_api = set
+            .or_else(|| kind.and_then(ResponsesApi::default_for))
+            .map(|m| m.as_str().to_owned());
         ProviderRow {
             name: p.name,
             kind: kind_name(p.kind),
             base_url: p.base_url,
             credential: p.credential,
             api_version: Some(p.api_version).filter(|v| !v.is_empty()),
+            responses_api,
         }
     }
 }
@@ -184,7 +211,14 @@ fn kind_name(wire: i32) -> String {
 }
 
 fn table(rows: &[ProviderRow]) -> Table {
-    let mut t = Table::new(["NAME", "KIND", "BASE URL", "CREDENTIAL", "API VERSION"]);
+    let mut t = Table::new([
+        "NAME",
+        "KIND",
+        "BASE URL",
+        "CREDENTIAL",
+        "API VERSION",
+        "RESPONSES",
+    ]);
     for r in rows {
         t.row([
             r.name.clone(),
@@ -192,6 +226,7 @@ fn table(rows: &[ProviderRow]) -> Table {
             r.base_url.clone(),
             r.credential.clone(),
             r.api_version.clone().unwrap_or_else(|| "-".to_owned()),
+            r.responses_api.clone().unwrap_or_else(|| "-".to_owned()),
         ]);
     }
     t
@@ -347,6 +382,44 @@ mod tests {
             err.contains("--api-version") && err.contains("must be 1-64 of A-Z"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn responses_api_is_sent_when_given_and_refused_for_kinds_without_the_endpoint() {
+        let base = [
+            "x",
+            "--kind",
+            "openai-compatible",
+            "--base-url",
+            "http://localhost:8000/v1",
+        ];
+        assert_eq!(add(&base).to_request(no_stdin).unwrap().responses_api, 0);
+        let relay = [&base[..], &["--responses-api", "relay"]].concat();
+        assert_eq!(
+            add(&relay).to_request(no_stdin).unwrap().responses_api,
+            pb::ResponsesApi::Relay as i32
+        );
+        let argv = [
+            &["drover", "provider", "add"],
+            &base[..],
+            &["--responses-api", "native"],
+        ]
+        .concat();
+        let err = <crate::Cli as clap::Parser>::try_parse_from(argv)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected relay or translate"), "{err}");
+        let a = add(&[
+            "claude",
+            "--kind",
+            "anthropic",
+            "--base-url",
+            "https://api.anthropic.com/v1",
+            "--responses-api",
+            "relay",
+        ]);
+        let err = a.to_request(no_stdin).unwrap_err().to_string();
+        assert!(err.contains("only openai, azure and openai-compatible"), "{err}");
     }
 
     #[test]
@@ -535,6 +608,7 @@ mod tests {
                 base_url: "https://api.openai.com/v1".into(),
                 credential: "env:OPENAI_API_KEY".into(),
                 api_version: String::new(),
+                responses_api: 0,
             }
             .into(),
             pb::ProviderInfo {
@@ -543,6 +617,7 @@ mod tests {
                 base_url: "http://localhost:8000/v1".into(),
                 credential: "none".into(),
                 api_version: String::new(),
+                responses_api: 0,
             }
             .into(),
             pb::ProviderInfo {
@@ -551,15 +626,26 @@ mod tests {
                 base_url: "https://res.openai.azure.com".into(),
                 credential: "env:AZURE_OPENAI_API_KEY".into(),
                 api_version: "2024-10-21".into(),
+                responses_api: pb::ResponsesApi::Translate as i32,
+            }
+            .into(),
+            pb::ProviderInfo {
+                name: "claude".into(),
+                kind: pb::ProviderKind::Anthropic as i32,
+                base_url: "https://api.anthropic.com/v1".into(),
+                credential: "env:ANTHROPIC_API_KEY".into(),
+                api_version: String::new(),
+                responses_api: 0,
             }
             .into(),
         ];
         assert_eq!(
             table(&rows).render(),
-            "NAME    KIND               BASE URL                      CREDENTIAL                API VERSION\n\
-             openai  openai             https://api.openai.com/v1     env:OPENAI_API_KEY        -\n\
-             local   openai-compatible  http://localhost:8000/v1      none                      -\n\
-             azure   azure              https://res.openai.azure.com  env:AZURE_OPENAI_API_KEY  2024-10-21\n"
+            "NAME    KIND               BASE URL                      CREDENTIAL                API VERSION  RESPONSES\n\
+             openai  openai             https://api.openai.com/v1     env:OPENAI_API_KEY        -            relay\n\
+             local   openai-compatible  http://localhost:8000/v1      none                      -            translate\n\
+             azure   azure              https://res.openai.azure.com  env:AZURE_OPENAI_API_KEY  2024-10-21   translate\n\
+             claude  anthropic          https://api.anthropic.com/v1  env:ANTHROPIC_API_KEY     -            -\n"
         );
         let json: serde_json::Value = serde_json::from_str(&output::json(&rows).unwrap()).unwrap();
         assert_eq!(
@@ -570,8 +656,11 @@ mod tests {
                 "base_url": "https://api.openai.com/v1",
                 "credential": "env:OPENAI_API_KEY",
                 "api_version": null,
+                "responses_api": "relay",
             })
         );
+        assert_eq!(json[1]["responses_api"], "translate");
+        assert_eq!(json[3]["responses_api"], serde_json::Value::Null);
         assert_eq!(json[1]["kind"], "openai-compatible");
         assert_eq!(json[2]["api_version"], "2024-10-21");
     }

@@ -300,6 +300,10 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     INSERT INTO audit_checkpoint (id, seq, hash, time_unix_ms, pruned) VALUES (1, 0, zeroblob(32), 0, 0);
     "#,
+    // 11: how a provider of OpenAI's format gets Responses API calls; NULL: its kind's default.
+    r#"
+    ALTER TABLE providers ADD COLUMN responses_api TEXT CHECK (responses_api IN ('relay', 'translate'));
+    "#,
 ];
 
 /// Brings the schema up to date. Fails on a database from a newer build.

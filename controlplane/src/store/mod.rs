@@ -543,6 +543,7 @@ mod tests {
             base_url: parse_base_url("https://api.openai.com/v1").unwrap(),
             credential,
             api_version: None,
+            responses_api: None,
         }
     }
 
@@ -553,6 +554,7 @@ mod tests {
             base_url: parse_base_url("https://res.openai.azure.com").unwrap(),
             credential: Credential::Env("AZURE_OPENAI_API_KEY".into()),
             api_version: api_version.map(Into::into),
+            responses_api: None,
         }
     }
 
@@ -692,6 +694,24 @@ mod tests {
         assert_eq!(store.current().providers, vec![moved, azure("az-default", None)]);
         store.add_provider(azure("az", None), true).await.unwrap();
         assert_eq!(store.current().providers[0].api_version, None);
+        thread.close().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn responses_settings_are_stored_replaced_and_cleared() {
+        use drover_proto::model::ResponsesApi;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("drover.db");
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        let mut translate = azure("az", None);
+        translate.responses_api = Some(ResponsesApi::Translate);
+        store.add_provider(translate.clone(), false).await.unwrap();
+        thread.close().await.unwrap();
+
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        assert_eq!(store.current().providers, vec![translate]);
+        store.add_provider(azure("az", None), true).await.unwrap();
+        assert_eq!(store.current().providers[0].responses_api, None);
         thread.close().await.unwrap();
     }
 

@@ -3,10 +3,12 @@
 //! A credential is either the name of an environment variable on the data planes
 //! (`api_key_env`) or the key itself, encrypted under the master key (`api_key_enc`); never
 //! both. Decrypted keys leave this file only inside a snapshot. `api_version` (Azure OpenAI's
-//! `api-version`) is NULL when the provider sets none.
+//! `api-version`) is NULL when the provider sets none, and `responses_api` (relay or translate)
+//! when it takes its kind's default.
 
 use drover_proto::model::{
-    Credential, InvalidPolicy, Provider, ProviderKind, Secret, parse_base_url, quoted, validate_api_version,
+    Credential, InvalidPolicy, Provider, ProviderKind, ResponsesApi, Secret, parse_base_url, quoted,
+    validate_api_version,
 };
 use rusqlite::{Connection, OptionalExtension as _, params};
 
@@ -58,18 +60,19 @@ pub(super) fn upsert(
     };
     // An update in place (not delete + insert) keeps the routes' foreign keys valid.
     conn.execute(
-        "INSERT INTO providers (name, kind, base_url, api_key_env, api_key_enc, api_version)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO providers (name, kind, base_url, api_key_env, api_key_enc, api_version, responses_api)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, base_url = excluded.base_url,
              api_key_env = excluded.api_key_env, api_key_enc = excluded.api_key_enc,
-             api_version = excluded.api_version",
+             api_version = excluded.api_version, responses_api = excluded.responses_api",
         params![
             provider.name,
             provider.kind.as_str(),
             provider.base_url.as_str(),
             env,
             enc,
-            provider.api_version
+            provider.api_version,
+            provider.responses_api.map(ResponsesApi::as_str)
         ],
     )?;
     Ok(())
@@ -97,7 +100,7 @@ pub(super) fn kind(conn: &Connection, name: &str) -> Result<Option<ProviderKind>
 /// Every provider, by name, with its key decrypted.
 pub(crate) fn load_all(conn: &Connection, cipher: &Cipher) -> Result<Vec<Provider>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT name, kind, base_url, api_key_env, api_key_enc, api_version FROM providers
+        "SELECT name, kind, base_url, api_key_env, api_key_enc, api_version, responses_api FROM providers
          ORDER BY name",
     )?;
     let mut rows = stmt.query([])?;
@@ -109,6 +112,7 @@ pub(crate) fn load_all(conn: &Connection, cipher: &Cipher) -> Result<Vec<Provide
         let env: Option<String> = row.get(3)?;
         let enc: Option<Vec<u8>> = row.get(4)?;
         let api_version: Option<String> = row.get(5)?;
+        let responses_api: Option<String> = row.get(6)?;
         let corrupt = |what: String| StoreError::Corrupt(format!("provider {name:?}: {what}"));
         let kind = ProviderKind::parse(&kind).map_err(|e| corrupt(e.to_string()))?;
         let base_url = parse_base_url(&base_url).map_err(|e| corrupt(e.to_string()))?;
@@ -128,12 +132,20 @@ pub(crate) fn load_all(conn: &Connection, cipher: &Cipher) -> Result<Vec<Provide
             }
             validate_api_version(v).map_err(|e| corrupt(e.to_string()))?;
         }
+        let responses_api = responses_api
+            .map(|mode| {
+                ResponsesApi::check(kind)?;
+                ResponsesApi::parse(&mode)
+            })
+            .transpose()
+            .map_err(|e| corrupt(e.to_string()))?;
         providers.push(Provider {
             name,
             kind,
             base_url,
             credential,
             api_version,
+            responses_api,
         });
     }
     Ok(providers)

@@ -90,6 +90,7 @@ pub fn add_provider(name: &str) -> pb::AddProviderRequest {
         credential: Some(pb::add_provider_request::Credential::ApiKey(PLAINTEXT_KEY.into())),
         replace: false,
         api_version: String::new(),
+        responses_api: 0,
     }
 }
 

@@ -414,6 +414,7 @@ mod tests {
                 base_url: "http://127.0.0.1:9/v1".into(),
                 credential: Some(pb::provider::Credential::ApiKeyEnv(env_var.into())),
                 api_version: String::new(),
+                responses_api: 0,
             }],
             routes: vec![pb::Route {
                 alias: "fast".into(),
@@ -549,6 +550,7 @@ mod tests {
             base_url: "http://127.0.0.1:9/v1".into(),
             credential: Some(pb::provider::Credential::ApiKeyEnv("KEY_SET_API_KEY".into())),
             api_version: String::new(),
+            responses_api: 0,
         });
         s.providers.push(pb::Provider {
             name: "greedy".into(),
@@ -556,6 +558,7 @@ mod tests {
             base_url: "http://127.0.0.1:9/v1".into(),
             credential: Some(pb::provider::Credential::ApiKeyEnv("DROVER_ADMIN_TOKEN".into())),
             api_version: String::new(),
+            responses_api: 0,
         });
         let p = compile(&s, &HealthRegistry::default()).unwrap();
         assert_eq!(p.version, 7);

@@ -54,6 +54,9 @@ pub struct ProviderRt {
     pub name: String,
     pub kind: ProviderKind,
     pub family: Family,
+    /// Whether Responses API calls go to its own Responses endpoint untouched (else they are
+    /// translated to chat completions).
+    pub relays_responses: bool,
     /// Why this data plane cannot send requests to it (e.g. its credential cannot be resolved
     /// here); `None` when it can. Never contains the credential.
     pub unavailable: Option<String>,
@@ -88,6 +91,7 @@ impl ProviderRt {
             name: p.name.clone(),
             kind: p.kind,
             family: Family::of(p.kind),
+            relays_responses: p.relays_responses(),
             unavailable: None,
             base: p.base_url.as_str().trim_end_matches('/').to_owned(),
             auth: None,
@@ -144,6 +148,8 @@ impl ProviderRt {
         let path = match self.kind {
             ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => openai::path(op).map(str::to_owned),
             ProviderKind::Anthropic => anthropic::path(op).map(str::to_owned),
+            // Azure's Responses endpoint takes the deployment in the body, not the path.
+            ProviderKind::Azure if op == Op::Responses => Some(azure::RESPONSES_PATH.to_owned()),
             ProviderKind::Azure | ProviderKind::Gemini if model.is_empty() => return Ok(None),
             // The model goes into the path: exactly one segment that needs no escaping, or nothing.
             ProviderKind::Azure | ProviderKind::Gemini if !is_path_segment_model(model) => {
@@ -169,7 +175,7 @@ impl ProviderRt {
         match self.kind {
             ProviderKind::OpenAi | ProviderKind::OpenAiCompatible => openai::path(op).is_some(),
             ProviderKind::Anthropic => anthropic::path(op).is_some(),
-            ProviderKind::Azure => azure::path(op, "m", "v").is_some(),
+            ProviderKind::Azure => op == Op::Responses || azure::path(op, "m", "v").is_some(),
             ProviderKind::Gemini => gemini::path(op, "m", false).is_some(),
         }
     }
@@ -245,6 +251,7 @@ mod tests {
             base_url: drover_proto::model::parse_base_url(base).unwrap(),
             credential,
             api_version: None,
+            responses_api: None,
         };
         let env: EnvLookup =
             std::sync::Arc::new(|var: &str| (var == "SET_API_KEY").then(|| "k-env".to_owned()));
@@ -307,6 +314,16 @@ mod tests {
                 "k-1",
             ),
             (
+                ProviderKind::Azure,
+                "https://res.openai.azure.com",
+                Op::Responses,
+                "my-deploy",
+                true,
+                "https://res.openai.azure.com/openai/v1/responses",
+                "api-key",
+                "k-1",
+            ),
+            (
                 ProviderKind::Anthropic,
                 "https://api.anthropic.com/v1",
                 Op::Messages,
@@ -353,6 +370,42 @@ mod tests {
     }
 
     #[test]
+    fn responses_calls_are_relayed_by_default_only_where_the_endpoint_is_known_to_exist() {
+        use drover_proto::model::ResponsesApi;
+        let kinds = [
+            (ProviderKind::OpenAi, true),
+            (ProviderKind::Azure, true),
+            (ProviderKind::OpenAiCompatible, false),
+            (ProviderKind::Anthropic, false),
+            (ProviderKind::Gemini, false),
+        ];
+        for (kind, relays) in kinds {
+            assert_eq!(
+                provider(kind, "https://x.example/v1").relays_responses,
+                relays,
+                "{kind}"
+            );
+        }
+        let env: EnvLookup = std::sync::Arc::new(|_: &str| None);
+        for (kind, mode, relays) in [
+            (ProviderKind::OpenAiCompatible, ResponsesApi::Relay, true),
+            (ProviderKind::OpenAi, ResponsesApi::Translate, false),
+            (ProviderKind::Azure, ResponsesApi::Translate, false),
+        ] {
+            let p = Provider {
+                name: "p".into(),
+                kind,
+                base_url: drover_proto::model::parse_base_url("https://x.example/v1").unwrap(),
+                credential: Credential::None,
+                api_version: None,
+                responses_api: Some(mode),
+            };
+            let rt = ProviderRt::compile(&p, &env, &credential::EnvAllowList::default());
+            assert_eq!(rt.relays_responses, relays, "{kind} {mode:?}");
+        }
+    }
+
+    #[test]
     fn operations_a_kind_does_not_offer_are_refused() {
         let id = rid();
         let gemini = provider(ProviderKind::Gemini, "https://g.example/v1beta");
@@ -366,7 +419,7 @@ mod tests {
         assert!(!anthropic.offers(Op::Chat));
         assert!(anthropic.offers(Op::CountTokens));
         let azure = provider(ProviderKind::Azure, "https://res.openai.azure.com");
-        assert!(!azure.offers(Op::Responses));
+        assert!(azure.offers(Op::Responses));
         assert!(azure.offers(Op::Embeddings));
     }
 

@@ -517,6 +517,7 @@ mod tests {
             base_url: url.into(),
             credential: Some(pb::provider::Credential::ApiKeyEnv("UP_API_KEY".into())),
             api_version: String::new(),
+            responses_api: 0,
         };
         let target = |provider: &str| pb::Target {
             provider: provider.into(),

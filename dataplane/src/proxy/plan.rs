@@ -58,9 +58,12 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
         (Ingress::ChatCompletions, Family::OpenAi) => (Op::Chat, pass(StreamKind::OpenAiChunks)),
         (Ingress::Completions, Family::OpenAi) => (Op::Completions, pass(StreamKind::OpenAiChunks)),
         (Ingress::Embeddings, Family::OpenAi) => (Op::Embeddings, pass(StreamKind::OpenAiChunks)),
-        // Azure's chat deployments, and providers of other formats, get the Responses call
-        // translated through the canonical model.
-        (Ingress::Responses, Family::OpenAi) if provider.offers(Op::Responses) => {
+        // Providers with a Responses endpoint of their own get the call untouched unless set to
+        // translate; the others, and providers of other formats, get it translated through the
+        // canonical model.
+        (Ingress::Responses, Family::OpenAi)
+            if provider.relays_responses && provider.offers(Op::Responses) =>
+        {
             (Op::Responses, pass(StreamKind::Responses))
         }
         (Ingress::Responses, Family::OpenAi) => (Op::Chat, translate(family)),

@@ -88,6 +88,7 @@ mod tests {
                 base_url: "http://127.0.0.1:1/v1".into(),
                 credential: None,
                 api_version: String::new(),
+                responses_api: 0,
             }],
             routes: vec![
                 pb::Route {

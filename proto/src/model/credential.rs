@@ -148,6 +148,7 @@ mod tests {
             credential: Some(pb::add_provider_request::Credential::ApiKeyEnv(var.into())),
             replace: false,
             api_version: String::new(),
+            responses_api: 0,
         };
         for var in [
             "DROVER_ADMIN_TOKEN",

@@ -44,7 +44,8 @@ pub use names::{
 };
 pub use price::{MAX_PRICE_KEY_LEN, MAX_PRICE_PER_MTOK, Price, validate_price_key};
 pub use provider::{
-    DEFAULT_AZURE_API_VERSION, MAX_API_VERSION_LEN, MAX_BASE_URL_LEN, Provider, ProviderKind, parse_base_url,
+    DEFAULT_AZURE_API_VERSION, MAX_API_VERSION_LEN, MAX_BASE_URL_LEN, Provider, ProviderKind, ResponsesApi,
+    parse_base_url,
     validate_api_version,
 };
 pub use reports::{

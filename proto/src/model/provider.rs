@@ -106,6 +106,95 @@ pub struct Provider {
     /// Azure OpenAI `api-version` query parameter. Only ever `Some` for [`ProviderKind::Azure`];
     /// `None`: the data plane's default ([`DEFAULT_AZURE_API_VERSION`]).
     pub api_version: Option<String>,
+    /// How Responses API calls reach it, as set; `None`: the kind's default. Only ever `Some`
+    /// for kinds that speak OpenAI's format (openai, azure, openai-compatible).
+    pub responses_api: Option<ResponsesApi>,
+}
+
+/// How a provider of OpenAI's format gets calls of the Responses API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponsesApi {
+    /// Relayed untouched to the provider's own Responses endpoint.
+    Relay,
+    /// Translated to chat completions.
+    Translate,
+}
+
+impl ResponsesApi {
+    pub const ALL: [ResponsesApi; 2] = [ResponsesApi::Relay, ResponsesApi::Translate];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponsesApi::Relay => "relay",
+            ResponsesApi::Translate => "translate",
+        }
+    }
+
+    /// Parses a CLI or store name (`relay`, `translate`).
+    pub fn parse(name: &str) -> Result<Self, InvalidPolicy> {
+        Self::ALL.into_iter().find(|m| m.as_str() == name).ok_or_else(|| {
+            InvalidPolicy::new(
+                "responses_api",
+                format!("unknown mode {}; expected relay or translate", quoted(name)),
+            )
+        })
+    }
+
+    /// What a provider of `kind` does without a setting: relay where the provider is known to
+    /// have the endpoint (OpenAI, Azure), translate for OpenAI-compatible servers, many of
+    /// which have no `/v1/responses`.
+    pub fn default_for(kind: ProviderKind) -> Option<Self> {
+        match kind {
+            ProviderKind::OpenAi | ProviderKind::Azure => Some(ResponsesApi::Relay),
+            ProviderKind::OpenAiCompatible => Some(ResponsesApi::Translate),
+            ProviderKind::Anthropic | ProviderKind::Gemini => None,
+        }
+    }
+
+    pub fn to_wire(mode: Option<Self>) -> pb::ResponsesApi {
+        match mode {
+            None => pb::ResponsesApi::Unspecified,
+            Some(ResponsesApi::Relay) => pb::ResponsesApi::Relay,
+            Some(ResponsesApi::Translate) => pb::ResponsesApi::Translate,
+        }
+    }
+
+    /// The setting of a provider of `kind` from the wire, where unspecified means unset.
+    fn from_wire(kind: ProviderKind, value: i32) -> Result<Option<Self>, InvalidPolicy> {
+        let mode = match pb::ResponsesApi::try_from(value) {
+            Ok(pb::ResponsesApi::Unspecified) => return Ok(None),
+            Ok(pb::ResponsesApi::Relay) => ResponsesApi::Relay,
+            Ok(pb::ResponsesApi::Translate) => ResponsesApi::Translate,
+            Err(_) => {
+                return Err(InvalidPolicy::new(
+                    "responses_api",
+                    format!("unknown mode {value}"),
+                ));
+            }
+        };
+        Self::check(kind)?;
+        Ok(Some(mode))
+    }
+
+    /// Refuses a setting on a kind that has no Responses endpoint to relay to.
+    pub fn check(kind: ProviderKind) -> Result<(), InvalidPolicy> {
+        if Self::default_for(kind).is_none() {
+            return Err(InvalidPolicy::new(
+                "responses_api",
+                format!(
+                    "{kind} providers always get Responses calls translated; only openai, azure and openai-compatible take this setting"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Provider {
+    /// Whether Responses API calls are relayed to this provider's own endpoint.
+    pub fn relays_responses(&self) -> bool {
+        self.responses_api.or(ResponsesApi::default_for(self.kind)) == Some(ResponsesApi::Relay)
+    }
 }
 
 /// Checks an Azure OpenAI `api-version`: 1–64 of `[A-Za-z0-9.-]`, e.g. `2024-10-21` or
@@ -195,12 +284,14 @@ impl TryFrom<&pb::Provider> for Provider {
         };
         let credential = Credential::from_wire(env, key).map_err(|e| e.within(&within))?;
         let api_version = api_version_from_wire(kind, &p.api_version).map_err(|e| e.within(&within))?;
+        let responses_api = ResponsesApi::from_wire(kind, p.responses_api).map_err(|e| e.within(&within))?;
         Ok(Provider {
             name: p.name.clone(),
             kind,
             base_url,
             credential,
             api_version,
+            responses_api,
         })
     }
 }
@@ -221,6 +312,7 @@ impl TryFrom<&pb::AddProviderRequest> for Provider {
             base_url: r.base_url.clone(),
             credential,
             api_version: r.api_version.clone(),
+            responses_api: r.responses_api,
         })?;
         // Stricter than a snapshot: a new reference to Drover's own settings is refused outright
         // (a data plane given one from an older store refuses to resolve it instead).
@@ -244,6 +336,7 @@ impl From<&Provider> for pb::Provider {
             base_url: p.base_url.to_string(),
             credential,
             api_version: p.api_version.clone().unwrap_or_default(),
+            responses_api: ResponsesApi::to_wire(p.responses_api) as i32,
         }
     }
 }
@@ -256,6 +349,7 @@ impl From<&Provider> for pb::ProviderInfo {
             base_url: p.base_url.to_string(),
             credential: p.credential.describe(),
             api_version: p.api_version.clone().unwrap_or_default(),
+            responses_api: ResponsesApi::to_wire(p.responses_api) as i32,
         }
     }
 }
@@ -265,6 +359,53 @@ mod tests {
     use super::*;
     use crate::model::Snapshot;
     use crate::model::test_support::{azure, snapshot};
+
+    #[test]
+    fn responses_api_is_carried_both_ways_and_only_for_kinds_with_the_endpoint() {
+        let mut s = snapshot();
+        let mut relay = azure("az", "");
+        relay.responses_api = pb::ResponsesApi::Translate as i32;
+        s.providers.push(relay);
+        let snap = Snapshot::try_from(&s).unwrap();
+        assert_eq!(snap.providers[0].responses_api, None);
+        assert!(snap.providers[0].relays_responses(), "openai relays by default");
+        assert_eq!(snap.providers[1].responses_api, Some(ResponsesApi::Translate));
+        assert!(!snap.providers[1].relays_responses());
+        assert_eq!(Snapshot::try_from(&pb::Snapshot::from(&snap)).unwrap(), snap);
+        assert_eq!(
+            pb::ProviderInfo::from(&snap.providers[1]).responses_api,
+            pb::ResponsesApi::Translate as i32
+        );
+
+        for (kind, ok) in [
+            (pb::ProviderKind::Openai, true),
+            (pb::ProviderKind::OpenaiCompatible, true),
+            (pb::ProviderKind::Anthropic, false),
+            (pb::ProviderKind::Gemini, false),
+        ] {
+            let mut p = crate::model::test_support::provider("p");
+            p.kind = kind as i32;
+            p.responses_api = pb::ResponsesApi::Relay as i32;
+            match Provider::try_from(&p) {
+                Ok(p) => {
+                    assert!(ok, "{kind:?}");
+                    assert!(p.relays_responses());
+                }
+                Err(e) => {
+                    assert!(!ok, "{kind:?}");
+                    assert_eq!(e.field, "provider \"p\"/responses_api");
+                }
+            }
+        }
+        let mut p = crate::model::test_support::provider("p");
+        p.responses_api = 9;
+        assert_eq!(
+            Provider::try_from(&p).unwrap_err().field,
+            "provider \"p\"/responses_api"
+        );
+        assert_eq!(ResponsesApi::parse("translate"), Ok(ResponsesApi::Translate));
+        assert!(ResponsesApi::parse("native").is_err());
+    }
 
     #[test]
     fn azure_api_version_is_optional_and_carried_both_ways() {
@@ -296,6 +437,7 @@ mod tests {
             credential: None,
             replace: false,
             api_version: DEFAULT_AZURE_API_VERSION.into(),
+            responses_api: 0,
         };
         let p = Provider::try_from(&request).unwrap();
         assert_eq!(p.api_version.as_deref(), Some("2024-10-21"));
@@ -325,6 +467,7 @@ mod tests {
             credential: None,
             replace: false,
             api_version: "2024-10-21".into(),
+            responses_api: 0,
         };
         let err = Provider::try_from(&request).unwrap_err();
         assert_eq!(err.field, "provider \"oa\"/api_version");

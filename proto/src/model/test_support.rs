@@ -9,6 +9,7 @@ pub(super) fn provider(name: &str) -> pb::Provider {
         base_url: "https://api.openai.com/v1/".into(),
         credential: Some(pb::provider::Credential::ApiKeyEnv("OPENAI_API_KEY".into())),
         api_version: String::new(),
+        responses_api: 0,
     }
 }
 
@@ -19,6 +20,7 @@ pub(super) fn azure(name: &str, api_version: &str) -> pb::Provider {
         base_url: "https://res.openai.azure.com".into(),
         credential: Some(pb::provider::Credential::ApiKeyEnv("AZURE_OPENAI_API_KEY".into())),
         api_version: api_version.into(),
+        responses_api: 0,
     }
 }
 
