@@ -503,7 +503,12 @@ async fn anthropic_caller_reaches_an_openai_provider_faithfully() {
 
 #[tokio::test]
 async fn structured_output_reaches_anthropic_as_a_forced_tool_and_comes_back_as_the_text() {
-    let (gw, up) = setup(MockProvider::anthropic(), ProviderKind::Anthropic).await;
+    // A model without native structured output.
+    let up = MockProvider::anthropic().start().await;
+    let gw = Gateway::builder().start().await;
+    gw.provider_kind("up", ProviderKind::Anthropic, &up.base_url())
+        .await;
+    gw.route("m", &["up/claude-3-7-sonnet-20250219"]).await;
     let schema = json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": {
         "type": "object",
         "properties": {"input": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
@@ -591,6 +596,104 @@ async fn structured_output_reaches_anthropic_as_a_forced_tool_and_comes_back_as_
         reply.text()
     );
     assert_eq!(up.calls(), calls);
+}
+
+/// Claude 4.5 and later get the schema as Anthropic's own structured output: no tool, the
+/// JSON in the text, `strict` enforced; keywords it does not enforce are named, and refused
+/// under `x-drover-strict`. JSON mode still takes the tool.
+#[tokio::test]
+async fn structured_output_reaches_newer_claude_natively() {
+    let (gw, up) = setup(MockProvider::anthropic(), ProviderKind::Anthropic).await;
+    let format = json!({"type": "json_schema", "json_schema": {"name": "answer", "strict": true, "schema": {
+        "type": "object",
+        "properties": {"input": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}},
+        "required": ["input", "tags"],
+        "additionalProperties": false
+    }}});
+    for stream in [false, true] {
+        let body = json!({"model": "m", "stream": stream, "response_format": format,
+                          "messages": [{"role": "user", "content": "give me JSON"}]});
+        let reply = gw.send("POST", "/v1/chat/completions", body.to_string()).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(
+            reply.header("x-drover-dropped"),
+            None,
+            "strict is enforced natively"
+        );
+        let (text, calls, finish) = if stream {
+            openai_stream(&reply)
+        } else {
+            let body = reply.json();
+            let message = &body["choices"][0]["message"];
+            (
+                message["content"].as_str().unwrap().to_owned(),
+                vec![],
+                body["choices"][0]["finish_reason"].as_str().map(str::to_owned),
+            )
+        };
+        let answer: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+        assert_eq!(answer["input"], "give me JSON", "stream={stream}");
+        assert!(calls.is_empty(), "{calls:?}");
+        assert_eq!(finish.as_deref(), Some("stop"));
+        let sent = up.last_json().unwrap();
+        assert!(
+            sent.get("tools").is_none() && sent.get("tool_choice").is_none(),
+            "{sent}"
+        );
+        assert_eq!(
+            sent["output_config"],
+            json!({"format": {"type": "json_schema", "schema": format["json_schema"]["schema"]}})
+        );
+    }
+
+    // What Anthropic does not enforce is removed, named, and refused under x-drover-strict.
+    let body = json!({"model": "m", "response_format": {"type": "json_schema", "json_schema": {
+        "name": "answer", "schema": {"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}}},
+        "messages": [{"role": "user", "content": "hi"}]})
+    .to_string();
+    let reply = gw.send("POST", "/v1/chat/completions", body.clone()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(
+        reply.header("x-drover-dropped"),
+        Some("response_format.schema.minimum")
+    );
+    let sent = up.last_json().unwrap();
+    assert_eq!(
+        sent["output_config"]["format"]["schema"],
+        json!({"type": "object", "properties": {"n": {"type": "integer"}}, "additionalProperties": false})
+    );
+    let calls = up.calls();
+    let reply = gw
+        .send_to(
+            &gw.url(),
+            "POST",
+            "/v1/chat/completions",
+            &[("x-drover-strict", "true")],
+            body,
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(
+        reply.text().contains("response_format.schema.minimum"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(up.calls(), calls);
+
+    // JSON mode has no schema to enforce: the tool, as for older models.
+    let body = json!({"model": "m", "response_format": {"type": "json_object"},
+                      "messages": [{"role": "user", "content": "give me JSON"}]});
+    let reply = gw.send("POST", "/v1/chat/completions", body.to_string()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(up.last_json().unwrap()["tool_choice"]["name"], "json_output");
+    let content = reply.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        serde_json::from_str::<Value>(&content).unwrap()["input"],
+        "give me JSON"
+    );
 }
 
 /// The Responses API to providers that have it: relayed untouched, stateful fields included,

@@ -1,15 +1,21 @@
-//! Structured output for targets without a parameter for it (Anthropic): OpenAI's
-//! `response_format` (`json_object`, or `json_schema` with a schema) becomes one tool whose
-//! input schema is the requested schema, which the model is made to call; the call is turned
-//! back into the answer's text, stream and non-stream, so the caller gets exactly what OpenAI
-//! would send: the JSON as the message content, finish reason `stop`.
+//! Structured output to Anthropic, which has no `response_format`: OpenAI's `response_format`
+//! (`json_object`, or `json_schema` with a schema) travels one of two ways.
 //!
-//! The tool is forced (`tool_choice` names it) when the caller has no tools of its own; beside
-//! the caller's tools some tool must be called (`any`), so the model either calls one of them
-//! or answers through this one. With extended thinking, which Anthropic allows only with
-//! `tool_choice` auto, the tool is offered and not forced.
+//! * **Natively**, as `output_config.format` (constrained decoding), for the models that have it
+//!   (Claude 4.5 and later) when the schema is an object schema without recursion. Keywords
+//!   Anthropic does not enforce are removed from the schema and named in `x-drover-dropped`
+//!   (`response_format.schema.<keyword>`); every object gets `additionalProperties: false`,
+//!   which Anthropic requires. The answer's text is the JSON, as OpenAI sends it.
+//! * **As a tool** otherwise (JSON mode, older models, recursive schemas): one tool whose input
+//!   schema is the requested schema, which the model is made to call; the call is turned back
+//!   into the answer's text, stream and non-stream, so the caller gets exactly what OpenAI would
+//!   send: the JSON as the message content, finish reason `stop`. The tool is forced
+//!   (`tool_choice` names it) when the caller has no tools of its own; beside the caller's
+//!   tools some tool must be called (`any`), so the model either calls one of them or answers
+//!   through this one. With extended thinking, which Anthropic allows only with `tool_choice`
+//!   auto, the tool is offered and not forced.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::ir::{
     BlockKind, ChatRequest, Delta, Dropped, Part, ResponseFormat, StopReason, StreamEvent, Tool, ToolChoice,
@@ -18,21 +24,65 @@ use super::ir::{
 /// The name of the tool that carries the answer.
 pub const OUTPUT_TOOL: &str = "json_output";
 
-/// The tool and tool choice that carry `req`'s structured output, if it asks for one and it
-/// can travel that way; what cannot be enforced is recorded in `dropped`.
-pub fn output_tool(req: &ChatRequest, dropped: &mut Dropped) -> Option<(Tool, ToolChoice)> {
-    let (schema, description) = match req.response_format.as_ref()? {
+/// How a request's structured output reaches Anthropic.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// `output_config.format` with this schema.
+    Native(Value),
+    /// This tool, with this choice.
+    Tool(Tool, ToolChoice),
+}
+
+/// The way chosen, before anything is built.
+enum Way {
+    Native,
+    Tool(ToolChoice),
+    /// It cannot travel: the response format is dropped.
+    Neither,
+}
+
+fn choose(req: &ChatRequest, model: &str) -> Option<Way> {
+    match req.response_format.as_ref()? {
         ResponseFormat::Text => return None,
-        ResponseFormat::JsonObject => (
-            json!({ "type": "object" }),
-            "Give your answer by calling this tool once, with the answer as a JSON object.".to_owned(),
-        ),
-        ResponseFormat::JsonSchema { name, schema, strict } => {
-            // The tool's input is a JSON object: a schema for anything else has no tool to go in.
+        ResponseFormat::JsonObject => {}
+        ResponseFormat::JsonSchema { schema, .. } => {
+            // Both ways carry a JSON object: a schema for anything else has nowhere to go.
             if schema.get("type").and_then(Value::as_str) != Some("object") {
-                dropped.add("response_format");
-                return None;
+                return Some(Way::Neither);
             }
+            if has_native_output(model) && !is_recursive(schema) {
+                return Some(Way::Native);
+            }
+        }
+    }
+    Some(match &req.tool_choice {
+        // The caller chose a tool, or none: the answer cannot be made to come through ours.
+        Some(ToolChoice::Tool(_) | ToolChoice::None) => Way::Neither,
+        _ if req.tools.iter().any(|t| t.name == OUTPUT_TOOL) => Way::Neither,
+        _ if req.thinking.is_some() || req.reasoning_effort.is_some() => Way::Tool(ToolChoice::Auto),
+        _ if req.tools.is_empty() => Way::Tool(ToolChoice::Tool(OUTPUT_TOOL.to_owned())),
+        _ => Way::Tool(ToolChoice::Required),
+    })
+}
+
+/// How `req`'s structured output travels to Anthropic's `model`, if it asks for one and it can
+/// travel at all; what cannot be enforced is recorded in `dropped`.
+pub fn for_anthropic(req: &ChatRequest, model: &str, dropped: &mut Dropped) -> Option<Output> {
+    let choice = match choose(req, model)? {
+        Way::Neither => {
+            dropped.add("response_format");
+            return None;
+        }
+        Way::Native => {
+            let Some(ResponseFormat::JsonSchema { schema, .. }) = &req.response_format else {
+                return None;
+            };
+            return Some(Output::Native(native_schema(schema, dropped)));
+        }
+        Way::Tool(choice) => choice,
+    };
+    let (schema, description) = match req.response_format.as_ref()? {
+        ResponseFormat::JsonSchema { name, schema, strict } => {
             if *strict == Some(true) {
                 // The model is asked to follow the schema; nothing checks that it did.
                 dropped.add("response_format.strict");
@@ -45,20 +95,10 @@ pub fn output_tool(req: &ChatRequest, dropped: &mut Dropped) -> Option<(Tool, To
                 ),
             )
         }
-    };
-    let choice = match &req.tool_choice {
-        // The caller chose a tool, or none: the answer cannot be made to come through ours.
-        Some(ToolChoice::Tool(_) | ToolChoice::None) => {
-            dropped.add("response_format");
-            return None;
-        }
-        _ if req.tools.iter().any(|t| t.name == OUTPUT_TOOL) => {
-            dropped.add("response_format");
-            return None;
-        }
-        _ if req.thinking.is_some() || req.reasoning_effort.is_some() => ToolChoice::Auto,
-        _ if req.tools.is_empty() => ToolChoice::Tool(OUTPUT_TOOL.to_owned()),
-        _ => ToolChoice::Required,
+        _ => (
+            json!({ "type": "object" }),
+            "Give your answer by calling this tool once, with the answer as a JSON object.".to_owned(),
+        ),
     };
     let tool = Tool {
         name: OUTPUT_TOOL.to_owned(),
@@ -66,12 +106,196 @@ pub fn output_tool(req: &ChatRequest, dropped: &mut Dropped) -> Option<(Tool, To
         parameters: schema,
         cache_control: None,
     };
-    Some((tool, choice))
+    Some(Output::Tool(tool, choice))
 }
 
-/// Whether `req` travels with the output tool (as `output_tool` decides).
-pub fn uses_output_tool(req: &ChatRequest) -> bool {
-    output_tool(req, &mut Dropped::default()).is_some()
+/// Whether `req` travels to Anthropic's `model` with the output tool, whose call must be turned
+/// back into text on the way out.
+pub fn uses_output_tool(req: &ChatRequest, model: &str) -> bool {
+    matches!(choose(req, model), Some(Way::Tool(_)))
+}
+
+/// Whether an Anthropic model has native structured output: Claude 4.5 and later
+/// (`claude-sonnet-4-5`, `claude-opus-4-5-20251101`, `claude-haiku-4-5`, `claude-sonnet-5`, …).
+/// Older names (`claude-3-7-sonnet-…`, `claude-sonnet-4-20250514`, `claude-opus-4-1`) do not.
+pub fn has_native_output(model: &str) -> bool {
+    let Some(rest) = model.strip_prefix("claude-") else {
+        return false;
+    };
+    // Version numbers are the short numeric parts; a date (8 digits) is not one.
+    let mut numbers = rest
+        .split(['-', '.'])
+        .filter(|p| !p.is_empty() && p.len() <= 2 && p.bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|p| p.parse::<u32>().ok());
+    let new_style = ["opus", "sonnet", "haiku"]
+        .iter()
+        .any(|family| rest.starts_with(family) && rest[family.len()..].starts_with('-'));
+    if !new_style {
+        return false;
+    }
+    match (numbers.next(), numbers.next()) {
+        (Some(major), _) if major >= 5 => true,
+        (Some(4), Some(minor)) => minor >= 5,
+        _ => false,
+    }
+}
+
+/// Keywords Anthropic's structured output does not enforce; removed and named.
+const UNENFORCED: &[&str] = &[
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "maxItems",
+    "uniqueItems",
+    "minProperties",
+    "maxProperties",
+    "patternProperties",
+    "propertyNames",
+    "dependentRequired",
+    "dependentSchemas",
+    "contains",
+    "minContains",
+    "maxContains",
+    "not",
+    "if",
+    "then",
+    "else",
+    "unevaluatedProperties",
+    "unevaluatedItems",
+];
+
+/// String formats Anthropic enforces; others are removed and named.
+const FORMATS: &[&str] = &[
+    "date-time",
+    "time",
+    "date",
+    "duration",
+    "email",
+    "hostname",
+    "uri",
+    "ipv4",
+    "ipv6",
+    "uuid",
+];
+
+/// The caller's schema as Anthropic's structured output takes it: keywords it does not enforce
+/// removed (and named), `oneOf` as `anyOf`, every object closed with `additionalProperties:
+/// false`.
+pub fn native_schema(schema: &Value, dropped: &mut Dropped) -> Value {
+    let mut out = schema.clone();
+    close(&mut out, dropped);
+    out
+}
+
+fn close(node: &mut Value, dropped: &mut Dropped) {
+    let Value::Object(map) = node else {
+        return;
+    };
+    for key in UNENFORCED {
+        if map.remove(*key).is_some() {
+            dropped.add(format!("response_format.schema.{key}"));
+        }
+    }
+    if map.get("minItems").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        map.remove("minItems");
+        dropped.add("response_format.schema.minItems");
+    }
+    if map
+        .get("format")
+        .is_some_and(|f| !f.as_str().is_some_and(|f| FORMATS.contains(&f)))
+    {
+        map.remove("format");
+        dropped.add("response_format.schema.format");
+    }
+    if let Some(one_of) = map.remove("oneOf") {
+        // At least one instead of exactly one: close enough to keep, but not the same.
+        dropped.add("response_format.schema.oneOf");
+        map.entry("anyOf").or_insert(one_of);
+    }
+    let is_object = map.contains_key("properties")
+        || match map.get("type") {
+            Some(Value::String(t)) => t == "object",
+            Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+            _ => false,
+        };
+    if is_object {
+        match map.get("additionalProperties") {
+            None | Some(Value::Bool(false)) => {}
+            Some(_) => dropped.add("response_format.schema.additionalProperties"),
+        }
+        map.insert("additionalProperties".into(), Value::Bool(false));
+    }
+    for key in ["properties", "$defs", "definitions"] {
+        if let Some(Value::Object(children)) = map.get_mut(key) {
+            children.values_mut().for_each(|c| close(c, dropped));
+        }
+    }
+    for key in ["items", "prefixItems", "anyOf", "allOf"] {
+        match map.get_mut(key) {
+            Some(Value::Array(children)) => children.iter_mut().for_each(|c| close(c, dropped)),
+            Some(child @ Value::Object(_)) => close(child, dropped),
+            _ => {}
+        }
+    }
+}
+
+/// Whether a schema refers to itself (`$ref: "#"`, or definitions that reach themselves), which
+/// Anthropic's structured output does not take.
+fn is_recursive(schema: &Value) -> bool {
+    let defs: Map<String, Value> = ["$defs", "definitions"]
+        .iter()
+        .filter_map(|k| schema.get(*k).and_then(Value::as_object))
+        .flat_map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())))
+        .collect();
+    let mut refs = Vec::new();
+    collect_refs(schema, &mut refs, true);
+    if refs.iter().any(|r| r == "#") {
+        return true;
+    }
+    // Depth-first over the definitions reachable from each one, looking for itself.
+    defs.keys().any(|start| {
+        let mut seen = std::collections::HashSet::new();
+        let mut todo = vec![start.clone()];
+        while let Some(name) = todo.pop() {
+            let mut inner = Vec::new();
+            if let Some(def) = defs.get(&name) {
+                collect_refs(def, &mut inner, false);
+            }
+            for r in inner {
+                let target = r.rsplit('/').next().unwrap_or_default().to_owned();
+                if r == "#" || target == *start {
+                    return true;
+                }
+                if seen.insert(target.clone()) {
+                    todo.push(target);
+                }
+            }
+        }
+        false
+    })
+}
+
+/// Every `$ref` under `node`; at the root, not those inside its own definitions.
+fn collect_refs(node: &Value, out: &mut Vec<String>, root: bool) {
+    match node {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if k == "$ref" {
+                    if let Some(r) = v.as_str() {
+                        out.push(r.to_owned());
+                    }
+                } else if !(root && (k == "$defs" || k == "definitions")) {
+                    collect_refs(v, out, false);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out, false)),
+        _ => {}
+    }
 }
 
 /// A complete answer: the output tool's call becomes the text of the answer (its arguments,
@@ -160,6 +384,164 @@ impl StreamUnwrap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A model without native structured output, and one with it.
+    const OLDER: &str = "claude-3-7-sonnet-20250219";
+    const NATIVE: &str = "claude-sonnet-4-5-20250929";
+
+    /// The tool way, as a model without native structured output gets it.
+    fn output_tool(req: &ChatRequest, dropped: &mut Dropped) -> Option<(Tool, ToolChoice)> {
+        match for_anthropic(req, OLDER, dropped)? {
+            Output::Tool(tool, choice) => Some((tool, choice)),
+            Output::Native(schema) => panic!("native for an older model: {schema}"),
+        }
+    }
+
+    #[test]
+    fn native_structured_output_is_for_claude_4_5_and_later() {
+        for model in [
+            "claude-sonnet-4-5",
+            "claude-sonnet-4-5-20250929",
+            "claude-opus-4-5-20251101",
+            "claude-haiku-4-5",
+            "claude-opus-4-6",
+            "claude-sonnet-4-6",
+            "claude-opus-4-7",
+            "claude-sonnet-5",
+            "claude-opus-5-1-20270101",
+        ] {
+            assert!(has_native_output(model), "{model}");
+        }
+        for model in [
+            "claude-3-7-sonnet-20250219",
+            "claude-3-5-haiku-latest",
+            "claude-sonnet-4-20250514",
+            "claude-sonnet-4-0",
+            "claude-opus-4-1",
+            "claude-opus-4-1-20250805",
+            "claude-2.1",
+            "gpt-4o",
+            "my-claude-sonnet-4-5",
+            "claude-sonnet",
+        ] {
+            assert!(!has_native_output(model), "{model}");
+        }
+    }
+
+    #[test]
+    fn a_schema_goes_natively_closed_and_with_what_anthropic_does_not_enforce_removed() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 40},
+                "age": {"type": "integer", "minimum": 0},
+                "email": {"type": "string", "format": "email"},
+                "tags": {"type": "array", "items": {"type": "string", "format": "color"}, "minItems": 1, "maxItems": 5},
+                "home": {"$ref": "#/$defs/address"},
+                "pet": {"oneOf": [{"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}}}, {"type": "null"}]}
+            },
+            "required": ["name"],
+            "$defs": {"address": {"type": "object", "properties": {"city": {"type": "string"}}, "additionalProperties": true}}
+        });
+        let req = request(Some(ResponseFormat::JsonSchema {
+            name: "person".into(),
+            schema,
+            strict: Some(true),
+        }));
+        let mut dropped = Dropped::default();
+        let Some(Output::Native(sent)) = for_anthropic(&req, NATIVE, &mut dropped) else {
+            panic!("not native");
+        };
+        assert_eq!(
+            sent,
+            json!({
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "age": {"type": "integer"},
+                    "email": {"type": "string", "format": "email"},
+                    "tags": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                    "home": {"$ref": "#/$defs/address"},
+                    "pet": {"anyOf": [
+                        {"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}}, "additionalProperties": false},
+                        {"type": "null"}
+                    ]}
+                },
+                "required": ["name"],
+                "additionalProperties": false,
+                "$defs": {"address": {"type": "object", "properties": {"city": {"type": "string"}}, "additionalProperties": false}}
+            })
+        );
+        let header = dropped.header_value();
+        let mut named: Vec<&str> = header.split(',').map(str::trim).collect();
+        named.sort_unstable();
+        assert_eq!(
+            named,
+            [
+                "response_format.schema.additionalProperties",
+                "response_format.schema.format",
+                "response_format.schema.maxItems",
+                "response_format.schema.maxLength",
+                "response_format.schema.minLength",
+                "response_format.schema.minimum",
+                "response_format.schema.oneOf",
+            ],
+            "strict is enforced natively, so it is not named"
+        );
+        assert!(!uses_output_tool(&req, NATIVE));
+        assert!(uses_output_tool(&req, OLDER));
+    }
+
+    #[test]
+    fn recursive_schemas_and_json_mode_take_the_tool_even_where_native_output_exists() {
+        let recursive = [
+            json!({"type": "object", "properties": {"children": {"type": "array", "items": {"$ref": "#"}}}}),
+            json!({"type": "object", "properties": {"root": {"$ref": "#/$defs/node"}},
+                   "$defs": {"node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}}}}}),
+            json!({"type": "object", "properties": {"a": {"$ref": "#/definitions/a"}},
+                   "definitions": {"a": {"type": "object", "properties": {"b": {"$ref": "#/definitions/b"}}},
+                                   "b": {"type": "object", "properties": {"a": {"$ref": "#/definitions/a"}}}}}),
+        ];
+        for schema in recursive {
+            let req = request(Some(ResponseFormat::JsonSchema {
+                name: "tree".into(),
+                schema: schema.clone(),
+                strict: None,
+            }));
+            assert!(uses_output_tool(&req, NATIVE), "{schema}");
+            let mut dropped = Dropped::default();
+            assert!(matches!(
+                for_anthropic(&req, NATIVE, &mut dropped),
+                Some(Output::Tool(..))
+            ));
+        }
+        let shared = json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/p"}, "b": {"$ref": "#/$defs/p"}},
+                            "$defs": {"p": {"type": "object", "properties": {"x": {"type": "number"}}}}});
+        assert!(!is_recursive(&shared), "a definition used twice is not recursion");
+        let json_mode = request(Some(ResponseFormat::JsonObject));
+        assert!(uses_output_tool(&json_mode, NATIVE));
+    }
+
+    #[test]
+    fn native_output_keeps_the_callers_tools_and_choice_and_works_with_thinking() {
+        let req = ChatRequest {
+            tools: vec![Tool {
+                name: "lookup".into(),
+                description: None,
+                parameters: json!({"type": "object"}),
+                cache_control: None,
+            }],
+            tool_choice: Some(ToolChoice::Tool("lookup".into())),
+            reasoning_effort: Some("low".into()),
+            ..request(Some(schema()))
+        };
+        let mut dropped = Dropped::default();
+        assert!(matches!(
+            for_anthropic(&req, NATIVE, &mut dropped),
+            Some(Output::Native(_))
+        ));
+        assert!(dropped.is_empty(), "{dropped:?}");
+    }
 
     fn request(format: Option<ResponseFormat>) -> ChatRequest {
         ChatRequest {

@@ -108,7 +108,8 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
             dropped = decode_dropped.clone();
             wire = Wire::Translate {
                 provider,
-                output_tool: provider == Family::Anthropic && structured::uses_output_tool(req),
+                output_tool: provider == Family::Anthropic
+                    && structured::uses_output_tool(req, &target.model),
             };
             match provider {
                 Family::OpenAi => openai::encode_request(req, &target.model, &mut dropped),

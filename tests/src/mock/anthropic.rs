@@ -1,5 +1,5 @@
 //! The Anthropic Messages wire format as the mock speaks it: `POST /v1/messages` (text and tool use, stream
-//! and non-stream), `POST /v1/messages/count_tokens`, `GET /v1/models`, and `{"type":"error",...}` bodies.
+//! and non-stream; with `output_config.format` a JSON text), `POST /v1/messages/count_tokens`, `GET /v1/models`, and `{"type":"error",...}` bodies.
 //! Like the real API it requires the `anthropic-version` header and `max_tokens`. Renders answers only; faults,
 //! latency and the transport live in `mock.rs`.
 
@@ -185,6 +185,26 @@ fn messages(req: &Map<String, Value>, options: &ReplyOptions, seq: u64) -> Reply
                 tokens,
                 reply::pieces(&json_text, options.stream_chunks),
                 "input_json_delta",
+            )
+        }
+        // Native structured output: the text is the JSON the tool would have been given.
+        None if req
+            .get("output_config")
+            .and_then(|c| c.get("format"))
+            .and_then(|f| f.get("type"))
+            .and_then(Value::as_str)
+            == Some("json_schema") =>
+        {
+            let text = json!({ "input": reply::text(&prompt, None).trim_start_matches("mock reply to: ") })
+                .to_string();
+            let tokens = reply::tokens_for_reply(&text);
+            let pieces = reply::pieces(&text, options.stream_chunks);
+            (
+                json!({ "type": "text", "text": text }),
+                "end_turn",
+                tokens,
+                pieces,
+                "text_delta",
             )
         }
         None => {

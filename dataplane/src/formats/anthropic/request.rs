@@ -158,8 +158,22 @@ struct RequestOut<'a> {
     metadata: Option<MetadataOut<'a>>,
     #[serde(skip_serializing_if = "is_false")]
     stream: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output_config: Option<OutputConfig>,
     #[serde(flatten)]
     extra: ExtraFields<'a>,
+}
+
+/// Native structured output: `{"format": {"type": "json_schema", "schema": …}}`.
+#[derive(Serialize)]
+struct OutputConfig {
+    format: OutputFormat,
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum OutputFormat {
+    JsonSchema { schema: Value },
 }
 
 fn is_empty_slice(s: &&[String]) -> bool {
@@ -453,8 +467,9 @@ fn is_noop(key: &str, value: &Value) -> bool {
 /// * `thinking` with a budget → `{type: enabled}`, without → `{type: adaptive}`.
 ///   `reasoning_effort` without `thinking` becomes a thinking budget (low 1024, medium 2048,
 ///   high 4096; `none`: no thinking); beside `thinking`, or unknown, it is dropped.
-/// * `response_format` (JSON object / schema) becomes a tool the model is made to call
-///   (`structured::output_tool`); what that cannot carry is dropped.
+/// * `response_format` (JSON object / schema) becomes `output_config.format` for the models
+///   that have it, or a tool the model is made to call (`structured::for_anthropic`); what
+///   neither can carry is dropped.
 /// * Dropped: `temperature` above 1 (clamped),
 ///   thinking blocks without a signature, empty text blocks carrying `cache_control`,
 ///   non-text/image parts of a tool result, and every `extra` field Anthropic does not accept
@@ -487,7 +502,16 @@ pub fn encode_request(req: &ir::ChatRequest, model: &str, dropped: &mut ir::Drop
         messages.push(MessageOut { role, content });
     }
 
-    let output = structured::output_tool(req, dropped);
+    let (output, output_config) = match structured::for_anthropic(req, model, dropped) {
+        Some(structured::Output::Tool(tool, choice)) => (Some((tool, choice)), None),
+        Some(structured::Output::Native(schema)) => (
+            None,
+            Some(OutputConfig {
+                format: OutputFormat::JsonSchema { schema },
+            }),
+        ),
+        None => (None, None),
+    };
     let tools: Vec<ToolOut<'_>> = req
         .tools
         .iter()
@@ -609,6 +633,7 @@ pub fn encode_request(req: &ir::ChatRequest, model: &str, dropped: &mut ir::Drop
         top_k: req.top_k,
         metadata: req.user.as_deref().map(|user_id| MetadataOut { user_id }),
         stream: req.stream,
+        output_config,
         extra: ExtraFields(extra),
     };
     to_bytes(&out)
