@@ -458,12 +458,15 @@ pub fn translated_error(info: &ErrorInfo, format: ApiFormat) -> Response {
 
 /// The event that ends a stream the gateway relays as it is, in the stream's own format,
 /// when it broke before its terminal event (`code`: `stream_incomplete`, `stream_timeout`,
-/// `event_too_large`). Written by the same function each format's encoder uses.
-pub fn stream_error_event(kind: StreamKind, message: &str, code: &str) -> Bytes {
+/// `event_too_large`). Written by the same function each format's encoder uses. `sequence`: the
+/// number a Responses event takes after those relayed.
+pub fn stream_error_event(kind: StreamKind, message: &str, code: &str, sequence: Option<u64>) -> Bytes {
     let mut out = BytesMut::new();
     match kind {
         StreamKind::OpenAiChunks => openai::error_event(message, "server_error", Some(code), &mut out),
-        StreamKind::Responses => openai::responses_error_event(message, code, &mut out),
+        StreamKind::Responses => {
+            openai::responses_error_event(message, code, sequence.unwrap_or(0), &mut out);
+        }
         StreamKind::Anthropic => anthropic::error_event(&stream_error(message), &mut out),
     }
     out.freeze()

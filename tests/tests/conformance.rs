@@ -3,8 +3,10 @@
 //!
 //! Files live in one directory per pair, `tests/corpus/{ingress}-to-{provider}/{case}.json`, and hold:
 //!
-//! * `name`, `ingress` (`openai` | `anthropic`), `provider` (`openai` | `azure` | `anthropic` | `gemini`),
-//!   optional `description` and `target_model` (the provider's model; a default per kind otherwise).
+//! * `name`, `ingress` (`openai`: chat completions, `anthropic`: messages, `responses`: OpenAI's Responses
+//!   API), `provider` (`openai` | `azure` | `anthropic` | `gemini`, and `openai-compatible` for Responses
+//!   callers; [`PAIRS`] lists the pairs), optional `description` and `target_model` (the provider's model; a
+//!   default per kind otherwise).
 //! * `request`: the caller's `body` (its `model` is replaced by the case's route) and optional `headers`
 //!   (`anthropic-version: 2023-06-01` is added for Anthropic callers that name none).
 //! * `upstream`: the recorded provider answer, `status`, `content_type` and `body`: a JSON value (sent
@@ -13,15 +15,16 @@
 //! * Expectations, each a JSON subset (see [`subset`]): `expect_upstream_request` (the body sent upstream;
 //!   `null`: nothing may be sent), `expect_upstream_headers`, `expect_status` (default 200),
 //!   `expect_response` (the caller's JSON answer) or `expect_events` (a stream, reduced by
-//!   [`reduce_openai`] / [`reduce_anthropic`]), `expect_dropped` (the features of `x-drover-dropped`, as a
-//!   set; none expected when absent) and `expect_upstream_calls`.
+//!   [`reduce_openai`] / [`reduce_anthropic`] / [`reduce_responses`]), `expect_dropped` (the features of
+//!   `x-drover-dropped`, as a set; none expected when absent) and `expect_upstream_calls`.
 //! * `known_failure`: a reason; the case still runs and is reported, but does not fail the test.
 //!
-//! Checked for every case besides its expectations: the upstream path and credentials for the provider
-//! kind; the caller's content type; for same-format pairs (OpenAI to OpenAI or Azure, Anthropic to
-//! Anthropic) that the request went upstream byte for byte with only `model` replaced and that the answer
-//! came back byte for byte; for streams, that they end with their terminal event or an error event in the
-//! caller's format, never quietly, and that nothing follows either.
+//! Checked for every case besides its expectations: the upstream path and credentials for the pair
+//! ([`upstream_route`]); the caller's content type; for same-format pairs (OpenAI chat to OpenAI or Azure,
+//! Anthropic to Anthropic, Responses to OpenAI's or Azure's Responses API) that the request went upstream
+//! byte for byte with only `model` replaced and that the answer came back byte for byte; for streams, that
+//! they keep their format's grammar, end with their terminal event or an error event in the caller's format,
+//! never quietly, and that nothing follows either.
 //!
 //! Every case runs against one gateway, with a mock and a provider of its own so that breakers and
 //! cool-downs never leak between cases. All failures are reported together, each with its diff.
@@ -61,8 +64,23 @@ const REQUIRED: &[&str] = &[
     "error-status",
 ];
 
-const INGRESSES: &[&str] = &["openai", "anthropic"];
-const PROVIDERS: &[&str] = &["openai", "azure", "anthropic", "gemini"];
+/// The caller formats, each with the provider kinds the corpus covers for it.
+const PAIRS: &[(&str, &[&str])] = &[
+    ("openai", &["openai", "azure", "anthropic", "gemini"]),
+    ("anthropic", &["openai", "azure", "anthropic", "gemini"]),
+    (
+        "responses",
+        &["openai", "azure", "anthropic", "gemini", "openai-compatible"],
+    ),
+];
+
+/// The Responses events that end a stream.
+const RESPONSES_TERMINAL: &[&str] = &[
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+    "error",
+];
 
 /// Cases run at once (each has its own mock, provider and route).
 const PARALLEL_CASES: usize = 4;
@@ -209,11 +227,13 @@ fn relative(path: &Path) -> String {
 fn lint(loaded: &Loaded) -> Vec<String> {
     let case = &loaded.case;
     let mut problems = Vec::new();
-    if !INGRESSES.contains(&case.ingress.as_str()) {
-        problems.push(format!("unknown ingress {:?}", case.ingress));
-    }
-    if !PROVIDERS.contains(&case.provider.as_str()) {
-        problems.push(format!("unknown provider {:?}", case.provider));
+    match PAIRS.iter().find(|(ingress, _)| *ingress == case.ingress) {
+        None => problems.push(format!("unknown ingress {:?}", case.ingress)),
+        Some((_, providers)) if !providers.contains(&case.provider.as_str()) => problems.push(format!(
+            "provider {:?} is not covered for {} callers",
+            case.provider, case.ingress
+        )),
+        Some(_) => {}
     }
     let dir = loaded
         .path
@@ -256,14 +276,20 @@ fn kind(provider: &str) -> (ProviderKind, MockBuilder, &'static str) {
             MockProvider::anthropic(),
             "claude-sonnet-4-5",
         ),
+        "openai-compatible" => (
+            ProviderKind::OpenaiCompatible,
+            MockProvider::openai(),
+            "llama-3.3-70b",
+        ),
         _ => (ProviderKind::Gemini, MockProvider::gemini(), "gemini-2.5-flash"),
     }
 }
 
+/// Whether the pair relays the caller's format as it is (only `model` replaced).
 fn is_passthrough(case: &Case) -> bool {
     matches!(
         (case.ingress.as_str(), case.provider.as_str()),
-        ("openai", "openai" | "azure") | ("anthropic", "anthropic")
+        ("openai" | "responses", "openai" | "azure") | ("anthropic", "anthropic")
     )
 }
 
@@ -323,6 +349,7 @@ async fn run_case(gw: &Gateway, n: usize, case: &Case) -> Run {
             }
             "/v1/messages"
         }
+        "responses" => "/v1/responses",
         _ => "/v1/chat/completions",
     };
     let header_refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -341,6 +368,48 @@ async fn run_case(gw: &Gateway, n: usize, case: &Case) -> Run {
     check_reply(case, &reply, stream, &recorded, &mut run);
     run.reply = Some(reply);
     run
+}
+
+/// Where a case's request must go upstream: the path, a query parameter it must carry, and the auth header
+/// with its value.
+fn upstream_route(
+    case: &Case,
+    model: &str,
+    stream: bool,
+) -> (String, Option<&'static str>, (&'static str, &'static str)) {
+    let bearer = ("authorization", "Bearer sk-test-provider-key");
+    match (case.ingress.as_str(), case.provider.as_str()) {
+        // OpenAI's Responses API, relayed as it is.
+        ("responses", "openai") => ("/v1/responses".to_owned(), None, bearer),
+        // Azure's v1 Responses API: one path for every deployment, which the body's `model` names.
+        ("responses", "azure") => (
+            "/openai/v1/responses".to_owned(),
+            None,
+            ("api-key", "sk-test-provider-key"),
+        ),
+        // Chat-completions hosts get the Responses call translated to chat completions.
+        (_, "openai" | "openai-compatible") => ("/v1/chat/completions".to_owned(), None, bearer),
+        (_, "azure") => (
+            format!("/openai/deployments/{model}/chat/completions"),
+            Some("api-version="),
+            ("api-key", "sk-test-provider-key"),
+        ),
+        (_, "anthropic") => (
+            "/v1/messages".to_owned(),
+            None,
+            ("x-api-key", "sk-test-provider-key"),
+        ),
+        _ if stream => (
+            format!("/v1beta/models/{model}:streamGenerateContent"),
+            Some("alt=sse"),
+            ("x-goog-api-key", "sk-test-provider-key"),
+        ),
+        _ => (
+            format!("/v1beta/models/{model}:generateContent"),
+            None,
+            ("x-goog-api-key", "sk-test-provider-key"),
+        ),
+    }
 }
 
 fn check_upstream(case: &Case, up: &MockProvider, model: &str, caller_body: &Value, run: &mut Run) {
@@ -374,33 +443,7 @@ fn check_upstream(case: &Case, up: &MockProvider, model: &str, caller_body: &Val
 
     let stream = caller_body["stream"] == json!(true);
     let query = first.query.clone().unwrap_or_default();
-    let (want_path, want_query, auth) = match case.provider.as_str() {
-        "openai" => (
-            "/v1/chat/completions".to_owned(),
-            None,
-            ("authorization", "Bearer sk-test-provider-key"),
-        ),
-        "azure" => (
-            format!("/openai/deployments/{model}/chat/completions"),
-            Some("api-version="),
-            ("api-key", "sk-test-provider-key"),
-        ),
-        "anthropic" => (
-            "/v1/messages".to_owned(),
-            None,
-            ("x-api-key", "sk-test-provider-key"),
-        ),
-        _ if stream => (
-            format!("/v1beta/models/{model}:streamGenerateContent"),
-            Some("alt=sse"),
-            ("x-goog-api-key", "sk-test-provider-key"),
-        ),
-        _ => (
-            format!("/v1beta/models/{model}:generateContent"),
-            None,
-            ("x-goog-api-key", "sk-test-provider-key"),
-        ),
-    };
+    let (want_path, want_query, auth) = upstream_route(case, model, stream);
     if first.path != want_path {
         failures.push(format!("upstream path {:?}, expected {want_path:?}", first.path));
     }
@@ -445,8 +488,9 @@ fn check_upstream(case: &Case, up: &MockProvider, model: &str, caller_body: &Val
         let mut want = caller_body.clone();
         want["model"] = json!(model);
         let mut want = serde_json::to_vec(&want).unwrap();
-        // Every OpenAI-format stream is metered: the gateway asks for the usage chunk when the
-        // caller did not (and strips it from the answer), by adding `stream_options` up front.
+        // Every chat stream is metered: the gateway asks for the usage chunk when the caller did not
+        // (and strips it from the answer), by adding `stream_options` up front. A Responses stream
+        // always ends with its usage, so nothing is added to it.
         let openai_stream = caller_body["stream"] == json!(true) && case.ingress == "openai";
         if openai_stream && caller_body["stream_options"]["include_usage"] != json!(true) {
             if caller_body.get("stream_options").is_none() {
@@ -508,6 +552,7 @@ fn check_reply(case: &Case, reply: &Reply, stream: bool, recorded: &Bytes, run: 
     if is_stream {
         let (reduced, violations) = match case.ingress.as_str() {
             "anthropic" => reduce_anthropic(&reply.text()),
+            "responses" => reduce_responses(&reply.text()),
             _ => reduce_openai(&reply.text()),
         };
         for v in violations {
@@ -672,13 +717,23 @@ fn sse_events(text: &str) -> Vec<(Option<String>, String)> {
         .collect()
 }
 
-/// Whether a recorded stream of this format ends the way the format ends a stream: OpenAI with `[DONE]` or an
-/// error chunk, Anthropic with `message_stop` or an `error` event.
+/// Whether a recorded stream of this format ends the way the format ends a stream: OpenAI chat with `[DONE]`
+/// or an error chunk, Anthropic with `message_stop` or an `error` event, Responses with one of
+/// [`RESPONSES_TERMINAL`].
 fn ends_properly(format: &str, recorded: &[u8]) -> bool {
     sse_events(&String::from_utf8_lossy(recorded))
         .iter()
         .any(|(name, data)| match format {
             "anthropic" => matches!(name.as_deref(), Some("message_stop" | "error")),
+            "responses" => {
+                let kind = serde_json::from_str::<Value>(data)
+                    .ok()
+                    .and_then(|v| v["type"].as_str().map(str::to_owned));
+                [name.as_deref(), kind.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .any(|k| RESPONSES_TERMINAL.contains(&k))
+            }
             _ => {
                 data == "[DONE]"
                     || serde_json::from_str::<Value>(data).is_ok_and(|v| v.get("error").is_some())
@@ -980,6 +1035,312 @@ fn reduce_anthropic(text: &str) -> (Value, Vec<String>) {
     (reduced, violations)
 }
 
+/// One output item of a Responses stream, as the reducer follows it.
+struct StreamItem {
+    id: Value,
+    kind: String,
+    /// Text, reasoning or arguments streamed into it.
+    text: String,
+    /// Arguments given whole by `response.function_call_arguments.done`.
+    done_arguments: Option<String>,
+    call_id: Value,
+    name: Value,
+    /// Content parts added to a message.
+    parts: u64,
+    open: bool,
+}
+
+/// A Responses stream as `{events, id, model, status, text, reasoning, function_calls: [{call_id, name,
+/// arguments}], output_types, usage, incomplete_details, error, done}`. `events` lists event names with a run
+/// of identical deltas counted once; `text` and `reasoning` join the output text and reasoning (summary)
+/// deltas; a call's `arguments` are its deltas (or its `.done` arguments when none came), parsed when they are
+/// JSON; `output_types` are the types of the output items in the order they were added; `status`, `usage`
+/// and `incomplete_details` are the final response's; `error` is the `error` event (without `type` and
+/// `sequence_number`) or the failed response's `error`; `done` says the stream ended with
+/// `response.completed` or `response.incomplete`. Also the stream's violations of the event grammar:
+/// `type` must be the SSE event name, `sequence_number` counts from 0 without a gap, `response.created`
+/// comes first, deltas only for items added and not yet done (by `output_index` and `item_id`) and content
+/// parts added (by `content_index`), nothing after the terminal event, which must come, and the final
+/// response holds the items that were streamed.
+fn reduce_responses(text: &str) -> (Value, Vec<String>) {
+    let mut violations = Vec::new();
+    let mut names: Vec<String> = Vec::new();
+    let mut id = Value::Null;
+    let mut model = Value::Null;
+    let mut status = Value::Null;
+    let mut content = String::new();
+    let mut reasoning = String::new();
+    let mut items: Vec<StreamItem> = Vec::new();
+    let mut usage = Value::Null;
+    let mut incomplete = Value::Null;
+    let mut error = Value::Null;
+    let mut done = false;
+    let mut ended = false;
+    let mut started = false;
+    let mut sequence = 0u64;
+    for (name, data) in sse_events(text) {
+        let Ok(data) = serde_json::from_str::<Value>(&data) else {
+            violations.push(format!(
+                "{}: data is not JSON: {data}",
+                name.as_deref().unwrap_or("event")
+            ));
+            continue;
+        };
+        let Some(kind) = data["type"].as_str().map(str::to_owned) else {
+            violations.push(format!("event without a type: {data}"));
+            continue;
+        };
+        if let Some(name) = &name
+            && *name != kind
+        {
+            violations.push(format!("event {name} carries type {kind}"));
+        }
+        if ended {
+            violations.push(format!("{kind} after the end of the stream"));
+            continue;
+        }
+        match data["sequence_number"].as_u64() {
+            Some(n) => {
+                if n != sequence {
+                    violations.push(format!("{kind}: sequence_number {n}, expected {sequence}"));
+                }
+                sequence = n + 1;
+            }
+            None => {
+                violations.push(format!("{kind} without a sequence_number"));
+                sequence += 1;
+            }
+        }
+        if !started && kind != "response.created" && kind != "error" {
+            violations.push(format!("{kind} before response.created"));
+        }
+        if !(kind.ends_with(".delta") && names.last() == Some(&kind)) {
+            names.push(kind.clone());
+        }
+
+        // The open item an item event is about, checked against `output_index`, `item_id`, its
+        // `content_index` and the item types it may be about (`want`; any when empty).
+        let item_at = |violations: &mut Vec<String>, want: &[&str]| -> Option<usize> {
+            let index = data["output_index"]
+                .as_u64()
+                .and_then(|i| usize::try_from(i).ok());
+            let Some(at) = index.filter(|i| *i < items.len()) else {
+                violations.push(format!("{kind} for output_index {index:?}, which was not added"));
+                return None;
+            };
+            let item = &items[at];
+            if data.get("item_id").is_some() && data["item_id"] != item.id {
+                violations.push(format!(
+                    "{kind} names item {} at output_index {at}, which is {}",
+                    data["item_id"], item.id
+                ));
+            }
+            if !item.open {
+                violations.push(format!("{kind} for item {at}, which is done"));
+            }
+            if !want.is_empty() && !want.contains(&item.kind.as_str()) {
+                violations.push(format!("{kind} for item {at}, a {}", item.kind));
+            }
+            let part = data["content_index"].as_u64();
+            if kind != "response.content_part.added"
+                && let Some(part) = part.filter(|p| *p >= item.parts)
+            {
+                violations.push(format!(
+                    "{kind} for content part {part} of item {at}, which was not added"
+                ));
+            }
+            Some(at)
+        };
+        let piece = |key: &str| data[key].as_str().unwrap_or_default().to_owned();
+        match kind.as_str() {
+            "response.created" | "response.in_progress" => {
+                if kind == "response.created" {
+                    if started {
+                        violations.push("a second response.created".into());
+                    }
+                    started = true;
+                    id = data["response"]["id"].clone();
+                    model = data["response"]["model"].clone();
+                } else if data["response"]["id"] != id {
+                    violations.push(format!("{kind} for response {}", data["response"]["id"]));
+                }
+                status = data["response"]["status"].clone();
+            }
+            "response.output_item.added" => {
+                let item = &data["item"];
+                let index = data["output_index"].as_u64();
+                if index != u64::try_from(items.len()).ok() {
+                    violations.push(format!(
+                        "output_item.added at output_index {index:?}, expected {}",
+                        items.len()
+                    ));
+                }
+                if !item["id"].is_string() {
+                    violations.push(format!("output item without an id: {item}"));
+                }
+                items.push(StreamItem {
+                    id: item["id"].clone(),
+                    kind: item["type"].as_str().unwrap_or("?").to_owned(),
+                    text: String::new(),
+                    done_arguments: None,
+                    call_id: item["call_id"].clone(),
+                    name: item["name"].clone(),
+                    parts: 0,
+                    open: true,
+                });
+            }
+            "response.content_part.added" => {
+                if let Some(at) = item_at(&mut violations, &["message"]) {
+                    let part = data["content_index"].as_u64();
+                    if part != Some(items[at].parts) {
+                        violations.push(format!(
+                            "content_part.added at content_index {part:?}, expected {}",
+                            items[at].parts
+                        ));
+                    }
+                    items[at].parts += 1;
+                }
+            }
+            "response.content_part.done" => {
+                item_at(&mut violations, &["message"]);
+            }
+            "response.output_text.delta" | "response.refusal.delta" => {
+                if let Some(at) = item_at(&mut violations, &["message"]) {
+                    let delta = piece("delta");
+                    items[at].text.push_str(&delta);
+                    if kind == "response.output_text.delta" {
+                        content.push_str(&delta);
+                    }
+                }
+            }
+            "response.output_text.done" => {
+                if let Some(at) = item_at(&mut violations, &["message"])
+                    && data["text"] != json!(items[at].text)
+                {
+                    violations.push(format!(
+                        "output_text.done says {}, the deltas said {:?}",
+                        data["text"], items[at].text
+                    ));
+                }
+            }
+            "response.refusal.done" => {
+                item_at(&mut violations, &["message"]);
+            }
+            "response.function_call_arguments.delta" => {
+                if let Some(at) = item_at(&mut violations, &["function_call"]) {
+                    items[at].text.push_str(&piece("delta"));
+                }
+            }
+            "response.function_call_arguments.done" => {
+                if let Some(at) = item_at(&mut violations, &["function_call"]) {
+                    let whole = piece("arguments");
+                    if !items[at].text.is_empty() && whole != items[at].text {
+                        violations.push(format!(
+                            "function_call_arguments.done says {whole:?}, the deltas said {:?}",
+                            items[at].text
+                        ));
+                    }
+                    items[at].done_arguments = Some(whole);
+                }
+            }
+            "response.reasoning_summary_part.added"
+            | "response.reasoning_summary_part.done"
+            | "response.reasoning_summary_text.done"
+            | "response.reasoning_text.done" => {
+                item_at(&mut violations, &["reasoning"]);
+            }
+            "response.reasoning_summary_text.delta" | "response.reasoning_text.delta" => {
+                if item_at(&mut violations, &["reasoning"]).is_some() {
+                    reasoning.push_str(&piece("delta"));
+                }
+            }
+            "response.output_item.done" => {
+                if let Some(at) = item_at(&mut violations, &[]) {
+                    items[at].open = false;
+                    if data["item"]["id"] != items[at].id {
+                        violations.push(format!(
+                            "output_item.done for item {}, added as {}",
+                            data["item"]["id"], items[at].id
+                        ));
+                    }
+                }
+            }
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                ended = true;
+                let response = &data["response"];
+                if response["id"] != id {
+                    violations.push(format!("{kind} for response {}, created as {id}", response["id"]));
+                }
+                status = response["status"].clone();
+                usage = response["usage"].clone();
+                incomplete = response["incomplete_details"].clone();
+                if kind == "response.failed" {
+                    error = response["error"].clone();
+                } else {
+                    done = true;
+                    if let Some(at) = items.iter().position(|i| i.open) {
+                        violations.push(format!("{kind} while item {at} is open"));
+                    }
+                    let streamed: Vec<&Value> = items.iter().map(|i| &i.id).collect();
+                    let output: Vec<&Value> = response["output"]
+                        .as_array()
+                        .map(|o| o.iter().map(|i| &i["id"]).collect())
+                        .unwrap_or_default();
+                    if output != streamed {
+                        violations.push(format!(
+                            "{kind} holds output items {output:?}, the stream added {streamed:?}"
+                        ));
+                    }
+                }
+            }
+            "error" => {
+                ended = true;
+                let mut e = data.as_object().cloned().unwrap_or_default();
+                e.remove("type");
+                e.remove("sequence_number");
+                error = Value::Object(e);
+            }
+            // Events of hosted tools and annotations, which the reduction does not follow.
+            other if other.starts_with("response.") => {}
+            other => violations.push(format!("unknown event {other}")),
+        }
+    }
+    if !ended {
+        violations.push(format!(
+            "the stream ended without one of {}",
+            RESPONSES_TERMINAL.join(", ")
+        ));
+    }
+    let output_types: Vec<&str> = items.iter().map(|i| i.kind.as_str()).collect();
+    let function_calls: Vec<Value> = items
+        .iter()
+        .filter(|i| i.kind == "function_call")
+        .map(|i| {
+            let args = match (&i.done_arguments, i.text.is_empty()) {
+                (Some(whole), true) => whole.clone(),
+                _ => i.text.clone(),
+            };
+            let arguments = serde_json::from_str::<Value>(&args).unwrap_or(Value::String(args));
+            json!({ "call_id": i.call_id, "name": i.name, "arguments": arguments })
+        })
+        .collect();
+    let reduced = json!({
+        "events": names,
+        "id": id,
+        "model": model,
+        "status": status,
+        "text": content,
+        "reasoning": reasoning,
+        "function_calls": function_calls,
+        "output_types": output_types,
+        "usage": usage,
+        "incomplete_details": incomplete,
+        "error": error,
+        "done": done,
+    });
+    (reduced, violations)
+}
+
 // ---------------------------------------------------------------------------------------------
 // The run
 // ---------------------------------------------------------------------------------------------
@@ -1034,8 +1395,8 @@ async fn corpus() {
     }
 
     // Coverage: every pair has every required kind of case, and names are unique.
-    for ingress in INGRESSES {
-        for provider in PROVIDERS {
+    for (ingress, providers) in PAIRS {
+        for provider in *providers {
             let pair = format!("{ingress}-to-{provider}");
             for required in REQUIRED {
                 let covered = cases.iter().any(|c| {

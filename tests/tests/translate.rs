@@ -1105,6 +1105,120 @@ async fn async_openai_responses_client_works_through_anthropic_and_gemini() {
 
 /// A translated Responses stream is metered with the provider's own counts, exactly once; a
 /// cut one is billed for what was produced.
+/// Extended thinking with tool use over several Responses turns: the thinking comes out as a
+/// `reasoning` item whose `encrypted_content` carries the blocks and signatures, and given back
+/// as input it reaches Anthropic exactly as Anthropic sent it, before the tool call.
+#[tokio::test]
+async fn thinking_signatures_survive_a_responses_round_trip_to_anthropic() {
+    let (gw, up) = setup(MockProvider::anthropic(), ProviderKind::Anthropic).await;
+    let signature = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgwfjK7Xq5JZ3Zm5Hr0iMLvNb9Qq7fM5XBlR";
+    let answer = json!({
+        "id": "msg_01Think", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5-20250929",
+        "content": [
+            {"type": "thinking", "thinking": "The user wants Paris weather; call the tool.", "signature": signature},
+            {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4a"},
+            {"type": "tool_use", "id": "toolu_01W", "name": "get_weather", "input": {"city": "Paris"}}
+        ],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 50, "output_tokens": 40}
+    });
+    up.script(vec![Fault::replay(200, "application/json", answer.to_string())]);
+    let tools = json!([{"type": "function", "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]);
+    let first = json!({"model": "m", "tools": tools, "reasoning": {"effort": "medium"},
+                       "input": "weather in Paris?"});
+    let reply = gw.send("POST", "/v1/responses", first.to_string()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let output = reply.json()["output"].as_array().unwrap().clone();
+    assert_eq!(output[0]["type"], "reasoning", "{output:?}");
+    assert_eq!(
+        output[0]["summary"][0]["text"],
+        "The user wants Paris weather; call the tool."
+    );
+    assert!(
+        output[0]["encrypted_content"]
+            .as_str()
+            .unwrap()
+            .starts_with("drv1_")
+    );
+    assert_eq!(output[1]["type"], "function_call");
+
+    // The next turn gives every output item back, with the tool's result.
+    let mut input = vec![json!({"role": "user", "content": "weather in Paris?"})];
+    input.extend(output.iter().cloned());
+    input.push(json!({"type": "function_call_output", "call_id": "toolu_01W", "output": "sunny"}));
+    let second = json!({"model": "m", "tools": tools, "reasoning": {"effort": "medium"}, "input": input});
+    let reply = gw.send("POST", "/v1/responses", second.to_string()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-drover-dropped"), None);
+    let sent = up.last_json().unwrap();
+    assert_eq!(
+        sent["messages"][1],
+        json!({"role": "assistant", "content": [
+            {"type": "thinking", "thinking": "The user wants Paris weather; call the tool.", "signature": signature},
+            {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix/LafPsn4a"},
+            {"type": "tool_use", "id": "toolu_01W", "name": "get_weather", "input": {"city": "Paris"}}
+        ]}),
+        "{sent}"
+    );
+    assert_eq!(sent["messages"][2]["content"][0]["type"], "tool_result");
+
+    // Streamed: the signature arrives as a delta and goes out in the finished item.
+    let events = [
+        json!({"type": "message_start", "message": {"id": "msg_01S", "type": "message", "role": "assistant",
+            "model": "claude-sonnet-4-5", "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 50, "output_tokens": 1}}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Call the tool."}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": signature}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_02", "name": "get_weather", "input": {}}}),
+        json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": \"Paris\"}"}}),
+        json!({"type": "content_block_stop", "index": 1}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 30}}),
+        json!({"type": "message_stop"}),
+    ];
+    let stream: String = events
+        .iter()
+        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+        .collect();
+    up.script(vec![Fault::replay(200, "text/event-stream", stream)]);
+    let mut streamed = first.clone();
+    streamed["stream"] = json!(true);
+    let reply = gw.send("POST", "/v1/responses", streamed.to_string()).await;
+    let done = reply.named_events();
+    let (_, completed) = done.last().unwrap();
+    assert_eq!(completed["type"], "response.completed", "{}", reply.text());
+    let item = &completed["response"]["output"][0];
+    assert_eq!(item["type"], "reasoning");
+    let mut input = vec![json!({"role": "user", "content": "weather in Paris?"})];
+    input.extend(
+        completed["response"]["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned(),
+    );
+    input.push(json!({"type": "function_call_output", "call_id": "toolu_02", "output": "sunny"}));
+    let third = json!({"model": "m", "tools": tools, "reasoning": {"effort": "medium"}, "input": input});
+    let reply = gw.send("POST", "/v1/responses", third.to_string()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let sent = up.last_json().unwrap();
+    assert_eq!(
+        sent["messages"][1]["content"][0],
+        json!({"type": "thinking", "thinking": "Call the tool.", "signature": signature}),
+        "{sent}"
+    );
+
+    // OpenAI's own reasoning items carry nothing another provider can use: dropped, named.
+    let foreign = json!({"model": "m", "input": [
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAAAABoOpenAI"},
+        {"role": "user", "content": "hi"}]});
+    let reply = gw.send("POST", "/v1/responses", foreign.to_string()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-drover-dropped"), Some("reasoning"));
+}
+
 #[tokio::test]
 async fn translated_responses_streams_are_metered_with_the_providers_counts() {
     let (gw, _up) = setup(MockProvider::anthropic(), ProviderKind::Anthropic).await;

@@ -282,6 +282,18 @@ impl Dropped {
         &self.0
     }
 
+    /// Names what begins with `from` (a whole dotted segment) by `to` instead: a feature named
+    /// as the caller's format spells it.
+    pub fn rename(&mut self, from: &str, to: &str) {
+        for name in &mut self.0 {
+            if let Some(rest) = name.strip_prefix(from)
+                && (rest.is_empty() || rest.starts_with('.'))
+            {
+                *name = format!("{to}{rest}");
+            }
+        }
+    }
+
     /// Comma-separated, for the response header.
     pub fn header_value(&self) -> String {
         self.0.join(",")
@@ -292,3 +304,26 @@ impl Dropped {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct DecodeError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::Dropped;
+
+    #[test]
+    fn dropped_features_are_renamed_by_whole_segments() {
+        let mut d = Dropped::default();
+        for name in [
+            "response_format.strict",
+            "response_format",
+            "response_formats",
+            "top_k",
+        ] {
+            d.add(name);
+        }
+        d.rename("response_format", "text.format");
+        assert_eq!(
+            d.header_value(),
+            "text.format.strict,text.format,response_formats,top_k"
+        );
+    }
+}

@@ -104,6 +104,14 @@ impl StreamTap {
         }
     }
 
+    /// For a Responses stream, the `sequence_number` of an event appended to it.
+    pub fn next_sequence(&self) -> Option<u64> {
+        match &self.reader {
+            Reader::Responses(r) => Some(r.next_sequence()),
+            Reader::OpenAi(_) | Reader::Anthropic(_) => None,
+        }
+    }
+
     /// Bytes of text, thinking and tool arguments relayed so far.
     pub fn content_chars(&self) -> usize {
         self.content_chars

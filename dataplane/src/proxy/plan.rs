@@ -3,6 +3,7 @@
 //! otherwise, or not at all when the provider does not offer what was called.
 
 use bytes::{Bytes, BytesMut};
+use drover_proto::model::ProviderKind;
 
 use crate::formats::ir::Dropped;
 use crate::formats::json::{BodyError, ShallowBody, splice};
@@ -111,11 +112,21 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
                 output_tool: provider == Family::Anthropic
                     && structured::uses_output_tool(req, &target.model),
             };
-            match provider {
-                Family::OpenAi => openai::encode_request(req, &target.model, &mut dropped),
+            let body = match provider {
+                Family::OpenAi => openai::encode_request(
+                    req,
+                    &target.model,
+                    target.provider.kind == ProviderKind::OpenAiCompatible,
+                    &mut dropped,
+                ),
                 Family::Anthropic => anthropic::encode_request(req, &target.model, &mut dropped),
                 Family::Gemini => gemini::encode_request(req, &mut dropped),
+            };
+            if call.ingress == Ingress::Responses {
+                // A Responses caller asked for structured output in `text.format`.
+                dropped.rename("response_format", "text.format");
             }
+            body
         }
     };
     if call.strict && !dropped.is_empty() {

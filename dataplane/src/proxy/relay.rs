@@ -97,7 +97,12 @@ impl Transform for Passthrough {
             return false;
         }
         self.failed = true;
-        out.push(stream_error_event(self.kind, message, code));
+        out.push(stream_error_event(
+            self.kind,
+            message,
+            code,
+            self.tap.next_sequence(),
+        ));
         true
     }
 }

@@ -45,8 +45,7 @@ pub use names::{
 pub use price::{MAX_PRICE_KEY_LEN, MAX_PRICE_PER_MTOK, Price, validate_price_key};
 pub use provider::{
     DEFAULT_AZURE_API_VERSION, MAX_API_VERSION_LEN, MAX_BASE_URL_LEN, Provider, ProviderKind, ResponsesApi,
-    parse_base_url,
-    validate_api_version,
+    parse_base_url, validate_api_version,
 };
 pub use reports::{
     MAX_UNAVAILABLE_REASON_LEN, MAX_UNAVAILABLE_REPORTED, UnavailableProvider, UnusableTarget,

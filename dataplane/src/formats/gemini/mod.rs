@@ -12,11 +12,16 @@
 //!   text that is a JSON object is sent as is, other text as `{"content": TEXT}`; an error
 //!   result becomes `{"error": TEXT_OR_OBJECT}` (Gemini's documented key for failures).
 //!   Images in a tool result follow their `functionResponse` as parts of the same turn.
-//! * Tool schemas and `responseSchema` are Gemini's OpenAPI subset, which rejects keywords
+//! * Tool schemas are Gemini's OpenAPI subset, which rejects keywords
 //!   such as `additionalProperties` or `$schema`: those are stripped recursively (property
 //!   names are left alone). This changes no meaning Gemini could enforce, so nothing is
 //!   reported. A function without parameters (an object schema with no properties) is
 //!   declared without `parameters`, which Gemini requires.
+//! * Structured output goes as `responseJsonSchema` (Gemini's JSON Schema subset, which takes
+//!   `$defs`/`$ref`, `anyOf` and numeric and array bounds; a list of types becomes `anyOf`);
+//!   keywords outside it are
+//!   removed, and those that constrain (`minLength`, `pattern`, `const`, `allOf`, …) are named
+//!   in `x-drover-dropped` as `response_format.schema.<keyword>`.
 //! * Thinking from earlier turns is not sent back (Gemini's thought parts need Gemini's own
 //!   `thoughtSignature`); it is reported as `thinking`. Gemini 3 refuses replayed function
 //!   calls without a signature, so the first `functionCall` of every model turn carries the

@@ -91,7 +91,7 @@ pub fn encode_request(req: &ir::ChatRequest, dropped: &mut ir::Dropped) -> Bytes
         dropped.add("parallel_tool_calls");
     }
 
-    let generation = generation_config(req);
+    let generation = generation_config(req, dropped);
     if !generation.is_empty() {
         body.insert("generationConfig".into(), Value::Object(generation));
     }
@@ -108,7 +108,7 @@ pub fn encode_request(req: &ir::ChatRequest, dropped: &mut ir::Dropped) -> Bytes
     Bytes::from(Value::Object(body).to_string())
 }
 
-fn generation_config(req: &ir::ChatRequest) -> Map<String, Value> {
+fn generation_config(req: &ir::ChatRequest, dropped: &mut ir::Dropped) -> Map<String, Value> {
     let mut config = Map::new();
     if let Some(max) = req.max_tokens {
         config.insert("maxOutputTokens".into(), Value::from(max));
@@ -131,7 +131,7 @@ fn generation_config(req: &ir::ChatRequest) -> Map<String, Value> {
         }
         Some(ir::ResponseFormat::JsonSchema { schema, .. }) => {
             config.insert("responseMimeType".into(), Value::from("application/json"));
-            config.insert("responseSchema".into(), sanitize_schema(schema));
+            config.insert("responseJsonSchema".into(), response_json_schema(schema, dropped));
         }
         Some(ir::ResponseFormat::Text) | None => {}
     }
@@ -335,6 +335,112 @@ fn sanitize_schema(schema: &Value) -> Value {
         Value::Array(items) => Value::Array(items.iter().map(sanitize_schema).collect()),
         other => other.clone(),
     }
+}
+
+/// Keywords `responseJsonSchema` takes (Gemini's JSON Schema subset for structured output).
+const RESPONSE_SCHEMA_KEYWORDS: &[&str] = &[
+    "$id",
+    "$defs",
+    "$ref",
+    "$anchor",
+    "type",
+    "format",
+    "title",
+    "description",
+    "enum",
+    "items",
+    "prefixItems",
+    "minItems",
+    "maxItems",
+    "minimum",
+    "maximum",
+    "anyOf",
+    "oneOf",
+    "properties",
+    "additionalProperties",
+    "required",
+    "propertyOrdering",
+];
+
+/// Keywords that only annotate: removed from `responseJsonSchema` without a word.
+const SCHEMA_ANNOTATIONS: &[&str] = &[
+    "$schema",
+    "$comment",
+    "default",
+    "example",
+    "examples",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+];
+
+/// The caller's JSON Schema as Gemini's `responseJsonSchema` takes it: `$defs` and `$ref`,
+/// `anyOf` and the bounds Gemini enforces stay, type lists become `anyOf`; annotations go silently, and every
+/// other keyword (`minLength`, `pattern`, `const`, `allOf`, `not`, …) is removed and named
+/// (`response_format.schema.<keyword>`). Beside a `$ref` Gemini takes only `$` keywords; the
+/// rest (typically a description) is removed.
+fn response_json_schema(schema: &Value, dropped: &mut ir::Dropped) -> Value {
+    let Value::Object(keywords) = schema else {
+        return schema.clone();
+    };
+    let is_ref = keywords.contains_key("$ref");
+    let mut out = Map::new();
+    for (keyword, value) in keywords {
+        let k = keyword.as_str();
+        if is_ref && !k.starts_with('$') {
+            continue;
+        }
+        if !RESPONSE_SCHEMA_KEYWORDS.contains(&k) {
+            if !SCHEMA_ANNOTATIONS.contains(&k) {
+                dropped.add(format!("response_format.schema.{k}"));
+            }
+            continue;
+        }
+        let value = match (k, value) {
+            ("properties" | "$defs", Value::Object(named)) => Value::Object(
+                named
+                    .iter()
+                    .map(|(name, s)| (name.clone(), response_json_schema(s, dropped)))
+                    .collect(),
+            ),
+            ("items" | "additionalProperties", Value::Object(_)) => response_json_schema(value, dropped),
+            ("prefixItems" | "anyOf" | "oneOf", Value::Array(list)) => {
+                Value::Array(list.iter().map(|s| response_json_schema(s, dropped)).collect())
+            }
+            _ => value.clone(),
+        };
+        out.insert(keyword.clone(), value);
+    }
+    split_type_list(out)
+}
+
+/// A list of types (`["string", "null"]`, how OpenAI's strict mode writes an optional field) as
+/// `anyOf`, one branch per type with the node's other constraints, the one spelling of a union
+/// every Gemini model takes. Titles and descriptions stay on the node.
+fn split_type_list(mut node: Map<String, Value>) -> Value {
+    let several = matches!(node.get("type"), Some(Value::Array(types)) if types.len() > 1);
+    if !several || node.contains_key("anyOf") {
+        return Value::Object(node);
+    }
+    let Some(Value::Array(types)) = node.remove("type") else {
+        return Value::Object(node);
+    };
+    let mut outer = Map::new();
+    for keep in ["title", "description", "$id", "$anchor", "$defs"] {
+        if let Some(v) = node.remove(keep) {
+            outer.insert(keep.to_owned(), v);
+        }
+    }
+    let branches = types
+        .into_iter()
+        .map(|t| {
+            let mut branch = node.clone();
+            branch.insert("type".into(), t);
+            Value::Object(branch)
+        })
+        .collect();
+    outer.insert("anyOf".into(), Value::Array(branches));
+    Value::Object(outer)
 }
 
 /// `null`, `{}`, or an object schema without properties: Gemini wants no `parameters` then.
@@ -669,7 +775,7 @@ mod tests {
                     "contents": [{ "role": "user", "parts": [{ "text": "hello" }] }],
                     "generationConfig": {
                         "responseMimeType": "application/json",
-                        "responseSchema": { "type": "object", "properties": { "a": { "type": "number" } } },
+                        "responseJsonSchema": { "type": "object", "properties": { "a": { "type": "number" } }, "additionalProperties": false },
                         "thinkingConfig": { "thinkingBudget": 1024, "includeThoughts": true }
                     }
                 }),
@@ -771,6 +877,66 @@ mod tests {
         assert_eq!(
             body.pointer("/contents/3/parts/0/functionResponse/name"),
             Some(&json!("second"))
+        );
+    }
+
+    #[test]
+    fn structured_output_keeps_refs_unions_and_bounds_and_names_what_gemini_does_not_take() {
+        let schema = json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "pattern": "^[A-Z]", "description": "Full name"},
+                "age": {"type": ["integer", "null"], "minimum": 0, "maximum": 150},
+                "nick": {"type": ["string", "null"], "description": "If any"},
+                "kind": {"const": "person"},
+                "home": {"$ref": "#/$defs/address", "description": "Where they live"},
+                "pets": {"type": "array", "items": {"anyOf": [{"$ref": "#/$defs/pet"}, {"type": "null"}]}, "maxItems": 3, "uniqueItems": true}
+            },
+            "required": ["name", "age", "kind", "home", "pets"],
+            "additionalProperties": false,
+            "$defs": {
+                "address": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": false, "examples": [{"city": "Paris"}]},
+                "pet": {"type": "object", "properties": {"species": {"enum": ["cat", "dog"]}}, "allOf": [{"required": ["species"]}]}
+            }
+        });
+        let mut dropped = ir::Dropped::default();
+        let sent = response_json_schema(&schema, &mut dropped);
+        assert_eq!(
+            sent,
+            json!({
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string", "description": "Full name"},
+                    "nick": {"description": "If any", "anyOf": [{"type": "string"}, {"type": "null"}]},
+                    "age": {"anyOf": [
+                        {"type": "integer", "minimum": 0, "maximum": 150},
+                        {"type": "null", "minimum": 0, "maximum": 150}
+                    ]},
+                    "kind": {},
+                    "home": {"$ref": "#/$defs/address"},
+                    "pets": {"type": "array", "items": {"anyOf": [{"$ref": "#/$defs/pet"}, {"type": "null"}]}, "maxItems": 3}
+                },
+                "required": ["name", "age", "kind", "home", "pets"],
+                "additionalProperties": false,
+                "$defs": {
+                    "address": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": false},
+                    "pet": {"type": "object", "properties": {"species": {"enum": ["cat", "dog"]}}}
+                }
+            })
+        );
+        let header = dropped.header_value();
+        let mut named: Vec<&str> = header.split(',').collect();
+        named.sort_unstable();
+        assert_eq!(
+            named,
+            [
+                "response_format.schema.allOf",
+                "response_format.schema.const",
+                "response_format.schema.minLength",
+                "response_format.schema.pattern",
+                "response_format.schema.uniqueItems",
+            ]
         );
     }
 }

@@ -202,9 +202,10 @@ pub fn error_event(message: &str, kind: &str, code: Option<&str>, out: &mut Byte
     out.extend_from_slice(b"\n\n");
 }
 
-/// The `error` event that ends a Responses stream.
-pub fn responses_error_event(message: &str, code: &str, out: &mut BytesMut) {
-    let body = serde_json::json!({"type": "error", "code": code, "message": message, "param": null});
+/// The `error` event that ends a Responses stream, numbered `sequence`.
+pub fn responses_error_event(message: &str, code: &str, sequence: u64, out: &mut BytesMut) {
+    let body = serde_json::json!({"type": "error", "code": code, "message": message, "param": null,
+                                  "sequence_number": sequence});
     crate::formats::sse::write_event(out, Some("error"), &body.to_string());
 }
 

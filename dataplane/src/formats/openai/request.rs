@@ -601,6 +601,8 @@ struct OutRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_completion_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     temperature: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     top_p: Option<f64>,
@@ -689,7 +691,11 @@ struct OutFunctionDef<'a> {
 /// `tool_result_image`, `assistant_image`, `misplaced_tool_call` / `misplaced_tool_result`
 /// (a part in a role OpenAI does not allow it in), and the name of every extra field that
 /// is not an OpenAI parameter.
-pub fn encode_request(req: &ChatRequest, model: &str, dropped: &mut ir::Dropped) -> Bytes {
+///
+/// The output limit goes as `max_completion_tokens` (what OpenAI's and Azure's reasoning models
+/// require), or for an OpenAI-compatible host (`compatible`) as `max_tokens`, the one name every
+/// such server knows (DeepSeek, Mistral, Ollama, llama.cpp and others take no other).
+pub fn encode_request(req: &ChatRequest, model: &str, compatible: bool, dropped: &mut ir::Dropped) -> Bytes {
     if req.top_k.is_some() {
         dropped.add("top_k");
     }
@@ -734,7 +740,8 @@ pub fn encode_request(req: &ChatRequest, model: &str, dropped: &mut ir::Dropped)
             ToolChoice::Tool(name) => serde_json::json!({"type": "function", "function": {"name": name}}),
         }),
         parallel_tool_calls: req.parallel_tool_calls,
-        max_completion_tokens: req.max_tokens,
+        max_completion_tokens: req.max_tokens.filter(|_| !compatible),
+        max_tokens: req.max_tokens.filter(|_| compatible),
         temperature: req.temperature,
         top_p: req.top_p,
         stop: &req.stop,
@@ -1421,8 +1428,25 @@ mod tests {
 
     fn encode(req: &ChatRequest) -> (Value, Vec<String>) {
         let mut dropped = ir::Dropped::default();
-        let body = encode_request(req, "gpt-4o-mini", &mut dropped);
+        let body = encode_request(req, "gpt-4o-mini", false, &mut dropped);
         (serde_json::from_slice(&body).unwrap(), dropped.names().to_vec())
+    }
+
+    #[test]
+    fn the_output_limit_is_max_tokens_for_compatible_hosts_and_max_completion_tokens_for_openai() {
+        let req = ChatRequest {
+            max_tokens: Some(300),
+            ..ChatRequest::default()
+        };
+        let mut dropped = ir::Dropped::default();
+        let openai: Value = serde_json::from_slice(&encode_request(&req, "m", false, &mut dropped)).unwrap();
+        assert_eq!(openai["max_completion_tokens"], 300);
+        assert!(openai.get("max_tokens").is_none());
+        let compatible: Value =
+            serde_json::from_slice(&encode_request(&req, "m", true, &mut dropped)).unwrap();
+        assert_eq!(compatible["max_tokens"], 300);
+        assert!(compatible.get("max_completion_tokens").is_none());
+        assert!(dropped.is_empty());
     }
 
     #[test]
@@ -1713,7 +1737,7 @@ mod tests {
                 ..want
             };
             let mut dropped = ir::Dropped::default();
-            let body = encode_request(&want, "gpt-4o-mini", &mut dropped);
+            let body = encode_request(&want, "gpt-4o-mini", false, &mut dropped);
             assert!(dropped.is_empty(), "{dropped:?}");
             assert_eq!(
                 decode_request(&body).unwrap(),

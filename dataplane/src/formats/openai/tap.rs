@@ -108,6 +108,8 @@ struct ResponsesEvent<'a> {
     delta: TextLen,
     #[serde(default)]
     response: Option<ResponseUsage>,
+    #[serde(default)]
+    sequence_number: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -121,11 +123,18 @@ struct ResponseUsage {
 #[derive(Debug, Default)]
 pub struct ResponsesTap {
     usage: Option<Usage>,
+    /// Events seen, and the last `sequence_number` among them.
+    events: u64,
+    last_sequence: Option<u64>,
 }
 
 impl ResponsesTap {
     pub fn observe(&mut self, event: &SseEvent) -> Observed {
+        self.events += 1;
         let parsed = serde_json::from_str::<ResponsesEvent<'_>>(&event.data).ok();
+        if let Some(n) = parsed.as_ref().and_then(|e| e.sequence_number) {
+            self.last_sequence = Some(n);
+        }
         let kind = parsed
             .as_ref()
             .and_then(|e| e.kind.as_deref())
@@ -152,5 +161,11 @@ impl ResponsesTap {
 
     pub fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// The `sequence_number` an event appended to the stream takes: one past the last one seen
+    /// (the count of events when they carried none).
+    pub fn next_sequence(&self) -> u64 {
+        self.last_sequence.map_or(self.events, |n| n.saturating_add(1))
     }
 }

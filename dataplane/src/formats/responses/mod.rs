@@ -2,6 +2,7 @@
 //! requests decoded into the canonical model (`request`), answers encoded as `response` objects
 //! (`response`) and streams of them (`stream`). A route to OpenAI takes the same-format path and never comes here.
 
+mod reasoning;
 mod request;
 mod response;
 mod stream;

@@ -4,8 +4,9 @@
 //! * `input`: a string (one user message), or items: messages (`role` user, assistant, system
 //!   or developer; content a string or `input_text` / `output_text` / `input_image` parts),
 //!   `function_call` and `function_call_output` items. System and developer messages join
-//!   `instructions` in the system prompt. `reasoning` items are dropped (their content is
-//!   OpenAI's, encrypted or summarised, and means nothing to another provider).
+//!   `instructions` in the system prompt. `reasoning` items of earlier translated answers give
+//!   back their thinking blocks with signatures (`reasoning`); OpenAI's own are dropped (their
+//!   content, encrypted or summarised, means nothing to another provider).
 //! * `tools` of type `function`; other tool types (OpenAI's hosted tools) are refused, as in
 //!   chat completions.
 //! * `tool_choice`, `parallel_tool_calls`, `max_output_tokens`, `temperature`, `top_p`, `user`,
@@ -19,6 +20,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::reasoning;
 use crate::formats::ir::{
     self, ChatRequest, Message, Part, ResponseFormat, Role, SystemBlock, Tool, ToolChoice,
 };
@@ -177,7 +179,16 @@ fn decode_input(raw: &RawValue, req: &mut ChatRequest, dropped: &mut ir::Dropped
                     },
                 );
             }
-            "reasoning" => dropped.add("reasoning"),
+            // Thinking of an earlier translated turn comes back whole, signatures included;
+            // OpenAI's own reasoning means nothing to another provider.
+            "reasoning" => match item
+                .get("encrypted_content")
+                .and_then(Value::as_str)
+                .and_then(reasoning::open)
+            {
+                Some(parts) => parts.into_iter().for_each(|p| push(req, Role::Assistant, p)),
+                None => dropped.add("reasoning"),
+            },
             "item_reference" => {
                 return Err(BodyError::new(
                     format!("input[{i}]: item references need the state OpenAI keeps; send the item itself"),

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 
+use super::reasoning;
 use crate::formats::ir::{ChatRequest, ChatResponse, Part, StopReason, ToolChoice, Usage};
 
 /// `status` and `incomplete_details` for a stop reason.
@@ -66,6 +67,8 @@ pub fn echo(req: &ChatRequest) -> serde_json::Map<String, Value> {
 }
 
 /// The output items of a complete answer: reasoning first, then the message, then the calls.
+/// The reasoning item carries signed and redacted thinking in `encrypted_content`, so that a
+/// later turn can give it back (`reasoning`).
 pub(super) fn output(id: &str, parts: &[Part]) -> Vec<Value> {
     let mut reasoning = Vec::new();
     let mut text = Vec::new();
@@ -92,8 +95,13 @@ pub(super) fn output(id: &str, parts: &[Part]) -> Vec<Value> {
         }
     }
     let mut items = Vec::new();
-    if !reasoning.is_empty() {
-        items.push(json!({"type": "reasoning", "id": format!("rs_{id}"), "summary": reasoning}));
+    let sealed = reasoning::seal(parts);
+    if !reasoning.is_empty() || sealed.is_some() {
+        let mut item = json!({"type": "reasoning", "id": format!("rs_{id}"), "summary": reasoning});
+        if let Some(sealed) = sealed {
+            item["encrypted_content"] = Value::String(sealed);
+        }
+        items.push(item);
     }
     if !text.is_empty() {
         items.push(json!({
@@ -101,7 +109,7 @@ pub(super) fn output(id: &str, parts: &[Part]) -> Vec<Value> {
             "id": format!("msg_{id}"),
             "status": "completed",
             "role": "assistant",
-            "content": [{"type": "output_text", "text": text.concat(), "annotations": []}],
+            "content": [{"type": "output_text", "text": text.concat(), "annotations": [], "logprobs": []}],
         }));
     }
     items.extend(calls);

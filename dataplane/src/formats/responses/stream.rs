@@ -8,8 +8,9 @@
 use bytes::BytesMut;
 use serde_json::{Map, Value, json};
 
+use super::reasoning;
 use super::response::{response_id, status, usage};
-use crate::formats::ir::{BlockKind, Delta, StopReason, StreamEvent, Usage};
+use crate::formats::ir::{BlockKind, Delta, Part, StopReason, StreamEvent, Usage};
 use crate::formats::sse::write_event;
 
 /// One output item as it streams.
@@ -21,6 +22,9 @@ struct Item {
     id: String,
     /// Text, reasoning text, or the call's arguments so far.
     text: String,
+    /// A thinking block's signature so far, or a redacted block's data (`reasoning`).
+    signature: String,
+    redacted: Option<String>,
 }
 
 #[derive(Debug)]
@@ -121,6 +125,10 @@ impl StreamEncoder {
                 } else {
                     self.id.as_str()
                 };
+                let redacted = match kind {
+                    BlockKind::RedactedThinking { data } => Some(data.clone()),
+                    _ => None,
+                };
                 let (kind, id) = match kind {
                     BlockKind::Text => (ItemKind::Message, format!("msg_{base}_{n}")),
                     BlockKind::Thinking | BlockKind::RedactedThinking { .. } => {
@@ -139,6 +147,8 @@ impl StreamEncoder {
                     kind,
                     id,
                     text: String::new(),
+                    signature: String::new(),
+                    redacted,
                 });
                 let item = &self.items[n];
                 let added = item_json(item, "in_progress");
@@ -159,7 +169,7 @@ impl StreamEncoder {
                             ("content_index", json!(0)),
                             (
                                 "part",
-                                json!({"type": "output_text", "text": "", "annotations": []}),
+                                json!({"type": "output_text", "text": "", "annotations": [], "logprobs": []}),
                             ),
                         ]),
                         out,
@@ -185,7 +195,12 @@ impl StreamEncoder {
                     Delta::Text(t) => ("response.output_text.delta", t),
                     Delta::Thinking(t) => ("response.reasoning_summary_text.delta", t),
                     Delta::ToolArguments(t) => ("response.function_call_arguments.delta", t),
-                    Delta::Signature(_) => return,
+                    // No event of its own: it goes out in the finished item.
+                    Delta::Signature(s) => {
+                        self.held += s.len();
+                        self.items[n].signature.push_str(s);
+                        return;
+                    }
                 };
                 self.held += text.len();
                 if self.held > MAX_HELD_BYTES {
@@ -208,6 +223,7 @@ impl StreamEncoder {
                 match self.items[n].kind {
                     ItemKind::Message => {
                         body.insert("content_index".into(), json!(0));
+                        body.insert("logprobs".into(), json!([]));
                     }
                     ItemKind::Reasoning => {
                         body.insert("summary_index".into(), json!(0));
@@ -232,6 +248,7 @@ impl StreamEncoder {
                                 ("output_index", json!(n)),
                                 ("content_index", json!(0)),
                                 ("text", json!(text)),
+                                ("logprobs", json!([])),
                             ]),
                             out,
                         );
@@ -243,7 +260,7 @@ impl StreamEncoder {
                                 ("content_index", json!(0)),
                                 (
                                     "part",
-                                    json!({"type": "output_text", "text": text, "annotations": []}),
+                                    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []}),
                                 ),
                             ]),
                             out,
@@ -344,20 +361,33 @@ fn item_json(item: &Item, status: &str) -> Value {
             "status": status,
             "role": "assistant",
             "content": if done {
-                json!([{"type": "output_text", "text": item.text, "annotations": []}])
+                json!([{"type": "output_text", "text": item.text, "annotations": [], "logprobs": []}])
             } else {
                 json!([])
             },
         }),
-        ItemKind::Reasoning => json!({
-            "type": "reasoning",
-            "id": item.id,
-            "summary": if done && !item.text.is_empty() {
-                json!([{"type": "summary_text", "text": item.text}])
-            } else {
-                json!([])
-            },
-        }),
+        ItemKind::Reasoning => {
+            let mut value = json!({
+                "type": "reasoning",
+                "id": item.id,
+                "summary": if done && !item.text.is_empty() {
+                    json!([{"type": "summary_text", "text": item.text}])
+                } else {
+                    json!([])
+                },
+            });
+            let block = match &item.redacted {
+                Some(data) => Part::RedactedThinking { data: data.clone() },
+                None => Part::Thinking {
+                    text: item.text.clone(),
+                    signature: Some(item.signature.clone()),
+                },
+            };
+            if done && let Some(sealed) = reasoning::seal([&block]) {
+                value["encrypted_content"] = Value::String(sealed);
+            }
+            value
+        }
         ItemKind::Call { call_id, name } => json!({
             "type": "function_call",
             "id": item.id,
