@@ -32,7 +32,7 @@ const SCHEMA_DATA: &[&str] = &["enum", "const", "default", "example", "examples"
 
 /// IR → Gemini request body (the model goes in the URL, not the body). Records in `dropped`
 /// what Gemini cannot express: `cache_control`, `parallel_tool_calls` (when `false`), `user`,
-/// `reasoning_effort`, `thinking` (thinking parts of earlier turns), `tool_call_arguments`
+/// `reasoning_effort` (beside `thinking`, or unknown), `thinking` (thinking parts of earlier turns), `tool_call_arguments`
 /// (arguments that are not a JSON object), and every key of `extra` by name.
 pub fn encode_request(req: &ir::ChatRequest, dropped: &mut ir::Dropped) -> Bytes {
     let mut body = Map::new();
@@ -96,9 +96,6 @@ pub fn encode_request(req: &ir::ChatRequest, dropped: &mut ir::Dropped) -> Bytes
         body.insert("generationConfig".into(), Value::Object(generation));
     }
 
-    if req.reasoning_effort.is_some() {
-        dropped.add("reasoning_effort");
-    }
     if req.user.is_some() {
         dropped.add("user");
     }
@@ -135,15 +132,45 @@ fn generation_config(req: &ir::ChatRequest, dropped: &mut ir::Dropped) -> Map<St
         }
         Some(ir::ResponseFormat::Text) | None => {}
     }
-    if let Some(thinking) = &req.thinking {
-        let mut thinking_config = Map::new();
-        if let Some(budget) = thinking.budget_tokens {
-            thinking_config.insert("thinkingBudget".into(), Value::from(budget));
+    let mut thinking_config = Map::new();
+    match (&req.thinking, req.reasoning_effort.as_deref()) {
+        (Some(thinking), effort) => {
+            if effort.is_some() {
+                dropped.add("reasoning_effort");
+            }
+            if let Some(budget) = thinking.budget_tokens {
+                thinking_config.insert("thinkingBudget".into(), Value::from(budget));
+            }
+            thinking_config.insert("includeThoughts".into(), Value::Bool(true));
         }
-        thinking_config.insert("includeThoughts".into(), Value::Bool(true));
+        (None, Some(effort)) => match effort_budget(effort) {
+            Some(budget) => {
+                thinking_config.insert("thinkingBudget".into(), Value::from(budget));
+                if budget > 0 {
+                    thinking_config.insert("includeThoughts".into(), Value::Bool(true));
+                }
+            }
+            None => dropped.add("reasoning_effort"),
+        },
+        (None, None) => {}
+    }
+    if !thinking_config.is_empty() {
         config.insert("thinkingConfig".into(), Value::Object(thinking_config));
     }
     config
+}
+
+/// OpenAI's `reasoning_effort` as a Gemini thinking budget, as Google's own OpenAI-compatible
+/// endpoint maps it (`none` turns thinking off, which Gemini's Pro models refuse); `None` for
+/// an effort it does not know.
+fn effort_budget(effort: &str) -> Option<u32> {
+    match effort {
+        "none" => Some(0),
+        "minimal" | "low" => Some(1024),
+        "medium" => Some(8192),
+        "high" | "xhigh" => Some(24576),
+        _ => None,
+    }
 }
 
 /// The conversation as Gemini `contents`: same-role neighbours merged, empty turns skipped.
@@ -794,10 +821,28 @@ mod tests {
                 vec![],
             ),
             (
+                "reasoning effort as a thinking budget",
+                Box::new(|r| r.reasoning_effort = Some("medium".into())),
+                json!({
+                    "contents": [{ "role": "user", "parts": [{ "text": "hello" }] }],
+                    "generationConfig": { "thinkingConfig": { "thinkingBudget": 8192, "includeThoughts": true } }
+                }),
+                vec![],
+            ),
+            (
+                "reasoning effort none turns thinking off",
+                Box::new(|r| r.reasoning_effort = Some("none".into())),
+                json!({
+                    "contents": [{ "role": "user", "parts": [{ "text": "hello" }] }],
+                    "generationConfig": { "thinkingConfig": { "thinkingBudget": 0 } }
+                }),
+                vec![],
+            ),
+            (
                 "what Gemini cannot say is reported",
                 Box::new(|r| {
                     r.user = Some("u-1".into());
-                    r.reasoning_effort = Some("high".into());
+                    r.reasoning_effort = Some("extreme".into());
                     r.extra = vec![("logprobs".into(), json!(true)), ("seed".into(), json!(1))];
                     r.messages = vec![
                         user(vec![Part::Text {
