@@ -12,7 +12,9 @@
 # conversation as an OpenAI Responses request (`POST /v1/responses`) and drover-structured as a chat completion
 # with a JSON schema `response_format`, both to an alias whose provider speaks Anthropic Messages (the same mock):
 # Drover translates the first through the canonical model and sends the second as a forced tool, whose call it
-# turns back into the text. A second Drover instance,
+# turns back into the text. drover-structured-native sends that request to an alias whose model is Claude 4.5
+# (`claude-sonnet-4-5`), which gets Anthropic's own structured output (`output_config.format`) instead. A second
+# Drover instance,
 # drover-no-usage (`drover serve --usage-reporting off`: requests are metered but no usage records are kept),
 # is measured right after drover, and the report gives the cost of usage reporting as the req/s ratio of the
 # two. drover-auth is a third instance with the auth module on and BENCH_AUTH_KEYS virtual keys (default 100,000)
@@ -33,7 +35,8 @@
 #   BENCH_WARMUP        unmeasured warm-up before each run (default 2s)
 #   BENCH_CONCURRENCY   connection counts (default "1 64")
 #   BENCH_TARGETS       any of "direct nginx drover drover-no-usage drover-anthropic drover-responses
-#                       drover-structured drover-cached drover-auth drover-limits" (default all ten)
+#                       drover-structured drover-structured-native drover-cached drover-auth drover-limits"
+#                       (default all eleven)
 #   BENCH_MODES         any of "non-stream stream" (default both)
 #   BENCH_USAGE_ROUNDS  extra alternating drover / drover-no-usage runs (non-stream, highest concurrency) for a
 #                       steadier usage reporting cost: the median of their req/s ratios (default 3; 0: none)
@@ -58,7 +61,7 @@ cd "$ROOT"
 DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 CONCURRENCY=${BENCH_CONCURRENCY:-"1 64"}
-TARGETS=${BENCH_TARGETS:-"direct nginx drover drover-no-usage drover-anthropic drover-responses drover-structured drover-cached drover-auth drover-limits"}
+TARGETS=${BENCH_TARGETS:-"direct nginx drover drover-no-usage drover-anthropic drover-responses drover-structured drover-structured-native drover-cached drover-auth drover-limits"}
 AUTH_KEYS=${BENCH_AUTH_KEYS:-100000}
 LIMIT_KEYS=${BENCH_LIMIT_KEYS:-10000}
 CHURN_ROUNDS=${BENCH_CHURN_ROUNDS:-2}
@@ -80,7 +83,7 @@ chmod 755 "$TMP" # nginx workers drop root and must reach their files here
 wants() { [[ " $TARGETS " == *" $1 "* ]]; }
 wants_drover() {
   wants drover || wants drover-anthropic || wants drover-cached || wants drover-no-usage || wants drover-auth ||
-    wants drover-limits || wants drover-responses || wants drover-structured
+    wants drover-limits || wants drover-responses || wants drover-structured || wants drover-structured-native
 }
 
 # ---- tools ------------------------------------------------------------------------------------------------
@@ -146,6 +149,7 @@ RESPONSES_BODY_BYTES=$(wc -c <"$TMP/responses-non-stream.json")
 for mode in non-stream stream; do
   sed 's/"bench-model"/"bench-claude"/; s/^{/{"response_format":{"type":"json_schema","json_schema":{"name":"summary","schema":{"type":"object","properties":{"summary":{"type":"string"}},"required":["summary"]}}},/' \
     "$TMP/$mode.json" >"$TMP/structured-$mode.json"
+  sed 's/"bench-claude"/"bench-claude-native"/' "$TMP/structured-$mode.json" >"$TMP/structured-native-$mode.json"
 done
 # The same chat request to an alias whose answers are cached: every request after the first is a hit.
 for mode in non-stream stream; do
@@ -166,6 +170,9 @@ TARGET_HEADERS[drover-responses]="Authorization: Bearer bench"
 TARGET_PATH[drover-structured]=/v1/chat/completions
 TARGET_BODY[drover-structured]=structured-
 TARGET_HEADERS[drover-structured]="Authorization: Bearer bench"
+TARGET_PATH[drover-structured-native]=/v1/chat/completions
+TARGET_BODY[drover-structured-native]=structured-native-
+TARGET_HEADERS[drover-structured-native]="Authorization: Bearer bench"
 TARGET_PATH[drover-cached]=/v1/chat/completions
 TARGET_BODY[drover-cached]=cached-
 TARGET_HEADERS[drover-cached]="Authorization: Bearer bench"
@@ -250,6 +257,7 @@ start_drover() {
   cli route set bench-cached --target mock/bench-model --cache-ttl 3600 >/dev/null
   cli provider add mock-anthropic --kind anthropic --base-url "http://$MOCK_ADDR/v1" --api-key bench >/dev/null
   cli route set bench-claude --target mock-anthropic/bench-model >/dev/null
+  cli route set bench-claude-native --target mock-anthropic/claude-sonnet-4-5 >/dev/null
   wait_200 30 "$pid" -X POST -H 'content-type: application/json' --data-binary "@$TMP/non-stream.json" \
     "http://127.0.0.1:$http/v1/chat/completions" ||
     { tail -30 "$TMP/$name.log" >&2; die "$name: a chat completion through drover does not succeed"; }
@@ -346,7 +354,8 @@ if wants drover-limits; then
   TARGET_PATH[drover-limits]=/v1/chat/completions TARGET_BODY[drover-limits]=""
   TARGET_HEADERS[drover-limits]="Authorization: Bearer $LIMITS_SECRET"
 fi
-if wants drover || wants drover-anthropic || wants drover-cached || wants drover-responses || wants drover-structured; then
+if wants drover || wants drover-anthropic || wants drover-cached || wants drover-responses || wants drover-structured ||
+  wants drover-structured-native; then
   start_drover drover
   GW_PID=$DROVER_PID HTTP_PORT=$DROVER_HTTP
   # Responses and structured output through the Anthropic-format alias: one request of each mode must come back
@@ -378,6 +387,11 @@ if wants drover || wants drover-anthropic || wants drover-cached || wants drover
       die "drover-structured: the forced tool's call reached the caller as a tool call"
     log "drover-structured: structured output through a forced tool checks out"
   fi
+  if wants drover-structured-native; then
+    check_translated drover-structured-native /v1/chat/completions structured-native '"finish_reason" *: *"stop"' \
+      'data: [DONE]'
+    log "drover-structured-native: structured output through output_config.format checks out"
+  fi
   if wants drover-anthropic; then
     # One request of each mode through the translation must come back whole before anything is measured.
     anthropic_curl=(curl -s --max-time 10 -X POST -H 'anthropic-version: 2023-06-01' -H 'x-api-key: bench'
@@ -405,6 +419,7 @@ if wants drover || wants drover-anthropic || wants drover-cached || wants drover
   URL[drover-cached]="http://127.0.0.1:$HTTP_PORT"
   URL[drover-responses]="http://127.0.0.1:$HTTP_PORT"
   URL[drover-structured]="http://127.0.0.1:$HTTP_PORT"
+  URL[drover-structured-native]="http://127.0.0.1:$HTTP_PORT"
 fi
 
 # ---- runs -------------------------------------------------------------------------------------------------
@@ -442,7 +457,7 @@ LEASE_LINES=() LIMITS_REFUSED=() # drover-limits: lease traffic per measured run
 LIMITS_TOTALS=(0 0 0) # drover-limits: rate limited, spend cap refused, fail-open, over all its runs and warm-ups
 for target in $TARGETS; do
   [[ -n ${URL[$target]:-} ]] ||
-    die "unknown target '$target' (expected direct, nginx, drover, drover-no-usage, drover-anthropic, drover-responses, drover-structured, drover-cached, drover-auth or drover-limits)"
+    die "unknown target '$target' (expected direct, nginx, drover, drover-no-usage, drover-anthropic, drover-responses, drover-structured, drover-structured-native, drover-cached, drover-auth or drover-limits)"
   for mode in $MODES; do
     [[ -f $TMP/$mode.json ]] || die "unknown mode '$mode' (expected non-stream or stream)"
     for conns in $CONCURRENCY; do
@@ -671,6 +686,10 @@ mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-bina
     echo "drover-structured: the chat request with a JSON schema \`response_format\`, to that alias: sent as a forced tool, whose"
     echo "call comes back as the message content."
   fi
+  if wants drover-structured-native; then
+    echo "drover-structured-native: the same request to an alias whose model is \`claude-sonnet-4-5\`: sent as Anthropic's own"
+    echo "structured output (\`output_config.format\`), whose text is the answer."
+  fi
   echo "wrk, the proxy under test and the mock all share this machine's cores over 127.0.0.1."
   echo
   echo "| target | mode | concurrency | req/s | p50 | p99 | errors |"
@@ -693,6 +712,12 @@ mock_events=$(curl -s -N -X POST -H 'content-type: application/json' --data-bina
     echo "Structured output cost (drover-structured, JSON schema through a forced Anthropic tool, vs same-format drover):"
     echo
     compare drover-structured drover
+  fi
+  if wants drover && wants drover-structured-native; then
+    echo
+    echo "Native structured output cost (drover-structured-native, JSON schema as Anthropic's output_config.format, vs same-format drover):"
+    echo
+    compare drover-structured-native drover
   fi
   if wants drover && wants drover-no-usage; then
     echo

@@ -1,8 +1,9 @@
 //! drover-mock: a fast provider with fixed answers, for the load benchmark (`tests/bench/run.sh`). Serves
 //! `POST /v1/chat/completions` (OpenAI format), non-stream and stream (with the usage chunk when
 //! `stream_options.include_usage` is true), and `POST /v1/messages` (Anthropic format), non-stream and
-//! stream: a text answer, or a call of the tool the request forces (`tool_choice` `{"type":"tool"}`, as a
-//! gateway sends structured output), over HTTP/1.1 with keep-alive, on a multi-threaded runtime.
+//! stream: a text answer, a call of the tool the request forces (`tool_choice` `{"type":"tool"}`, as a
+//! gateway sends structured output), or a JSON text for Anthropic's own structured output
+//! (`output_config`), over HTTP/1.1 with keep-alive, on a multi-threaded runtime.
 //!
 //! Answers are rendered once at startup by the same code as the test mock (`drover_tests::mock::openai`), so
 //! they have the real shapes; per request the server only reads the body and scans it for `"stream": true`.
@@ -44,16 +45,29 @@ struct Args {
     stream_chunks: usize,
 }
 
+/// What an Anthropic Messages request asks the answer to be.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Output {
+    Text,
+    /// The forced tool's call.
+    Tool,
+    /// Structured output (`output_config`): a JSON text.
+    Json,
+}
+
 /// The answers, rendered once.
 struct Answers {
     completion: Bytes,
     events: Arc<[Bytes]>,
     events_with_usage: Arc<[Bytes]>,
-    /// Anthropic Messages: text, and a forced tool's call; whole and streamed.
+    /// Anthropic Messages: text, a forced tool's call, and structured output's JSON text; whole and
+    /// streamed.
     message: Bytes,
     message_events: Arc<[Bytes]>,
     tool_message: Bytes,
     tool_events: Arc<[Bytes]>,
+    json_message: Bytes,
+    json_events: Arc<[Bytes]>,
     not_found: Bytes,
 }
 
@@ -100,16 +114,23 @@ impl Answers {
         else {
             bail!("a stream chat completion rendered as JSON");
         };
-        let messages = |stream: bool, tool: bool| -> anyhow::Result<Reply> {
+        let messages = |stream: bool, output: Output| -> anyhow::Result<Reply> {
             let mut req = json!({
                 "model": "bench-model",
                 "max_tokens": 256,
                 "system": "You are a helpful assistant.",
                 "messages": [{ "role": "user", "content": "Tell me something." }]
             });
-            if tool {
-                req["tools"] = json!([{ "name": "json_output", "input_schema": { "type": "object" } }]);
-                req["tool_choice"] = json!({ "type": "tool", "name": "json_output" });
+            match output {
+                Output::Text => {}
+                Output::Tool => {
+                    req["tools"] = json!([{ "name": "json_output", "input_schema": { "type": "object" } }]);
+                    req["tool_choice"] = json!({ "type": "tool", "name": "json_output" });
+                }
+                Output::Json => {
+                    req["output_config"] =
+                        json!({ "format": { "type": "json_schema", "schema": { "type": "object" } } });
+                }
             }
             if stream {
                 req["stream"] = json!(true);
@@ -135,10 +156,12 @@ impl Answers {
                 Reply::Json { .. } => bail!("a stream message rendered as JSON"),
             }
         };
-        let message = whole(messages(false, false)?)?;
-        let message_events = frames_of(messages(true, false)?)?;
-        let tool_message = whole(messages(false, true)?)?;
-        let tool_events = frames_of(messages(true, true)?)?;
+        let message = whole(messages(false, Output::Text)?)?;
+        let message_events = frames_of(messages(true, Output::Text)?)?;
+        let tool_message = whole(messages(false, Output::Tool)?)?;
+        let tool_events = frames_of(messages(true, Output::Tool)?)?;
+        let json_message = whole(messages(false, Output::Json)?)?;
+        let json_events = frames_of(messages(true, Output::Json)?)?;
         let not_found = json!({ "error": {
             "message": "Invalid URL (drover-mock serves POST /v1/chat/completions and /v1/messages only)",
             "type": "invalid_request_error", "param": null, "code": null
@@ -151,6 +174,8 @@ impl Answers {
             message_events,
             tool_message,
             tool_events,
+            json_message,
+            json_events,
             not_found: Bytes::from(not_found.to_string()),
         })
     }
@@ -211,21 +236,29 @@ fn stream_of(frames: &Arc<[Bytes]>) -> Response<Body> {
     )
 }
 
-/// An Anthropic Messages answer: the forced tool's call when the request forces one.
+/// An Anthropic Messages answer: the forced tool's call when the request forces one, a JSON text
+/// when it asks for structured output.
 fn message(answers: &Answers, body: &[u8]) -> Response<Body> {
-    let needle = b"\"type\":\"tool\"";
-    let forced = body.windows(needle.len()).any(|w| w == needle);
-    match (flag(body, b"\"stream\""), forced) {
-        (true, true) => stream_of(&answers.tool_events),
-        (true, false) => stream_of(&answers.message_events),
-        (false, true) => with_type(
-            Response::new(Either::Left(Full::new(answers.tool_message.clone()))),
+    let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    let output = if has(b"\"type\":\"tool\"") {
+        Output::Tool
+    } else if has(b"\"output_config\"") {
+        Output::Json
+    } else {
+        Output::Text
+    };
+    let (whole, events) = match output {
+        Output::Text => (&answers.message, &answers.message_events),
+        Output::Tool => (&answers.tool_message, &answers.tool_events),
+        Output::Json => (&answers.json_message, &answers.json_events),
+    };
+    if flag(body, b"\"stream\"") {
+        stream_of(events)
+    } else {
+        with_type(
+            Response::new(Either::Left(Full::new(whole.clone()))),
             "application/json",
-        ),
-        (false, false) => with_type(
-            Response::new(Either::Left(Full::new(answers.message.clone()))),
-            "application/json",
-        ),
+        )
     }
 }
 
@@ -366,6 +399,19 @@ mod tests {
         assert_eq!(
             format!("{:?}", whole(forced)),
             format!("{:?}", Full::new(answers.tool_message.clone()))
+        );
+        let native = br#"{"model":"m","output_config":{"format":{"type":"json_schema","schema":{}}}}"#;
+        assert_eq!(
+            format!("{:?}", whole(native)),
+            format!("{:?}", Full::new(answers.json_message.clone()))
+        );
+        let json: serde_json::Value = serde_json::from_slice(&answers.json_message).unwrap();
+        let text = json["content"][0]["text"].as_str().unwrap();
+        assert!(
+            serde_json::from_str::<serde_json::Value>(text)
+                .unwrap()
+                .is_object(),
+            "{text}"
         );
         let plain = br#"{"model":"m"}"#;
         assert_eq!(
