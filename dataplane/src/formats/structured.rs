@@ -15,7 +15,7 @@
 //!   through this one. With extended thinking, which Anthropic allows only with `tool_choice`
 //!   auto, the tool is offered and not forced.
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::ir::{
     BlockKind, ChatRequest, Delta, Dropped, Part, ResponseFormat, StopReason, StreamEvent, Tool, ToolChoice,
@@ -246,47 +246,72 @@ fn close(node: &mut Value, dropped: &mut Dropped) {
 /// Whether a schema refers to itself (`$ref: "#"`, or definitions that reach themselves), which
 /// Anthropic's structured output does not take.
 fn is_recursive(schema: &Value) -> bool {
-    let defs: Map<String, Value> = ["$defs", "definitions"]
-        .iter()
-        .filter_map(|k| schema.get(*k).and_then(Value::as_object))
-        .flat_map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())))
-        .collect();
+    use std::collections::HashMap;
     let mut refs = Vec::new();
     collect_refs(schema, &mut refs, true);
-    if refs.iter().any(|r| r == "#") {
+    // Each definition's references, collected once: the graph is walked in linear time, however
+    // many definitions a hostile schema holds.
+    let mut edges: HashMap<&str, Vec<&str>> = HashMap::new();
+    for defs in ["$defs", "definitions"]
+        .iter()
+        .filter_map(|k| schema.get(*k).and_then(Value::as_object))
+    {
+        for (name, def) in defs {
+            let mut inner = Vec::new();
+            collect_refs(def, &mut inner, false);
+            refs.extend(inner.iter().copied());
+            let targets = inner
+                .into_iter()
+                .map(|r| r.rsplit('/').next().unwrap_or_default());
+            edges.entry(name.as_str()).or_default().extend(targets);
+        }
+    }
+    if refs.contains(&"#") {
         return true;
     }
-    // Depth-first over the definitions reachable from each one, looking for itself.
-    defs.keys().any(|start| {
-        let mut seen = std::collections::HashSet::new();
-        let mut todo = vec![start.clone()];
-        while let Some(name) = todo.pop() {
-            let mut inner = Vec::new();
-            if let Some(def) = defs.get(&name) {
-                collect_refs(def, &mut inner, false);
-            }
-            for r in inner {
-                let target = r.rsplit('/').next().unwrap_or_default().to_owned();
-                if r == "#" || target == *start {
-                    return true;
+    // A cycle among the definitions: depth-first, a node on the current path met again.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        OnPath,
+        Done,
+    }
+    let mut marks: HashMap<&str, Mark> = HashMap::new();
+    for &start in edges.keys() {
+        if marks.contains_key(start) {
+            continue;
+        }
+        let mut stack: Vec<(&str, usize)> = vec![(start, 0)];
+        marks.insert(start, Mark::OnPath);
+        while let Some((node, next)) = stack.last_mut() {
+            let targets = edges.get(*node).map_or(&[][..], Vec::as_slice);
+            let Some(&target) = targets.get(*next) else {
+                marks.insert(*node, Mark::Done);
+                stack.pop();
+                continue;
+            };
+            *next += 1;
+            match marks.get(target) {
+                Some(Mark::OnPath) => return true,
+                Some(Mark::Done) => {}
+                None if edges.contains_key(target) => {
+                    marks.insert(target, Mark::OnPath);
+                    stack.push((target, 0));
                 }
-                if seen.insert(target.clone()) {
-                    todo.push(target);
-                }
+                None => {}
             }
         }
-        false
-    })
+    }
+    false
 }
 
 /// Every `$ref` under `node`; at the root, not those inside its own definitions.
-fn collect_refs(node: &Value, out: &mut Vec<String>, root: bool) {
+fn collect_refs<'a>(node: &'a Value, out: &mut Vec<&'a str>, root: bool) {
     match node {
         Value::Object(map) => {
             for (k, v) in map {
                 if k == "$ref" {
                     if let Some(r) = v.as_str() {
-                        out.push(r.to_owned());
+                        out.push(r);
                     }
                 } else if !(root && (k == "$defs" || k == "definitions")) {
                     collect_refs(v, out, false);
@@ -518,6 +543,28 @@ mod tests {
         let shared = json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/p"}, "b": {"$ref": "#/$defs/p"}},
                             "$defs": {"p": {"type": "object", "properties": {"x": {"type": "number"}}}}});
         assert!(!is_recursive(&shared), "a definition used twice is not recursion");
+        // A long chain of definitions (as a hostile schema may hold), then the same closed into a loop.
+        let chain = |close: bool| {
+            let n = 20_000;
+            let defs: serde_json::Map<String, Value> = (0..n)
+                .map(|i| {
+                    let next = if i + 1 < n {
+                        json!({"$ref": format!("#/$defs/d{}", i + 1)})
+                    } else if close {
+                        json!({"$ref": "#/$defs/d0"})
+                    } else {
+                        json!({"type": "string"})
+                    };
+                    (
+                        format!("d{i}"),
+                        json!({"type": "object", "properties": {"next": next}}),
+                    )
+                })
+                .collect();
+            json!({"type": "object", "properties": {"head": {"$ref": "#/$defs/d0"}}, "$defs": defs})
+        };
+        assert!(!is_recursive(&chain(false)));
+        assert!(is_recursive(&chain(true)));
         let json_mode = request(Some(ResponseFormat::JsonObject));
         assert!(uses_output_tool(&json_mode, NATIVE));
     }
