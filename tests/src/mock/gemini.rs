@@ -5,7 +5,8 @@
 //! Like the real API it refuses unknown top-level fields (a `model` in the body, a snake/camel mix-up that does
 //! not exist), empty `contents`, empty `parts`, empty text parts and roles other than `user` and `model`, so an
 //! encoder that gets the shape wrong fails here as it would against Google. It calls a function when tools are
-//! offered (unless `NONE`, or the last turn answers a function call), emits a thought part when
+//! offered (unless `NONE`, or the last turn answers a function call), answers `{"input": "<prompt>"}` as JSON text
+//! when `generationConfig.responseMimeType` is `application/json` (structured output), emits a thought part when
 //! `thinkingConfig.includeThoughts` is set, and stops at `maxOutputTokens` words. Renders answers only; faults,
 //! latency and the transport live in `mock.rs`.
 
@@ -318,6 +319,21 @@ fn generate(model: &str, req: &Map<String, Value>, mode: Mode, options: &ReplyOp
                 tokens,
             )
         }
+        // JSON mode (structured output): the text is the JSON a function call would have been given.
+        None if config
+            .and_then(|c| field(c, "responseMimeType", "response_mime_type"))
+            .and_then(Value::as_str)
+            == Some("application/json") =>
+        {
+            let text = json!({ "input": echo }).to_string();
+            let tokens = reply::tokens_for_reply(&text);
+            let pieces = match mode {
+                Mode::Whole => vec![text],
+                Mode::Sse | Mode::JsonArray => reply::pieces(&text, options.stream_chunks),
+            };
+            let parts = pieces.into_iter().map(|p| json!({ "text": p })).collect();
+            (parts, "STOP", tokens)
+        }
         None => {
             let (text, truncated) = reply::limit(reply::text(&prompt, options.reply.as_deref()), max);
             let tokens = reply::tokens_for_reply(&text);
@@ -430,4 +446,74 @@ fn models(options: &ReplyOptions) -> Reply {
         })
         .collect();
     Reply::json(200, &json!({ "models": models }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn generate_content(action: &str, query: Option<&str>, body: &Value) -> Reply {
+        let path = format!("/v1beta/models/gemini-test:{action}");
+        let body = body.to_string();
+        route(
+            &Method::POST,
+            &path,
+            query,
+            body.as_bytes(),
+            &ReplyOptions::default(),
+            1,
+        )
+    }
+
+    fn json_body(reply: Reply) -> Value {
+        let Reply::Json { status, body, .. } = reply else {
+            panic!("expected a JSON answer, got {reply:?}");
+        };
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[test]
+    fn json_mode_answers_the_prompt_as_json_text() {
+        let mut body = json!({
+            "contents": [{ "role": "user", "parts": [{ "text": "hello world" }] }],
+            "generationConfig": {
+                "responseMimeType": "application/json",
+                "responseJsonSchema": { "type": "object", "properties": { "input": { "type": "string" } } }
+            }
+        });
+        let answer = json_body(generate_content("generateContent", None, &body));
+        assert_eq!(
+            answer["candidates"][0]["content"]["parts"],
+            json!([{ "text": r#"{"input":"hello world"}"# }])
+        );
+        assert_eq!(answer["candidates"][0]["finishReason"], "STOP");
+        // One token per word, as for any reply.
+        assert_eq!(answer["usageMetadata"]["candidatesTokenCount"], 2);
+
+        // Streamed, the pieces join to the same JSON.
+        let Reply::Events { frames, .. } = generate_content("streamGenerateContent", Some("alt=sse"), &body)
+        else {
+            panic!("expected an event stream");
+        };
+        let text: String = frames
+            .iter()
+            .map(|f| String::from_utf8_lossy(f).into_owned())
+            .filter_map(|f| serde_json::from_str::<Value>(f.strip_prefix("data: ")?.trim()).ok())
+            .filter_map(|c| {
+                c.pointer("/candidates/0/content/parts/0/text")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect();
+        assert_eq!(text, r#"{"input":"hello world"}"#);
+
+        // Without JSON mode, the usual reply.
+        body["generationConfig"] = json!({ "responseMimeType": "text/plain" });
+        let answer = json_body(generate_content("generateContent", None, &body));
+        assert_eq!(
+            answer["candidates"][0]["content"]["parts"][0]["text"],
+            "mock reply to: hello world"
+        );
+    }
 }
