@@ -265,6 +265,59 @@ async fn an_azure_api_version_is_listed_and_streamed_and_refused_elsewhere() {
     stop(cp, shutdown).await;
 }
 
+/// How a provider gets Responses API calls: listed and streamed as set, refused for kinds
+/// that are always translated to, and for values the wire does not know.
+#[tokio::test]
+async fn a_responses_setting_is_listed_and_streamed_and_refused_where_it_means_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, shutdown) = start(config(dir.path(), loopback())).await;
+    let mut client = admin(&cp).await;
+    let mut watcher = Watcher::open(&cp, DATAPLANE, "dp-1", None).await;
+    assert_eq!(watcher.next().await.version, 1);
+
+    let mut vllm = add_provider("vllm");
+    vllm.kind = pb::ProviderKind::OpenaiCompatible as i32;
+    vllm.responses_api = pb::ResponsesApi::Relay as i32;
+    let added = client
+        .add_provider(authed(vllm, ADMIN))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        added.provider.unwrap().responses_api,
+        pb::ResponsesApi::Relay as i32
+    );
+    let snapshot = watcher.next().await;
+    assert_eq!(snapshot.version, 2);
+    assert_eq!(
+        snapshot.providers[0].responses_api,
+        pb::ResponsesApi::Relay as i32
+    );
+
+    for (kind, value, want) in [
+        (
+            pb::ProviderKind::Anthropic,
+            pb::ResponsesApi::Relay as i32,
+            "provider \"claude\"/responses_api: anthropic providers always get Responses calls translated",
+        ),
+        (
+            pb::ProviderKind::Openai,
+            7,
+            "provider \"claude\"/responses_api: unknown mode 7",
+        ),
+    ] {
+        let mut bad = add_provider("claude");
+        bad.kind = kind as i32;
+        bad.responses_api = value;
+        let err = client.add_provider(authed(bad, ADMIN)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains(want), "{}", err.message());
+    }
+    assert_eq!(version(&mut client).await, 2, "nothing was written");
+    drop(watcher);
+    stop(cp, shutdown).await;
+}
+
 #[tokio::test]
 async fn stored_keys_are_not_in_the_database_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -2135,7 +2135,12 @@ mod tests {
             ..ir::ChatRequest::default()
         };
         let mut dropped = ir::Dropped::default();
-        let body: Value = serde_json::from_slice(&gemini::encode_request(&request, &mut dropped)).unwrap();
+        let body: Value = serde_json::from_slice(&gemini::encode_request(
+            &request,
+            "gemini-2.5-flash",
+            &mut dropped,
+        ))
+        .unwrap();
         assert!(dropped.is_empty());
 
         let whole = gemini_post(&up, "generateContent", &body).await;

@@ -1103,8 +1103,6 @@ async fn async_openai_responses_client_works_through_anthropic_and_gemini() {
     }
 }
 
-/// A translated Responses stream is metered with the provider's own counts, exactly once; a
-/// cut one is billed for what was produced.
 /// Extended thinking with tool use over several Responses turns: the thinking comes out as a
 /// `reasoning` item whose `encrypted_content` carries the blocks and signatures, and given back
 /// as input it reaches Anthropic exactly as Anthropic sent it, before the tool call.
@@ -1217,8 +1215,26 @@ async fn thinking_signatures_survive_a_responses_round_trip_to_anthropic() {
     let reply = gw.send("POST", "/v1/responses", foreign.to_string()).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.header("x-drover-dropped"), Some("reasoning"));
+
+    // Gemini's thought signatures mean nothing to Anthropic (a later turn may fail over there):
+    // the thinking is shown, not carried.
+    let (gw, up) = setup(MockProvider::gemini(), ProviderKind::Gemini).await;
+    let answer = json!({"candidates": [{"content": {"role": "model", "parts": [
+            {"text": "Think it through.", "thought": true, "thoughtSignature": "CiQBVKhc7gemini"},
+            {"text": "Paris is sunny."}]}, "finishReason": "STOP", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 9, "candidatesTokenCount": 4, "thoughtsTokenCount": 20, "totalTokenCount": 33},
+        "modelVersion": "gemini-2.5-flash", "responseId": "r1"});
+    up.script(vec![Fault::replay(200, "application/json", answer.to_string())]);
+    let reply = gw.send("POST", "/v1/responses", first.to_string()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let output = reply.json()["output"].clone();
+    assert_eq!(output[0]["type"], "reasoning", "{output}");
+    assert_eq!(output[0]["summary"][0]["text"], "Think it through.");
+    assert!(output[0].get("encrypted_content").is_none(), "{output}");
 }
 
+/// A translated Responses stream is metered with the provider's own counts, exactly once; a
+/// cut one is billed for what was produced.
 #[tokio::test]
 async fn translated_responses_streams_are_metered_with_the_providers_counts() {
     let (gw, _up) = setup(MockProvider::anthropic(), ProviderKind::Anthropic).await;

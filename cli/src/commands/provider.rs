@@ -184,11 +184,7 @@ impl From<pb::ProviderInfo> for ProviderRow {
         let kind = ProviderKind::ALL
             .into_iter()
             .find(|k| k.to_wire() as i32 == p.kind);
-        let set = match pb::ResponsesApi::try_from(p.responses_api) {
-            Ok(pb::ResponsesApi::Relay) => Some(ResponsesApi::Relay),
-            Ok(pb::ResponsesApi::Translate) => Some(ResponsesApi::Translate),
-            _ => None,
-        };
+        let set = ResponsesApi::from_wire_value(p.responses_api).ok().flatten();
         let responses_api = set
             .or_else(|| kind.and_then(ResponsesApi::default_for))
             .map(|m| m.as_str().to_owned());

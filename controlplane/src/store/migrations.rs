@@ -301,8 +301,12 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO audit_checkpoint (id, seq, hash, time_unix_ms, pruned) VALUES (1, 0, zeroblob(32), 0, 0);
     "#,
     // 11: how a provider of OpenAI's format gets Responses API calls; NULL: its kind's default.
+    // Providers added before keep what they got: OpenAI-compatible ones had the call relayed,
+    // Azure ones translated.
     r#"
     ALTER TABLE providers ADD COLUMN responses_api TEXT CHECK (responses_api IN ('relay', 'translate'));
+    UPDATE providers SET responses_api = 'relay' WHERE kind = 'openai-compatible';
+    UPDATE providers SET responses_api = 'translate' WHERE kind = 'azure';
     "#,
 ];
 
@@ -380,6 +384,44 @@ mod tests {
         assert_eq!((name.as_str(), env.as_str(), api_version), ("az", "K", None));
         conn.execute("UPDATE providers SET api_version = '2024-10-21'", [])
             .unwrap();
+    }
+
+    #[test]
+    fn a_version_10_provider_keeps_how_it_got_responses_calls() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        create_at(&mut conn, 10).unwrap();
+        conn.execute_batch(
+            "INSERT INTO providers (name, kind, base_url) VALUES
+                 ('az', 'azure', 'https://r.openai.azure.com'),
+                 ('local', 'openai-compatible', 'http://127.0.0.1:8000/v1'),
+                 ('oa', 'openai', 'https://api.openai.com/v1'),
+                 ('claude', 'anthropic', 'https://api.anthropic.com/v1');",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let modes: Vec<(String, Option<String>)> = conn
+            .prepare("SELECT name, responses_api FROM providers ORDER BY name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let modes: Vec<(&str, Option<&str>)> =
+            modes.iter().map(|(n, m)| (n.as_str(), m.as_deref())).collect();
+        assert_eq!(
+            modes,
+            [
+                ("az", Some("translate")),
+                ("claude", None),
+                ("local", Some("relay")),
+                ("oa", None),
+            ]
+        );
+        let bad = conn.execute(
+            "UPDATE providers SET responses_api = 'native' WHERE name = 'oa'",
+            [],
+        );
+        assert!(bad.is_err(), "the column takes relay or translate only");
     }
 
     #[test]

@@ -716,6 +716,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_responses_setting_on_a_kind_without_the_endpoint_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("drover.db");
+        let (store, thread) = Store::open(&db, key()).await.unwrap();
+        store
+            .add_provider(provider("claude", Credential::None), false)
+            .await
+            .unwrap();
+        thread.close().await.unwrap();
+        Connection::open(&db)
+            .unwrap()
+            .execute(
+                "UPDATE providers SET kind = 'anthropic', responses_api = 'relay'",
+                [],
+            )
+            .unwrap();
+        let err = Store::open(&db, key()).await.err().unwrap().to_string();
+        assert!(err.contains("claude") && err.contains("responses_api"), "{err}");
+    }
+
+    #[tokio::test]
     async fn a_database_from_the_previous_schema_is_migrated_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("drover.db");
@@ -734,7 +755,10 @@ mod tests {
         }
         let (store, thread) = Store::open(&db, key()).await.unwrap();
         let snapshot = store.current();
-        assert_eq!(snapshot.providers[0], azure("az", None));
+        let mut az = azure("az", None);
+        // Azure providers from before the setting keep getting Responses calls translated.
+        az.responses_api = Some(drover_proto::model::ResponsesApi::Translate);
+        assert_eq!(snapshot.providers[0], az);
         assert_eq!(
             (
                 snapshot.providers[1].name.as_str(),

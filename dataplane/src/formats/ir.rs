@@ -265,12 +265,35 @@ pub struct ErrorInfo {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Dropped(Vec<String>);
 
+/// Features a [`Dropped`] names at most; past them it ends with `...`.
+const MAX_DROPPED: usize = 32;
+/// Characters of one feature's name kept.
+const MAX_FEATURE_LEN: usize = 96;
+
 impl Dropped {
-    /// Records a feature (once).
+    /// Records a feature (once). Names can come from the caller (extra fields, schema keywords),
+    /// so they are kept fit for a header: visible ASCII without commas (others become `_`), at
+    /// most [`MAX_FEATURE_LEN`] characters, and at most [`MAX_DROPPED`] of them.
     pub fn add(&mut self, feature: impl Into<String>) {
         let feature = feature.into();
-        if !self.0.contains(&feature) {
+        let fits =
+            feature.len() <= MAX_FEATURE_LEN && feature.bytes().all(|b| b.is_ascii_graphic() && b != b',');
+        let feature = if fits {
+            feature
+        } else {
+            feature
+                .chars()
+                .take(MAX_FEATURE_LEN)
+                .map(|c| if c.is_ascii_graphic() && c != ',' { c } else { '_' })
+                .collect()
+        };
+        if self.0.contains(&feature) {
+            return;
+        }
+        if self.0.len() < MAX_DROPPED {
             self.0.push(feature);
+        } else if self.0.len() == MAX_DROPPED {
+            self.0.push("...".to_owned());
         }
     }
 
@@ -325,5 +348,21 @@ mod tests {
             d.header_value(),
             "text.format.strict,text.format,response_formats,top_k"
         );
+    }
+
+    #[test]
+    fn dropped_names_stay_fit_for_a_header_and_bounded() {
+        let mut d = Dropped::default();
+        d.add("response_format.schema.dé,fs x");
+        d.add("a".repeat(500));
+        for i in 0..100 {
+            d.add(format!("k{i}"));
+        }
+        let names = d.names();
+        assert_eq!(names[0], "response_format.schema.d__fs_x");
+        assert_eq!(names[1].len(), 96);
+        assert_eq!(names.len(), 33);
+        assert_eq!(names.last().map(String::as_str), Some("..."));
+        assert!(http::HeaderValue::from_str(&d.header_value()).is_ok());
     }
 }

@@ -50,7 +50,7 @@ fn choose(req: &ChatRequest, model: &str) -> Option<Way> {
             if schema.get("type").and_then(Value::as_str) != Some("object") {
                 return Some(Way::Neither);
             }
-            if has_native_output(model) && !is_recursive(schema) {
+            if has_native_output(model) && fits_native(schema) && !is_recursive(schema) {
                 return Some(Way::Native);
             }
         }
@@ -223,10 +223,8 @@ fn close(node: &mut Value, dropped: &mut Dropped) {
             _ => false,
         };
     if is_object {
-        match map.get("additionalProperties") {
-            None | Some(Value::Bool(false)) => {}
-            Some(_) => dropped.add("response_format.schema.additionalProperties"),
-        }
+        // Open objects never come here (`fits_native`): this closes the ones that list their
+        // properties and do not say.
         map.insert("additionalProperties".into(), Value::Bool(false));
     }
     for key in ["properties", "$defs", "definitions"] {
@@ -241,6 +239,95 @@ fn close(node: &mut Value, dropped: &mut Dropped) {
             _ => {}
         }
     }
+}
+
+/// Optional properties and unions Anthropic's compiled grammar takes at most; past them it
+/// refuses the request ("The compiled grammar is too large"), so the tool carries the schema.
+const MAX_OPTIONAL_PROPERTIES: usize = 24;
+const MAX_UNIONS: usize = 16;
+
+/// Whether Anthropic's structured output can carry `schema` as the caller meant it: every object
+/// either closed (`additionalProperties: false`) or listing its properties (an open object, a map
+/// such as `additionalProperties: {type: integer}`, would be forced empty), every `$ref` to a
+/// definition of this schema (`#/$defs/NAME` or `#/definitions/NAME`), no `allOf` of references,
+/// and no more optional properties and unions than it compiles.
+fn fits_native(schema: &Value) -> bool {
+    #[derive(Default)]
+    struct Counts {
+        optional: usize,
+        unions: usize,
+    }
+    fn def_exists(root: &Value, reference: &str) -> bool {
+        ["$defs", "definitions"].iter().any(|k| {
+            reference
+                .strip_prefix("#/")
+                .and_then(|r| r.strip_prefix(*k))
+                .and_then(|r| r.strip_prefix('/'))
+                .is_some_and(|name| {
+                    !name.contains(['/', '~', '%']) && root.get(*k).and_then(|d| d.get(name)).is_some()
+                })
+        })
+    }
+    fn walk(root: &Value, node: &Value, c: &mut Counts) -> bool {
+        let Value::Object(map) = node else {
+            // `true` (anything) is as open as it gets; `false` cannot be answered at all.
+            return false;
+        };
+        if let Some(reference) = map.get("$ref")
+            && !reference.as_str().is_some_and(|r| def_exists(root, r))
+        {
+            return false;
+        }
+        let properties = map.get("properties").and_then(Value::as_object);
+        let is_object = properties.is_some()
+            || match map.get("type") {
+                Some(Value::String(t)) => t == "object",
+                Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+                _ => false,
+            };
+        if is_object {
+            let closed = match map.get("additionalProperties") {
+                Some(Value::Bool(false)) => true,
+                None => properties.is_some_and(|p| !p.is_empty()),
+                Some(_) => false,
+            };
+            if !closed {
+                return false;
+            }
+            let required: Vec<&str> = map
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            c.optional += properties.map_or(0, |p| {
+                p.keys().filter(|k| !required.contains(&k.as_str())).count()
+            });
+        }
+        let type_list = matches!(map.get("type"), Some(Value::Array(ts)) if ts.len() > 1);
+        if type_list || map.contains_key("anyOf") || map.contains_key("oneOf") {
+            c.unions += 1;
+        }
+        if let Some(Value::Array(all)) = map.get("allOf")
+            && all.iter().any(|s| s.get("$ref").is_some())
+        {
+            return false;
+        }
+        let named = ["properties", "$defs", "definitions"]
+            .iter()
+            .filter_map(|k| map.get(*k).and_then(Value::as_object))
+            .flat_map(|m| m.values());
+        let listed = ["items", "prefixItems", "anyOf", "oneOf", "allOf"]
+            .iter()
+            .filter_map(|k| map.get(*k))
+            .flat_map(|v| match v {
+                Value::Array(items) => items.iter().collect::<Vec<_>>(),
+                item => vec![item],
+            });
+        named.chain(listed).all(|child| walk(root, child, c))
+            && c.optional <= MAX_OPTIONAL_PROPERTIES
+            && c.unions <= MAX_UNIONS
+    }
+    walk(schema, schema, &mut Counts::default())
 }
 
 /// Whether a schema refers to itself (`$ref: "#"`, or definitions that reach themselves), which
@@ -466,7 +553,7 @@ mod tests {
                 "pet": {"oneOf": [{"type": "object", "properties": {"kind": {"enum": ["cat", "dog"]}}}, {"type": "null"}]}
             },
             "required": ["name"],
-            "$defs": {"address": {"type": "object", "properties": {"city": {"type": "string"}}, "additionalProperties": true}}
+            "$defs": {"address": {"type": "object", "properties": {"city": {"type": "string"}}}}
         });
         let req = request(Some(ResponseFormat::JsonSchema {
             name: "person".into(),
@@ -503,7 +590,6 @@ mod tests {
         assert_eq!(
             named,
             [
-                "response_format.schema.additionalProperties",
                 "response_format.schema.format",
                 "response_format.schema.maxItems",
                 "response_format.schema.maxLength",
@@ -515,6 +601,88 @@ mod tests {
         );
         assert!(!uses_output_tool(&req, NATIVE));
         assert!(uses_output_tool(&req, OLDER));
+    }
+
+    #[test]
+    fn schemas_native_output_would_change_or_refuse_take_the_tool() {
+        let object = |extra: Value| {
+            let mut s = json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]});
+            s["properties"]["b"] = extra;
+            s
+        };
+        let optional = |n: usize| {
+            let properties: serde_json::Map<String, Value> = (0..n)
+                .map(|i| (format!("p{i}"), json!({"type": "string"})))
+                .collect();
+            json!({"type": "object", "properties": properties})
+        };
+        let unions = |n: usize| {
+            let properties: serde_json::Map<String, Value> = (0..n)
+                .map(|i| (format!("p{i}"), json!({"type": ["string", "null"]})))
+                .collect();
+            let required: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+            json!({"type": "object", "properties": properties, "required": required})
+        };
+        for (why, schema) in [
+            ("a free-form object", object(json!({"type": "object"}))),
+            (
+                "an object without properties",
+                object(json!({"type": "object", "properties": {}})),
+            ),
+            (
+                "a map",
+                object(json!({"type": "object", "additionalProperties": {"type": "integer"}})),
+            ),
+            (
+                "an open object with properties",
+                object(json!({"type": "object", "properties": {"x": {}}, "additionalProperties": true})),
+            ),
+            ("the root as a free-form object", json!({"type": "object"})),
+            (
+                "a reference into properties",
+                object(json!({"type": "object", "properties": {"next": {"$ref": "#/properties/b"}}})),
+            ),
+            ("a dangling reference", object(json!({"$ref": "#/$defs/missing"}))),
+            (
+                "an escaped reference",
+                json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/a~1b"}}, "$defs": {"a/b": {"type": "string"}}}),
+            ),
+            ("an anchor", object(json!({"$ref": "#node"}))),
+            (
+                "allOf of a reference",
+                json!({"type": "object", "properties": {"a": {"allOf": [{"$ref": "#/definitions/x"}]}}, "definitions": {"x": {"type": "string"}}}),
+            ),
+            ("25 optional properties", optional(25)),
+            ("17 unions", unions(17)),
+            ("a schema that is true", object(json!(true))),
+        ] {
+            let req = request(Some(ResponseFormat::JsonSchema {
+                name: "x".into(),
+                schema,
+                strict: Some(true),
+            }));
+            assert!(uses_output_tool(&req, NATIVE), "{why}");
+        }
+        for (why, schema) in [
+            ("24 optional properties", optional(24)),
+            ("16 unions", unions(16)),
+            (
+                "a closed object without properties",
+                object(json!({"type": "object", "properties": {}, "additionalProperties": false})),
+            ),
+            (
+                "references to definitions",
+                json!({"type": "object", "properties": {"a": {"$ref": "#/$defs/x"}, "b": {"$ref": "#/definitions/y"}},
+                "$defs": {"x": {"type": "string"}}, "definitions": {"y": {"type": "integer"}}}),
+            ),
+        ] {
+            let req = request(Some(ResponseFormat::JsonSchema {
+                name: "x".into(),
+                schema,
+                strict: Some(true),
+            }));
+            assert!(!uses_output_tool(&req, NATIVE), "{why}");
+        }
     }
 
     #[test]
@@ -588,6 +756,29 @@ mod tests {
             Some(Output::Native(_))
         ));
         assert!(dropped.is_empty(), "{dropped:?}");
+
+        // What goes upstream: the caller's tools and choice, or its thinking, beside the format.
+        let encode = |req: &ChatRequest| -> Value {
+            let mut dropped = Dropped::default();
+            let body = crate::formats::anthropic::encode_request(req, NATIVE, &mut dropped);
+            serde_json::from_slice(&body).unwrap()
+        };
+        let chosen = encode(&ChatRequest {
+            reasoning_effort: None,
+            ..req.clone()
+        });
+        assert_eq!(chosen["tools"].as_array().map(Vec::len), Some(1), "{chosen}");
+        assert_eq!(chosen["tool_choice"], json!({"type": "tool", "name": "lookup"}));
+        assert_eq!(chosen["output_config"]["format"]["type"], "json_schema");
+        let thinking = encode(&ChatRequest {
+            tool_choice: None,
+            ..req
+        });
+        assert_eq!(thinking["thinking"]["type"], "enabled", "{thinking}");
+        assert_eq!(
+            thinking["output_config"]["format"]["schema"]["required"],
+            json!(["name"])
+        );
     }
 
     fn request(format: Option<ResponseFormat>) -> ChatRequest {

@@ -198,6 +198,27 @@ mod tests {
     }
 
     #[test]
+    fn an_event_appended_to_a_responses_stream_takes_the_next_number() {
+        let mut tap = StreamTap::new(StreamKind::Responses, false);
+        assert_eq!(tap.next_sequence(), Some(0));
+        tap.observe(Bytes::from_static(
+            b"event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0}\n\n\
+              event: response.in_progress\ndata: {\"type\":\"response.in_progress\",\"sequence_number\":1}\n\n",
+        ));
+        assert_eq!(tap.next_sequence(), Some(2));
+        // Events without numbers: counted.
+        let mut bare = StreamTap::new(StreamKind::Responses, false);
+        bare.observe(Bytes::from_static(
+            b"event: response.created\ndata: {\"type\":\"response.created\"}\n\ndata: not json\n\n",
+        ));
+        assert_eq!(bare.next_sequence(), Some(2));
+        assert_eq!(
+            StreamTap::new(StreamKind::OpenAiChunks, false).next_sequence(),
+            None
+        );
+    }
+
+    #[test]
     fn terminal_events_by_format() {
         let cases: &[(StreamKind, &[u8], bool)] = &[
             (

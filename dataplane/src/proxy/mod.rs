@@ -564,7 +564,7 @@ fn respond(call: &Call<'_>, d: Dispatched, done: &mut Completion) -> Result<Repl
                     let (req, _) = call
                         .canonical()
                         .map_err(|e| ProxyError::BadUpstream { message: e.message })?;
-                    responses::encode_response(&answer, req)
+                    responses::encode_response(&answer, req, provider == Family::Anthropic)
                 }
                 (_, ApiFormat::OpenAi) => openai::encode_response(&answer, &mut dropped),
                 (_, ApiFormat::Anthropic) => anthropic::encode_response(&answer, &mut dropped),
@@ -595,7 +595,10 @@ fn respond(call: &Call<'_>, d: Dispatched, done: &mut Completion) -> Result<Repl
                     let translate = match (call.ingress, canonical) {
                         (Ingress::Responses, Some(req)) => relay::Translate::with_encoder(
                             provider,
-                            Box::new(responses::StreamEncoder::new(responses::echo(req))),
+                            Box::new(responses::StreamEncoder::new(
+                                responses::echo(req),
+                                provider == Family::Anthropic,
+                            )),
                             output_tool,
                         ),
                         (_, req) => {

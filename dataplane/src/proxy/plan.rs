@@ -120,7 +120,7 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
                     &mut dropped,
                 ),
                 Family::Anthropic => anthropic::encode_request(req, &target.model, &mut dropped),
-                Family::Gemini => gemini::encode_request(req, &mut dropped),
+                Family::Gemini => gemini::encode_request(req, &target.model, &mut dropped),
             };
             if call.ingress == Ingress::Responses {
                 // A Responses caller asked for structured output in `text.format`.

@@ -159,21 +159,26 @@ impl ResponsesApi {
         }
     }
 
+    /// A wire value: `Ok(None)` for unspecified; a value this build does not know is refused.
+    pub fn from_wire_value(value: i32) -> Result<Option<Self>, InvalidPolicy> {
+        match pb::ResponsesApi::try_from(value) {
+            Ok(pb::ResponsesApi::Unspecified) => Ok(None),
+            Ok(pb::ResponsesApi::Relay) => Ok(Some(ResponsesApi::Relay)),
+            Ok(pb::ResponsesApi::Translate) => Ok(Some(ResponsesApi::Translate)),
+            Err(_) => Err(InvalidPolicy::new(
+                "responses_api",
+                format!("unknown mode {value}"),
+            )),
+        }
+    }
+
     /// The setting of a provider of `kind` from the wire, where unspecified means unset.
     fn from_wire(kind: ProviderKind, value: i32) -> Result<Option<Self>, InvalidPolicy> {
-        let mode = match pb::ResponsesApi::try_from(value) {
-            Ok(pb::ResponsesApi::Unspecified) => return Ok(None),
-            Ok(pb::ResponsesApi::Relay) => ResponsesApi::Relay,
-            Ok(pb::ResponsesApi::Translate) => ResponsesApi::Translate,
-            Err(_) => {
-                return Err(InvalidPolicy::new(
-                    "responses_api",
-                    format!("unknown mode {value}"),
-                ));
-            }
-        };
-        Self::check(kind)?;
-        Ok(Some(mode))
+        let mode = Self::from_wire_value(value)?;
+        if mode.is_some() {
+            Self::check(kind)?;
+        }
+        Ok(mode)
     }
 
     /// Refuses a setting on a kind that has no Responses endpoint to relay to.
@@ -363,9 +368,9 @@ mod tests {
     #[test]
     fn responses_api_is_carried_both_ways_and_only_for_kinds_with_the_endpoint() {
         let mut s = snapshot();
-        let mut relay = azure("az", "");
-        relay.responses_api = pb::ResponsesApi::Translate as i32;
-        s.providers.push(relay);
+        let mut translated = azure("az", "");
+        translated.responses_api = pb::ResponsesApi::Translate as i32;
+        s.providers.push(translated);
         let snap = Snapshot::try_from(&s).unwrap();
         assert_eq!(snap.providers[0].responses_api, None);
         assert!(snap.providers[0].relays_responses(), "openai relays by default");

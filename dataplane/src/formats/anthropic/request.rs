@@ -158,22 +158,13 @@ struct RequestOut<'a> {
     metadata: Option<MetadataOut<'a>>,
     #[serde(skip_serializing_if = "is_false")]
     stream: bool,
+    /// With native structured output: `{"format": {"type": "json_schema", "schema": …}}`, beside
+    /// what the caller's own `output_config` says (e.g. `effort`). Without, the caller's goes in
+    /// `extra`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    output_config: Option<OutputConfig>,
+    output_config: Option<Value>,
     #[serde(flatten)]
     extra: ExtraFields<'a>,
-}
-
-/// Native structured output: `{"format": {"type": "json_schema", "schema": …}}`.
-#[derive(Serialize)]
-struct OutputConfig {
-    format: OutputFormat,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum OutputFormat {
-    JsonSchema { schema: Value },
 }
 
 fn is_empty_slice(s: &&[String]) -> bool {
@@ -502,14 +493,9 @@ pub fn encode_request(req: &ir::ChatRequest, model: &str, dropped: &mut ir::Drop
         messages.push(MessageOut { role, content });
     }
 
-    let (output, output_config) = match structured::for_anthropic(req, model, dropped) {
+    let (output, native) = match structured::for_anthropic(req, model, dropped) {
         Some(structured::Output::Tool(tool, choice)) => (Some((tool, choice)), None),
-        Some(structured::Output::Native(schema)) => (
-            None,
-            Some(OutputConfig {
-                format: OutputFormat::JsonSchema { schema },
-            }),
-        ),
+        Some(structured::Output::Native(schema)) => (None, Some(schema)),
         None => (None, None),
     };
     let tools: Vec<ToolOut<'_>> = req
@@ -606,9 +592,31 @@ pub fn encode_request(req: &ir::ChatRequest, model: &str, dropped: &mut ir::Drop
     });
 
     let mut extra = Vec::new();
+    let mut output_config = native.as_ref().map(|_| serde_json::Map::new());
     for (key, value) in &req.extra {
         if is_noop(key, value) {
             continue;
+        }
+        // Native structured output writes `output_config.format`: the caller's other settings
+        // there join it, and what would contradict it is dropped.
+        if let Some(config) = output_config.as_mut() {
+            match (key.as_str(), value) {
+                ("output_config", Value::Object(theirs)) => {
+                    for (k, v) in theirs {
+                        if k == "format" {
+                            dropped.add("output_config.format");
+                        } else {
+                            config.insert(k.clone(), v.clone());
+                        }
+                    }
+                    continue;
+                }
+                ("output_config" | "output_format", _) => {
+                    dropped.add(key.as_str());
+                    continue;
+                }
+                _ => {}
+            }
         }
         let accepted = PASS_THROUGH.contains(&key.as_str())
             && (key != "service_tier" || matches!(value.as_str(), Some("auto" | "standard_only")));
@@ -618,6 +626,14 @@ pub fn encode_request(req: &ir::ChatRequest, model: &str, dropped: &mut ir::Drop
             dropped.add(key.as_str());
         }
     }
+
+    let output_config = output_config.zip(native).map(|(mut config, schema)| {
+        config.insert(
+            "format".into(),
+            serde_json::json!({ "type": "json_schema", "schema": schema }),
+        );
+        Value::Object(config)
+    });
 
     let out = RequestOut {
         model,
@@ -1366,6 +1382,42 @@ mod tests {
         assert_eq!(body["temperature"], 1.0);
         assert_eq!(body["service_tier"], "standard_only");
         assert_eq!(body["output_config"], json!({"effort": "low"}));
+    }
+
+    #[test]
+    fn native_structured_output_joins_the_callers_output_config_once() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}});
+        let req = ir::ChatRequest {
+            response_format: Some(ir::ResponseFormat::JsonSchema {
+                name: "x".into(),
+                schema: schema.clone(),
+                strict: None,
+            }),
+            extra: vec![
+                (
+                    "output_config".into(),
+                    json!({"effort": "low", "format": {"type": "text"}}),
+                ),
+                (
+                    "output_format".into(),
+                    json!({"type": "json_schema", "schema": {}}),
+                ),
+            ],
+            ..simple_request()
+        };
+        let mut dropped = ir::Dropped::default();
+        let body = encode_request(&req, "claude-sonnet-4-5", &mut dropped);
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(text.matches("\"output_config\"").count(), 1, "{text}");
+        assert!(!text.contains("\"output_format\""), "{text}");
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        let mut closed = schema;
+        closed["additionalProperties"] = json!(false);
+        assert_eq!(
+            body["output_config"],
+            json!({"effort": "low", "format": {"type": "json_schema", "schema": closed}})
+        );
+        assert_eq!(dropped.header_value(), "output_config.format,output_format");
     }
 
     #[test]

@@ -34,7 +34,7 @@ const SCHEMA_DATA: &[&str] = &["enum", "const", "default", "example", "examples"
 /// what Gemini cannot express: `cache_control`, `parallel_tool_calls` (when `false`), `user`,
 /// `reasoning_effort` (beside `thinking`, or unknown), `thinking` (thinking parts of earlier turns), `tool_call_arguments`
 /// (arguments that are not a JSON object), and every key of `extra` by name.
-pub fn encode_request(req: &ir::ChatRequest, dropped: &mut ir::Dropped) -> Bytes {
+pub fn encode_request(req: &ir::ChatRequest, model: &str, dropped: &mut ir::Dropped) -> Bytes {
     let mut body = Map::new();
     body.insert(
         "contents".into(),
@@ -91,7 +91,7 @@ pub fn encode_request(req: &ir::ChatRequest, dropped: &mut ir::Dropped) -> Bytes
         dropped.add("parallel_tool_calls");
     }
 
-    let generation = generation_config(req, dropped);
+    let generation = generation_config(req, model, dropped);
     if !generation.is_empty() {
         body.insert("generationConfig".into(), Value::Object(generation));
     }
@@ -105,7 +105,7 @@ pub fn encode_request(req: &ir::ChatRequest, dropped: &mut ir::Dropped) -> Bytes
     Bytes::from(Value::Object(body).to_string())
 }
 
-fn generation_config(req: &ir::ChatRequest, dropped: &mut ir::Dropped) -> Map<String, Value> {
+fn generation_config(req: &ir::ChatRequest, model: &str, dropped: &mut ir::Dropped) -> Map<String, Value> {
     let mut config = Map::new();
     if let Some(max) = req.max_tokens {
         config.insert("maxOutputTokens".into(), Value::from(max));
@@ -143,7 +143,7 @@ fn generation_config(req: &ir::ChatRequest, dropped: &mut ir::Dropped) -> Map<St
             }
             thinking_config.insert("includeThoughts".into(), Value::Bool(true));
         }
-        (None, Some(effort)) => match effort_budget(effort) {
+        (None, Some(effort)) => match effort_budget(effort, model) {
             Some(budget) => {
                 thinking_config.insert("thinkingBudget".into(), Value::from(budget));
                 if budget > 0 {
@@ -161,10 +161,11 @@ fn generation_config(req: &ir::ChatRequest, dropped: &mut ir::Dropped) -> Map<St
 }
 
 /// OpenAI's `reasoning_effort` as a Gemini thinking budget, as Google's own OpenAI-compatible
-/// endpoint maps it (`none` turns thinking off, which Gemini's Pro models refuse); `None` for
-/// an effort it does not know.
-fn effort_budget(effort: &str) -> Option<u32> {
+/// endpoint maps it; `none` turns thinking off, except on the Pro models, which cannot think less
+/// than their minimum. `None` for what cannot be said.
+fn effort_budget(effort: &str, model: &str) -> Option<u32> {
     match effort {
+        "none" if model.contains("-pro") => None,
         "none" => Some(0),
         "minimal" | "low" => Some(1024),
         "medium" => Some(8192),
@@ -413,7 +414,12 @@ fn response_json_schema(schema: &Value, dropped: &mut ir::Dropped) -> Value {
     let is_ref = keywords.contains_key("$ref");
     let mut out = Map::new();
     for (keyword, value) in keywords {
-        let k = keyword.as_str();
+        // Draft-07 `definitions` (zod-to-json-schema, Pydantic v1) as `$defs`, which Gemini
+        // takes; references to them follow.
+        let k = match keyword.as_str() {
+            "definitions" => "$defs",
+            k => k,
+        };
         if is_ref && !k.starts_with('$') {
             continue;
         }
@@ -422,6 +428,10 @@ fn response_json_schema(schema: &Value, dropped: &mut ir::Dropped) -> Value {
                 dropped.add(format!("response_format.schema.{k}"));
             }
             continue;
+        }
+        if k == "oneOf" {
+            // Gemini reads it as `anyOf`: at least one instead of exactly one.
+            dropped.add("response_format.schema.oneOf");
         }
         let value = match (k, value) {
             ("properties" | "$defs", Value::Object(named)) => Value::Object(
@@ -434,9 +444,23 @@ fn response_json_schema(schema: &Value, dropped: &mut ir::Dropped) -> Value {
             ("prefixItems" | "anyOf" | "oneOf", Value::Array(list)) => {
                 Value::Array(list.iter().map(|s| response_json_schema(s, dropped)).collect())
             }
+            ("$ref", Value::String(target)) => match target.strip_prefix("#/definitions/") {
+                Some(name) => Value::String(format!("#/$defs/{name}")),
+                None => value.clone(),
+            },
             _ => value.clone(),
         };
-        out.insert(keyword.clone(), value);
+        match (out.get_mut(k), value) {
+            // `$defs` and `definitions` side by side: one `$defs`, the first's entries first.
+            (Some(Value::Object(have)), Value::Object(more)) if k == "$defs" => {
+                for (name, def) in more {
+                    have.entry(name).or_insert(def);
+                }
+            }
+            (_, value) => {
+                out.insert(k.to_owned(), value);
+            }
+        }
     }
     split_type_list(out)
 }
@@ -502,7 +526,7 @@ mod tests {
 
     fn encode(req: &ChatRequest) -> (Value, Vec<String>) {
         let mut dropped = ir::Dropped::default();
-        let body = encode_request(req, &mut dropped);
+        let body = encode_request(req, "gemini-2.5-flash", &mut dropped);
         (serde_json::from_slice(&body).unwrap(), dropped.names().to_vec())
     }
 
@@ -890,6 +914,15 @@ mod tests {
             assert_eq!(dropped, want_dropped, "{name}");
             assert!(got.get("model").is_none(), "{name}: the model goes in the URL");
         }
+
+        // A Pro model cannot stop thinking: `none` is reported, and it thinks as it will.
+        let mut req = hello();
+        req.reasoning_effort = Some("none".into());
+        let mut dropped = ir::Dropped::default();
+        let body: Value =
+            serde_json::from_slice(&encode_request(&req, "gemini-2.5-pro", &mut dropped)).unwrap();
+        assert!(body.get("generationConfig").is_none(), "{body}");
+        assert_eq!(dropped.header_value(), "reasoning_effort");
     }
 
     #[test]
@@ -973,6 +1006,22 @@ mod tests {
         let header = dropped.header_value();
         let mut named: Vec<&str> = header.split(',').collect();
         named.sort_unstable();
+        let draft7 = json!({
+            "type": "object",
+            "properties": {"a": {"$ref": "#/definitions/A"}, "b": {"oneOf": [{"$ref": "#/$defs/B"}, {"type": "null"}]}},
+            "definitions": {"A": {"type": "string"}},
+            "$defs": {"B": {"type": "integer"}}
+        });
+        let mut also = ir::Dropped::default();
+        assert_eq!(
+            response_json_schema(&draft7, &mut also),
+            json!({
+                "type": "object",
+                "properties": {"a": {"$ref": "#/$defs/A"}, "b": {"oneOf": [{"$ref": "#/$defs/B"}, {"type": "null"}]}},
+                "$defs": {"B": {"type": "integer"}, "A": {"type": "string"}}
+            })
+        );
+        assert_eq!(also.header_value(), "response_format.schema.oneOf");
         assert_eq!(
             named,
             [

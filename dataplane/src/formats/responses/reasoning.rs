@@ -3,8 +3,9 @@
 //! Anthropic wants each earlier turn's thinking blocks back exactly, with their signatures
 //! (redacted ones as their opaque data), when extended thinking runs beside tool use. A
 //! Responses client keeps no such thing, but it sends earlier `reasoning` items back as input,
-//! and their `encrypted_content` is opaque to it. So a translated `reasoning` item carries the
-//! blocks there: `drv1_` and the URL-safe base64 of a JSON list of
+//! and their `encrypted_content` is opaque to it. So a `reasoning` item translated from an
+//! Anthropic answer (only those: another provider's signatures would be refused by Anthropic
+//! after a failover) carries the blocks there, not encrypted, since Anthropic checks them: `drv1_` and the URL-safe base64 of a JSON list of
 //! `{"type":"thinking","thinking","signature"}` and `{"type":"redacted","data"}`. Read back, it
 //! restores the blocks in order. Reasoning items from OpenAI itself (another `encrypted_content`,
 //! or none) mean nothing to another provider and are dropped, as before.

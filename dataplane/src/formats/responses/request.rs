@@ -124,8 +124,9 @@ pub fn decode_request(body: &[u8], dropped: &mut ir::Dropped) -> Result<ChatRequ
 fn stateful(field: &'static str) -> BodyError {
     BodyError::new(
         format!(
-            "`{field}` needs the conversation state OpenAI keeps; this route's provider does not speak \
-             the Responses API, so send the whole conversation in `input` instead"
+            "`{field}` needs the conversation state the Responses API keeps; this route's provider gets \
+             Responses calls translated (it does not speak the API, or is set to `--responses-api \
+             translate`), so send the whole conversation in `input` instead"
         ),
         Some(field),
     )

@@ -67,9 +67,10 @@ pub fn echo(req: &ChatRequest) -> serde_json::Map<String, Value> {
 }
 
 /// The output items of a complete answer: reasoning first, then the message, then the calls.
-/// The reasoning item carries signed and redacted thinking in `encrypted_content`, so that a
-/// later turn can give it back (`reasoning`).
-pub(super) fn output(id: &str, parts: &[Part]) -> Vec<Value> {
+/// With `carry_thinking` (the answer is Anthropic's, whose signatures only Anthropic reads), the
+/// reasoning item carries signed and redacted thinking in `encrypted_content`, so that a later
+/// turn can give it back (`reasoning`).
+pub(super) fn output(id: &str, parts: &[Part], carry_thinking: bool) -> Vec<Value> {
     let mut reasoning = Vec::new();
     let mut text = Vec::new();
     let mut calls = Vec::new();
@@ -95,7 +96,7 @@ pub(super) fn output(id: &str, parts: &[Part]) -> Vec<Value> {
         }
     }
     let mut items = Vec::new();
-    let sealed = reasoning::seal(parts);
+    let sealed = carry_thinking.then(|| reasoning::seal(parts)).flatten();
     if !reasoning.is_empty() || sealed.is_some() {
         let mut item = json!({"type": "reasoning", "id": format!("rs_{id}"), "summary": reasoning});
         if let Some(sealed) = sealed {
@@ -117,7 +118,8 @@ pub(super) fn output(id: &str, parts: &[Part]) -> Vec<Value> {
 }
 
 /// A complete answer as a `response` object.
-pub fn encode_response(answer: &ChatResponse, req: &ChatRequest) -> Bytes {
+/// `carry_thinking`: see [`output`].
+pub fn encode_response(answer: &ChatResponse, req: &ChatRequest, carry_thinking: bool) -> Bytes {
     let (status, incomplete) = status(&answer.stop);
     let mut body = echo(req);
     body.insert("id".into(), json!(response_id(&answer.id)));
@@ -134,7 +136,39 @@ pub fn encode_response(answer: &ChatResponse, req: &ChatRequest) -> Bytes {
     body.insert("incomplete_details".into(), incomplete);
     body.insert("error".into(), Value::Null);
     body.insert("model".into(), json!(answer.model));
-    body.insert("output".into(), Value::Array(output(&answer.id, &answer.parts)));
+    body.insert(
+        "output".into(),
+        Value::Array(output(&answer.id, &answer.parts, carry_thinking)),
+    );
     body.insert("usage".into(), usage(&answer.usage));
     Bytes::from(serde_json::to_vec(&Value::Object(body)).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_anthropics_signed_thinking_is_carried_for_the_next_turn() {
+        let parts = [
+            Part::Thinking {
+                text: "Weigh the options.".into(),
+                signature: Some("sig-from-the-provider".into()),
+            },
+            Part::Text {
+                text: "Done.".into(),
+                cache_control: None,
+            },
+        ];
+        let carried = output("r1", &parts, true);
+        assert_eq!(carried[0]["type"], "reasoning");
+        let sealed = carried[0]["encrypted_content"].as_str().unwrap();
+        assert_eq!(reasoning::open(sealed).unwrap(), parts[..1]);
+        // Another provider's signature (Gemini's thoughtSignature) would be refused by Anthropic
+        // after a failover: the summary stays, nothing is carried.
+        let other = output("r1", &parts, false);
+        assert_eq!(other[0]["summary"][0]["text"], "Weigh the options.");
+        assert!(other[0].get("encrypted_content").is_none(), "{other:?}");
+        assert_eq!(other[1]["content"][0]["text"], "Done.");
+    }
 }

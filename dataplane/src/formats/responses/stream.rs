@@ -53,13 +53,17 @@ pub struct StreamEncoder {
     usage: Usage,
     /// Bytes of text held in `items`.
     held: usize,
+    carry_thinking: bool,
     closed: bool,
 }
 
 impl StreamEncoder {
-    pub fn new(echo: Map<String, Value>) -> Self {
+    /// `carry_thinking`: the answer is Anthropic's, whose signed thinking goes out in reasoning
+    /// items' `encrypted_content` (`reasoning`).
+    pub fn new(echo: Map<String, Value>, carry_thinking: bool) -> Self {
         StreamEncoder {
             echo,
+            carry_thinking,
             id: String::new(),
             model: String::new(),
             created_at: drover_proto::model::now_unix_ms() / 1000,
@@ -126,7 +130,7 @@ impl StreamEncoder {
                     self.id.as_str()
                 };
                 let redacted = match kind {
-                    BlockKind::RedactedThinking { data } => Some(data.clone()),
+                    BlockKind::RedactedThinking { data } if self.carry_thinking => Some(data.clone()),
                     _ => None,
                 };
                 let (kind, id) = match kind {
@@ -192,15 +196,11 @@ impl StreamEncoder {
                     return;
                 };
                 let (kind, text) = match delta {
-                    Delta::Text(t) => ("response.output_text.delta", t),
-                    Delta::Thinking(t) => ("response.reasoning_summary_text.delta", t),
-                    Delta::ToolArguments(t) => ("response.function_call_arguments.delta", t),
+                    Delta::Text(t) => (Some("response.output_text.delta"), t),
+                    Delta::Thinking(t) => (Some("response.reasoning_summary_text.delta"), t),
+                    Delta::ToolArguments(t) => (Some("response.function_call_arguments.delta"), t),
                     // No event of its own: it goes out in the finished item.
-                    Delta::Signature(s) => {
-                        self.held += s.len();
-                        self.items[n].signature.push_str(s);
-                        return;
-                    }
+                    Delta::Signature(s) => (None, s),
                 };
                 self.held += text.len();
                 if self.held > MAX_HELD_BYTES {
@@ -214,6 +214,12 @@ impl StreamEncoder {
                     );
                     return;
                 }
+                let Some(kind) = kind else {
+                    if self.carry_thinking {
+                        self.items[n].signature.push_str(text);
+                    }
+                    return;
+                };
                 self.items[n].text.push_str(text);
                 let mut body = obj([
                     ("item_id", json!(self.items[n].id)),
@@ -410,7 +416,11 @@ mod tests {
     use crate::formats::sse::split_events;
 
     fn run(events: &[StreamEvent]) -> Vec<(String, Value)> {
-        let mut enc = StreamEncoder::new(Map::new());
+        run_carrying(events, true)
+    }
+
+    fn run_carrying(events: &[StreamEvent], carry_thinking: bool) -> Vec<(String, Value)> {
+        let mut enc = StreamEncoder::new(Map::new(), carry_thinking);
         let mut out = BytesMut::new();
         for e in events {
             enc.encode(e, &mut out);
@@ -563,5 +573,70 @@ mod tests {
         assert_eq!(last, "error");
         assert_eq!(data["code"], "response_too_large");
         assert!(!out.iter().any(|(k, _)| k == "response.completed"));
+    }
+
+    #[test]
+    fn signed_thinking_goes_out_in_the_finished_item_only_when_carried() {
+        let events = [
+            StreamEvent::Start {
+                id: "msg_1".into(),
+                model: "claude".into(),
+            },
+            StreamEvent::BlockStart {
+                index: 0,
+                kind: BlockKind::Thinking,
+            },
+            StreamEvent::Delta {
+                index: 0,
+                delta: Delta::Thinking("Hmm.".into()),
+            },
+            StreamEvent::Delta {
+                index: 0,
+                delta: Delta::Signature("sig-1".into()),
+            },
+            StreamEvent::BlockStop { index: 0 },
+            StreamEvent::BlockStart {
+                index: 1,
+                kind: BlockKind::RedactedThinking {
+                    data: "opaque".into(),
+                },
+            },
+            StreamEvent::BlockStop { index: 1 },
+            StreamEvent::Finish {
+                stop: StopReason::EndTurn,
+            },
+            StreamEvent::Done,
+        ];
+        let carried = run_carrying(&events, true);
+        let (_, completed) = carried.last().unwrap();
+        let output = completed["response"]["output"].as_array().unwrap();
+        let open =
+            |item: &Value| super::reasoning::open(item["encrypted_content"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            open(&output[0]),
+            [Part::Thinking {
+                text: "Hmm.".into(),
+                signature: Some("sig-1".into())
+            }]
+        );
+        assert_eq!(
+            open(&output[1]),
+            [Part::RedactedThinking {
+                data: "opaque".into()
+            }]
+        );
+        assert!(
+            carried.iter().all(|(name, _)| !name.contains("signature")),
+            "the signature has no event of its own"
+        );
+
+        let plain = run_carrying(&events, false);
+        let (_, completed) = plain.last().unwrap();
+        let output = completed["response"]["output"].as_array().unwrap();
+        assert_eq!(output[0]["summary"][0]["text"], "Hmm.");
+        assert!(
+            output.iter().all(|i| i.get("encrypted_content").is_none()),
+            "{output:?}"
+        );
     }
 }
