@@ -501,6 +501,24 @@ async fn anthropic_caller_reaches_an_openai_provider_faithfully() {
     assert_eq!(sent["messages"][3]["content"], "found");
 }
 
+/// Under `x-drover-strict: true`, `body` (a chat completion) is refused with a 400 naming
+/// `feature`, and nothing goes upstream.
+async fn refused_under_strict(gw: &Gateway, up: &MockProvider, body: String, feature: &str) {
+    let calls = up.calls();
+    let reply = gw
+        .send_to(
+            &gw.url(),
+            "POST",
+            "/v1/chat/completions",
+            &[("x-drover-strict", "true")],
+            body,
+        )
+        .await;
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    assert!(reply.text().contains(feature), "{}", reply.text());
+    assert_eq!(up.calls(), calls);
+}
+
 #[tokio::test]
 async fn structured_output_reaches_anthropic_as_a_forced_tool_and_comes_back_as_the_text() {
     // A model without native structured output.
@@ -579,23 +597,7 @@ async fn structured_output_reaches_anthropic_as_a_forced_tool_and_comes_back_as_
     let reply = gw.send("POST", "/v1/chat/completions", body.clone()).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(reply.header("x-drover-dropped"), Some("response_format.strict"));
-    let calls = up.calls();
-    let reply = gw
-        .send_to(
-            &gw.url(),
-            "POST",
-            "/v1/chat/completions",
-            &[("x-drover-strict", "true")],
-            body,
-        )
-        .await;
-    assert_eq!(reply.status, 400, "{}", reply.text());
-    assert!(
-        reply.text().contains("response_format.strict"),
-        "{}",
-        reply.text()
-    );
-    assert_eq!(up.calls(), calls);
+    refused_under_strict(&gw, &up, body, "response_format.strict").await;
 }
 
 /// Claude 4.5 and later get the schema as Anthropic's own structured output: no tool, the
@@ -662,23 +664,7 @@ async fn structured_output_reaches_newer_claude_natively() {
         sent["output_config"]["format"]["schema"],
         json!({"type": "object", "properties": {"n": {"type": "integer"}}, "additionalProperties": false})
     );
-    let calls = up.calls();
-    let reply = gw
-        .send_to(
-            &gw.url(),
-            "POST",
-            "/v1/chat/completions",
-            &[("x-drover-strict", "true")],
-            body,
-        )
-        .await;
-    assert_eq!(reply.status, 400, "{}", reply.text());
-    assert!(
-        reply.text().contains("response_format.schema.minimum"),
-        "{}",
-        reply.text()
-    );
-    assert_eq!(up.calls(), calls);
+    refused_under_strict(&gw, &up, body, "response_format.schema.minimum").await;
 
     // JSON mode has no schema to enforce: the tool, as for older models.
     let body = json!({"model": "m", "response_format": {"type": "json_object"},

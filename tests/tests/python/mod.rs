@@ -86,9 +86,25 @@ fn read_all(file: &mut File) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// `python3`, without the proxy settings of the environment.
+/// Settings the OpenAI and Anthropic SDKs read from the environment that would change what a
+/// script sends.
+const SDK_ENV: &[&str] = &[
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_ORG_ID",
+    "OPENAI_PROJECT_ID",
+    "OPENAI_LOG",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_AUTH_TOKEN",
+    "ANTHROPIC_BASE_URL",
+];
+
+/// `python3`, without the proxy settings of the environment or the SDKs' own settings.
 pub fn python() -> Command {
     let mut cmd = Command::new("python3");
+    for var in SDK_ENV {
+        cmd.env_remove(var);
+    }
     // Loopback calls from the script must not go through a proxy from the environment.
     for var in [
         "http_proxy",
