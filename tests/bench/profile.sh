@@ -5,6 +5,7 @@
 #
 #   bash tests/bench/profile.sh                         # non-stream, 64 connections
 #   PROFILE_MODE=stream PROFILE_CONCURRENCY=1 bash tests/bench/profile.sh
+#   PROFILE_API=responses bash tests/bench/profile.sh    # Responses in, Anthropic Messages out (translated)
 #
 # Environment (all optional): PROFILE_MODE (non-stream | stream), PROFILE_CONCURRENCY (default 64),
 # PROFILE_DURATION (default 10s), PROFILE_USAGE (on | off, default on), PROFILE_TOP (functions listed, 25),
@@ -20,6 +21,7 @@ CONNS=${PROFILE_CONCURRENCY:-64}
 DURATION=${PROFILE_DURATION:-10s}
 USAGE=${PROFILE_USAGE:-on}
 LIMITS=${PROFILE_LIMITS:-off}
+API=${PROFILE_API:-chat}
 TOP=${PROFILE_TOP:-25}
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 LOG_TAG=profile
@@ -35,8 +37,19 @@ cargo build --release --bin drover --bin drover-mock >&2
 filler=$(printf 'The quick brown fox jumps over the lazy dog. %.0s' $(seq 19))
 stream=false
 [[ $MODE == stream ]] && stream=true
-printf '{"model":"bench-model","max_tokens":64,"stream":%s,"messages":[{"role":"system","content":"You are a helpful assistant. Answer in one short paragraph."},{"role":"user","content":"Summarize this text: %s"}]}' \
-  "$stream" "$filler" >"$TMP/body.json"
+path=/v1/chat/completions
+case $API in
+  chat)
+    printf '{"model":"bench-model","max_tokens":64,"stream":%s,"messages":[{"role":"system","content":"You are a helpful assistant. Answer in one short paragraph."},{"role":"user","content":"Summarize this text: %s"}]}' \
+      "$stream" "$filler" >"$TMP/body.json"
+    ;;
+  responses)
+    path=/v1/responses
+    printf '{"model":"bench-claude","max_output_tokens":64,"stream":%s,"instructions":"You are a helpful assistant. Answer in one short paragraph.","input":"Summarize this text: %s"}' \
+      "$stream" "$filler" >"$TMP/body.json"
+    ;;
+  *) die "PROFILE_API is chat or responses, not '$API'" ;;
+esac
 
 "$BIN/drover-mock" --addr 127.0.0.1:0 >"$TMP/mock.addr" 2>"$TMP/mock.log" &
 PIDS+=("$!")
@@ -52,8 +65,10 @@ wait_200 60 "$pid" "http://127.0.0.1:$http/readyz" || { tail -20 "$TMP/drover.lo
 cli() { "$BIN/drover" --server "http://127.0.0.1:$grpc" --token bench "$@" >/dev/null; }
 cli provider add mock --kind openai-compatible --base-url "http://$MOCK_ADDR/v1"
 cli route set bench-model --target mock/bench-model
+cli provider add mock-anthropic --kind anthropic --base-url "http://$MOCK_ADDR/v1" --api-key bench
+cli route set bench-claude --target mock-anthropic/bench-model
 wait_200 30 "$pid" -X POST -H 'content-type: application/json' --data-binary "@$TMP/body.json" \
-  "http://127.0.0.1:$http/v1/chat/completions" || die "a request through drover does not succeed"
+  "http://127.0.0.1:$http$path" || die "a request through drover does not succeed"
 
 secret=bench
 if [[ $LIMITS == on ]]; then
@@ -80,7 +95,7 @@ if [[ $LIMITS == on ]]; then
   done
   [[ $code == 200 ]] || die "a request with the key answered $code"
 fi
-export BENCH_BODY_FILE=$TMP/body.json BENCH_PATH=/v1/chat/completions BENCH_HEADERS="Authorization: Bearer $secret"
+export BENCH_BODY_FILE=$TMP/body.json BENCH_PATH=$path BENCH_HEADERS="Authorization: Bearer $secret"
 threads=$((CONNS < $(nproc) ? CONNS : $(nproc)))
 wrk_run() { wrk -t "$threads" -c "$CONNS" --timeout 10s --latency -s "$ROOT/tests/bench/chat.lua" -d "$1" \
   "http://127.0.0.1:$http"; }
@@ -93,10 +108,13 @@ line=$(wrk_run "$DURATION" 2>&1 | grep '^BENCH ' || true)
 wait "$perf_pid" || true
 requests=$(awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "requests") print kv[2] } }' <<<"$line")
 
-OUT=${PROFILE_OUT:-$ROOT/bench-results/profile-$MODE-c$CONNS$([[ $LIMITS == on ]] && echo -limits).md}
+api_tag="" limits_tag=""
+[[ $API == chat ]] || api_tag="$API-"
+[[ $LIMITS != on ]] || limits_tag=-limits
+OUT=${PROFILE_OUT:-$ROOT/bench-results/profile-$api_tag$MODE-c$CONNS$limits_tag.md}
 mkdir -p "$(dirname "$OUT")"
 {
-  echo "### Profile: $MODE, c=$CONNS, usage reporting $USAGE, limits $LIMITS ($(date -u '+%Y-%m-%d'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
+  echo "### Profile: $API $MODE, c=$CONNS, usage reporting $USAGE, limits $LIMITS ($(date -u '+%Y-%m-%d'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown))"
   echo
   echo "wrk: $line"
   echo
