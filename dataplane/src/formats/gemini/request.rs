@@ -466,31 +466,65 @@ fn response_json_schema(schema: &Value, dropped: &mut ir::Dropped) -> Value {
 }
 
 /// A list of types (`["string", "null"]`, how OpenAI's strict mode writes an optional field) as
-/// `anyOf`, one branch per type with the node's other constraints, the one spelling of a union
-/// every Gemini model takes. Titles and descriptions stay on the node.
+/// `anyOf`, one branch per type (each named once), the one spelling of a union every Gemini model
+/// takes. Each keyword goes to the branch of the type it constrains (`properties` to `object`,
+/// `items` to `array`, …), so no subschema is copied; `enum` goes to every branch but `null`.
+/// Titles and descriptions stay on the node.
 fn split_type_list(mut node: Map<String, Value>) -> Value {
     let several = matches!(node.get("type"), Some(Value::Array(types)) if types.len() > 1);
     if !several || node.contains_key("anyOf") {
         return Value::Object(node);
     }
-    let Some(Value::Array(types)) = node.remove("type") else {
+    let Some(Value::Array(listed)) = node.remove("type") else {
         return Value::Object(node);
     };
+    let mut types: Vec<&str> = Vec::new();
+    for t in listed.iter().filter_map(Value::as_str) {
+        if !types.contains(&t) {
+            types.push(t);
+        }
+    }
     let mut outer = Map::new();
     for keep in ["title", "description", "$id", "$anchor", "$defs"] {
         if let Some(v) = node.remove(keep) {
             outer.insert(keep.to_owned(), v);
         }
     }
-    let branches = types
-        .into_iter()
-        .map(|t| {
-            let mut branch = node.clone();
-            branch.insert("type".into(), t);
-            Value::Object(branch)
-        })
+    let owner = |keyword: &str| -> Option<&'static [&'static str]> {
+        match keyword {
+            "properties" | "required" | "additionalProperties" | "propertyOrdering" => Some(&["object"]),
+            "items" | "prefixItems" | "minItems" | "maxItems" => Some(&["array"]),
+            "minimum" | "maximum" => Some(&["number", "integer"]),
+            "format" => Some(&["string", "number", "integer"]),
+            _ => None,
+        }
+    };
+    let mut branches: Vec<Map<String, Value>> = types
+        .iter()
+        .map(|t| Map::from_iter([("type".to_owned(), Value::from(*t))]))
         .collect();
-    outer.insert("anyOf".into(), Value::Array(branches));
+    for (keyword, value) in node {
+        match owner(&keyword) {
+            // The first branch of a type it constrains takes it whole, without a copy.
+            Some(owners) => {
+                if let Some(branch) = types.iter().position(|t| owners.contains(t)) {
+                    branches[branch].insert(keyword, value);
+                }
+            }
+            // `enum` and the like: data, not subschemas; every branch but `null` takes it.
+            None => {
+                for (branch, t) in branches.iter_mut().zip(&types) {
+                    if *t != "null" {
+                        branch.insert(keyword.clone(), value.clone());
+                    }
+                }
+            }
+        }
+    }
+    outer.insert(
+        "anyOf".into(),
+        Value::Array(branches.into_iter().map(Value::Object).collect()),
+    );
     Value::Object(outer)
 }
 
@@ -989,7 +1023,7 @@ mod tests {
                     "nick": {"description": "If any", "anyOf": [{"type": "string"}, {"type": "null"}]},
                     "age": {"anyOf": [
                         {"type": "integer", "minimum": 0, "maximum": 150},
-                        {"type": "null", "minimum": 0, "maximum": 150}
+                        {"type": "null"}
                     ]},
                     "kind": {},
                     "home": {"$ref": "#/$defs/address"},
@@ -1012,6 +1046,21 @@ mod tests {
             "definitions": {"A": {"type": "string"}},
             "$defs": {"B": {"type": "integer"}}
         });
+        // Nested unions copy no subschema: the answer grows with the schema, not 2^depth, and
+        // a type named twice is one branch.
+        let mut nested = json!({"type": "string"});
+        for _ in 0..40 {
+            nested =
+                json!({"type": ["object", "null", "object"], "properties": {"next": nested}, "enum": [null]});
+        }
+        let mut none = ir::Dropped::default();
+        let sent = response_json_schema(&nested, &mut none).to_string();
+        assert!(sent.len() < 4_000, "{} bytes", sent.len());
+        assert!(
+            sent.starts_with(r#"{"anyOf":[{"enum":[null],"properties":{"next":{"anyOf""#),
+            "{sent}"
+        );
+        assert!(none.is_empty());
         let mut also = ir::Dropped::default();
         assert_eq!(
             response_json_schema(&draft7, &mut also),
