@@ -190,20 +190,13 @@ impl From<pb::ProviderInfo> for ProviderRow {
             .map(|m| m.as_str().to_owned());
         ProviderRow {
             name: p.name,
-            kind: kind_name(p.kind),
+            kind: kind.map_or_else(|| format!("unknown ({})", p.kind), |k| k.as_str().to_owned()),
             base_url: p.base_url,
             credential: p.credential,
             api_version: Some(p.api_version).filter(|v| !v.is_empty()),
             responses_api,
         }
     }
-}
-
-fn kind_name(wire: i32) -> String {
-    ProviderKind::ALL
-        .into_iter()
-        .find(|k| k.to_wire() as i32 == wire)
-        .map_or_else(|| format!("unknown ({wire})"), |k| k.as_str().to_owned())
 }
 
 fn table(rows: &[ProviderRow]) -> Table {

@@ -110,8 +110,10 @@ pub fn for_anthropic(req: &ChatRequest, model: &str, dropped: &mut Dropped) -> O
 }
 
 /// Whether `req` travels to Anthropic's `model` with the output tool, whose call must be turned
-/// back into text on the way out.
-pub fn uses_output_tool(req: &ChatRequest, model: &str) -> bool {
+/// back into text on the way out (the encoder says so for a request it sends:
+/// `anthropic::encode_request_for`).
+#[cfg(test)]
+fn uses_output_tool(req: &ChatRequest, model: &str) -> bool {
     matches!(choose(req, model), Some(Way::Tool(_)))
 }
 

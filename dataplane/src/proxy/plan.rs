@@ -9,7 +9,7 @@ use crate::formats::ir::Dropped;
 use crate::formats::json::{BodyError, ShallowBody, splice};
 use crate::formats::tap::StreamKind;
 use crate::formats::{Family, Ingress};
-use crate::formats::{anthropic, gemini, openai, structured};
+use crate::formats::{anthropic, gemini, openai};
 use crate::policy::CompiledTarget;
 use crate::providers::{Op, Upstream};
 use crate::proxy::call::Call;
@@ -107,20 +107,20 @@ pub fn prepare<'a>(call: &'a Call<'a>, target: &'a CompiledTarget) -> Result<Pre
         Wire::Translate { provider, .. } => {
             let (req, decode_dropped) = call.canonical().map_err(Skip::Invalid)?;
             dropped = decode_dropped.clone();
+            let (body, output_tool) = match provider {
+                Family::OpenAi => {
+                    let compatible = target.provider.kind == ProviderKind::OpenAiCompatible;
+                    (
+                        openai::encode_request(req, &target.model, compatible, &mut dropped),
+                        false,
+                    )
+                }
+                Family::Anthropic => anthropic::encode_request_for(req, &target.model, &mut dropped),
+                Family::Gemini => (gemini::encode_request(req, &target.model, &mut dropped), false),
+            };
             wire = Wire::Translate {
                 provider,
-                output_tool: provider == Family::Anthropic
-                    && structured::uses_output_tool(req, &target.model),
-            };
-            let body = match provider {
-                Family::OpenAi => openai::encode_request(
-                    req,
-                    &target.model,
-                    target.provider.kind == ProviderKind::OpenAiCompatible,
-                    &mut dropped,
-                ),
-                Family::Anthropic => anthropic::encode_request(req, &target.model, &mut dropped),
-                Family::Gemini => gemini::encode_request(req, &target.model, &mut dropped),
+                output_tool,
             };
             if call.ingress == Ingress::Responses {
                 // A Responses caller asked for structured output in `text.format`.

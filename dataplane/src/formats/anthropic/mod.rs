@@ -23,7 +23,7 @@ mod response;
 mod stream;
 
 pub use error::{decode_error, encode_error};
-pub use request::{DEFAULT_MAX_TOKENS, decode_request, encode_request};
+pub use request::{DEFAULT_MAX_TOKENS, decode_request, encode_request, encode_request_for};
 pub use response::{body_usage, decode_response, encode_response};
 pub use stream::{EventTap, StreamDecoder, StreamEncoder, error_event};
 

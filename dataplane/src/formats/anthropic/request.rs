@@ -466,6 +466,12 @@ fn is_noop(key: &str, value: &Value) -> bool {
 ///   non-text/image parts of a tool result, and every `extra` field Anthropic does not accept
 ///   (by name; `n: 1`, `logprobs: false`, zero penalties and nulls count as absent).
 pub fn encode_request(req: &ir::ChatRequest, model: &str, dropped: &mut ir::Dropped) -> Bytes {
+    encode_request_for(req, model, dropped).0
+}
+
+/// [`encode_request`], also saying whether the caller's structured output travels as the output
+/// tool, whose call the answer's decoder must turn back into text.
+pub fn encode_request_for(req: &ir::ChatRequest, model: &str, dropped: &mut ir::Dropped) -> (Bytes, bool) {
     let system = req
         .system
         .iter()
@@ -652,7 +658,8 @@ pub fn encode_request(req: &ir::ChatRequest, model: &str, dropped: &mut ir::Drop
         output_config,
         extra: ExtraFields(extra),
     };
-    to_bytes(&out)
+    let output_tool = output.is_some();
+    (to_bytes(&out), output_tool)
 }
 
 /// Serializes a wire value. Our shapes have string keys and no fallible `Serialize`, so this
